@@ -1,0 +1,10 @@
+//! `sentinel bench static`.
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args, _config: &Config) -> anyhow::Result<()> {
+    anyhow::bail!("`sentinel bench static` is not built yet")
+}

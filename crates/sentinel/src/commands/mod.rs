@@ -1,0 +1,42 @@
+//! The subcommands of `sentinel`, one module each.
+
+mod bench;
+mod client;
+mod eval;
+mod scan;
+mod serve;
+mod train;
+
+use crate::config::Config;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Run the server: the TCP malware-analysis protocol and the HTTP API.
+    Serve(serve::Args),
+    /// Offline static verdicts for files and directories.
+    Scan(scan::Args),
+    /// Send one protocol request to a running server.
+    Client(client::Args),
+    /// Train a model from data.
+    #[command(subcommand)]
+    Train(train::Command),
+    /// Score a labelled data set with a model and print its evaluation.
+    #[command(subcommand)]
+    Eval(eval::Command),
+    /// Measure speed and quality against the peers a user would otherwise pick.
+    #[command(subcommand)]
+    Bench(bench::Command),
+}
+
+impl Command {
+    pub fn run(self, config: &Config) -> anyhow::Result<()> {
+        match self {
+            Command::Serve(args) => serve::run(args, config),
+            Command::Scan(args) => scan::run(args, config),
+            Command::Client(args) => client::run(args, config),
+            Command::Train(command) => command.run(config),
+            Command::Eval(command) => command.run(config),
+            Command::Bench(command) => command.run(config),
+        }
+    }
+}

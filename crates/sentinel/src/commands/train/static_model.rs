@@ -1,0 +1,10 @@
+//! `sentinel train static`.
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args, _config: &Config) -> anyhow::Result<()> {
+    anyhow::bail!("`sentinel train static` is not built yet")
+}
