@@ -1,1 +1,126 @@
-//! placeholder
+//! The embedded default store of the Sentinel malware AI server: a SQLite database in WAL mode
+//! (`<data_dir>/sentinel.db`) for samples, verdicts and the two datasets (VirusTotal results,
+//! labelled samples), and a content-addressed vault of defanged sample files
+//! (`<data_dir>/samples/`).
+//!
+//! Every write is durable when the call returns: an acknowledged sample or verdict survives a
+//! crash or power loss. Concurrent writes are grouped into shared transactions (group commit),
+//! so many clients share each fsync. Methods block on disk I/O, so async callers run them on
+//! `spawn_blocking`; a [`Store`] is `Send + Sync` and is shared behind an `Arc`.
+//!
+//! Each dataset lives in its own module with its own `impl Store` block and its own schema
+//! migration, so new datasets are new modules. `docs/storage.md` describes the tables and files.
+
+mod database;
+mod dataset_csv;
+mod error;
+mod labels;
+mod migrations;
+mod retention;
+mod sample_hash;
+mod samples;
+mod settings;
+mod vault;
+mod verdicts;
+mod vt_reports;
+
+use std::fmt;
+use std::fs::DirBuilder;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use database::WriteStats;
+pub use dataset_csv::{ImportReport, RowError};
+pub use error::StoreError;
+pub use labels::{LabelSource, LabelledSample};
+pub use retention::RetentionReport;
+pub use samples::SampleRecord;
+pub use settings::StoreSettings;
+pub use verdicts::{NewVerdict, VerdictRecord};
+pub use vt_reports::VtReportRow;
+
+use database::Database;
+use vault::Vault;
+
+/// Name of the database file inside the data directory.
+const DATABASE_FILE: &str = "sentinel.db";
+
+/// Current time as unix seconds. A plain function pointer so tests can substitute their clock.
+type Clock = fn() -> i64;
+
+/// The store: open once at start-up, share with `Arc`, call from blocking threads.
+pub struct Store {
+    data_dir: PathBuf,
+    settings: StoreSettings,
+    database: Database,
+    /// Shared with the writer thread, which checks and deletes vault files inside transactions.
+    vault: Arc<Vault>,
+    clock: Clock,
+}
+
+impl Store {
+    /// Opens the store in `data_dir`, creating the directory (mode 0700), the database
+    /// (`sentinel.db`, mode 0600) and the vault if missing, and migrating the schema.
+    pub fn open(data_dir: &Path, settings: StoreSettings) -> Result<Store, StoreError> {
+        Store::open_with_clock(data_dir, settings, system_clock)
+    }
+
+    pub(crate) fn open_with_clock(
+        data_dir: &Path,
+        settings: StoreSettings,
+        clock: Clock,
+    ) -> Result<Store, StoreError> {
+        settings.validate()?;
+        let mut builder = DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(data_dir).map_err(StoreError::io(data_dir))?;
+        if let Some(parent) = data_dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            vault::sync_dir(parent)?;
+        }
+
+        let vault = Arc::new(Vault::open(data_dir, settings.compression_level)?);
+        let busy_timeout = Duration::from_millis(settings.busy_timeout_ms);
+        let database =
+            Database::open(&data_dir.join(DATABASE_FILE), busy_timeout, settings.read_connections)?;
+        // Makes the entries of a newly created database and its WAL durable.
+        vault::sync_dir(data_dir)?;
+        Ok(Store { data_dir: data_dir.to_owned(), settings, database, vault, clock })
+    }
+
+    /// Succeeds if the database can take its write lock and the vault's file system accepts a
+    /// synced write: for readiness probes.
+    pub fn is_writable(&self) -> Result<(), StoreError> {
+        self.database.write(|_| Ok(()))?;
+        self.vault.probe_writable()
+    }
+
+    /// Transactions and writes committed since the store was opened; their ratio shows how well
+    /// concurrent writes are being grouped into shared transactions (for metrics).
+    pub fn write_stats(&self) -> WriteStats {
+        self.database.stats()
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Store")
+            .field("data_dir", &self.data_dir)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_clock() -> i64 {
+    // A clock before 1970 is a broken clock; 0 keeps the arithmetic sane.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since_epoch| i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX))
+}

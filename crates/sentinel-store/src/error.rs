@@ -1,0 +1,100 @@
+//! The one error type of the store. Every failure a caller can meet is a variant here, with the
+//! path or value involved, so an operator reading a log line knows what to look at.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The settings cannot work (for example a compression level zstd does not have).
+    #[error("invalid store settings: {0}")]
+    InvalidSettings(String),
+
+    /// A SHA-256 that is not 64 hexadecimal characters. The value is shown escaped and
+    /// truncated because it comes from the network.
+    #[error("invalid SHA-256 {0}: expected 64 hexadecimal characters")]
+    InvalidSha256(String),
+
+    /// The bytes given with a hash do not hash to it.
+    #[error("sample bytes hash to {actual}, not to the claimed {claimed}")]
+    HashMismatch { claimed: String, actual: String },
+
+    /// A verdict with a field out of range; the reason names the field.
+    #[error("invalid verdict: {0}")]
+    InvalidVerdict(String),
+
+    /// A vault file whose header, compression or content hash is wrong: disk corruption or
+    /// tampering. The file is left in place for investigation.
+    #[error("vault file {} is corrupt: {reason}", path.display())]
+    CorruptVaultFile { path: PathBuf, reason: String },
+
+    /// The database says a sample is stored but its vault file is gone (deleted by hand, or a
+    /// crash in the middle of a retention run, which the next run repairs).
+    #[error("vault file {} is missing although the database lists it", path.display())]
+    MissingVaultFile { path: PathBuf },
+
+    /// The database was written by a newer Sentinel; opening it could corrupt it.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+
+    /// The database file belongs to some other program.
+    #[error("{} is not a Sentinel database (application_id {found:#x})", path.display())]
+    NotSentinelDatabase { path: PathBuf, found: i64 },
+
+    /// SQLite could not put the database in WAL mode (for example on a network file system),
+    /// without which readers would block the writer.
+    #[error("{} cannot use WAL mode (journal_mode stays {journal_mode})", path.display())]
+    WalUnavailable { path: PathBuf, journal_mode: String },
+
+    /// A label that is not 0 or 1, or a note too long; the reason says which.
+    #[error("invalid label: {0}")]
+    InvalidLabel(String),
+
+    /// A VirusTotal report row that cannot be stored; the reason names the field.
+    #[error("invalid VirusTotal report: {0}")]
+    InvalidVtReport(String),
+
+    /// A CSV dataset whose first line is not the expected header.
+    #[error("CSV header is {found:?}, expected {expected:?}")]
+    CsvHeader { expected: &'static str, found: String },
+
+    /// Reading or writing a CSV dataset failed (I/O, or a line that is not CSV at all).
+    #[error("CSV error: {0}")]
+    Csv(#[from] csv::Error),
+
+    /// A sample's vault file was deleted again and again (by hand) while the sample was being
+    /// recorded, so the row could not be made to list a file that exists.
+    #[error("vault file {} keeps vanishing while the sample is being recorded", path.display())]
+    VaultFileVanished { path: PathBuf },
+
+    /// The batch of writes this write was part of could not be committed (or begun): nothing of
+    /// the batch was written. Shared by every write of the batch, hence the `Arc`.
+    #[error("the write transaction failed: {0}")]
+    Commit(#[source] Arc<rusqlite::Error>),
+
+    /// The writer thread is gone (it panicked), so nothing can be written any more.
+    #[error("the store's writer thread has stopped")]
+    WriterStopped,
+
+    /// A file-system operation failed.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, source }
+    }
+}

@@ -1,0 +1,173 @@
+//! Samples the server has seen: hash, size, first and last time seen, and whether the vault
+//! holds a copy. Recording a sample stores the vault file before the row, so a row never claims
+//! a file that was not durably written.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::sample_hash::SampleHash;
+use crate::vault::Vault;
+use crate::{Store, StoreError};
+
+/// What the store knows about one sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleRecord {
+    /// Lowercase hexadecimal SHA-256.
+    pub sha256: String,
+    /// Size of the original sample in bytes.
+    pub size: u64,
+    /// Unix seconds when the sample was first recorded.
+    pub first_seen: i64,
+    /// Unix seconds when the sample was last recorded.
+    pub last_seen: i64,
+    /// The defanged vault file, if the vault holds one (absent when `keep_samples` is off, the
+    /// sample exceeded `max_sample_size`, or retention deleted it).
+    pub stored_path: Option<PathBuf>,
+}
+
+const UPSERT: &str = "INSERT INTO samples (sha256, size, first_seen, last_seen, stored_path)
+    VALUES (?1, ?2, ?3, ?3, ?4)
+    ON CONFLICT (sha256) DO UPDATE SET
+        last_seen = max(samples.last_seen, excluded.last_seen),
+        stored_path = excluded.stored_path
+    RETURNING sha256, size, first_seen, last_seen, stored_path IS NOT NULL";
+
+const SELECT: &str =
+    "SELECT sha256, size, first_seen, last_seen, stored_path IS NOT NULL FROM samples WHERE sha256 = ?1";
+
+/// Attempts at committing a sample row while its vault file exists. Retention only deletes the
+/// files of samples not seen for days, and a sample being recorded is being seen, so a second
+/// attempt always succeeds unless someone deletes vault files by hand meanwhile.
+const VAULT_ATTEMPTS: usize = 3;
+
+impl Store {
+    /// Records that `bytes`, whose SHA-256 is `sha256_hex` (either case), was seen now: creates
+    /// the row or updates `last_seen`, and keeps a defanged copy in the vault if the settings
+    /// say so. Fails with [`StoreError::HashMismatch`] if the bytes do not hash to the hash.
+    /// Both the row and the file are durable when this returns.
+    pub fn record_sample(&self, sha256_hex: &str, bytes: &[u8]) -> Result<SampleRecord, StoreError> {
+        self.record_sample_with(sha256_hex, bytes, |_| Ok(())).map(|(record, ())| record)
+    }
+
+    /// Records a sample as [`Store::record_sample`] does and, in the same transaction, whatever
+    /// `also` writes; nothing is committed if `also` fails. `also` is cloned for each attempt.
+    pub(crate) fn record_sample_with<T: Send + 'static>(
+        &self,
+        sha256_hex: &str,
+        bytes: &[u8],
+        also: impl FnOnce(&Connection) -> Result<T, StoreError> + Clone + Send + 'static,
+    ) -> Result<(SampleRecord, T), StoreError> {
+        let hash = SampleHash::verify(sha256_hex, bytes)?;
+        let keep = self.settings.keep_samples && bytes.len() as u64 <= self.settings.max_sample_size;
+        // A slice holds at most isize::MAX bytes, which fits an i64.
+        let size = bytes.len() as i64;
+        let now = self.now();
+        for _ in 0..VAULT_ATTEMPTS {
+            if keep {
+                // Compressed and fsynced on the caller's thread, before the write is queued, so
+                // the writer thread never waits on a sample's disk I/O. A no-op if the file is
+                // already there.
+                self.vault.store(&hash, bytes)?;
+            }
+            let (vault, hash, also) = (Arc::clone(&self.vault), hash.clone(), also.clone());
+            let written = self.database.write(move |connection| {
+                // Retention deletes files inside write transactions, which run one at a time,
+                // so a file that exists here still exists when this row is committed. If
+                // retention deleted it since it was stored above, store it again and retry.
+                let stored = vault.contains(&hash)?;
+                if keep && !stored {
+                    return Ok(None);
+                }
+                let stored_path = stored.then(|| Vault::relative_path(&hash));
+                let mut statement = connection.prepare_cached(UPSERT)?;
+                let record = statement.query_row(params![hash.as_str(), size, now, stored_path], |row| {
+                    sample_from_row(&vault, row)
+                })?;
+                Ok(Some((record, also(connection)?)))
+            })?;
+            if let Some(written) = written {
+                return Ok(written);
+            }
+        }
+        Err(StoreError::VaultFileVanished { path: self.vault.path_of(&hash) })
+    }
+
+    /// The record of a sample, or `None` if it was never recorded.
+    pub fn sample(&self, sha256_hex: &str) -> Result<Option<SampleRecord>, StoreError> {
+        let hash = SampleHash::parse(sha256_hex)?;
+        self.database.read(|connection| {
+            let mut statement = connection.prepare_cached(SELECT)?;
+            Ok(statement.query_row([hash.as_str()], |row| sample_from_row(&self.vault, row)).optional()?)
+        })
+    }
+
+    /// The original bytes of a sample, decompressed and verified against its hash; `None` if
+    /// the sample is unknown or the vault holds no copy. A damaged file is reported as
+    /// [`StoreError::CorruptVaultFile`] and a vanished one as [`StoreError::MissingVaultFile`].
+    pub fn read_sample(&self, sha256_hex: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let hash = SampleHash::parse(sha256_hex)?;
+        match self.sample(hash.as_str())? {
+            Some(SampleRecord { stored_path: Some(_), .. }) => self.vault.load(&hash).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn sample_from_row(vault: &Vault, row: &Row<'_>) -> rusqlite::Result<SampleRecord> {
+    let sha256: String = row.get(0)?;
+    let stored: bool = row.get(4)?;
+    // The path is derived from the hash rather than read from the row, so no database content
+    // can point the store at a file outside the vault.
+    let stored_path = match stored {
+        true => SampleHash::parse(&sha256).ok().map(|hash| vault.path_of(&hash)),
+        false => None,
+    };
+    let size: i64 = row.get(1)?;
+    // The table's CHECK keeps sizes non-negative.
+    let size = u64::try_from(size).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(1, size))?;
+    Ok(SampleRecord { sha256, size, first_seen: row.get(2)?, last_seen: row.get(3)?, stored_path })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::StoreSettings;
+
+    #[test]
+    fn a_file_deleted_before_its_row_is_committed_is_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreSettings::default()).unwrap());
+        let bytes = b"MZ deleted while queued".to_vec();
+        let hash = SampleHash::of(&bytes);
+        let path = store.vault.path_of(&hash);
+
+        // Hold the writer thread, as a retention run deleting files would.
+        let (release, gate) = mpsc::channel::<()>();
+        let holder = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || store.database.write(move |_| Ok(gate.recv().is_ok())).unwrap())
+        };
+        let recorder = {
+            let (store, bytes, hash) = (Arc::clone(&store), bytes.clone(), hash.clone());
+            std::thread::spawn(move || store.record_sample(hash.as_str(), &bytes).unwrap())
+        };
+        // The file is stored before the row's write is queued; delete it meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "the sample was never stored");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::fs::remove_file(&path).unwrap();
+        release.send(()).unwrap();
+        assert!(holder.join().unwrap());
+
+        let record = recorder.join().unwrap();
+        assert_eq!(record.stored_path, Some(path));
+        assert_eq!(store.read_sample(hash.as_str()).unwrap(), Some(bytes));
+    }
+}

@@ -1,0 +1,63 @@
+//! Operator settings of the store, read from the server's configuration file. Unknown keys are
+//! rejected so that a misspelt retention setting fails loudly instead of keeping samples forever.
+
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// How the store keeps samples. Every field has a default; see [`StoreSettings::default`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Keep a defanged (compressed, non-executable) copy of every sample in the vault, so models
+    /// can be retrained on it. When false only the hash, size and dates are recorded.
+    /// Default: true.
+    pub keep_samples: bool,
+
+    /// Delete vault files of samples not seen for this many days ([`crate::Store::apply_retention`]);
+    /// the database rows and verdicts are kept. `None` keeps files forever. Must be at least 1:
+    /// use `keep_samples = false` to keep none. Default: `None`.
+    pub sample_retention_days: Option<u32>,
+
+    /// Samples larger than this many bytes are recorded but their bytes are not kept in the vault.
+    /// Default: 64 MiB.
+    pub max_sample_size: u64,
+
+    /// zstd level for vault files, 1 (fastest) to 19 (smallest). Default: 3.
+    pub compression_level: i32,
+
+    /// Idle read-only database connections kept open for reuse. More concurrent readers than
+    /// this still work; the extra connections are opened on demand and closed after use.
+    /// Default: 4.
+    pub read_connections: usize,
+
+    /// How long a database call waits for a lock held by another process before failing, in
+    /// milliseconds. Default: 5000.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> StoreSettings {
+        StoreSettings {
+            keep_samples: true,
+            sample_retention_days: None,
+            max_sample_size: 64 * 1024 * 1024,
+            compression_level: 3,
+            read_connections: 4,
+            busy_timeout_ms: 5000,
+        }
+    }
+}
+
+impl StoreSettings {
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |reason: String| Err(StoreError::InvalidSettings(reason));
+        if self.sample_retention_days == Some(0) {
+            return invalid("sample_retention_days must be at least 1 (use keep_samples = false)".into());
+        }
+        if !(1..=19).contains(&self.compression_level) {
+            return invalid(format!("compression_level {} is not in 1..=19", self.compression_level));
+        }
+        Ok(())
+    }
+}

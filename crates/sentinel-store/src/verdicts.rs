@@ -1,0 +1,163 @@
+//! Verdicts the server gave: one row per analysis result, keyed by the sample's hash. A verdict
+//! does not require a recorded sample, because a VirusTotal analysis can be asked on a hash alone.
+//! A request's sample and verdicts can be recorded in one transaction ([`Store::record_analysis`]),
+//! so a crash never keeps half of them.
+
+use rusqlite::{Connection, Row, params};
+
+use crate::sample_hash::SampleHash;
+use crate::{SampleRecord, Store, StoreError};
+
+/// The analyses a verdict can come from.
+const ANALYSES: [&str; 4] = ["static", "dynamic", "virustotal", "combined"];
+
+/// Longest accepted `model_version` or `client`, in bytes: they are labels, and the limit
+/// keeps a hostile client from filling the database through them.
+const MAX_LABEL_LEN: usize = 256;
+
+/// A verdict to record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewVerdict<'a> {
+    /// SHA-256 of the sample, 64 hexadecimal characters in either case.
+    pub sha256: &'a str,
+    /// `"static"`, `"dynamic"`, `"virustotal"` or `"combined"`.
+    pub analysis: &'a str,
+    /// Version of the model (or source) that gave the score; 1 to 256 bytes.
+    pub model_version: &'a str,
+    /// Maliciousness score y, in [0, 1].
+    pub score: f64,
+    /// Who asked (the central server), at most 256 bytes.
+    pub client: &'a str,
+}
+
+/// A recorded verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictRecord {
+    /// Unique, increasing in recording order.
+    pub id: i64,
+    /// Lowercase hexadecimal SHA-256.
+    pub sha256: String,
+    pub analysis: String,
+    pub model_version: String,
+    pub score: f64,
+    /// Unix seconds when the verdict was recorded.
+    pub created_at: i64,
+    pub client: String,
+}
+
+const INSERT: &str = "INSERT INTO verdicts (sha256, analysis, model_version, score, created_at, client)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+const SELECT_BY_SHA256: &str = "SELECT id, sha256, analysis, model_version, score, created_at, client
+    FROM verdicts WHERE sha256 = ?1 ORDER BY id";
+
+/// A verdict checked and copied, so the writer thread can insert it after the caller's
+/// borrowed [`NewVerdict`] is out of reach.
+#[derive(Debug, Clone)]
+struct ValidVerdict {
+    hash: SampleHash,
+    analysis: String,
+    model_version: String,
+    score: f64,
+    client: String,
+}
+
+impl ValidVerdict {
+    fn new(verdict: &NewVerdict<'_>) -> Result<ValidVerdict, StoreError> {
+        let hash = SampleHash::parse(verdict.sha256)?;
+        validate(verdict)?;
+        Ok(ValidVerdict {
+            hash,
+            analysis: verdict.analysis.to_owned(),
+            model_version: verdict.model_version.to_owned(),
+            score: verdict.score,
+            client: verdict.client.to_owned(),
+        })
+    }
+
+    fn insert(&self, connection: &Connection, now: i64) -> Result<i64, StoreError> {
+        let mut statement = connection.prepare_cached(INSERT)?;
+        Ok(statement.insert(params![
+            self.hash.as_str(),
+            self.analysis,
+            self.model_version,
+            self.score,
+            now,
+            self.client
+        ])?)
+    }
+}
+
+impl Store {
+    /// Records a verdict and returns its id. Durable when this returns.
+    pub fn record_verdict(&self, verdict: &NewVerdict<'_>) -> Result<i64, StoreError> {
+        let verdict = ValidVerdict::new(verdict)?;
+        let now = self.now();
+        self.database.write(move |connection| verdict.insert(connection, now))
+    }
+
+    /// Records a request at once: its sample (hash and bytes, as [`Store::record_sample`] takes
+    /// them), if any, and its verdicts, in one transaction. Returns the sample's record and the
+    /// verdicts' ids in the order given. Either everything is durable when this returns, or
+    /// nothing was recorded.
+    pub fn record_analysis(
+        &self,
+        sample: Option<(&str, &[u8])>,
+        verdicts: &[NewVerdict<'_>],
+    ) -> Result<(Option<SampleRecord>, Vec<i64>), StoreError> {
+        let verdicts = verdicts.iter().map(ValidVerdict::new).collect::<Result<Vec<_>, _>>()?;
+        let now = self.now();
+        let insert_verdicts = move |connection: &Connection| {
+            verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect::<Result<Vec<_>, _>>()
+        };
+        match sample {
+            Some((sha256_hex, bytes)) => self
+                .record_sample_with(sha256_hex, bytes, insert_verdicts)
+                .map(|(record, ids)| (Some(record), ids)),
+            None => self.database.write(insert_verdicts).map(|ids| (None, ids)),
+        }
+    }
+
+    /// All verdicts on a sample, oldest first.
+    pub fn verdicts(&self, sha256_hex: &str) -> Result<Vec<VerdictRecord>, StoreError> {
+        let hash = SampleHash::parse(sha256_hex)?;
+        self.database.read(|connection| {
+            let mut statement = connection.prepare_cached(SELECT_BY_SHA256)?;
+            let rows = statement.query_map([hash.as_str()], verdict_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+fn validate(verdict: &NewVerdict<'_>) -> Result<(), StoreError> {
+    let invalid = |reason: String| Err(StoreError::InvalidVerdict(reason));
+    if !ANALYSES.contains(&verdict.analysis) {
+        let preview: String = verdict.analysis.chars().take(40).collect();
+        return invalid(format!("analysis {preview:?} is not one of {ANALYSES:?}"));
+    }
+    if !(0.0..=1.0).contains(&verdict.score) {
+        return invalid(format!("score {} is not in [0, 1]", verdict.score));
+    }
+    if verdict.model_version.is_empty() || verdict.model_version.len() > MAX_LABEL_LEN {
+        return invalid(format!(
+            "model_version is {} bytes, not 1 to {MAX_LABEL_LEN}",
+            verdict.model_version.len()
+        ));
+    }
+    if verdict.client.len() > MAX_LABEL_LEN {
+        return invalid(format!("client is {} bytes, more than {MAX_LABEL_LEN}", verdict.client.len()));
+    }
+    Ok(())
+}
+
+fn verdict_from_row(row: &Row<'_>) -> rusqlite::Result<VerdictRecord> {
+    Ok(VerdictRecord {
+        id: row.get(0)?,
+        sha256: row.get(1)?,
+        analysis: row.get(2)?,
+        model_version: row.get(3)?,
+        score: row.get(4)?,
+        created_at: row.get(5)?,
+        client: row.get(6)?,
+    })
+}

@@ -1,0 +1,399 @@
+//! Behaviour of the store through its public API, on real files in temporary directories.
+
+use std::fs;
+use std::sync::Arc;
+
+use sentinel_store::{NewVerdict, Store, StoreError, StoreSettings};
+use sha2::{Digest, Sha256};
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A few KiB that look like the start of a Windows executable.
+fn fake_executable(seed: u32) -> Vec<u8> {
+    let mut bytes = b"MZ\x90\x00\x03\x00\x00\x00".to_vec();
+    bytes.extend((0..4096u32).map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8));
+    bytes.extend(seed.to_le_bytes());
+    bytes
+}
+
+fn verdict<'a>(sha256: &'a str, analysis: &'a str, score: f64) -> NewVerdict<'a> {
+    NewVerdict { sha256, analysis, model_version: "static-2026.11", score, client: "central-7" }
+}
+
+#[test]
+fn sample_round_trip_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let sample = fake_executable(1);
+    let hash = sha256(&sample);
+    {
+        let store = Store::open(&data_dir, StoreSettings::default()).unwrap();
+        assert_eq!(store.sample(&hash).unwrap(), None);
+        assert_eq!(store.read_sample(&hash).unwrap(), None);
+        // Upper case is accepted and normalised.
+        let record = store.record_sample(&hash.to_uppercase(), &sample).unwrap();
+        assert_eq!(record.sha256, hash);
+        assert_eq!(record.size, sample.len() as u64);
+        assert_eq!(record.first_seen, record.last_seen);
+        let path = record.stored_path.clone().unwrap();
+        assert_eq!(
+            path,
+            data_dir.join("samples").join(&hash[0..2]).join(&hash[2..4]).join(format!("{hash}.zst"))
+        );
+        assert_eq!(store.sample(&hash).unwrap(), Some(record));
+    }
+    assert!(data_dir.join("sentinel.db").is_file());
+    let store = Store::open(&data_dir, StoreSettings::default()).unwrap();
+    assert_eq!(store.read_sample(&hash.to_uppercase()).unwrap(), Some(sample));
+}
+
+#[test]
+fn recording_the_same_sample_twice_writes_the_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let sample = fake_executable(2);
+    let first = store.record_sample(&sha256(&sample), &sample).unwrap();
+    let path = first.stored_path.clone().unwrap();
+    let modified = fs::metadata(&path).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let second = store.record_sample(&sha256(&sample), &sample).unwrap();
+    assert_eq!(second.first_seen, first.first_seen);
+    assert!(second.last_seen >= first.last_seen);
+    assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), modified);
+    let incoming: Vec<_> = fs::read_dir(dir.path().join("samples/incoming")).unwrap().collect();
+    assert!(incoming.is_empty(), "temporary files left behind: {incoming:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn vault_files_are_defanged() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("data"), StoreSettings::default()).unwrap();
+    let sample = fake_executable(3);
+    let path = store.record_sample(&sha256(&sample), &sample).unwrap().stored_path.unwrap();
+
+    let mode = fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let contents = fs::read(&path).unwrap();
+    assert!(contents.starts_with(b"SENTINEL-SAMPLE\0"));
+    assert!(!contents.starts_with(b"MZ"));
+    assert!(!contents.windows(sample.len()).any(|window| window == sample), "stored uncompressed");
+    for private in
+        [dir.path().join("data"), dir.path().join("data/samples"), dir.path().join("data/sentinel.db")]
+    {
+        let mode = fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", private.display());
+    }
+}
+
+#[test]
+fn invalid_hashes_and_mismatched_bytes_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let sample = fake_executable(4);
+    let other = sha256(b"something else");
+    for bad in ["", "00", &"g".repeat(64), &format!("{}0", sha256(&sample)), "../../etc/passwd"] {
+        assert!(matches!(store.record_sample(bad, &sample), Err(StoreError::InvalidSha256(_))), "{bad:?}");
+        assert!(matches!(store.sample(bad), Err(StoreError::InvalidSha256(_))), "{bad:?}");
+        assert!(matches!(store.read_sample(bad), Err(StoreError::InvalidSha256(_))), "{bad:?}");
+        assert!(matches!(store.verdicts(bad), Err(StoreError::InvalidSha256(_))), "{bad:?}");
+    }
+    assert!(matches!(store.record_sample(&other, &sample), Err(StoreError::HashMismatch { .. })));
+    assert_eq!(store.sample(&other).unwrap(), None);
+    assert!(
+        fs::read_dir(dir.path().join("samples"))
+            .unwrap()
+            .all(|entry| entry.unwrap().file_name() == "incoming")
+    );
+}
+
+#[test]
+fn verdict_round_trip_and_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    // A hash-only VirusTotal verdict needs no recorded sample.
+    let hash = sha256(b"never uploaded");
+    let first = store.record_verdict(&verdict(&hash.to_uppercase(), "virustotal", 0.25)).unwrap();
+    let second = store.record_verdict(&verdict(&hash, "combined", 1.0)).unwrap();
+    assert!(second > first);
+
+    let verdicts = store.verdicts(&hash).unwrap();
+    assert_eq!(verdicts.len(), 2);
+    assert_eq!(
+        (verdicts[0].id, verdicts[0].analysis.as_str(), verdicts[0].score),
+        (first, "virustotal", 0.25)
+    );
+    assert_eq!((verdicts[1].id, verdicts[1].analysis.as_str(), verdicts[1].score), (second, "combined", 1.0));
+    assert_eq!(verdicts[0].sha256, hash);
+    assert_eq!(verdicts[0].model_version, "static-2026.11");
+    assert_eq!(verdicts[0].client, "central-7");
+    assert!(verdicts[0].created_at > 1_700_000_000);
+    assert!(store.verdicts(&sha256(b"other")).unwrap().is_empty());
+
+    let long = "x".repeat(257);
+    let invalid = [
+        verdict(&hash, "STATIC", 0.5),
+        verdict(&hash, "", 0.5),
+        verdict(&hash, "static", -0.1),
+        verdict(&hash, "static", 1.5),
+        verdict(&hash, "static", f64::NAN),
+        NewVerdict { model_version: "", ..verdict(&hash, "static", 0.5) },
+        NewVerdict { model_version: &long, ..verdict(&hash, "static", 0.5) },
+        NewVerdict { client: &long, ..verdict(&hash, "static", 0.5) },
+    ];
+    for bad in &invalid {
+        assert!(matches!(store.record_verdict(bad), Err(StoreError::InvalidVerdict(_))), "{bad:?}");
+    }
+    assert_eq!(store.verdicts(&hash).unwrap().len(), 2);
+}
+
+#[test]
+fn samples_are_not_kept_when_disabled_or_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = StoreSettings { max_sample_size: 100, ..StoreSettings::default() };
+    let store = Store::open(&dir.path().join("limited"), settings).unwrap();
+    let large = fake_executable(5);
+    let small = b"MZ tiny".to_vec();
+    let record = store.record_sample(&sha256(&large), &large).unwrap();
+    assert_eq!((record.size, record.stored_path), (large.len() as u64, None));
+    assert_eq!(store.read_sample(&sha256(&large)).unwrap(), None);
+    assert!(store.record_sample(&sha256(&small), &small).unwrap().stored_path.is_some());
+
+    let settings = StoreSettings { keep_samples: false, ..StoreSettings::default() };
+    let store = Store::open(&dir.path().join("none"), settings).unwrap();
+    assert_eq!(store.record_sample(&sha256(&small), &small).unwrap().stored_path, None);
+    assert_eq!(store.read_sample(&sha256(&small)).unwrap(), None);
+    assert_eq!(fs::read_dir(dir.path().join("none/samples")).unwrap().count(), 1, "only incoming/");
+}
+
+#[test]
+fn corrupt_vault_files_are_detected_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let sample = fake_executable(6);
+    let hash = sha256(&sample);
+    let path = store.record_sample(&hash, &sample).unwrap().stored_path.unwrap();
+    let original = fs::read(&path).unwrap();
+    let decoy = fake_executable(7);
+    let decoy_file =
+        fs::read(store.record_sample(&sha256(&decoy), &decoy).unwrap().stored_path.unwrap()).unwrap();
+
+    let mut flipped_payload = original.clone();
+    *flipped_payload.last_mut().unwrap() ^= 0x40;
+    let mut flipped_size = original.clone();
+    flipped_size[20] ^= 0x01;
+    let mut no_magic = original.clone();
+    no_magic[0] = b'M';
+    let corruptions = [
+        ("flipped payload byte", flipped_payload),
+        ("wrong size in header", flipped_size),
+        ("bad magic", no_magic),
+        ("truncated", original[..original.len() / 2].to_vec()),
+        ("header only", original[..60].to_vec()),
+        ("empty", Vec::new()),
+        ("another sample's file", decoy_file),
+        ("raw sample", sample.clone()),
+    ];
+    for (what, contents) in corruptions {
+        fs::write(&path, contents).unwrap();
+        let result = store.read_sample(&hash);
+        assert!(matches!(result, Err(StoreError::CorruptVaultFile { .. })), "{what}: {result:?}");
+    }
+    fs::remove_file(&path).unwrap();
+    assert!(matches!(store.read_sample(&hash), Err(StoreError::MissingVaultFile { .. })));
+
+    // Recording the sample again restores the missing file.
+    store.record_sample(&hash, &sample).unwrap();
+    assert_eq!(store.read_sample(&hash).unwrap(), Some(sample));
+}
+
+#[test]
+fn empty_sample_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let record = store.record_sample(&sha256(b""), b"").unwrap();
+    assert_eq!(record.size, 0);
+    assert_eq!(store.read_sample(&sha256(b"")).unwrap(), Some(Vec::new()));
+}
+
+#[test]
+fn concurrent_writers_and_readers_lose_nothing() {
+    const THREADS: u32 = 8;
+    const PER_THREAD: u32 = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), StoreSettings::default()).unwrap());
+    let threads: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    // Every thread also records the shared samples 0..5, racing on the same files.
+                    let seed = if i < 5 { i } else { 1000 * (thread + 1) + i };
+                    let sample = fake_executable(seed);
+                    let hash = sha256(&sample);
+                    store.record_sample(&hash, &sample).unwrap();
+                    store.record_verdict(&verdict(&hash, "static", f64::from(i) / 100.0)).unwrap();
+                    assert_eq!(store.read_sample(&hash).unwrap(), Some(sample));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    for seed in 0..5 {
+        let hash = sha256(&fake_executable(seed));
+        assert_eq!(store.verdicts(&hash).unwrap().len(), THREADS as usize);
+    }
+    for thread in 0..THREADS {
+        for i in 5..PER_THREAD {
+            let hash = sha256(&fake_executable(1000 * (thread + 1) + i));
+            assert!(store.sample(&hash).unwrap().unwrap().stored_path.is_some());
+            assert_eq!(store.verdicts(&hash).unwrap().len(), 1);
+        }
+    }
+    assert!(fs::read_dir(dir.path().join("samples/incoming")).unwrap().next().is_none());
+}
+
+#[test]
+fn store_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+}
+
+#[test]
+fn readiness_probe_succeeds_on_a_healthy_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    store.is_writable().unwrap();
+    assert!(fs::read_dir(dir.path().join("samples/incoming")).unwrap().next().is_none());
+}
+
+#[test]
+fn settings_reject_unknown_keys_and_impossible_values() {
+    let settings: StoreSettings = serde_json::from_str(r#"{"sample_retention_days": 90}"#).unwrap();
+    assert_eq!(settings, StoreSettings { sample_retention_days: Some(90), ..StoreSettings::default() });
+    assert!(settings.keep_samples);
+    assert!(serde_json::from_str::<StoreSettings>(r#"{"sample_retention_day": 90}"#).is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        StoreSettings { sample_retention_days: Some(0), ..StoreSettings::default() },
+        StoreSettings { compression_level: 0, ..StoreSettings::default() },
+        StoreSettings { compression_level: 23, ..StoreSettings::default() },
+    ] {
+        assert!(matches!(Store::open(dir.path(), bad), Err(StoreError::InvalidSettings(_))));
+    }
+}
+
+#[test]
+fn a_foreign_database_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("sentinel.db"), b"not a database at all, just some text").unwrap();
+    assert!(Store::open(dir.path(), StoreSettings::default()).is_err());
+}
+
+#[test]
+fn a_vault_directory_removed_by_hand_is_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let sample = fake_executable(8);
+    let path = store.record_sample(&sha256(&sample), &sample).unwrap().stored_path.unwrap();
+    fs::remove_dir_all(path.parent().unwrap().parent().unwrap()).unwrap();
+    assert!(matches!(store.read_sample(&sha256(&sample)), Err(StoreError::MissingVaultFile { .. })));
+
+    // Another sample in the same leaf directory, then the first one again.
+    let neighbour = (9..).map(fake_executable).find(|other| sha256(other)[..4] == sha256(&sample)[..4]);
+    let neighbour = neighbour.unwrap();
+    store.record_sample(&sha256(&neighbour), &neighbour).unwrap();
+    store.record_sample(&sha256(&sample), &sample).unwrap();
+    assert_eq!(store.read_sample(&sha256(&sample)).unwrap(), Some(sample));
+    assert_eq!(store.read_sample(&sha256(&neighbour)).unwrap(), Some(neighbour));
+}
+
+#[test]
+fn record_analysis_writes_a_sample_and_its_verdicts_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let sample = fake_executable(20);
+    let hash = sha256(&sample);
+    let verdicts = [verdict(&hash, "static", 0.75), verdict(&hash, "combined", 0.5)];
+    let (record, ids) = store.record_analysis(Some((&hash, &sample)), &verdicts).unwrap();
+    let record = record.unwrap();
+    assert_eq!((record.sha256.as_str(), record.size), (hash.as_str(), sample.len() as u64));
+    assert_eq!(ids.len(), 2);
+    let stored = store.verdicts(&hash).unwrap();
+    assert_eq!(stored.iter().map(|verdict| verdict.id).collect::<Vec<_>>(), ids);
+    assert_eq!((stored[0].analysis.as_str(), stored[1].score), ("static", 0.5));
+    assert_eq!(store.read_sample(&hash).unwrap(), Some(sample.clone()));
+
+    // A hash-only request: verdicts without a sample.
+    let hash_only = sha256(b"hash only");
+    let (record, ids) = store.record_analysis(None, &[verdict(&hash_only, "virustotal", 0.1)]).unwrap();
+    assert_eq!((record, ids.len()), (None, 1));
+
+    // One invalid verdict: nothing of the request is recorded.
+    let other = fake_executable(21);
+    let other_hash = sha256(&other);
+    let invalid = [verdict(&other_hash, "static", 0.2), verdict(&other_hash, "static", 2.0)];
+    let result = store.record_analysis(Some((&other_hash, &other)), &invalid);
+    assert!(matches!(result, Err(StoreError::InvalidVerdict(_))), "{result:?}");
+    assert_eq!(store.sample(&other_hash).unwrap(), None);
+    assert!(store.verdicts(&other_hash).unwrap().is_empty());
+    let mismatched = store.record_analysis(Some((&hash_only, &other)), &[verdict(&hash_only, "static", 0.2)]);
+    assert!(matches!(mismatched, Err(StoreError::HashMismatch { .. })));
+    assert_eq!(store.verdicts(&hash_only).unwrap().len(), 1);
+}
+
+#[test]
+fn concurrent_writes_are_grouped_and_none_is_lost() {
+    const THREADS: u64 = 64;
+    const PER_THREAD: u64 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), StoreSettings::default()).unwrap());
+    let before = store.write_stats();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                for i in 0..PER_THREAD {
+                    let hash = sha256(format!("{thread} {i}").as_bytes());
+                    if i % 2 == 0 {
+                        ids.push(store.record_verdict(&verdict(&hash, "static", 0.5)).unwrap());
+                    } else {
+                        let sample = fake_executable((thread * 100 + i) as u32);
+                        let sample_hash = sha256(&sample);
+                        let verdicts = [verdict(&sample_hash, "static", 0.5)];
+                        ids.extend(
+                            store.record_analysis(Some((&sample_hash, &sample)), &verdicts).unwrap().1,
+                        );
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids: Vec<i64> = threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, THREADS * PER_THREAD, "every write got its own id");
+    for thread in 0..THREADS {
+        for i in 0..PER_THREAD {
+            let hash = match i % 2 {
+                0 => sha256(format!("{thread} {i}").as_bytes()),
+                _ => sha256(&fake_executable((thread * 100 + i) as u32)),
+            };
+            assert_eq!(store.verdicts(&hash).unwrap().len(), 1, "thread {thread} write {i}");
+        }
+    }
+    let stats = store.write_stats();
+    let (transactions, writes) = (stats.transactions - before.transactions, stats.writes - before.writes);
+    assert_eq!(writes, THREADS * PER_THREAD);
+    assert!(transactions < writes, "{transactions} transactions for {writes} concurrent writes");
+}
