@@ -1,0 +1,248 @@
+//! The `[virustotal]` settings: where VirusTotal is, how long to wait for it,
+//! whether files may be uploaded, how stale a stored report may be, the request
+//! limits of each key tier, and the rule that turns a report into a score.
+//!
+//! Durations are seconds as floating-point numbers (`request_timeout_secs =
+//! 30`, `0.5` allowed), the convention of the other sections.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SettingsError;
+use crate::key::KeyId;
+use crate::verdict::VerdictRule;
+
+/// Settings of the VirusTotal client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VirusTotalSettings {
+    /// Scheme and host of the API (`/api/v3/...` is appended).
+    pub base_url: String,
+    /// Limit on one request (connection, sending and receiving), uploads excepted.
+    pub request_timeout_secs: f64,
+    /// Limit on one upload request, which sends up to `max_upload_bytes`.
+    pub upload_timeout_secs: f64,
+    /// Uploading a file VirusTotal does not know shares it with VirusTotal's
+    /// users (partners can download it): off unless the operator decides so.
+    pub upload_enabled: bool,
+    /// Largest file uploaded (VirusTotal's own limit is 650 MB).
+    pub max_upload_bytes: u64,
+    /// Largest response body read from VirusTotal.
+    pub max_response_bytes: usize,
+    /// Retries after a transient failure (5xx, timeout, connection error); the
+    /// number of attempts is `max_retries + 1`.
+    pub max_retries: u32,
+    /// First back-off delay; it doubles with each retry, with random jitter.
+    pub retry_base_delay_secs: f64,
+    /// Longest back-off delay.
+    pub retry_max_delay_secs: f64,
+    /// A stored report younger than this is answered without calling VirusTotal.
+    pub freshness_secs: f64,
+    /// Interval between polls of an upload's analysis. Each poll is a request
+    /// counted against the uploading key's quota.
+    pub analysis_poll_interval_secs: f64,
+    /// How long to wait for an upload's analysis to complete.
+    pub analysis_timeout_secs: f64,
+    /// A request that the rate limiter can admit within this wait is queued;
+    /// beyond it, it fails with a quota error at once.
+    pub max_queue_wait_secs: f64,
+    /// Limits of keys without a tier in `key_tiers`: VirusTotal's public API.
+    pub default_tier: TierLimits,
+    /// Named tiers (`premium`…) with their limits.
+    pub tiers: BTreeMap<String, TierLimits>,
+    /// Key id (hex HMAC of the key, see `KeyHasher::key_id`) → tier name.
+    pub key_tiers: BTreeMap<String, String>,
+    /// How a report becomes a score and a label.
+    pub verdict: VerdictRule,
+}
+
+/// Request limits of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierLimits {
+    pub requests_per_minute: u32,
+    /// Counted per UTC day, as VirusTotal does.
+    pub requests_per_day: u32,
+}
+
+impl Default for TierLimits {
+    /// VirusTotal's public API: 4 requests a minute, 500 a day.
+    fn default() -> Self {
+        TierLimits { requests_per_minute: 4, requests_per_day: 500 }
+    }
+}
+
+impl Default for VirusTotalSettings {
+    fn default() -> Self {
+        VirusTotalSettings {
+            base_url: "https://www.virustotal.com".to_owned(),
+            request_timeout_secs: 30.0,
+            upload_timeout_secs: 600.0,
+            upload_enabled: false,
+            max_upload_bytes: 650 * 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            max_retries: 3,
+            retry_base_delay_secs: 1.0,
+            retry_max_delay_secs: 30.0,
+            freshness_secs: 7.0 * 86_400.0,
+            analysis_poll_interval_secs: 30.0,
+            analysis_timeout_secs: 900.0,
+            max_queue_wait_secs: 20.0,
+            default_tier: TierLimits::default(),
+            tiers: BTreeMap::new(),
+            key_tiers: BTreeMap::new(),
+            verdict: VerdictRule::default(),
+        }
+    }
+}
+
+/// The settings checked and converted to the types the client works with.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedSettings {
+    pub base_url: reqwest::Url,
+    pub request_timeout: Duration,
+    pub upload_timeout: Duration,
+    pub upload_enabled: bool,
+    pub max_upload_bytes: u64,
+    pub max_response_bytes: usize,
+    pub max_retries: u32,
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub freshness: Duration,
+    pub analysis_poll_interval: Duration,
+    pub analysis_timeout: Duration,
+    pub max_queue_wait: Duration,
+    pub default_tier: TierLimits,
+    pub key_limits: BTreeMap<KeyId, TierLimits>,
+    pub verdict: VerdictRule,
+}
+
+/// More retries than this would only hide an outage while spending quota.
+const MAX_RETRIES: u32 = 10;
+
+impl VirusTotalSettings {
+    pub(crate) fn check(&self) -> Result<CheckedSettings, SettingsError> {
+        let base_url = reqwest::Url::parse(&self.base_url)
+            .map_err(|error| SettingsError::new(format!("base_url {:?}: {error}", self.base_url)))?;
+        if !matches!(base_url.scheme(), "https" | "http")
+            || base_url.host().is_none()
+            || !base_url.username().is_empty()
+            || base_url.password().is_some()
+            || base_url.query().is_some()
+            || base_url.fragment().is_some()
+        {
+            return Err(SettingsError::new(format!(
+                "base_url {:?} must be http(s)://host[:port][/path] without credentials, query or fragment",
+                self.base_url
+            )));
+        }
+        if self.max_retries > MAX_RETRIES {
+            return Err(SettingsError::new(format!("max_retries must be at most {MAX_RETRIES}")));
+        }
+        if self.max_response_bytes == 0 {
+            return Err(SettingsError::new("max_response_bytes must be positive".to_owned()));
+        }
+        for (name, limits) in std::iter::once(("default_tier", &self.default_tier))
+            .chain(self.tiers.iter().map(|(name, limits)| (name.as_str(), limits)))
+        {
+            if limits.requests_per_minute == 0 || limits.requests_per_day == 0 {
+                return Err(SettingsError::new(format!("tier {name}: limits must be positive")));
+            }
+        }
+        let mut key_limits = BTreeMap::new();
+        for (key_id, tier) in &self.key_tiers {
+            let id = KeyId::from_hex(key_id).ok_or_else(|| {
+                SettingsError::new(format!("key_tiers: {key_id:?} is not a key id (64 hex digits)"))
+            })?;
+            let limits = self
+                .tiers
+                .get(tier)
+                .ok_or_else(|| SettingsError::new(format!("key_tiers: tier {tier:?} is not in tiers")))?;
+            key_limits.insert(id, *limits);
+        }
+        self.verdict.check()?;
+        Ok(CheckedSettings {
+            base_url,
+            request_timeout: positive("request_timeout_secs", self.request_timeout_secs)?,
+            upload_timeout: positive("upload_timeout_secs", self.upload_timeout_secs)?,
+            upload_enabled: self.upload_enabled,
+            max_upload_bytes: self.max_upload_bytes,
+            max_response_bytes: self.max_response_bytes,
+            max_retries: self.max_retries,
+            retry_base_delay: non_negative("retry_base_delay_secs", self.retry_base_delay_secs)?,
+            retry_max_delay: non_negative("retry_max_delay_secs", self.retry_max_delay_secs)?,
+            freshness: non_negative("freshness_secs", self.freshness_secs)?,
+            analysis_poll_interval: non_negative(
+                "analysis_poll_interval_secs",
+                self.analysis_poll_interval_secs,
+            )?,
+            analysis_timeout: positive("analysis_timeout_secs", self.analysis_timeout_secs)?,
+            max_queue_wait: non_negative("max_queue_wait_secs", self.max_queue_wait_secs)?,
+            default_tier: self.default_tier,
+            key_limits,
+            verdict: self.verdict.clone(),
+        })
+    }
+}
+
+fn non_negative(name: &str, secs: f64) -> Result<Duration, SettingsError> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| SettingsError::new(format!("{name} must be a finite number of seconds ≥ 0")))
+}
+
+fn positive(name: &str, secs: f64) -> Result<Duration, SettingsError> {
+    match non_negative(name, secs)? {
+        Duration::ZERO => Err(SettingsError::new(format!("{name} must be positive"))),
+        duration => Ok(duration),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_public_api() {
+        let checked = VirusTotalSettings::default().check().unwrap();
+        assert_eq!(checked.base_url.as_str(), "https://www.virustotal.com/");
+        assert!(!checked.upload_enabled);
+        assert_eq!(checked.default_tier, TierLimits { requests_per_minute: 4, requests_per_day: 500 });
+        assert_eq!(checked.freshness, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        let invalid = [
+            VirusTotalSettings { base_url: "ftp://example.com".into(), ..Default::default() },
+            VirusTotalSettings { base_url: "https://user:pw@example.com".into(), ..Default::default() },
+            VirusTotalSettings { request_timeout_secs: 0.0, ..Default::default() },
+            VirusTotalSettings { freshness_secs: f64::NAN, ..Default::default() },
+            VirusTotalSettings { max_retries: 1000, ..Default::default() },
+            VirusTotalSettings {
+                key_tiers: [("ab".to_owned(), "premium".to_owned())].into(),
+                ..Default::default()
+            },
+            VirusTotalSettings {
+                key_tiers: [("0".repeat(64), "premium".to_owned())].into(),
+                ..Default::default()
+            },
+        ];
+        for settings in invalid {
+            assert!(settings.check().is_err(), "{settings:?}");
+        }
+    }
+
+    #[test]
+    fn key_tiers_map_key_ids_to_tier_limits() {
+        let premium = TierLimits { requests_per_minute: 1000, requests_per_day: 1_000_000 };
+        let settings = VirusTotalSettings {
+            tiers: [("premium".to_owned(), premium)].into(),
+            key_tiers: [("AB".repeat(32), "premium".to_owned())].into(),
+            ..Default::default()
+        };
+        let checked = settings.check().unwrap();
+        assert_eq!(checked.key_limits.get(&KeyId::from_hex(&"ab".repeat(32)).unwrap()), Some(&premium));
+    }
+}
