@@ -1,0 +1,549 @@
+//! The benchmark harness behind `sentinel bench anomaly` (cargo feature
+//! `bench`): loads ADBench `.npz` files and NSL-KDD, splits them with ADBench's
+//! protocol (stratified 70/30, unsupervised: labels of the training split are
+//! not used), fits and scores every model single- and multi-threaded, and runs
+//! the scikit-learn peer script on the very same matrices, written to `.npy`
+//! files so that both implementations see identical data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use ndarray::{Array1, Array2};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, seq::index::sample};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ColumnKind, Combination, Detector, Ensemble, EnsembleParams, IsolationForest, IsolationForestParams,
+    LocalOutlierFactor, LofParams, Matrix, MissingPolicy, Model, OneClassSvm, OneClassSvmParams,
+    PreprocessParams, Preprocessor, RandomFeatureOneClassSvm, RandomFeatureParams, Scaling, Value,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{path}: {message}")]
+    Data { path: PathBuf, message: String },
+    #[error(transparent)]
+    Anomaly(#[from] crate::AnomalyError),
+    #[error(transparent)]
+    Metric(#[from] sentinel_metrics::MetricError),
+    #[error("scikit-learn peer: {0}")]
+    Peer(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, BenchError>;
+
+/// A labelled data set: features and `true` for anomalies.
+pub struct Labelled {
+    pub name: String,
+    pub x: Matrix,
+    pub y: Vec<bool>,
+}
+
+/// Reads an ADBench `.npz` file (`X` as float64, int16 or uint8 and `y`).
+pub fn load_npz(path: &Path) -> Result<Labelled> {
+    let data_error = |message: String| BenchError::Data { path: path.to_owned(), message };
+    let file = std::fs::File::open(path)?;
+    let mut npz = ndarray_npy::NpzReader::new(file).map_err(|e| data_error(e.to_string()))?;
+    let x: Array2<f64> = match npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::Ix2>("X") {
+        Ok(x) => x,
+        Err(_) => match npz.by_name::<ndarray::OwnedRepr<i16>, ndarray::Ix2>("X") {
+            Ok(x) => x.mapv(f64::from),
+            Err(_) => npz
+                .by_name::<ndarray::OwnedRepr<u8>, ndarray::Ix2>("X")
+                .map_err(|e| data_error(format!("X: {e}")))?
+                .mapv(f64::from),
+        },
+    };
+    let y: Array1<i64> = npz.by_name("y").map_err(|e| data_error(format!("y: {e}")))?;
+    if y.len() != x.nrows() {
+        return Err(data_error(format!("{} rows in X but {} labels", x.nrows(), y.len())));
+    }
+    let cols = x.ncols();
+    let x = Matrix::new(x.iter().copied().collect(), cols).map_err(|e| data_error(e.to_string()))?;
+    let name = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    Ok(Labelled { name, x, y: y.iter().map(|&v| v != 0).collect() })
+}
+
+/// NSL-KDD prepared for the unsupervised protocol: the training matrix holds the
+/// normal rows of KDDTrain+ only; all of KDDTest+ is scored.
+pub struct NslKdd {
+    pub train: Matrix,
+    pub test: Labelled,
+    /// A labelled sample of KDDTrain+ (normal and attacks), the "analyst
+    /// feedback" the stacking ensemble learns from.
+    pub feedback: Labelled,
+}
+
+/// Positions of the symbolic columns of NSL-KDD's 41 features.
+const NSL_KDD_CATEGORICAL: [usize; 3] = [1, 2, 3];
+const NSL_KDD_FEATURES: usize = 41;
+/// Size of the labelled feedback sample drawn from KDDTrain+.
+const FEEDBACK_ROWS: usize = 2000;
+
+/// Reads KDDTrain+.txt and KDDTest+.txt from `dir` and encodes them as the
+/// published scikit-learn baseline does: one-hot categoricals, log1p then
+/// min-max scaling of numeric columns, fitted on the normal training rows.
+pub fn load_nsl_kdd(dir: &Path) -> Result<NslKdd> {
+    let train_text = std::fs::read_to_string(dir.join("KDDTrain+.txt"))?;
+    let test_text = std::fs::read_to_string(dir.join("KDDTest+.txt"))?;
+    let train = parse_nsl_kdd(&train_text, &dir.join("KDDTrain+.txt"))?;
+    let test = parse_nsl_kdd(&test_text, &dir.join("KDDTest+.txt"))?;
+    let schema: Vec<ColumnKind> =
+        (0..NSL_KDD_FEATURES)
+            .map(|c| {
+                if NSL_KDD_CATEGORICAL.contains(&c) {
+                    ColumnKind::Categorical
+                } else {
+                    ColumnKind::LogNumeric
+                }
+            })
+            .collect();
+    let normal: Vec<Vec<Value<'_>>> =
+        train.iter().filter(|(_, attack)| !attack).map(|(r, _)| r.clone()).collect();
+    let params = PreprocessParams { scaling: Scaling::MinMax, missing: MissingPolicy::Reject };
+    let preprocessor = Preprocessor::fit(&schema, &normal, &params)?;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let picked = sample(&mut rng, train.len(), FEEDBACK_ROWS.min(train.len())).into_vec();
+    let feedback_rows: Vec<Vec<Value<'_>>> = picked.iter().map(|&i| train[i].0.clone()).collect();
+    let test_rows: Vec<Vec<Value<'_>>> = test.iter().map(|(r, _)| r.clone()).collect();
+    Ok(NslKdd {
+        train: preprocessor.transform(&normal)?,
+        test: Labelled {
+            name: "nsl-kdd".into(),
+            x: preprocessor.transform(&test_rows)?,
+            y: test.iter().map(|(_, attack)| *attack).collect(),
+        },
+        feedback: Labelled {
+            name: "nsl-kdd feedback".into(),
+            x: preprocessor.transform(&feedback_rows)?,
+            y: picked.iter().map(|&i| train[i].1).collect(),
+        },
+    })
+}
+
+type NslKddRow<'a> = (Vec<Value<'a>>, bool);
+
+fn parse_nsl_kdd<'a>(text: &'a str, path: &Path) -> Result<Vec<NslKddRow<'a>>> {
+    let mut rows = Vec::new();
+    for (line_number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.trim().split(',').collect();
+        if fields.len() < NSL_KDD_FEATURES + 1 {
+            return Err(BenchError::Data {
+                path: path.to_owned(),
+                message: format!("line {}: {} fields, expected at least 42", line_number + 1, fields.len()),
+            });
+        }
+        let mut values = Vec::with_capacity(NSL_KDD_FEATURES);
+        for (column, field) in fields[..NSL_KDD_FEATURES].iter().enumerate() {
+            values.push(if NSL_KDD_CATEGORICAL.contains(&column) {
+                Value::Category(field)
+            } else {
+                Value::Number(field.parse().map_err(|_| BenchError::Data {
+                    path: path.to_owned(),
+                    message: format!("line {}: column {column} is not a number", line_number + 1),
+                })?)
+            });
+        }
+        rows.push((values, fields[NSL_KDD_FEATURES] != "normal"));
+    }
+    Ok(rows)
+}
+
+/// ADBench's split: 30 % of each class to the test set, shuffled by `seed`.
+pub fn stratified_split(labels: &[bool], seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for class in [false, true] {
+        let mut rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+        rows.shuffle(&mut rng);
+        let n_test = (rows.len() as f64 * 0.3).round() as usize;
+        test.extend_from_slice(&rows[..n_test]);
+        train.extend_from_slice(&rows[n_test..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    (train, test)
+}
+
+/// The models the bench knows, by the names used on the command line and in the output.
+pub const MODELS: [&str; 5] = ["iforest", "lof", "ocsvm", "ocsvm-rff", "ensemble"];
+
+/// What to run.
+pub struct BenchPlan {
+    /// `.npz` files to run, each with ADBench's protocol.
+    pub npz_files: Vec<PathBuf>,
+    /// The NSL-KDD folder, when it is to be run.
+    pub nsl_kdd: Option<PathBuf>,
+    pub models: Vec<String>,
+    pub seeds: Vec<u64>,
+    /// Thread counts to time Sentinel with (1 = single-threaded).
+    pub threads: Vec<usize>,
+    /// The exact One-Class SVM (both implementations) is fitted on at most this many training rows.
+    pub ocsvm_max_rows: usize,
+    /// The scikit-learn peer, unless skipped.
+    pub peer: Option<Peer>,
+}
+
+/// How to run the scikit-learn peer script.
+pub struct Peer {
+    pub python: String,
+    pub script: PathBuf,
+}
+
+/// One line of the results: a data set × model × implementation × thread count,
+/// averaged over the seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchRecord {
+    pub dataset: String,
+    pub model: String,
+    pub implementation: String,
+    pub threads: usize,
+    pub seeds: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub roc_auc: f64,
+    pub roc_auc_std: f64,
+    pub pr_auc: f64,
+    pub fit_seconds: f64,
+    pub score_seconds: f64,
+}
+
+/// One run of one model on one split, as both implementations report it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Run {
+    dataset: String,
+    model: String,
+    implementation: String,
+    threads: usize,
+    seed: u64,
+    n_train: usize,
+    n_test: usize,
+    roc_auc: f64,
+    pr_auc: f64,
+    fit_seconds: f64,
+    score_seconds: f64,
+}
+
+/// A split ready to run: training matrix (all rows, labels unused), test rows
+/// and labels, and the rows the exact One-Class SVM is fitted on.
+struct Split<'a> {
+    dataset: &'a str,
+    seed: u64,
+    train: Matrix,
+    test: &'a Matrix,
+    labels: &'a [bool],
+    ocsvm_rows: Vec<usize>,
+    feedback: Option<&'a Labelled>,
+}
+
+/// Runs the plan, calling `progress` with a line of text as it goes.
+pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<Vec<BenchRecord>> {
+    let mut runs = Vec::new();
+    let scratch = std::env::temp_dir().join(format!("sentinel-bench-anomaly-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let outcome = (|| -> Result<()> {
+        for path in &plan.npz_files {
+            let data = load_npz(path)?;
+            for &seed in &plan.seeds {
+                let (train_rows, test_rows) = stratified_split(&data.y, seed);
+                let test = data.x.select_rows(&test_rows)?;
+                let labels: Vec<bool> = test_rows.iter().map(|&i| data.y[i]).collect();
+                let train = data.x.select_rows(&train_rows)?;
+                let ocsvm_rows = subsample_rows(train.rows(), plan.ocsvm_max_rows, seed);
+                let split = Split {
+                    dataset: &data.name,
+                    seed,
+                    train,
+                    test: &test,
+                    labels: &labels,
+                    ocsvm_rows,
+                    feedback: None,
+                };
+                run_split(plan, &split, &scratch, &mut runs, &mut progress)?;
+            }
+        }
+        if let Some(dir) = &plan.nsl_kdd {
+            let data = load_nsl_kdd(dir)?;
+            // The NSL-KDD split is fixed; seeds vary the models' randomness and the SVM sample.
+            for &seed in &plan.seeds {
+                let split = Split {
+                    dataset: "nsl-kdd",
+                    seed,
+                    train: data.train.clone(),
+                    test: &data.test.x,
+                    labels: &data.test.y,
+                    ocsvm_rows: subsample_rows(data.train.rows(), plan.ocsvm_max_rows, seed),
+                    feedback: Some(&data.feedback),
+                };
+                run_split(plan, &split, &scratch, &mut runs, &mut progress)?;
+            }
+        }
+        Ok(())
+    })();
+    // The scratch folder holds copies of the data: remove it whatever happened.
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome?;
+    Ok(summarise(&runs))
+}
+
+fn subsample_rows(rows: usize, max_rows: usize, seed: u64) -> Vec<usize> {
+    if rows <= max_rows {
+        return (0..rows).collect();
+    }
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5EED);
+    let mut picked = sample(&mut rng, rows, max_rows).into_vec();
+    picked.sort_unstable();
+    picked
+}
+
+fn run_split(
+    plan: &BenchPlan,
+    split: &Split<'_>,
+    scratch: &Path,
+    runs: &mut Vec<Run>,
+    progress: &mut impl FnMut(&str),
+) -> Result<()> {
+    let wants = |model: &str| plan.models.iter().any(|m| m == model);
+    for &threads in &plan.threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| BenchError::Peer(format!("thread pool: {e}")))?;
+        let mut fitted: Vec<Model> = Vec::new();
+        for model in MODELS.iter().filter(|m| wants(m) && **m != "ensemble") {
+            let (fitted_model, run) = pool.install(|| run_sentinel(model, split, threads))?;
+            progress(&format!(
+                "{} seed {} {model} sentinel ×{threads}: AUC {:.4} fit {:.3}s score {:.3}s",
+                split.dataset, split.seed, run.roc_auc, run.fit_seconds, run.score_seconds
+            ));
+            runs.push(run);
+            if *model != "ocsvm-rff" {
+                fitted.push(fitted_model);
+            }
+        }
+        if wants("ensemble") && !fitted.is_empty() {
+            for run in pool.install(|| run_ensembles(fitted, split, threads))? {
+                progress(&format!(
+                    "{} seed {} {} sentinel ×{threads}: AUC {:.4} fit {:.3}s score {:.3}s",
+                    split.dataset, split.seed, run.model, run.roc_auc, run.fit_seconds, run.score_seconds
+                ));
+                runs.push(run);
+            }
+        }
+    }
+    if let Some(peer) = &plan.peer {
+        let peer_models: Vec<&str> =
+            MODELS.iter().copied().filter(|m| wants(m) && *m != "ensemble").collect();
+        if !peer_models.is_empty() {
+            for run in run_peer(peer, plan, split, &peer_models, scratch)? {
+                progress(&format!(
+                    "{} seed {} {} scikit-learn ×{}: AUC {:.4} fit {:.3}s score {:.3}s",
+                    split.dataset,
+                    split.seed,
+                    run.model,
+                    run.threads,
+                    run.roc_auc,
+                    run.fit_seconds,
+                    run.score_seconds
+                ));
+                runs.push(run);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_sentinel(model: &str, split: &Split<'_>, threads: usize) -> Result<(Model, Run)> {
+    let seed = split.seed;
+    let start = Instant::now();
+    let (fitted, n_train) = match model {
+        "iforest" => {
+            let params = IsolationForestParams { seed, ..IsolationForestParams::default() };
+            (Model::IsolationForest(IsolationForest::fit(&split.train, &params)?), split.train.rows())
+        }
+        "lof" => (
+            Model::LocalOutlierFactor(LocalOutlierFactor::fit(&split.train, &LofParams::default())?),
+            split.train.rows(),
+        ),
+        "ocsvm" => {
+            let sample = split.train.select_rows(&split.ocsvm_rows)?;
+            (Model::OneClassSvm(OneClassSvm::fit(&sample, &OneClassSvmParams::default())?), sample.rows())
+        }
+        "ocsvm-rff" => {
+            let params = RandomFeatureParams { seed, ..RandomFeatureParams::default() };
+            (
+                Model::RandomFeatureOneClassSvm(RandomFeatureOneClassSvm::fit(&split.train, &params)?),
+                split.train.rows(),
+            )
+        }
+        other => return Err(BenchError::Peer(format!("unknown model {other:?}"))),
+    };
+    let fit_seconds = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let scores = fitted.score(split.test)?;
+    let score_seconds = start.elapsed().as_secs_f64();
+    let run = record(split, model, "sentinel", threads, n_train, &scores, fit_seconds, score_seconds)?;
+    Ok((fitted, run))
+}
+
+/// Rows of the training data used to calibrate ensembles: enough for stable
+/// quantiles, few enough that scoring them with every member stays cheap.
+const CALIBRATION_ROWS: usize = 5000;
+
+fn run_ensembles(members: Vec<Model>, split: &Split<'_>, threads: usize) -> Result<Vec<Run>> {
+    let calibration =
+        split.train.select_rows(&subsample_rows(split.train.rows(), CALIBRATION_ROWS, split.seed))?;
+    let mut runs = Vec::new();
+    let mut combinations = vec![(Combination::Average, "ensemble-average")];
+    if split.feedback.is_some() {
+        combinations.push((Combination::Stacking, "ensemble-stacking"));
+    }
+    for (combination, name) in combinations {
+        let start = Instant::now();
+        let params = EnsembleParams { combination, ..EnsembleParams::default() };
+        let mut ensemble = Ensemble::new(members.clone(), &calibration, params)?;
+        if let Some(feedback) = split.feedback {
+            ensemble.learn_from_feedback(&feedback.x, &feedback.y)?;
+        }
+        let fit_seconds = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let scores = ensemble.score(split.test)?;
+        let score_seconds = start.elapsed().as_secs_f64();
+        runs.push(record(
+            split,
+            name,
+            "sentinel",
+            threads,
+            split.train.rows(),
+            &scores,
+            fit_seconds,
+            score_seconds,
+        )?);
+    }
+    Ok(runs)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    split: &Split<'_>,
+    model: &str,
+    implementation: &str,
+    threads: usize,
+    n_train: usize,
+    scores: &[f64],
+    fit_seconds: f64,
+    score_seconds: f64,
+) -> Result<Run> {
+    Ok(Run {
+        dataset: split.dataset.to_owned(),
+        model: model.to_owned(),
+        implementation: implementation.to_owned(),
+        threads,
+        seed: split.seed,
+        n_train,
+        n_test: split.test.rows(),
+        roc_auc: sentinel_metrics::roc_auc(scores, split.labels)?,
+        pr_auc: sentinel_metrics::average_precision(scores, split.labels)?,
+        fit_seconds,
+        score_seconds,
+    })
+}
+
+#[derive(Serialize)]
+struct PeerJob<'a> {
+    dataset: &'a str,
+    seed: u64,
+    train: PathBuf,
+    test: PathBuf,
+    labels: PathBuf,
+    ocsvm_rows: PathBuf,
+    models: &'a [&'a str],
+    threads: &'a [usize],
+    rff_components: usize,
+}
+
+fn run_peer(
+    peer: &Peer,
+    plan: &BenchPlan,
+    split: &Split<'_>,
+    models: &[&str],
+    scratch: &Path,
+) -> Result<Vec<Run>> {
+    let write_error =
+        |e: ndarray_npy::WriteNpyError| BenchError::Peer(format!("cannot write the split: {e}"));
+    let as_array = |m: &Matrix| {
+        Array2::from_shape_vec((m.rows(), m.cols()), m.values().to_vec())
+            .map_err(|e| BenchError::Peer(e.to_string()))
+    };
+    let job = PeerJob {
+        dataset: split.dataset,
+        seed: split.seed,
+        train: scratch.join("train.npy"),
+        test: scratch.join("test.npy"),
+        labels: scratch.join("labels.npy"),
+        ocsvm_rows: scratch.join("ocsvm_rows.npy"),
+        models,
+        threads: &plan.threads,
+        rff_components: RandomFeatureParams::default().n_components,
+    };
+    ndarray_npy::write_npy(&job.train, &as_array(&split.train)?).map_err(write_error)?;
+    ndarray_npy::write_npy(&job.test, &as_array(split.test)?).map_err(write_error)?;
+    let labels: Array1<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
+    ndarray_npy::write_npy(&job.labels, &labels).map_err(write_error)?;
+    let rows: Array1<i64> = split.ocsvm_rows.iter().map(|&r| r as i64).collect();
+    ndarray_npy::write_npy(&job.ocsvm_rows, &rows).map_err(write_error)?;
+    let job_path = scratch.join("job.json");
+    std::fs::write(&job_path, serde_json::to_vec(&job).map_err(|e| BenchError::Peer(e.to_string()))?)?;
+    let output = Command::new(&peer.python)
+        .arg(&peer.script)
+        .arg(&job_path)
+        .output()
+        .map_err(|e| BenchError::Peer(format!("cannot run {}: {e}", peer.python)))?;
+    if !output.status.success() {
+        return Err(BenchError::Peer(format!(
+            "{} failed ({}): {}",
+            peer.script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| BenchError::Peer(format!("unreadable output: {e}")))
+}
+
+/// Averages runs over seeds.
+fn summarise(runs: &[Run]) -> Vec<BenchRecord> {
+    let mut groups: BTreeMap<(String, String, String, usize), Vec<&Run>> = BTreeMap::new();
+    for run in runs {
+        let key = (run.dataset.clone(), run.model.clone(), run.implementation.clone(), run.threads);
+        groups.entry(key).or_default().push(run);
+    }
+    groups
+        .into_iter()
+        .map(|((dataset, model, implementation, threads), group)| {
+            let n = group.len() as f64;
+            let mean = |f: fn(&Run) -> f64| group.iter().map(|r| f(r)).sum::<f64>() / n;
+            let roc_auc = mean(|r| r.roc_auc);
+            let variance = group.iter().map(|r| (r.roc_auc - roc_auc).powi(2)).sum::<f64>() / n;
+            BenchRecord {
+                dataset,
+                model,
+                implementation,
+                threads,
+                seeds: group.len(),
+                n_train: group[0].n_train,
+                n_test: group[0].n_test,
+                roc_auc,
+                roc_auc_std: variance.sqrt(),
+                pr_auc: mean(|r| r.pr_auc),
+                fit_seconds: mean(|r| r.fit_seconds),
+                score_seconds: mean(|r| r.score_seconds),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,201 @@
+//! Local Outlier Factor (Breunig et al. 2000) in scikit-learn's novelty mode: fit
+//! on normal data, then score new points against it. A point's local reachability
+//! density is the inverse of its mean reachability distance to its k nearest
+//! training neighbours, where reach(p, o) = max(d(p, o), k-distance(o)); its LOF is
+//! its neighbours' mean density over its own. Densities of the training rows are
+//! computed once at fit (each row's neighbours excluding itself, as scikit-learn's
+//! `kneighbors()` does) and a new point costs one k-NN query on a k-d tree.
+//!
+//! The fitted model keeps its training rows (LOF is defined by them); the saved
+//! file holds the rows and densities and the tree is rebuilt on load.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::detector::{Contamination, Detector, contamination_threshold};
+use crate::error::{AnomalyError, Result};
+use crate::kdtree::{KdTree, Neighbours};
+use crate::matrix::Matrix;
+
+/// Hyper-parameters of [`LocalOutlierFactor::fit`]; the defaults are scikit-learn's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LofParams {
+    pub n_neighbors: usize,
+    pub contamination: Contamination,
+}
+
+impl Default for LofParams {
+    fn default() -> Self {
+        LofParams { n_neighbors: 20, contamination: Contamination::Auto }
+    }
+}
+
+/// scikit-learn adds this to mean reachability distances so that duplicates
+/// (distance 0) give a large but finite density.
+const DENSITY_EPSILON: f64 = 1e-10;
+
+/// scikit-learn's `contamination="auto"` offset: a LOF above 1.5 is an outlier.
+const AUTO_THRESHOLD: f64 = 1.5;
+
+/// A fitted LOF in novelty mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "SavedLof", into = "SavedLof")]
+pub struct LocalOutlierFactor {
+    training: Matrix,
+    k: usize,
+    k_distances: Vec<f64>,
+    densities: Vec<f64>,
+    threshold: f64,
+    tree: KdTree,
+}
+
+impl LocalOutlierFactor {
+    pub fn fit(data: &Matrix, params: &LofParams) -> Result<LocalOutlierFactor> {
+        data.check_trainable()?;
+        params.contamination.validate()?;
+        if params.n_neighbors == 0 {
+            return Err(AnomalyError::Parameter("n_neighbors must be at least 1".into()));
+        }
+        if data.rows() < 2 {
+            return Err(AnomalyError::Empty("LOF needs at least two training rows"));
+        }
+        if data.rows() > u32::MAX as usize {
+            return Err(AnomalyError::Parameter("too many training rows".into()));
+        }
+        let k = params.n_neighbors.min(data.rows() - 1);
+        let tree = KdTree::build(data);
+        let neighbours: Vec<(f64, Vec<(f64, usize)>)> = (0..data.rows())
+            .into_par_iter()
+            .map_init(
+                || Neighbours::new(k),
+                |found, row| {
+                    tree.nearest(data.row(row), Some(row), found);
+                    let list: Vec<(f64, usize)> = found.sorted().collect();
+                    (list[k - 1].0, list)
+                },
+            )
+            .collect();
+        let k_distances: Vec<f64> = neighbours.iter().map(|(kd, _)| *kd).collect();
+        let densities: Vec<f64> =
+            neighbours.par_iter().map(|(_, list)| density(list.iter().copied(), &k_distances, k)).collect();
+        let mut lof = LocalOutlierFactor {
+            training: data.clone(),
+            k,
+            k_distances,
+            densities,
+            threshold: AUTO_THRESHOLD,
+            tree,
+        };
+        if let Contamination::Fraction(fraction) = params.contamination {
+            // scikit-learn sets the offset from the training rows' own LOF.
+            let training_lof: Vec<f64> = neighbours
+                .par_iter()
+                .enumerate()
+                .map(|(row, (_, list))| lof.factor(list.iter().copied(), lof.densities[row]))
+                .collect();
+            lof.threshold = contamination_threshold(&training_lof, fraction);
+        }
+        Ok(lof)
+    }
+
+    fn factor(&self, neighbours: impl Iterator<Item = (f64, usize)>, own_density: f64) -> f64 {
+        let mean_density: f64 = neighbours.map(|(_, o)| self.densities[o]).sum::<f64>() / self.k as f64;
+        mean_density / own_density
+    }
+
+    /// The LOF of `x`, using `found` as scratch space for its neighbours.
+    pub fn score_with(&self, x: &[f64], found: &mut Neighbours) -> f64 {
+        self.tree.nearest(x, None, found);
+        let own = density(found.sorted(), &self.k_distances, self.k);
+        self.factor(found.sorted(), own)
+    }
+
+    /// Scratch space for [`LocalOutlierFactor::score_with`], reusable across calls.
+    pub fn scratch(&self) -> Neighbours {
+        Neighbours::new(self.k)
+    }
+}
+
+fn density(neighbours: impl Iterator<Item = (f64, usize)>, k_distances: &[f64], k: usize) -> f64 {
+    let reach: f64 = neighbours.map(|(d, o)| d.max(k_distances[o])).sum();
+    1.0 / (reach / k as f64 + DENSITY_EPSILON)
+}
+
+impl Detector for LocalOutlierFactor {
+    fn n_features(&self) -> usize {
+        self.training.cols()
+    }
+
+    fn score_checked(&self, x: &[f64]) -> f64 {
+        self.score_with(x, &mut self.scratch())
+    }
+
+    fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    fn score(&self, data: &Matrix) -> Result<Vec<f64>> {
+        data.check_scorable(self.n_features())?;
+        Ok(data
+            .values()
+            .par_chunks(data.cols())
+            .map_init(|| self.scratch(), |found, row| self.score_with(row, found))
+            .collect())
+    }
+}
+
+/// What a saved LOF holds: everything but the tree, which is rebuilt on load.
+#[derive(Serialize, Deserialize)]
+struct SavedLof {
+    n_features: usize,
+    training: Vec<f64>,
+    k: usize,
+    k_distances: Vec<f64>,
+    densities: Vec<f64>,
+    threshold: f64,
+}
+
+impl From<LocalOutlierFactor> for SavedLof {
+    fn from(lof: LocalOutlierFactor) -> SavedLof {
+        SavedLof {
+            n_features: lof.training.cols(),
+            training: lof.training.values().to_vec(),
+            k: lof.k,
+            k_distances: lof.k_distances,
+            densities: lof.densities,
+            threshold: lof.threshold,
+        }
+    }
+}
+
+impl TryFrom<SavedLof> for LocalOutlierFactor {
+    type Error = AnomalyError;
+
+    fn try_from(saved: SavedLof) -> Result<LocalOutlierFactor> {
+        let corrupt = |what: &str| AnomalyError::CorruptModel(format!("local outlier factor: {what}"));
+        let training = Matrix::new(saved.training, saved.n_features).map_err(|e| corrupt(&e.to_string()))?;
+        let rows = training.rows();
+        if rows < 2 || saved.k == 0 || saved.k >= rows || rows > u32::MAX as usize {
+            return Err(corrupt("bad shape"));
+        }
+        if saved.k_distances.len() != rows || saved.densities.len() != rows {
+            return Err(corrupt("array lengths do not match the training rows"));
+        }
+        let finite = |v: &f64| v.is_finite() && *v >= 0.0;
+        if !saved.k_distances.iter().all(finite) || !saved.densities.iter().all(finite) {
+            return Err(corrupt("non-finite or negative value"));
+        }
+        if !saved.threshold.is_finite() {
+            return Err(corrupt("non-finite threshold"));
+        }
+        let tree = KdTree::build(&training);
+        Ok(LocalOutlierFactor {
+            training,
+            k: saved.k,
+            k_distances: saved.k_distances,
+            densities: saved.densities,
+            threshold: saved.threshold,
+            tree,
+        })
+    }
+}
