@@ -1,0 +1,394 @@
+//! Training: hyper-parameters chosen by grouped cross-validation, Platt
+//! calibration on out-of-fold decision values, the decision threshold at 1 %
+//! out-of-fold false positives, then a final fit on all the data given.
+//!
+//! Every step is deterministic for a given seed: splits come from a seeded
+//! SplitMix64, the solver is full-batch L-BFGS from zero, and parallel work
+//! (rayon) only runs independent fits whose results are collected in order.
+
+use rayon::prelude::*;
+
+use crate::dataset::{FamilySample, LabelledSequence, grouped_folds, split_grouped};
+use crate::error::TrainError;
+use crate::features::{NgramSpace, SparseVector};
+use crate::linear::{Solver, fit_binary, fit_multinomial, fit_platt, softmax};
+use crate::model::{
+    BehaviourModel, Detector, FamilyClassifier, MAX_DISTINCT_APIS, MAX_FAMILY_CALLS, TrainingRecord,
+};
+
+/// Settings of a training run.
+#[derive(Debug, Clone)]
+pub struct TrainingOptions {
+    pub seed: u64,
+    /// Longest n-gram (1..=3).
+    pub max_n: usize,
+    /// An n-gram enters the vocabulary when it occurs in this many sequences.
+    pub min_df: u32,
+    /// Most n-grams kept by the detector and by the family classifier (the
+    /// most frequent ones): bounds the model file and the scoring work.
+    pub max_features: usize,
+    pub family_max_features: usize,
+    /// Candidate values of the inverse regularisation strength `C`.
+    pub c_grid: Vec<f64>,
+    /// Cross-validation folds used to choose `C` and to calibrate.
+    pub folds: usize,
+    /// Fraction of the data held out to measure the model.
+    pub test_fraction: f64,
+    /// L-BFGS iterations per fit.
+    pub max_iterations: usize,
+}
+
+impl Default for TrainingOptions {
+    fn default() -> Self {
+        TrainingOptions {
+            seed: 42,
+            max_n: 3,
+            min_df: 2,
+            max_features: 50_000,
+            family_max_features: 8_000,
+            c_grid: vec![1.0, 3.0, 10.0, 30.0, 100.0],
+            folds: 5,
+            test_fraction: 0.2,
+            max_iterations: 300,
+        }
+    }
+}
+
+impl TrainingOptions {
+    fn solver(&self) -> Solver {
+        Solver { max_iterations: self.max_iterations, ..Solver::default() }
+    }
+}
+
+/// The detector's view of a labelled sequence.
+fn detector_tokens(row: &LabelledSequence) -> Vec<&str> {
+    row.calls.distinct_in_order(MAX_DISTINCT_APIS)
+}
+
+fn family_tokens(sample: &FamilySample) -> Vec<&str> {
+    let mut tokens = sample.calls.collapsed();
+    tokens.truncate(MAX_FAMILY_CALLS);
+    tokens
+}
+
+/// A fitted detector and the regularisation it was fitted with.
+pub(crate) struct DetectorFit {
+    pub detector: Detector,
+    pub c: f64,
+}
+
+/// Fits a detector on `rows`.
+pub(crate) fn fit_detector(
+    rows: &[&LabelledSequence],
+    options: &TrainingOptions,
+) -> Result<DetectorFit, TrainError> {
+    let positives = rows.iter().filter(|r| r.malicious).count();
+    if rows.len() < 2 * options.folds.max(2) || positives == 0 || positives == rows.len() {
+        return Err(TrainError::Data(format!(
+            "need malicious and benign sequences, at least {} in all (have {} of which {positives} malicious)",
+            2 * options.folds.max(2),
+            rows.len()
+        )));
+    }
+    let docs: Vec<Vec<&str>> = rows.iter().map(|r| detector_tokens(r)).collect();
+    let labels: Vec<bool> = rows.iter().map(|r| r.malicious).collect();
+    let folds = grouped_folds(&docs, &labels, options.folds, options.seed);
+
+    // Vocabulary and IDF are fitted inside each fold, as in deployment where
+    // the sequences to score were never part of the vocabulary.
+    let fold_data: Vec<(NgramSpace, Vec<SparseVector>)> = (0..options.folds)
+        .into_par_iter()
+        .map(|fold| {
+            let train_docs: Vec<Vec<&str>> =
+                docs.iter().zip(&folds).filter(|(_, f)| **f != fold).map(|(d, _)| d.clone()).collect();
+            let space = NgramSpace::fit(&train_docs, options.max_n, options.min_df, options.max_features);
+            let vectors = docs.iter().map(|d| space.transform(d).0).collect();
+            (space, vectors)
+        })
+        .collect();
+
+    let jobs: Vec<(usize, usize)> =
+        (0..options.c_grid.len()).flat_map(|c| (0..options.folds).map(move |f| (c, f))).collect();
+    let out_of_fold: Vec<Vec<(usize, f64)>> = jobs
+        .par_iter()
+        .map(|&(c_index, fold)| {
+            let (space, vectors) = &fold_data[fold];
+            let (train_x, train_y): (Vec<SparseVector>, Vec<bool>) = vectors
+                .iter()
+                .zip(&labels)
+                .zip(&folds)
+                .filter(|(_, f)| **f != fold)
+                .map(|((x, y), _)| (x.clone(), *y))
+                .unzip();
+            let model =
+                fit_binary(&train_x, &train_y, space.dimension(), options.c_grid[c_index], options.solver());
+            folds
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| **f == fold)
+                .map(|(row, _)| (row, model.decision(&vectors[row])))
+                .collect()
+        })
+        .collect();
+
+    let mut best: Option<(f64, usize, Vec<f64>)> = None;
+    for c_index in 0..options.c_grid.len() {
+        let mut decisions = vec![0.0; rows.len()];
+        for (job, results) in jobs.iter().zip(&out_of_fold) {
+            if job.0 == c_index {
+                for &(row, z) in results {
+                    decisions[row] = z;
+                }
+            }
+        }
+        let auc = sentinel_metrics::roc_auc(&decisions, &labels)?;
+        // Strictly better only, so ties keep the smaller (more regularised) C.
+        if best.as_ref().is_none_or(|(best_auc, _, _)| auc > *best_auc + 1e-9) {
+            best = Some((auc, c_index, decisions));
+        }
+    }
+    let (_, c_index, decisions) = best.ok_or_else(|| TrainError::Data("the C grid is empty".into()))?;
+    let c = options.c_grid[c_index];
+    let platt = fit_platt(&decisions, &labels);
+    let probabilities: Vec<f64> =
+        decisions.iter().map(|&z| crate::linear::sigmoid(platt.0 * z + platt.1)).collect();
+    let threshold =
+        sentinel_metrics::detection_at_fpr(&probabilities, &labels, 0.01)?.threshold.clamp(0.0, 1.0);
+
+    let space = NgramSpace::fit(&docs, options.max_n, options.min_df, options.max_features);
+    let vectors: Vec<SparseVector> = docs.iter().map(|d| space.transform(d).0).collect();
+    let model = fit_binary(&vectors, &labels, space.dimension(), c, options.solver());
+    Ok(DetectorFit { detector: Detector::new(space, &model.weights, model.bias, platt, threshold), c })
+}
+
+/// A fitted family classifier with its measured accuracy.
+pub(crate) struct FamilyFit {
+    pub classifier: FamilyClassifier,
+    pub c: f64,
+    pub cv_accuracy: f64,
+}
+
+fn class_index(samples: &[&FamilySample]) -> (Vec<String>, Vec<usize>) {
+    let mut classes: Vec<String> = samples.iter().map(|s| s.family.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    let labels = samples.iter().map(|s| classes.binary_search(&s.family).unwrap_or(0)).collect();
+    (classes, labels)
+}
+
+fn fit_families(samples: &[&FamilySample], options: &TrainingOptions) -> Result<FamilyFit, TrainError> {
+    let (classes, labels) = class_index(samples);
+    if classes.len() < 2 || samples.len() < 2 * options.folds.max(2) {
+        return Err(TrainError::Data(
+            "the family data needs at least two families and a few samples each".into(),
+        ));
+    }
+    let docs: Vec<Vec<&str>> = samples.iter().map(|s| family_tokens(s)).collect();
+    let folds = grouped_folds(&docs, &labels, options.folds, options.seed);
+    let fold_data: Vec<(NgramSpace, Vec<SparseVector>)> = (0..options.folds)
+        .into_par_iter()
+        .map(|fold| {
+            let train_docs: Vec<Vec<&str>> =
+                docs.iter().zip(&folds).filter(|(_, f)| **f != fold).map(|(d, _)| d.clone()).collect();
+            let space =
+                NgramSpace::fit(&train_docs, options.max_n, options.min_df, options.family_max_features);
+            let vectors = docs.iter().map(|d| space.transform(d).0).collect();
+            (space, vectors)
+        })
+        .collect();
+    let jobs: Vec<(usize, usize)> =
+        (0..options.c_grid.len()).flat_map(|c| (0..options.folds).map(move |f| (c, f))).collect();
+    let correct: Vec<usize> = jobs
+        .par_iter()
+        .map(|&(c_index, fold)| {
+            let (space, vectors) = &fold_data[fold];
+            let (train_x, train_y): (Vec<SparseVector>, Vec<usize>) = vectors
+                .iter()
+                .zip(&labels)
+                .zip(&folds)
+                .filter(|(_, f)| **f != fold)
+                .map(|((x, y), _)| (x.clone(), *y))
+                .unzip();
+            let model = fit_multinomial(
+                &train_x,
+                &train_y,
+                space.dimension(),
+                classes.len(),
+                options.c_grid[c_index],
+                options.solver(),
+            );
+            (0..samples.len())
+                .filter(|&row| folds[row] == fold)
+                .filter(|&row| {
+                    let mut z: Vec<f64> = model
+                        .weights
+                        .iter()
+                        .zip(&model.biases)
+                        .map(|(w, b)| vectors[row].dot(w) + b)
+                        .collect();
+                    softmax(&mut z);
+                    argmax(&z) == labels[row]
+                })
+                .count()
+        })
+        .collect();
+    let mut best = (0usize, 0usize);
+    for c_index in 0..options.c_grid.len() {
+        let total: usize = jobs.iter().zip(&correct).filter(|(j, _)| j.0 == c_index).map(|(_, n)| n).sum();
+        if c_index == 0 || total > best.1 {
+            best = (c_index, total);
+        }
+    }
+    let c = options.c_grid[best.0];
+    let space = NgramSpace::fit(&docs, options.max_n, options.min_df, options.family_max_features);
+    let vectors: Vec<SparseVector> = docs.iter().map(|d| space.transform(d).0).collect();
+    let model = fit_multinomial(&vectors, &labels, space.dimension(), classes.len(), c, options.solver());
+    Ok(FamilyFit {
+        classifier: FamilyClassifier::new(space, classes, &model.weights, model.biases),
+        c,
+        cv_accuracy: best.1 as f64 / samples.len() as f64,
+    })
+}
+
+pub(crate) fn argmax(values: &[f64]) -> usize {
+    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// The figures of a training run, measured on held-out data.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainingReport {
+    /// Detector on the held-out sequences (none of them seen in training).
+    pub holdout: sentinel_metrics::Report,
+    pub train_rows: usize,
+    pub test_rows: usize,
+    pub detector_c: f64,
+    pub families: Option<FamilyReport>,
+}
+
+/// The family classifier's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FamilyReport {
+    pub classes: Vec<String>,
+    pub train_samples: usize,
+    pub test_samples: usize,
+    pub holdout_accuracy: f64,
+    /// Accuracy of grouped 5-fold cross-validation on the training part.
+    pub cv_accuracy: f64,
+    pub c: f64,
+    /// Rows: true family, columns: predicted family (order of `classes`).
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Trains a detector on `rows` only (no hold-out, no families): what the
+/// benchmark compares with scikit-learn on a split it made itself.
+pub fn train_detector_only(
+    rows: &[&LabelledSequence],
+    options: &TrainingOptions,
+) -> Result<BehaviourModel, TrainError> {
+    let fit = fit_detector(rows, options)?;
+    let record = TrainingRecord {
+        data: vec![],
+        seed: options.seed,
+        detector_c: fit.c,
+        holdout_roc_auc: None,
+        holdout_tpr_at_1pct_fpr: None,
+        families_c: None,
+        families_holdout_accuracy: None,
+        families_cv_accuracy: None,
+    };
+    BehaviourModel::from_parts("behaviour", record, fit.detector, None)
+        .map_err(|e| TrainError::Data(e.to_string()))
+}
+
+/// The full training run behind `sentinel train dynamic`: measure on a split
+/// by sequence, then refit on all the data with the settings chosen.
+pub fn train(
+    labelled: &[LabelledSequence],
+    families: Option<&[FamilySample]>,
+    data_names: Vec<String>,
+    options: &TrainingOptions,
+) -> Result<(BehaviourModel, TrainingReport), TrainError> {
+    let keys: Vec<Vec<&str>> = labelled.iter().map(detector_tokens).collect();
+    let labels: Vec<bool> = labelled.iter().map(|r| r.malicious).collect();
+    let (train_rows, test_rows) = split_grouped(&keys, &labels, options.test_fraction, options.seed);
+    let train_set: Vec<&LabelledSequence> = train_rows.iter().map(|&i| &labelled[i]).collect();
+    let measured = fit_detector(&train_set, options)?;
+    let test_scores: Vec<f64> = test_rows
+        .iter()
+        .map(|&i| {
+            let (_, v, _) = measured.detector.features(&labelled[i].calls);
+            measured.detector.probability(measured.detector.decision(&v))
+        })
+        .collect();
+    let test_labels: Vec<bool> = test_rows.iter().map(|&i| labels[i]).collect();
+    let holdout = sentinel_metrics::Report::new(&test_scores, &test_labels, measured.detector.threshold)?;
+
+    let all: Vec<&LabelledSequence> = labelled.iter().collect();
+    let final_fit = fit_detector(&all, options)?;
+
+    let (family_fit, family_report) = match families {
+        Some(samples) => {
+            let (fit, report) = train_families(samples, options)?;
+            (Some(fit), Some(report))
+        }
+        None => (None, None),
+    };
+    let record = TrainingRecord {
+        data: data_names,
+        seed: options.seed,
+        detector_c: final_fit.c,
+        holdout_roc_auc: Some(holdout.roc_auc),
+        holdout_tpr_at_1pct_fpr: Some(holdout.tpr_at_1pct_fpr),
+        families_c: family_fit.as_ref().map(|f| f.c),
+        families_holdout_accuracy: family_report.as_ref().map(|r| r.holdout_accuracy),
+        families_cv_accuracy: family_report.as_ref().map(|r| r.cv_accuracy),
+    };
+    let model =
+        BehaviourModel::from_parts("behaviour", record, final_fit.detector, family_fit.map(|f| f.classifier))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+    let report = TrainingReport {
+        holdout,
+        train_rows: train_rows.len(),
+        test_rows: test_rows.len(),
+        detector_c: measured.c,
+        families: family_report,
+    };
+    Ok((model, report))
+}
+
+/// Measures the family classifier on a held-out split (and by
+/// cross-validation on the rest), then refits it on all samples.
+fn train_families(
+    samples: &[FamilySample],
+    options: &TrainingOptions,
+) -> Result<(FamilyFit, FamilyReport), TrainError> {
+    let keys: Vec<Vec<&str>> = samples.iter().map(family_tokens).collect();
+    let strata: Vec<&str> = samples.iter().map(|s| s.family.as_str()).collect();
+    let (train_rows, test_rows) = split_grouped(&keys, &strata, options.test_fraction, options.seed);
+    let train_set: Vec<&FamilySample> = train_rows.iter().map(|&i| &samples[i]).collect();
+    let measured = fit_families(&train_set, options)?;
+    let classes = measured.classifier.classes.clone();
+    let mut confusion = vec![vec![0usize; classes.len()]; classes.len()];
+    let mut correct = 0;
+    for &i in &test_rows {
+        let predicted =
+            argmax(&measured.classifier.probabilities(&measured.classifier.vector(&samples[i].calls)));
+        if let Ok(truth) = classes.binary_search(&samples[i].family) {
+            confusion[truth][predicted] += 1;
+            correct += usize::from(truth == predicted);
+        }
+    }
+    let holdout_accuracy = correct as f64 / test_rows.len().max(1) as f64;
+    let all: Vec<&FamilySample> = samples.iter().collect();
+    let final_fit = fit_families(&all, options)?;
+    let report = FamilyReport {
+        classes,
+        train_samples: train_rows.len(),
+        test_samples: test_rows.len(),
+        holdout_accuracy,
+        cv_accuracy: measured.cv_accuracy,
+        c: measured.c,
+        confusion,
+    };
+    Ok((final_fit, report))
+}

@@ -1,0 +1,96 @@
+//! Settings of the CAPE client (the `[sandbox]` section of the configuration).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret that never appears in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        ApiToken(token.into())
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "ApiToken(empty)" } else { "ApiToken(<redacted>)" })
+    }
+}
+
+/// How to reach CAPE and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// CAPE's web root, e.g. `http://cape.internal:8000` (the API is under `/apiv2/`).
+    pub base_url: String,
+    /// API token, sent as `Authorization: Token <token>`; empty when CAPE runs
+    /// without authentication.
+    pub token: ApiToken,
+    /// Longest wait for one analysis, from submission to report (seconds).
+    pub analysis_timeout_secs: u64,
+    /// Pause between two status requests (milliseconds).
+    pub poll_interval_ms: u64,
+    /// Longest wait for one HTTP request (seconds).
+    pub request_timeout_secs: u64,
+    /// Analyses running at once; further ones wait for a slot.
+    pub max_in_flight: usize,
+    /// Largest file submitted (bytes).
+    pub max_upload_bytes: usize,
+    /// Largest report downloaded (bytes).
+    pub max_report_bytes: usize,
+    /// Calls kept from a report.
+    pub max_calls: usize,
+    /// CAPE's `timeout` form field: how long the sample runs in the VM
+    /// (seconds); `0` leaves CAPE's default.
+    pub run_seconds: u64,
+    /// CAPE's `options` form field (e.g. `procmemdump=1`); empty for none.
+    pub options: String,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            base_url: "http://127.0.0.1:8000".to_owned(),
+            token: ApiToken::default(),
+            analysis_timeout_secs: 300,
+            poll_interval_ms: 5_000,
+            request_timeout_secs: 30,
+            max_in_flight: 4,
+            max_upload_bytes: 64 << 20,
+            max_report_bytes: 256 << 20,
+            max_calls: sentinel_behaviour::MAX_CALLS,
+            run_seconds: 0,
+            options: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_never_printed() {
+        let settings = SandboxSettings { token: ApiToken::new("s3cr3t-value"), ..SandboxSettings::default() };
+        assert!(!format!("{settings:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn unknown_settings_are_rejected_and_missing_ones_defaulted() {
+        let parsed: SandboxSettings = serde_json::from_str(r#"{"base_url": "http://cape:8000"}"#).unwrap();
+        assert_eq!(parsed.analysis_timeout_secs, 300);
+        assert!(serde_json::from_str::<SandboxSettings>(r#"{"base_ur": "x"}"#).is_err());
+    }
+}
