@@ -1,1 +1,25 @@
-//! placeholder
+//! The malware AI server: the TCP protocol of SPEC §1.1 (framing in
+//! `sentinel-protocol`) served to many central servers at once, plus an HTTP
+//! listener for health, readiness, status and model reloads.
+//!
+//! Connections are tokio tasks; CPU-bound analysis runs on a bounded set of
+//! blocking workers ([`workers`]) so slow analyses never stall the reactor;
+//! models are shared through one [`ModelRegistry`] and can be replaced while
+//! requests are in flight; every sample and verdict is stored durably before
+//! the answer is sent. `docs/protocol.md` documents the protocol and settings.
+
+mod analysis;
+mod connection;
+mod http;
+mod registry;
+mod server;
+mod settings;
+mod status;
+mod synthetic_pe;
+mod workers;
+
+pub use registry::{ModelRegistry, Models, STATIC_MODEL_PATH};
+pub use server::{ReloadError, Reloader, Server, ServerError};
+pub use settings::{ServerSettings, SettingsError};
+pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};
+pub use synthetic_pe::{MIN_SYNTHETIC_PE_SIZE, synthetic_pe};

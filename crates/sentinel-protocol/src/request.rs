@@ -1,0 +1,242 @@
+//! A decoded request: the command and its fields, with typed accessors for
+//! the fields §1.1 defines (`[0]` executable, `[1]` SHA-256, `[2]` VirusTotal
+//! API key) and the check that the executable matches its hash.
+//!
+//! The API key is the client's secret: [`ApiKey`] and [`Request`] never print it.
+
+use std::fmt;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::command::Command;
+use crate::response::Reason;
+
+/// Index of the executable's bytes.
+pub const FIELD_EXECUTABLE: usize = 0;
+/// Index of the executable's SHA-256 (64 hex ASCII characters).
+pub const FIELD_SHA256: usize = 1;
+/// Index of the client's VirusTotal API key.
+pub const FIELD_API_KEY: usize = 2;
+/// Index of the first extension field.
+pub const FIRST_EXTRA_FIELD: usize = 3;
+
+/// The option name that turns on error details for a connection.
+pub const OPTION_ERROR_DETAIL: &str = "error_detail";
+
+/// One request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Request {
+    command: Command,
+    fields: Vec<Bytes>,
+}
+
+/// A field of a request that is present but unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the SHA-256 field is not 64 hexadecimal characters")]
+    InvalidSha256,
+    #[error("the executable's SHA-256 is {actual}, not the {claimed} sent with it")]
+    HashMismatch { claimed: Sha256Hash, actual: Sha256Hash },
+    #[error("the API key field is not printable ASCII")]
+    InvalidApiKey,
+    #[error("the {0} field is missing or empty")]
+    MissingField(&'static str),
+}
+
+impl RequestError {
+    /// The reason reported to clients that opted in to error details.
+    pub fn reason(&self) -> Reason {
+        match self {
+            RequestError::InvalidSha256 | RequestError::InvalidApiKey => Reason::Malformed,
+            RequestError::HashMismatch { .. } => Reason::HashMismatch,
+            RequestError::MissingField(_) => Reason::MissingField,
+        }
+    }
+}
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Hash(pub [u8; 32]);
+
+impl Sha256Hash {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Sha256Hash {
+        Sha256Hash(Sha256::digest(bytes).into())
+    }
+
+    /// Parses 64 hex digits, either case.
+    pub fn from_hex(text: &[u8]) -> Option<Sha256Hash> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(text, &mut digest).ok()?;
+        Some(Sha256Hash(digest))
+    }
+
+    /// Lower-case hex, the form stored and logged.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Sha256Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Sha256Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Hash({self})")
+    }
+}
+
+/// A client's VirusTotal API key. Its `Debug` and `Display` are redacted so it
+/// cannot reach a log by accident; [`ApiKey::expose`] is the one way to read it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ApiKey<'a>(&'a str);
+
+impl<'a> ApiKey<'a> {
+    /// The key itself, for the one place that sends it to VirusTotal.
+    pub fn expose(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl fmt::Debug for ApiKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for ApiKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Request {
+    /// A request with `fields` in wire order.
+    pub fn new(command: Command, fields: Vec<Bytes>) -> Request {
+        Request { command, fields }
+    }
+
+    /// The opt-in request turning on the named options for the connection.
+    pub fn options(names: &[&str]) -> Request {
+        let fields = names.iter().map(|name| Bytes::copy_from_slice(name.as_bytes())).collect();
+        Request { command: Command::Options, fields }
+    }
+
+    pub fn command(&self) -> Command {
+        self.command
+    }
+
+    /// All fields, in wire order.
+    pub fn fields(&self) -> &[Bytes] {
+        &self.fields
+    }
+
+    /// Field `[0]`, the executable (may be empty, e.g. for command 3).
+    pub fn executable(&self) -> Option<&Bytes> {
+        self.fields.get(FIELD_EXECUTABLE)
+    }
+
+    /// Field `[1]` parsed; `None` when absent or empty.
+    pub fn sha256(&self) -> Result<Option<Sha256Hash>, RequestError> {
+        match self.fields.get(FIELD_SHA256) {
+            None => Ok(None),
+            Some(field) if field.is_empty() => Ok(None),
+            Some(field) => Sha256Hash::from_hex(field).map(Some).ok_or(RequestError::InvalidSha256),
+        }
+    }
+
+    /// Field `[2]`; `None` when absent or empty.
+    pub fn api_key(&self) -> Result<Option<ApiKey<'_>>, RequestError> {
+        match self.fields.get(FIELD_API_KEY) {
+            None => Ok(None),
+            Some(field) if field.is_empty() => Ok(None),
+            Some(field) => {
+                if !field.iter().all(|byte| byte.is_ascii_graphic()) {
+                    return Err(RequestError::InvalidApiKey);
+                }
+                // Printable ASCII is valid UTF-8.
+                std::str::from_utf8(field)
+                    .map(|key| Some(ApiKey(key)))
+                    .map_err(|_| RequestError::InvalidApiKey)
+            }
+        }
+    }
+
+    /// Fields `[3..]`, reserved for extensions and tolerated.
+    pub fn extra_fields(&self) -> &[Bytes] {
+        self.fields.get(FIRST_EXTRA_FIELD..).unwrap_or_default()
+    }
+
+    /// The sample's SHA-256, checked: with a non-empty executable, its digest
+    /// (which must equal field `[1]` when that is given); without one, field
+    /// `[1]` as sent. Hashing is CPU work proportional to the executable's size:
+    /// servers call this off their I/O threads.
+    pub fn verified_sha256(&self) -> Result<Option<Sha256Hash>, RequestError> {
+        let claimed = self.sha256()?;
+        match self.executable() {
+            Some(executable) if !executable.is_empty() => {
+                let actual = Sha256Hash::of(executable);
+                match claimed {
+                    Some(claimed) if claimed != actual => Err(RequestError::HashMismatch { claimed, actual }),
+                    _ => Ok(Some(actual)),
+                }
+            }
+            _ => Ok(claimed),
+        }
+    }
+}
+
+impl fmt::Debug for Request {
+    /// Field sizes only: fields hold executables and the client's API key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sizes: Vec<usize> = self.fields.iter().map(Bytes::len).collect();
+        f.debug_struct("Request").field("command", &self.command).field("field_sizes", &sizes).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(fields: &[&[u8]]) -> Request {
+        Request::new(Command::AllAnalyse, fields.iter().map(|f| Bytes::copy_from_slice(f)).collect())
+    }
+
+    const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn the_hash_is_checked_case_insensitively_against_the_executable() {
+        let ok = request(&[b"abc", ABC_SHA256.to_uppercase().as_bytes()]);
+        assert_eq!(ok.verified_sha256().unwrap().unwrap().to_hex(), ABC_SHA256);
+        let wrong = request(&[b"abd", ABC_SHA256.as_bytes()]);
+        assert!(matches!(wrong.verified_sha256(), Err(RequestError::HashMismatch { .. })));
+        let not_hex = request(&[b"abc", b"zz"]);
+        assert_eq!(not_hex.verified_sha256(), Err(RequestError::InvalidSha256));
+        let only_exe = request(&[b"abc"]);
+        assert_eq!(only_exe.verified_sha256().unwrap().unwrap().to_hex(), ABC_SHA256);
+    }
+
+    #[test]
+    fn an_empty_executable_takes_the_hash_as_sent() {
+        let hash_only = request(&[b"", ABC_SHA256.as_bytes()]);
+        assert_eq!(hash_only.verified_sha256().unwrap().unwrap().to_hex(), ABC_SHA256);
+        assert_eq!(request(&[]).verified_sha256(), Ok(None));
+        assert_eq!(request(&[b"", b""]).verified_sha256(), Ok(None));
+    }
+
+    #[test]
+    fn the_api_key_is_validated_and_never_printed() {
+        let with_key = request(&[b"", b"", b"secret-key-123", b"extra"]);
+        let key = with_key.api_key().unwrap().unwrap();
+        assert_eq!(key.expose(), "secret-key-123");
+        assert!(!format!("{key:?} {key} {with_key:?}").contains("secret"));
+        assert_eq!(with_key.extra_fields().len(), 1);
+        assert_eq!(request(&[b"", b"", b"bad key"]).api_key(), Err(RequestError::InvalidApiKey));
+        assert_eq!(request(&[b"", b"", b""]).api_key(), Ok(None));
+        assert!(request(&[b""]).extra_fields().is_empty());
+    }
+}
