@@ -1,0 +1,316 @@
+//! The HTTP and WebSocket API of the network service (described by `openapi.json`).
+//!
+//! Bodies are read and parsed here rather than by axum's extractors so that every client error
+//! (malformed JSON, a wrong type, a batch or body over its limit) is a 4xx with a JSON message
+//! `{"error": "..."}` naming what was wrong, never a 500 or a plain-text rejection.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::features::RawFeatures;
+use crate::service::{AnalyzeError, AnalyzeItem, DetectionResult, NetworkService, TrainError};
+use crate::store::StoreError;
+
+/// The OpenAPI 3.1 document served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The routes of the network service, to merge into the server's HTTP listener.
+pub fn router(service: Arc<NetworkService>) -> Router {
+    Router::new()
+        .route("/api/v1/analyze", post(analyze))
+        .route("/api/v1/ingest", post(ingest))
+        .route("/api/v1/train", post(train))
+        .route("/api/v1/train/{job}", get(job).delete(cancel_job))
+        .route("/api/v1/models/status", get(status))
+        .route("/api/v1/models/rollback", post(rollback))
+        .route("/api/v1/predictions/recent", get(recent))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/ws/realtime", get(realtime))
+        .with_state(service)
+}
+
+/// A client or server error as JSON.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::NoSuchVersion(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+            _ => {
+                tracing::error!(%error, "network store");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+            }
+        }
+    }
+}
+
+impl From<TrainError> for ApiError {
+    fn from(error: TrainError) -> ApiError {
+        let status = match error {
+            TrainError::AlreadyRunning(_) | TrainError::Finished(_) => StatusCode::CONFLICT,
+            TrainError::NoSuchJob(_) => StatusCode::NOT_FOUND,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+/// Reads the whole body up to the configured limit.
+async fn read_body(service: &NetworkService, body: Body) -> Result<Bytes, ApiError> {
+    let limit = service.settings().api.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {limit} bytes"))
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        let status = if error.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+        ApiError::new(status, format!("invalid JSON body: {error}"))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalyzeRequest {
+    #[serde(default)]
+    records: Vec<serde_json::Value>,
+    #[serde(default)]
+    features: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+async fn analyze(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&service, body).await?;
+    let request: AnalyzeRequest = parse_json(&bytes)?;
+    let count = request.records.len() + request.features.len();
+    let limit = service.settings().api.max_batch_items;
+    if count > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{count} items in one request, more than the limit of {limit}"),
+        ));
+    }
+    if count == 0 {
+        return Err(ApiError::bad_request("nothing to analyse: give \"records\" or \"features\""));
+    }
+    let limits = service.settings().api.validation_limits();
+    let now = std::time::SystemTime::now();
+    let mut items = Vec::with_capacity(count);
+    for (index, value) in request.records.into_iter().enumerate() {
+        let record: sentinel_netmon::ConnectionRecord = serde_json::from_value(value).map_err(|error| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("records[{index}]: {error}"))
+        })?;
+        record.validate(&limits, now).map_err(|error| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("records[{index}]: {error}"))
+        })?;
+        items.push(AnalyzeItem::Record(record));
+    }
+    for (index, object) in request.features.into_iter().enumerate() {
+        let features = RawFeatures::from_json(&object).map_err(|error| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("features[{index}]: {error}"))
+        })?;
+        let process_name = match object.get("process_name") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(name)) if name.len() <= 255 => Some(name.clone()),
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("features[{index}]: process_name must be a string of at most 255 bytes"),
+                ));
+            }
+        };
+        items.push(AnalyzeItem::Features { features, process_name });
+    }
+    match service.analyze(items).await {
+        Ok((version, results)) => {
+            Ok(axum::Json(json!({ "model_version": version, "results": results })).into_response())
+        }
+        Err(AnalyzeError::NoModel) => {
+            Err(ApiError::new(StatusCode::CONFLICT, AnalyzeError::NoModel.to_string()))
+        }
+        Err(error) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())),
+    }
+}
+
+async fn ingest(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&service, body).await?;
+    let limits = service.settings().api.validation_limits();
+    let snapshot = sentinel_netmon::Snapshot::from_json(&bytes, &limits)
+        .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()))?;
+    let connections = snapshot.connections.len();
+    if !service.ingest(snapshot) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the analysis pipeline is busy: retry the snapshot later",
+        ));
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "accepted_connections": connections }))).into_response())
+}
+
+async fn train(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
+    // The body is optional; when present it must be a JSON object (no options yet).
+    let bytes = read_body(&service, body).await?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        let _: serde_json::Map<String, serde_json::Value> = parse_json(&bytes)?;
+    }
+    let job = service.train("api")?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job.report())).into_response())
+}
+
+fn job_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| ApiError::bad_request(format!("job id {raw:?} is not a number")))
+}
+
+async fn job(
+    State(service): State<Arc<NetworkService>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(service.job(job_id(&raw)?)?).into_response())
+}
+
+async fn cancel_job(
+    State(service): State<Arc<NetworkService>>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok((StatusCode::ACCEPTED, axum::Json(service.cancel_job(job_id(&raw)?)?)).into_response())
+}
+
+async fn status(State(service): State<Arc<NetworkService>>) -> Result<Response, ApiError> {
+    Ok(axum::Json(service.status().await?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    version: Option<i64>,
+}
+
+async fn rollback(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&service, body).await?;
+    let request: RollbackRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    let version = service.rollback(request.version).await?;
+    Ok(axum::Json(json!({ "active": version })).into_response())
+}
+
+/// Filters of `/ws/realtime` and `/api/v1/predictions/recent`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResultFilter {
+    /// Only results of this process name.
+    process: Option<String>,
+    /// Only results whose ensemble score is at least this.
+    min_score: Option<f64>,
+    /// Only anomalies.
+    #[serde(default)]
+    anomalies_only: bool,
+    /// At most this many results (recent only; the newest).
+    limit: Option<usize>,
+}
+
+impl ResultFilter {
+    fn accepts(&self, result: &DetectionResult) -> bool {
+        self.process.as_deref().is_none_or(|process| result.process_name() == Some(process))
+            && self.min_score.is_none_or(|min| result.verdict.score >= min)
+            && (!self.anomalies_only || result.verdict.is_anomaly)
+    }
+}
+
+fn filter_from(
+    query: Result<Query<ResultFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<ResultFilter, ApiError> {
+    let Query(filter) = query
+        .map_err(|rejection| ApiError::bad_request(format!("invalid query: {}", rejection.body_text())))?;
+    if filter.min_score.is_some_and(|min| !min.is_finite()) {
+        return Err(ApiError::bad_request("min_score must be a finite number"));
+    }
+    Ok(filter)
+}
+
+async fn recent(
+    State(service): State<Arc<NetworkService>>,
+    query: Result<Query<ResultFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let filter = filter_from(query)?;
+    let limit = filter.limit.unwrap_or(100);
+    let mut results: Vec<Arc<DetectionResult>> =
+        service.recent().into_iter().rev().filter(|result| filter.accepts(result)).take(limit).collect();
+    results.reverse();
+    let results: Vec<&DetectionResult> = results.iter().map(|result| &**result).collect();
+    Ok(axum::Json(json!({ "results": results })).into_response())
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn realtime(
+    State(service): State<Arc<NetworkService>>,
+    query: Result<Query<ResultFilter>, axum::extract::rejection::QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let filter = filter_from(query)?;
+    let results = service.subscribe();
+    Ok(upgrade.on_upgrade(move |socket| stream_results(socket, results, filter)))
+}
+
+async fn stream_results(
+    mut socket: WebSocket,
+    mut results: tokio::sync::broadcast::Receiver<Arc<DetectionResult>>,
+    filter: ResultFilter,
+) {
+    loop {
+        tokio::select! {
+            received = results.recv() => {
+                let text = match received {
+                    Ok(result) if filter.accepts(&result) => match serde_json::to_string(&*result) {
+                        Ok(text) => text,
+                        Err(_) => continue,
+                    },
+                    Ok(_) => continue,
+                    // A client too slow for the stream is told how much it missed.
+                    Err(RecvError::Lagged(skipped)) => json!({ "lagged": skipped }).to_string(),
+                    Err(RecvError::Closed) => return,
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

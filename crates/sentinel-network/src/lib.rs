@@ -1,0 +1,34 @@
+//! Sentinel's network AI service (SPEC §2): it watches this host's connections (and accepts the
+//! same records from remote agents), learns what normal traffic looks like, and flags anomalous
+//! connections in real time over a REST and WebSocket API.
+//!
+//! - [`NetworkService::start`] opens `<data_dir>/network.db`, starts the collectors, the
+//!   pipeline (tracking → features → models → stream and storage), the writer and the training
+//!   supervisor; [`NetworkService::shutdown`] stops them.
+//! - [`router`] serves the API: `/api/v1/analyze`, `/api/v1/ingest`, `/api/v1/train`,
+//!   `/api/v1/models/status`, `/api/v1/models/rollback`, `/api/v1/predictions/recent`,
+//!   `/ws/realtime` and `/api/v1/openapi.json`.
+//! - [`agent`]: `sentinel agent`, which runs the collectors on another host and posts snapshots.
+//!
+//! `docs/network.md` describes the features, the models, the warm-up, the storage and the API.
+
+pub mod agent;
+mod features;
+mod http;
+mod model;
+mod service;
+mod settings;
+mod store;
+
+pub use features::{CATEGORICAL_FEATURES, FeatureError, NUMERIC_FEATURES, PROCESS_RARITY};
+pub use http::{OPENAPI, router};
+pub use model::{Evaluation, FeatureExplanation, ModelScore, Verdict};
+pub use service::{
+    AnalyzeError, ConnectionSummary, DetectionResult, JobReport, JobState, NetworkError, NetworkService,
+    Source, TrainError,
+};
+pub use settings::{
+    AgentSettings, ApiSettings, FeatureSettings, ModelSettings, NetworkSettings, SettingsError,
+    StorageSettings, TrainingSettings,
+};
+pub use store::{ModelVersion, StoreError};

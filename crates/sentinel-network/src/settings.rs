@@ -1,0 +1,258 @@
+//! Settings of the network service, the `[network]` table of the configuration. Every limit is
+//! a setting with a documented default (`docs/network.md`); unknown keys are rejected so that a
+//! typo is an error at start-up, not a silently ignored limit.
+
+use sentinel_anomaly::Combination;
+use sentinel_netmon::{CollectorSettings, ValidationLimits};
+use serde::Deserialize;
+
+/// Everything the network service can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Watch this host's connections. Off: only agents' records and `/api/v1/analyze`.
+    pub collect: bool,
+    pub collector: CollectorSettings,
+    pub features: FeatureSettings,
+    pub model: ModelSettings,
+    pub training: TrainingSettings,
+    pub storage: StorageSettings,
+    pub api: ApiSettings,
+    pub agent: AgentSettings,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> NetworkSettings {
+        NetworkSettings {
+            collect: true,
+            collector: CollectorSettings::default(),
+            features: FeatureSettings::default(),
+            model: ModelSettings::default(),
+            training: TrainingSettings::default(),
+            storage: StorageSettings::default(),
+            api: ApiSettings::default(),
+            agent: AgentSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeatureSettings {
+    /// Length of the sliding windows, seconds.
+    pub window_secs: f64,
+    /// Events remembered per process or remote host within a window.
+    pub max_events_per_key: usize,
+    /// Processes plus remote hosts followed at once.
+    pub max_keys: usize,
+}
+
+impl Default for FeatureSettings {
+    fn default() -> FeatureSettings {
+        FeatureSettings { window_secs: 10.0, max_events_per_key: 10_000, max_keys: 100_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Target false-positive rate on normal traffic: sets every threshold.
+    pub false_positive_rate: f64,
+    /// How the three models' scores are combined: `Average`, `Vote` or `Stacking`.
+    pub combination: Combination,
+    pub min_training_rows: usize,
+    /// Most recent stored rows a training reads.
+    pub max_training_rows: usize,
+    /// Share of the rows held out to measure the model.
+    pub validation_fraction: f64,
+    pub isolation_forest_trees: usize,
+    /// LOF and the One-Class SVM score against the rows they keep, so these bound the cost of
+    /// every prediction.
+    pub lof_max_rows: usize,
+    pub lof_neighbors: usize,
+    pub svm_max_rows: usize,
+    pub svm_nu: f64,
+    pub seed: u64,
+}
+
+impl Default for ModelSettings {
+    fn default() -> ModelSettings {
+        ModelSettings {
+            false_positive_rate: 0.01,
+            combination: Combination::Average,
+            min_training_rows: 1000,
+            max_training_rows: 200_000,
+            validation_fraction: 0.2,
+            isolation_forest_trees: 100,
+            lof_max_rows: 1000,
+            lof_neighbors: 20,
+            svm_max_rows: 1000,
+            svm_nu: 0.05,
+            seed: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSettings {
+    /// A fresh install collects this long (and at least `model.min_training_rows` rows) before it
+    /// trains its first model; until then it raises no alert.
+    pub warmup_secs: u64,
+    /// Hours between scheduled retrainings from stored history (24: daily); 0 disables.
+    pub retrain_every_hours: u64,
+    /// Model versions kept for rollback.
+    pub versions_kept: usize,
+}
+
+impl Default for TrainingSettings {
+    fn default() -> TrainingSettings {
+        TrainingSettings { warmup_secs: 3600, retrain_every_hours: 24, versions_kept: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Rows older than this are deleted (connections, features, predictions).
+    pub retention_days: u64,
+    /// Rows written in one transaction at most.
+    pub write_batch: usize,
+    /// Longest time a row waits before being written, milliseconds.
+    pub flush_interval_ms: u64,
+    /// Items waiting for the writer; beyond, new items are dropped and counted.
+    pub write_queue: usize,
+    /// Store the results of `/api/v1/analyze` too (ingested and live results always are).
+    pub store_analyze_requests: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> StorageSettings {
+        StorageSettings {
+            retention_days: 30,
+            write_batch: 5000,
+            flush_interval_ms: 500,
+            write_queue: 100_000,
+            store_analyze_requests: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Items (records plus feature vectors) in one `/api/v1/analyze` request.
+    pub max_batch_items: usize,
+    /// Records of one kind in one ingested snapshot.
+    pub max_ingest_records: usize,
+    /// Ingested snapshots waiting for the pipeline; beyond, `/api/v1/ingest` answers 503.
+    pub ingest_queue: usize,
+    /// How far ahead of the server's clock a record may be, seconds.
+    pub max_clock_skew_secs: u64,
+    /// Results buffered per WebSocket client before it misses some.
+    pub websocket_buffer: usize,
+    /// Recent results kept in memory for `/api/v1/predictions/recent`.
+    pub recent_predictions: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> ApiSettings {
+        ApiSettings {
+            max_body_bytes: 64 * 1024 * 1024,
+            max_batch_items: 200_000,
+            max_ingest_records: 100_000,
+            ingest_queue: 64,
+            max_clock_skew_secs: 300,
+            websocket_buffer: 4096,
+            recent_predictions: 10_000,
+        }
+    }
+}
+
+impl ApiSettings {
+    pub(crate) fn validation_limits(&self) -> ValidationLimits {
+        ValidationLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_records: self.max_ingest_records,
+            max_clock_skew_secs: self.max_clock_skew_secs,
+            ..ValidationLimits::default()
+        }
+    }
+}
+
+/// Settings of `sentinel agent` (the collector settings are `[network.collector]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Snapshots kept while the server is unreachable; the oldest are dropped beyond.
+    pub max_queued_snapshots: usize,
+    /// Time allowed for one upload, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Value of the `Authorization` header sent with each upload (e.g. `Bearer …`), if any.
+    pub authorization: Option<String>,
+}
+
+impl Default for AgentSettings {
+    fn default() -> AgentSettings {
+        AgentSettings { max_queued_snapshots: 600, request_timeout_ms: 10_000, authorization: None }
+    }
+}
+
+/// A setting out of its range.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid network setting {name}: {reason}")]
+pub struct SettingsError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+impl NetworkSettings {
+    /// Checks every range; `start` calls it.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let fail = |name, reason: &str| Err(SettingsError { name, reason: reason.to_owned() });
+        self.collector
+            .validate()
+            .map_err(|error| SettingsError { name: "collector", reason: error.to_string() })?;
+        if !(self.features.window_secs >= 0.1 && self.features.window_secs <= 86_400.0) {
+            return fail("features.window_secs", "must be in 0.1..=86400");
+        }
+        if self.features.max_events_per_key == 0 || self.features.max_keys == 0 {
+            return fail("features.max_events_per_key / max_keys", "must be at least 1");
+        }
+        let model = &self.model;
+        if !(model.false_positive_rate > 0.0 && model.false_positive_rate < 0.5) {
+            return fail("model.false_positive_rate", "must be in (0, 0.5)");
+        }
+        if model.min_training_rows < 20 || model.max_training_rows < model.min_training_rows {
+            return fail("model.min_training_rows", "must be at least 20 and at most max_training_rows");
+        }
+        if !(0.0..0.9).contains(&model.validation_fraction) {
+            return fail("model.validation_fraction", "must be in [0, 0.9)");
+        }
+        if model.isolation_forest_trees == 0 || model.lof_max_rows < 2 || model.svm_max_rows < 2 {
+            return fail("model", "trees, lof_max_rows and svm_max_rows must be positive");
+        }
+        if !(model.svm_nu > 0.0 && model.svm_nu <= 1.0) {
+            return fail("model.svm_nu", "must be in (0, 1]");
+        }
+        if self.training.versions_kept == 0 {
+            return fail("training.versions_kept", "must be at least 1");
+        }
+        let storage = &self.storage;
+        if storage.retention_days == 0 || storage.write_batch == 0 || storage.write_queue == 0 {
+            return fail("storage", "retention_days, write_batch and write_queue must be at least 1");
+        }
+        let api = &self.api;
+        if api.max_body_bytes == 0
+            || api.max_batch_items == 0
+            || api.ingest_queue == 0
+            || api.websocket_buffer == 0
+            || api.recent_predictions == 0
+        {
+            return fail("api", "limits must be at least 1");
+        }
+        Ok(())
+    }
+}
