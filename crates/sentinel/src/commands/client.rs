@@ -1,10 +1,146 @@
-//! `sentinel client`.
+//! `sentinel client`: sends one protocol request to a running server and
+//! prints the answer — status, verdict `y`, each analysis's score, and with
+//! `--error-detail` the reason of a `No`. For operators checking a server and
+//! for scripts (`--json`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use sentinel_protocol::{Client, Command, Request, Response};
+use serde_json::json;
 
 use crate::config::Config;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Server address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:9500")]
+    server: String,
+    /// Command: 1-6, or static, dynamic, vt, static-vt, dynamic-vt, all.
+    #[arg(long, default_value = "static", value_parser = parse_command)]
+    command: Command,
+    /// The executable to analyse (may be omitted with `--command vt --sha256 …`).
+    file: Option<PathBuf>,
+    /// SHA-256 to send with the file (64 hex digits); the server checks it.
+    #[arg(long)]
+    sha256: Option<String>,
+    /// VirusTotal API key, sent as field [2]. Prefer the environment variable:
+    /// a command-line argument is visible to other users in the process list.
+    #[arg(long, env = "SENTINEL_VT_KEY", hide_env_values = true)]
+    vt_key: Option<String>,
+    /// Ask the server for the reason of a failure (protocol extension).
+    #[arg(long)]
+    error_detail: bool,
+    /// Print the response as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the response.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
 
-pub fn run(_args: Args, _config: &Config) -> anyhow::Result<()> {
-    anyhow::bail!("`sentinel client` is not built yet")
+fn parse_command(text: &str) -> Result<Command, String> {
+    let by_name = match text.to_ascii_lowercase().replace('_', "-").as_str() {
+        "static" | "static-analyse" => Some(Command::StaticAnalyse),
+        "dynamic" | "dynamic-analyse" => Some(Command::DynamicAnalyse),
+        "vt" | "vt-analyse" => Some(Command::VtAnalyse),
+        "static-vt" | "static-analyse-with-vt" => Some(Command::StaticAnalyseWithVt),
+        "dynamic-vt" | "dynamic-analyse-with-vt" => Some(Command::DynamicAnalyseWithVt),
+        "all" | "all-analyse" => Some(Command::AllAnalyse),
+        _ => None,
+    };
+    by_name
+        .or_else(|| text.parse::<u32>().ok().and_then(Command::from_wire).filter(|c| *c != Command::Options))
+        .ok_or_else(|| {
+            format!("unknown command {text:?}: use 1-6 or static, dynamic, vt, static-vt, dynamic-vt, all")
+        })
+}
+
+pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
+    let executable = match &args.file {
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None if args.sha256.is_some() => Vec::new(),
+        None => anyhow::bail!("give a FILE, or --sha256 for a VirusTotal lookup by hash"),
+    };
+    let mut fields = vec![Bytes::from(executable)];
+    if args.sha256.is_some() || args.vt_key.is_some() {
+        fields.push(Bytes::from(args.sha256.clone().unwrap_or_default()));
+    }
+    if let Some(key) = &args.vt_key {
+        fields.push(Bytes::from(key.clone()));
+    }
+    let request = Request::new(args.command, fields);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (response, error_detail) = runtime.block_on(async {
+        let mut client =
+            Client::connect(&args.server).await.with_context(|| format!("server {}", args.server))?;
+        client.set_response_timeout(Duration::from_secs(args.timeout));
+        let error_detail = args.error_detail && client.enable_error_detail().await?;
+        if args.error_detail && !error_detail {
+            eprintln!("note: the server does not support error details");
+        }
+        anyhow::Ok((client.request(&request).await?, error_detail))
+    })?;
+    print_response(args.command, &response, error_detail, args.json);
+    Ok(())
+}
+
+fn print_response(command: Command, response: &Response, error_detail: bool, as_json: bool) {
+    match response {
+        Response::Yes(scores) => {
+            let y = scores.first().copied();
+            let steps: Vec<(&str, f32)> = command
+                .analyses()
+                .iter()
+                .map(|step| step.name())
+                .zip(scores.iter().skip(1).copied())
+                .collect();
+            if as_json {
+                let scores: serde_json::Map<String, serde_json::Value> =
+                    steps.iter().map(|(name, score)| ((*name).to_owned(), json!(score))).collect();
+                println!("{}", json!({ "status": "yes", "y": y, "scores": scores }));
+            } else {
+                println!("status: Yes");
+                if let Some(y) = y {
+                    println!("y: {y:.6}");
+                }
+                for (name, score) in steps {
+                    println!("{name}: {score:.6}");
+                }
+            }
+        }
+        Response::No(detail) => {
+            if as_json {
+                let reason = detail.as_ref().map(|detail| {
+                    json!({ "code": detail.code(), "name": detail.name(), "step": detail.step(), "message": detail.message() })
+                });
+                println!("{}", json!({ "status": "no", "reason": reason }));
+            } else {
+                println!("status: No");
+                match detail {
+                    Some(detail) => println!("reason: {detail}"),
+                    None if !error_detail => println!("reason: (not asked; use --error-detail)"),
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_named_or_numbered() {
+        assert_eq!(parse_command("static"), Ok(Command::StaticAnalyse));
+        assert_eq!(parse_command("Static_analyse_with_Vt"), Ok(Command::StaticAnalyseWithVt));
+        assert_eq!(parse_command("6"), Ok(Command::AllAnalyse));
+        assert!(parse_command("100").is_err(), "the options command is not a user command");
+        assert!(parse_command("7").is_err());
+        assert!(parse_command("fast").is_err());
+    }
 }

@@ -1,5 +1,6 @@
 //! The subcommands of `sentinel`, one module each.
 
+mod agent;
 mod bench;
 mod client;
 mod eval;
@@ -13,6 +14,8 @@ use crate::config::Config;
 pub enum Command {
     /// Run the server: the TCP malware-analysis protocol and the HTTP API.
     Serve(serve::Args),
+    /// Run the network collectors and ship their records to a server.
+    Agent(agent::Args),
     /// Offline static verdicts for files and directories.
     Scan(scan::Args),
     /// Send one protocol request to a running server.
@@ -32,6 +35,7 @@ impl Command {
     pub fn run(self, config: &Config) -> anyhow::Result<()> {
         match self {
             Command::Serve(args) => serve::run(args, config),
+            Command::Agent(args) => agent::run(args, config),
             Command::Scan(args) => scan::run(args, config),
             Command::Client(args) => client::run(args, config),
             Command::Train(command) => command.run(config),

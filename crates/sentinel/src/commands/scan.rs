@@ -1,10 +1,193 @@
-//! `sentinel scan`.
+//! `sentinel scan FILE|DIR…`: offline static verdicts for files on disk, with
+//! the same model the server uses, for an operator triaging a folder.
+//!
+//! Files are scored in parallel; a file that is not a PE, cannot be read or is
+//! too large gets a row with its error rather than stopping the scan, because
+//! one odd file in a directory of thousands must not hide the others' verdicts.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sentinel_static::StaticModel;
 
 use crate::config::Config;
 
-#[derive(clap::Args)]
-pub struct Args {}
+/// Directories with more files than this get a progress bar (on a terminal).
+const PROGRESS_BAR_MIN_FILES: usize = 64;
 
-pub fn run(_args: Args, _config: &Config) -> anyhow::Result<()> {
-    anyhow::bail!("`sentinel scan` is not built yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Files and directories (scanned recursively) to score.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// One JSON object per file (JSON Lines) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Show the features that drove each score.
+    #[arg(long)]
+    explain: bool,
+    /// Model file to use instead of the built-in default model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Files larger than this many bytes are not read.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    max_file_size: u64,
+}
+
+/// One feature's share of a score, as `--explain` shows it.
+#[derive(Serialize)]
+struct Contribution {
+    feature: String,
+    value: f64,
+    contribution: f64,
+}
+
+#[derive(Serialize)]
+struct FileVerdict {
+    path: PathBuf,
+    sha256: Option<String>,
+    score: Option<f64>,
+    malicious: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explanation: Option<Vec<Contribution>>,
+}
+
+/// How many contributions `--explain` shows per file.
+const EXPLAIN_TOP: usize = 5;
+
+pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
+    let model = match &args.model {
+        Some(path) => StaticModel::load(path).with_context(|| format!("cannot load model {}", path.display()))?,
+        None => StaticModel::builtin(),
+    };
+    let files = collect_files(&args.paths)?;
+    let progress = (files.len() >= PROGRESS_BAR_MIN_FILES && std::io::stderr().is_terminal())
+        .then(|| indicatif::ProgressBar::new(files.len() as u64));
+    let verdicts: Vec<FileVerdict> = files
+        .par_iter()
+        .map(|path| {
+            let verdict = scan_file(&model, path, args.max_file_size, args.explain);
+            if let Some(bar) = &progress {
+                bar.inc(1);
+            }
+            verdict
+        })
+        .collect();
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for verdict in &verdicts {
+            serde_json::to_writer(&mut out, verdict)?;
+            writeln!(out)?;
+        }
+    } else {
+        print_table(&mut out, &verdicts, model.version())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Expands directories recursively, in a stable order, skipping symbolic links
+/// so a scan cannot loop or escape the tree it was given.
+fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if metadata.is_dir() {
+            for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+                let entry = entry.with_context(|| format!("cannot walk {}", path.display()))?;
+                if entry.file_type().is_file() {
+                    files.push(entry.into_path());
+                }
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn scan_file(model: &StaticModel, path: &Path, max_file_size: u64, explain: bool) -> FileVerdict {
+    let mut verdict = FileVerdict {
+        path: path.to_owned(),
+        sha256: None,
+        score: None,
+        malicious: false,
+        error: None,
+        explanation: None,
+    };
+    let bytes = match read_bounded(path, max_file_size) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            verdict.error = Some(format!("{error:#}"));
+            return verdict;
+        }
+    };
+    verdict.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+    match model.analyse(&bytes) {
+        Ok(analysis) => {
+            verdict.score = Some(analysis.score);
+            verdict.malicious = analysis.malicious;
+            if explain {
+                verdict.explanation = Some(
+                    analysis
+                        .contributions
+                        .into_iter()
+                        .take(EXPLAIN_TOP)
+                        .map(|c| Contribution { feature: c.feature, value: c.value, contribution: c.contribution })
+                        .collect(),
+                );
+            }
+        }
+        Err(error) => verdict.error = Some(error.to_string()),
+    }
+    verdict
+}
+
+/// Reads at most `limit` bytes, failing on larger files instead of loading them.
+fn read_bounded(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
+    let file = std::fs::File::open(path).context("cannot open")?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).context("cannot read")?;
+    if bytes.len() as u64 > limit {
+        anyhow::bail!("larger than the {limit}-byte limit");
+    }
+    Ok(bytes)
+}
+
+fn print_table(out: &mut impl Write, verdicts: &[FileVerdict], model_version: &str) -> std::io::Result<()> {
+    let width = verdicts.iter().map(|v| v.path.display().to_string().len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:<width$}  {:>6}  {:<9}  SHA-256", "FILE", "SCORE", "VERDICT")?;
+    let (mut malicious, mut errors) = (0, 0);
+    for verdict in verdicts {
+        let path = verdict.path.display().to_string();
+        match (verdict.score, &verdict.error) {
+            (Some(score), _) => {
+                let label = if verdict.malicious { "MALICIOUS" } else { "clean" };
+                malicious += usize::from(verdict.malicious);
+                let sha = verdict.sha256.as_deref().unwrap_or("");
+                writeln!(out, "{path:<width$}  {score:>6.4}  {label:<9}  {sha}")?;
+            }
+            (None, error) => {
+                errors += 1;
+                writeln!(out, "{path:<width$}  {:>6}  {:<9}  {}", "-", "error", error.as_deref().unwrap_or(""))?;
+            }
+        }
+        for c in verdict.explanation.iter().flatten() {
+            writeln!(out, "{:<width$}    {:+.4}  {} = {}", "", c.contribution, c.feature, c.value)?;
+        }
+    }
+    writeln!(
+        out,
+        "{} files, {malicious} malicious, {errors} not scored (model {model_version})",
+        verdicts.len()
+    )
 }

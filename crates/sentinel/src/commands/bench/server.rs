@@ -1,10 +1,252 @@
-//! `sentinel bench server`.
+//! `sentinel bench server`: load-tests the protocol server from outside, as
+//! central servers see it. It starts `sentinel serve` as a child process (the
+//! same executable) on free ports with a temporary data directory, then
+//! measures, through TCP: static-analysis latency (p50/p99) for PE files from
+//! 10 KB to 20 MB, requests per second with 64 concurrent clients, and the
+//! server's resident memory with 1,000 idle connections.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use sentinel_protocol::{Client, Command, Request, Response};
+use sentinel_server::synthetic_pe;
+use serde_json::json;
+use tokio::net::TcpStream;
 
 use crate::config::Config;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// File sizes for the latency table, in KiB.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1024, 5 * 1024, 20 * 1024])]
+    sizes_kib: Vec<usize>,
+    /// Concurrent clients for the throughput run.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Duration of the throughput run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Size of the files of the throughput run, in KiB.
+    #[arg(long, default_value_t = 100)]
+    throughput_kib: usize,
+    /// Idle connections for the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: Args, _config: &Config) -> anyhow::Result<()> {
-    anyhow::bail!("`sentinel bench server` is not built yet")
+/// Requests per size in the latency run: enough for a p99 on small files,
+/// fewer for large ones so the run stays within minutes.
+fn latency_requests(size: usize) -> usize {
+    (256 * 1024 * 1024 / size.max(1)).clamp(10, 200)
+}
+
+pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
+    let data_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let mut server = ServerProcess::start(data_dir.path(), args.idle_connections + args.clients + 16)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(measure(&args, &server));
+    server.stop();
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// `sentinel serve` in a child process.
+struct ServerProcess {
+    child: Child,
+    tcp: SocketAddr,
+}
+
+impl ServerProcess {
+    fn start(data_dir: &std::path::Path, max_connections: usize) -> anyhow::Result<ServerProcess> {
+        let executable = std::env::current_exe().context("cannot find the sentinel executable")?;
+        let mut child = std::process::Command::new(executable)
+            .args(["serve", "--tcp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("SENTINEL_SERVER__MAX_CONNECTIONS", max_connections.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start `sentinel serve`")?;
+        let stdout = child.stdout.take().context("no stdout from the server")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let tcp = loop {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!("the server exited before printing its address");
+            };
+            if let Some(address) = line?.strip_prefix("tcp listening on ") {
+                break address.parse().context("unreadable server address")?;
+            }
+        };
+        Ok(ServerProcess { child, tcp })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (graceful), then wait for the process.
+    fn stop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of `pid`, from /proc (Linux), in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("cannot read /proc")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+fn static_request(executable: Vec<u8>) -> Request {
+    Request::new(Command::StaticAnalyse, vec![Bytes::from(executable)])
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+async fn measure(args: &Args, server: &ServerProcess) -> anyhow::Result<serde_json::Value> {
+    let mut latency = Vec::new();
+    let mut seed = 0u64;
+    for &size_kib in &args.sizes_kib {
+        let size = size_kib * 1024;
+        let requests = latency_requests(size);
+        let mut client = Client::connect(server.tcp).await?;
+        // One warm-up request: first-touch costs are not the steady state.
+        client.request(&static_request(synthetic_pe(size, u64::MAX - seed))).await?;
+        let mut times = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            seed += 1;
+            // A new file each time: every request hashes, stores and scores a new sample.
+            let request = static_request(synthetic_pe(size, seed));
+            let started = Instant::now();
+            let response = client.request(&request).await?;
+            times.push(started.elapsed());
+            if !matches!(response, Response::Yes(_)) {
+                bail!("a {size_kib} KiB request failed: {response:?}");
+            }
+        }
+        times.sort();
+        let p50 = percentile(&times, 0.5);
+        latency.push(json!({
+            "size_kib": size_kib, "requests": requests,
+            "p50_ms": p50, "p99_ms": percentile(&times, 0.99),
+            "mib_per_s": size as f64 / (1024.0 * 1024.0) / (p50 / 1000.0),
+        }));
+    }
+
+    let throughput = throughput(args, server.tcp).await?;
+
+    let idle_rss_kib = rss_kib(server.pid())?;
+    let mut idle = Vec::with_capacity(args.idle_connections);
+    for _ in 0..args.idle_connections {
+        idle.push(TcpStream::connect(server.tcp).await?);
+    }
+    // One round trip on a new connection: every earlier connection has been accepted by then.
+    let mut probe = Client::connect(server.tcp).await?;
+    probe.enable_error_detail().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded_rss_kib = rss_kib(server.pid())?;
+    drop(idle);
+
+    Ok(json!({
+        "latency": latency,
+        "throughput": throughput,
+        "memory": {
+            "rss_before_kib": idle_rss_kib,
+            "idle_connections": args.idle_connections,
+            "rss_with_idle_kib": loaded_rss_kib,
+            "kib_per_idle_connection":
+                (loaded_rss_kib as f64 - idle_rss_kib as f64) / args.idle_connections.max(1) as f64,
+        },
+    }))
+}
+
+async fn throughput(args: &Args, address: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let samples: Arc<Vec<Bytes>> = Arc::new(
+        (0..args.clients as u64)
+            .map(|seed| Bytes::from(synthetic_pe(args.throughput_kib * 1024, 1 << 40 | seed)))
+            .collect(),
+    );
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for index in 0..args.clients {
+        let (samples, done, failed) = (Arc::clone(&samples), Arc::clone(&done), Arc::clone(&failed));
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(address).await?;
+            let request = Request::new(Command::StaticAnalyse, vec![samples[index].clone()]);
+            while Instant::now() < deadline {
+                match client.request(&request).await? {
+                    Response::Yes(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Response::No(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let done = done.load(Ordering::Relaxed);
+    Ok(json!({
+        "clients": args.clients, "size_kib": args.throughput_kib, "seconds": elapsed,
+        "requests": done, "failed": failed.load(Ordering::Relaxed), "requests_per_s": done as f64 / elapsed,
+    }))
+}
+
+fn print_table(report: &serde_json::Value) {
+    println!("Malware server over TCP (sentinel serve in a separate process), static analysis");
+    println!("{:>10} {:>9} {:>9} {:>9} {:>9}", "size KiB", "requests", "p50 ms", "p99 ms", "MiB/s");
+    for row in report["latency"].as_array().into_iter().flatten() {
+        println!(
+            "{:>10} {:>9} {:>9.2} {:>9.2} {:>9.1}",
+            row["size_kib"],
+            row["requests"],
+            row["p50_ms"].as_f64().unwrap_or(0.0),
+            row["p99_ms"].as_f64().unwrap_or(0.0),
+            row["mib_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let t = &report["throughput"];
+    println!(
+        "throughput: {} clients, {} KiB files: {:.0} requests/s ({} answered, {} failed, {:.1} s)",
+        t["clients"],
+        t["size_kib"],
+        t["requests_per_s"].as_f64().unwrap_or(0.0),
+        t["requests"],
+        t["failed"],
+        t["seconds"].as_f64().unwrap_or(0.0)
+    );
+    let m = &report["memory"];
+    println!(
+        "memory: RSS {} KiB, with {} idle connections {} KiB ({:.1} KiB per connection)",
+        m["rss_before_kib"],
+        m["idle_connections"],
+        m["rss_with_idle_kib"],
+        m["kib_per_idle_connection"].as_f64().unwrap_or(0.0)
+    );
 }

@@ -1,10 +1,166 @@
-//! `sentinel train dynamic`.
+//! `sentinel train dynamic`: trains the behaviour model (malware detector on
+//! MalBehavD, family classifier on Mal-API-2019), prints the figures measured
+//! on a split by sequence, writes them into docs/dynamic-analysis.md and
+//! writes the model file (by default `models/behaviour.json`, the model built
+//! into the binary).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sentinel_behaviour::{TrainingOptions, TrainingReport, load_labelled_csv, load_mal_api, train};
 
 use crate::config::Config;
 
-#[derive(clap::Args)]
-pub struct Args {}
+const DOCS_BEGIN: &str = "<!-- sentinel train dynamic: begin -->";
+const DOCS_END: &str = "<!-- sentinel train dynamic: end -->";
 
-pub fn run(_args: Args, _config: &Config) -> anyhow::Result<()> {
-    anyhow::bail!("`sentinel train dynamic` is not built yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Labelled API-call sequences (MalBehavD schema: sha256, labels, calls…).
+    #[arg(long, default_value = "../shared/data/malware/dynamic/malbehavd/malbehavd_v1_train.csv")]
+    data: PathBuf,
+    /// Mal-API-2019 sequences for the family classifier.
+    #[arg(long, default_value = "../shared/data/malware/dynamic/mal-api-2019/100_calls.zip")]
+    families: PathBuf,
+    /// Mal-API-2019's API index.
+    #[arg(long, default_value = "../shared/data/malware/dynamic/mal-api-2019/ApiIndex.txt")]
+    api_index: PathBuf,
+    /// One family name per line, in sequence order. Without it: blocks of 101
+    /// in alphabetical family order (see docs/dynamic-analysis.md).
+    #[arg(long)]
+    family_labels: Option<PathBuf>,
+    /// Train the malware detector only.
+    #[arg(long)]
+    without_families: bool,
+    /// Seed of every random choice (splits, folds).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where to write the model.
+    #[arg(long, default_value = "models/behaviour.json")]
+    out: PathBuf,
+    /// Document to write the figures into (between its marker comments).
+    #[arg(long, default_value = "docs/dynamic-analysis.md")]
+    docs: PathBuf,
+    /// Do not touch the document.
+    #[arg(long)]
+    no_docs: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
+    let labelled =
+        load_labelled_csv(&args.data).with_context(|| format!("cannot read {}", args.data.display()))?;
+    let families = if args.without_families {
+        None
+    } else {
+        Some(load_mal_api(&args.families, &args.api_index, args.family_labels.as_deref()).with_context(
+            || format!("cannot read {} (or pass --without-families)", args.families.display()),
+        )?)
+    };
+    let mut data_names = vec![file_name(&args.data)];
+    if families.is_some() {
+        data_names.push(file_name(&args.families));
+    }
+    let options = TrainingOptions { seed: args.seed, ..TrainingOptions::default() };
+    let started = std::time::Instant::now();
+    let (model, report) = train(&labelled, families.as_deref(), data_names, &options)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    model.save(&args.out)?;
+
+    let summary = summary_markdown(&report, model.version(), model.threshold(), &args, seconds);
+    if !args.no_docs {
+        write_marked_block(&args.docs, &summary)?;
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "version": model.version(),
+            "threshold": model.threshold(),
+            "training_seconds": seconds,
+            "roc_auc": report.holdout.roc_auc,
+            "tpr_at_1pct_fpr": report.holdout.tpr_at_1pct_fpr,
+            "report": report,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("model {} written to {} ({seconds:.1} s)", model.version(), args.out.display());
+        print!("{summary}");
+    }
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn summary_markdown(
+    report: &TrainingReport,
+    version: &str,
+    threshold: f64,
+    args: &Args,
+    seconds: f64,
+) -> String {
+    let h = &report.holdout;
+    let mut out = format!(
+        "Model `{version}`, `sentinel train dynamic --seed {}` ({seconds:.0} s on 2 cores).\n\n\
+         Malware detector, split by sequence ({} training rows, {} held-out rows, no sequence on both sides), \
+         C = {} chosen by grouped 5-fold cross-validation:\n\n\
+         | held-out figure | value |\n|---|---|\n\
+         | ROC AUC | {:.4} |\n| average precision | {:.4} |\n| detection at 1 % FPR | {:.1} % |\n\
+         | detection at 0.1 % FPR | {:.1} % |\n| at the model's threshold ({:.3}): detection / FPR | {:.1} % / {:.1} % |\n",
+        args.seed,
+        report.train_rows,
+        report.test_rows,
+        report.detector_c,
+        h.roc_auc,
+        h.average_precision,
+        100.0 * h.tpr_at_1pct_fpr,
+        100.0 * h.tpr_at_0_1pct_fpr,
+        h.threshold,
+        100.0 * h.recall,
+        100.0 * h.false_positive_rate,
+    );
+    out.push_str(&format!(
+        "\nThe committed model is refitted on all {} rows with the same settings; its threshold is {threshold:.3}.\n",
+        report.train_rows + report.test_rows
+    ));
+    if let Some(f) = &report.families {
+        out.push_str(&format!(
+            "\nFamily classifier ({} families, {} training / {} held-out sequences, C = {}): \
+             held-out accuracy {:.1} %, grouped 5-fold cross-validation accuracy {:.1} % (chance: {:.1} %).\n\n",
+            f.classes.len(),
+            f.train_samples,
+            f.test_samples,
+            f.c,
+            100.0 * f.holdout_accuracy,
+            100.0 * f.cv_accuracy,
+            100.0 / f.classes.len() as f64,
+        ));
+        out.push_str(&format!(
+            "| true \\ predicted | {} |\n|---|{}\n",
+            f.classes.join(" | "),
+            "---|".repeat(f.classes.len())
+        ));
+        for (class, row) in f.classes.iter().zip(&f.confusion) {
+            let cells: Vec<String> = row.iter().map(usize::to_string).collect();
+            out.push_str(&format!("| {class} | {} |\n", cells.join(" | ")));
+        }
+    }
+    out
+}
+
+/// Replaces the text between the document's marker comments with `body`.
+fn write_marked_block(path: &Path, body: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (Some(begin), Some(end)) = (text.find(DOCS_BEGIN), text.find(DOCS_END)) else {
+        anyhow::bail!("{} has no `{DOCS_BEGIN}` … `{DOCS_END}` block (or pass --no-docs)", path.display());
+    };
+    anyhow::ensure!(begin < end, "{}: the end marker comes before the begin marker", path.display());
+    let updated = format!("{}{DOCS_BEGIN}\n{body}{}", &text[..begin], &text[end..]);
+    std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -1,0 +1,57 @@
+//! `sentinel agent --server URL`: runs the network collectors on this host and posts a snapshot
+//! every collection interval to the network AI service's `/api/v1/ingest` (the JSON format of
+//! `docs/collectors.md`, the one the Windows endpoint application posts). Settings come from the
+//! `[network]` table: `collector` (interval, host id) and `agent` (queue, timeout, authorization).
+//! SIGINT and SIGTERM stop it.
+
+use anyhow::Context;
+use sentinel_network::NetworkSettings;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Base URL of the server's HTTP API, e.g. http://10.0.0.1:9501.
+    #[arg(long, env = "SENTINEL_AGENT_SERVER")]
+    server: String,
+    /// Milliseconds between two snapshots (overrides `[network.collector] interval_ms`).
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// Agent id written in every record (overrides `[network.collector] host`; default: the
+    /// kernel's host name).
+    #[arg(long)]
+    host: Option<String>,
+}
+
+pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
+    let mut settings: NetworkSettings = config.section("network")?;
+    if let Some(interval_ms) = args.interval_ms {
+        settings.collector.interval_ms = interval_ms;
+    }
+    if args.host.is_some() {
+        settings.collector.host = args.host;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    runtime.block_on(async {
+        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        };
+        tracing::info!(server = %args.server, "agent started");
+        sentinel_network::agent::run(&args.server, &settings.collector, &settings.agent, stop)
+            .await
+            .context("the agent stopped")
+    })
+}
