@@ -400,15 +400,18 @@ fn run_ensembles(members: Vec<Model>, split: &Split<'_>, threads: usize) -> Resu
     let calibration =
         split.train.select_rows(&subsample_rows(split.train.rows(), CALIBRATION_ROWS, split.seed))?;
     let mut runs = Vec::new();
-    let mut combinations = vec![(Combination::Average, "ensemble-average")];
-    if split.feedback.is_some() {
-        combinations.push((Combination::Stacking, "ensemble-stacking"));
+    // Unsupervised average everywhere; with labelled feedback (NSL-KDD), the average
+    // weighted by each member's measured AUC, and stacking.
+    let mut variants = vec![(Combination::Average, None, "ensemble-average")];
+    if let Some(feedback) = split.feedback {
+        variants.push((Combination::Average, Some(feedback), "ensemble-weighted"));
+        variants.push((Combination::Stacking, Some(feedback), "ensemble-stacking"));
     }
-    for (combination, name) in combinations {
+    for (combination, feedback, name) in variants {
         let start = Instant::now();
         let params = EnsembleParams { combination, ..EnsembleParams::default() };
         let mut ensemble = Ensemble::new(members.clone(), &calibration, params)?;
-        if let Some(feedback) = split.feedback {
+        if let Some(feedback) = feedback {
             ensemble.learn_from_feedback(&feedback.x, &feedback.y)?;
         }
         let fit_seconds = start.elapsed().as_secs_f64();

@@ -36,7 +36,9 @@ pub trait Detector: Sync {
     /// The score of one vector already checked for length and finiteness.
     fn score_checked(&self, x: &[f64]) -> f64;
 
-    /// The score above which a vector is declared anomalous.
+    /// The score from which on a vector is declared anomalous: `score >= threshold`,
+    /// the convention of `sentinel_metrics` (ROC curves, `Confusion::at_threshold`),
+    /// so that a threshold read off a ROC curve means the same here.
     fn threshold(&self) -> f64;
 
     /// The anomaly score of one vector (higher is more anomalous).
@@ -54,7 +56,7 @@ pub trait Detector: Sync {
     /// Whether each row is anomalous under the fitted threshold.
     fn decide(&self, data: &Matrix) -> Result<Vec<bool>> {
         let threshold = self.threshold();
-        Ok(self.score(data)?.into_iter().map(|score| score > threshold).collect())
+        Ok(self.score(data)?.into_iter().map(|score| score >= threshold).collect())
     }
 }
 

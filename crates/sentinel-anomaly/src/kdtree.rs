@@ -1,12 +1,13 @@
 //! A k-d tree for exact k-nearest-neighbour search in Euclidean distance, the
-//! spatial index behind LOF. Rows are copied into tree order so a leaf's points
+//! spatial index behind LOF up to 15 dimensions (above, see `brute`). Rows are copied into tree order so a leaf's points
 //! are contiguous in memory; each node keeps its bounding box, and a subtree is
 //! skipped when the box is farther than the current k-th neighbour. Splits are at
 //! the median of the widest dimension, so the depth is logarithmic whatever the
 //! data's distribution. Each node also keeps a bounding ball (centroid and
-//! radius), as a ball tree does: in many dimensions a box is a loose bound, while
-//! the ball follows the data's intrinsic dimension (NSL-KDD's 122 one-hot and
-//! scaled features lie on far fewer), and the larger of the two bounds is used.
+//! radius), as a ball tree does: as dimensions grow a box becomes a loose bound,
+//! while the ball follows the data's intrinsic dimension, and the larger of the
+//! two bounds is used. Also home to [`Neighbours`], the k-best list both
+//! searches fill.
 
 use crate::matrix::Matrix;
 use crate::rbf::squared_distance;
@@ -52,11 +53,11 @@ impl Neighbours {
         Neighbours { k, found: Vec::with_capacity(k + 1) }
     }
 
-    fn worst(&self) -> f64 {
+    pub(crate) fn worst(&self) -> f64 {
         if self.found.len() < self.k { f64::INFINITY } else { self.found[self.k - 1].0 }
     }
 
-    fn offer(&mut self, distance2: f64, index: u32) {
+    pub(crate) fn offer(&mut self, distance2: f64, index: u32) {
         if distance2 >= self.worst() {
             return;
         }
@@ -68,6 +69,15 @@ impl Neighbours {
     /// (Euclidean distance, row index) pairs, nearest first.
     pub(crate) fn sorted(&self) -> impl Iterator<Item = (f64, usize)> + '_ {
         self.found.iter().map(|&(d2, i)| (d2.sqrt(), i as usize))
+    }
+
+    /// Replaces each neighbour's squared distance by `distance2(index)` and
+    /// restores the order.
+    pub(crate) fn remeasure(&mut self, distance2: impl Fn(usize) -> f64) {
+        for (d2, index) in &mut self.found {
+            *d2 = distance2(*index as usize);
+        }
+        self.found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     }
 
     pub(crate) fn clear(&mut self) {

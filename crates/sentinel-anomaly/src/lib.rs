@@ -2,7 +2,7 @@
 //! with no knowledge of where the vectors come from.
 //!
 //! - Detectors: [`IsolationForest`], [`LocalOutlierFactor`] (novelty mode, k-d
-//!   tree), [`OneClassSvm`] (exact SMO solver) and [`RandomFeatureOneClassSvm`]
+//!   tree or blocked brute force), [`OneClassSvm`] (exact SMO solver) and [`RandomFeatureOneClassSvm`]
 //!   (its approximation for large training sets). All implement [`Detector`]:
 //!   `score_one` for one vector, `score` for a batch in parallel, `decide` with
 //!   the fitted threshold. A higher score is always more anomalous.
@@ -17,6 +17,7 @@
 //! infinities, models refuse vectors of the wrong dimension, and loaded files are
 //! checked before use. Nothing here panics on bad input.
 
+mod brute;
 mod detector;
 mod ensemble;
 mod error;
@@ -35,7 +36,7 @@ pub mod threshold;
 pub mod bench;
 
 pub use detector::{Contamination, Detector};
-pub use ensemble::{Combination, Ensemble, EnsembleParams};
+pub use ensemble::{BeyondRange, Combination, Ensemble, EnsembleParams};
 pub use error::{AnomalyError, Result};
 pub use iforest::{IsolationForest, IsolationForestParams};
 pub use kdtree::Neighbours;

@@ -4,14 +4,19 @@
 //! training neighbours, where reach(p, o) = max(d(p, o), k-distance(o)); its LOF is
 //! its neighbours' mean density over its own. Densities of the training rows are
 //! computed once at fit (each row's neighbours excluding itself, as scikit-learn's
-//! `kneighbors()` does) and a new point costs one k-NN query on a k-d tree.
+//! `kneighbors()` does) and a new point costs one k-NN query.
+//!
+//! The neighbour search is chosen as scikit-learn's `algorithm="auto"` does: a
+//! k-d tree up to 15 dimensions, exact blocked brute force above, where trees
+//! stop pruning (NSL-KDD's 122 one-hot and scaled features).
 //!
 //! The fitted model keeps its training rows (LOF is defined by them); the saved
-//! file holds the rows and densities and the tree is rebuilt on load.
+//! file holds the rows and densities and the index is rebuilt on load.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::brute::BruteForce;
 use crate::detector::{Contamination, Detector, contamination_threshold};
 use crate::error::{AnomalyError, Result};
 use crate::kdtree::{KdTree, Neighbours};
@@ -37,6 +42,50 @@ const DENSITY_EPSILON: f64 = 1e-10;
 /// scikit-learn's `contamination="auto"` offset: a LOF above 1.5 is an outlier.
 const AUTO_THRESHOLD: f64 = 1.5;
 
+/// Above this many dimensions the neighbour search is brute force
+/// (scikit-learn's threshold for `algorithm="auto"`).
+const MAX_TREE_DIMENSIONS: usize = 15;
+
+/// The neighbour search over the training rows.
+#[derive(Debug, Clone)]
+enum Index {
+    Tree(KdTree),
+    Brute(BruteForce),
+}
+
+impl Index {
+    fn build(data: &Matrix) -> Index {
+        if data.cols() > MAX_TREE_DIMENSIONS {
+            Index::Brute(BruteForce::build(data))
+        } else {
+            Index::Tree(KdTree::build(data))
+        }
+    }
+
+    fn nearest(&self, x: &[f64], exclude: Option<usize>, found: &mut Neighbours) {
+        match self {
+            Index::Tree(tree) => tree.nearest(x, exclude, found),
+            Index::Brute(brute) => brute.nearest(x, exclude, found),
+        }
+    }
+
+    /// The k nearest training rows of every row of `queries`; with
+    /// `exclude_self`, query i is training row i and not its own neighbour.
+    fn nearest_all(&self, queries: &Matrix, k: usize, exclude_self: bool) -> Vec<Neighbours> {
+        match self {
+            Index::Tree(tree) => (0..queries.rows())
+                .into_par_iter()
+                .map(|row| {
+                    let mut found = Neighbours::new(k);
+                    tree.nearest(queries.row(row), exclude_self.then_some(row), &mut found);
+                    found
+                })
+                .collect(),
+            Index::Brute(brute) => brute.nearest_all(queries, k, exclude_self),
+        }
+    }
+}
+
 /// A fitted LOF in novelty mode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "SavedLof", into = "SavedLof")]
@@ -46,7 +95,7 @@ pub struct LocalOutlierFactor {
     k_distances: Vec<f64>,
     densities: Vec<f64>,
     threshold: f64,
-    tree: KdTree,
+    index: Index,
 }
 
 impl LocalOutlierFactor {
@@ -63,17 +112,14 @@ impl LocalOutlierFactor {
             return Err(AnomalyError::Parameter("too many training rows".into()));
         }
         let k = params.n_neighbors.min(data.rows() - 1);
-        let tree = KdTree::build(data);
-        let neighbours: Vec<(f64, Vec<(f64, usize)>)> = (0..data.rows())
+        let index = Index::build(data);
+        let neighbours: Vec<(f64, Vec<(f64, usize)>)> = index
+            .nearest_all(data, k, true)
             .into_par_iter()
-            .map_init(
-                || Neighbours::new(k),
-                |found, row| {
-                    tree.nearest(data.row(row), Some(row), found);
-                    let list: Vec<(f64, usize)> = found.sorted().collect();
-                    (list[k - 1].0, list)
-                },
-            )
+            .map(|found| {
+                let list: Vec<(f64, usize)> = found.sorted().collect();
+                (list.last().map_or(0.0, |&(d, _)| d), list)
+            })
             .collect();
         let k_distances: Vec<f64> = neighbours.iter().map(|(kd, _)| *kd).collect();
         let densities: Vec<f64> =
@@ -84,7 +130,7 @@ impl LocalOutlierFactor {
             k_distances,
             densities,
             threshold: AUTO_THRESHOLD,
-            tree,
+            index,
         };
         if let Contamination::Fraction(fraction) = params.contamination {
             // scikit-learn sets the offset from the training rows' own LOF.
@@ -105,7 +151,7 @@ impl LocalOutlierFactor {
 
     /// The LOF of `x`, using `found` as scratch space for its neighbours.
     pub fn score_with(&self, x: &[f64], found: &mut Neighbours) -> f64 {
-        self.tree.nearest(x, None, found);
+        self.index.nearest(x, None, found);
         let own = density(found.sorted(), &self.k_distances, self.k);
         self.factor(found.sorted(), own)
     }
@@ -136,15 +182,54 @@ impl Detector for LocalOutlierFactor {
 
     fn score(&self, data: &Matrix) -> Result<Vec<f64>> {
         data.check_scorable(self.n_features())?;
-        Ok(data
-            .values()
-            .par_chunks(data.cols())
-            .map_init(|| self.scratch(), |found, row| self.score_with(row, found))
+        Ok(self
+            .index
+            .nearest_all(data, self.k, false)
+            .par_iter()
+            .map(|found| {
+                let own = density(found.sorted(), &self.k_distances, self.k);
+                self.factor(found.sorted(), own)
+            })
             .collect())
     }
 }
 
-/// What a saved LOF holds: everything but the tree, which is rebuilt on load.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    #[test]
+    fn brute_force_finds_the_same_neighbours_as_the_tree() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        // Rounded values make exact duplicates and ties, as one-hot data does.
+        let values: Vec<f64> = (0..700 * 20).map(|_| (rng.random::<f64>() * 4.0).round()).collect();
+        let data = Matrix::new(values, 20).unwrap();
+        let queries = data.select_rows(&(0..50).collect::<Vec<_>>()).unwrap();
+        let (tree, brute) = (Index::Tree(KdTree::build(&data)), Index::Brute(BruteForce::build(&data)));
+        for exclude_self in [true, false] {
+            let queries = if exclude_self { &data } else { &queries };
+            let (a, b) =
+                (tree.nearest_all(queries, 7, exclude_self), brute.nearest_all(queries, 7, exclude_self));
+            // Which of several neighbours tied at the k-th distance is kept may
+            // differ (as between scikit-learn's algorithms); the distances may not.
+            let distances = |found: &Neighbours| found.sorted().map(|(d, _)| d).collect::<Vec<_>>();
+            for (row, (a, b)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(distances(a), distances(b), "row {row}");
+                let mut one = Neighbours::new(7);
+                brute.nearest(queries.row(row), exclude_self.then_some(row), &mut one);
+                assert_eq!(
+                    one.sorted().collect::<Vec<_>>(),
+                    b.sorted().collect::<Vec<_>>(),
+                    "row {row}, one query"
+                );
+            }
+        }
+    }
+}
+
+/// What a saved LOF holds: everything but the neighbour index, which is rebuilt on load.
 #[derive(Serialize, Deserialize)]
 struct SavedLof {
     n_features: usize,
@@ -188,14 +273,14 @@ impl TryFrom<SavedLof> for LocalOutlierFactor {
         if !saved.threshold.is_finite() {
             return Err(corrupt("non-finite threshold"));
         }
-        let tree = KdTree::build(&training);
+        let index = Index::build(&training);
         Ok(LocalOutlierFactor {
             training,
             k: saved.k,
             k_distances: saved.k_distances,
             densities: saved.densities,
             threshold: saved.threshold,
-            tree,
+            index,
         })
     }
 }

@@ -9,13 +9,15 @@
 //! The score is ρ − Σαᵢ k(xᵢ, x), scikit-learn's `-decision_function`: positive
 //! outside the learned support, so the default threshold is 0.
 
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::detector::{Contamination, Detector, contamination_threshold};
 use crate::error::{AnomalyError, Result};
 use crate::matrix::Matrix;
-use crate::rbf::{Gamma, exp_in_place, squared_distance};
+use crate::rbf::{Gamma, exp_in_place, kernel_values};
 
 /// Hyper-parameters of [`OneClassSvm::fit`]; the defaults are scikit-learn's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -136,10 +138,7 @@ impl Detector for OneClassSvm {
             self.support_vectors.chunks(SCORE_BLOCK * width).zip(self.coefficients.chunks(SCORE_BLOCK))
         {
             let block = &mut buffer[..coefficients.len()];
-            for (slot, sv) in block.iter_mut().zip(svs.chunks_exact(width)) {
-                *slot = -self.gamma * squared_distance(sv, x);
-            }
-            exp_in_place(block);
+            kernel_values(x, svs, self.gamma, block);
             total += block.iter().zip(coefficients).map(|(k, a)| k * a).sum::<f64>();
         }
         self.rho - total
@@ -176,18 +175,9 @@ impl<'a> Solver<'a> {
         if whole < l {
             alpha[whole] = total - whole as f64;
         }
+        let gradient = initial_gradient(data, gamma, &alpha);
         let cache = KernelCache::new(l, cache_bytes);
-        let mut solver = Solver { data, gamma, alpha, gradient: vec![0.0; l], cache };
-        // G = Kα, from the rows of the non-zero multipliers.
-        for i in 0..l {
-            let a = solver.alpha[i];
-            if a != 0.0 {
-                let slot = solver.cache.row(i, None, data, gamma);
-                let row = solver.cache.slot(slot);
-                solver.gradient.iter_mut().zip(row).for_each(|(g, &k)| *g += a * k as f64);
-            }
-        }
-        solver
+        Solver { data, gamma, alpha, gradient, cache }
     }
 
     fn solve(mut self, tolerance: f64) -> Solution {
@@ -292,6 +282,56 @@ impl<'a> Solver<'a> {
     }
 }
 
+/// Rows per parallel block of the initial gradient.
+const GRADIENT_BLOCK: usize = 256;
+/// Multipliers per tile of the initial gradient: a block's products
+/// (256 × 1024 × 8 bytes = 2 MB) stay in L2.
+const GRADIENT_TILE: usize = 1024;
+
+/// G = Kα at the starting point. Half the multipliers start non-zero (ν = 0.5),
+/// so this touches half the kernel matrix: as libsvm does, but as one blocked
+/// matrix product, k(x, z) = exp(−γ(‖x‖² + ‖z‖² − 2x·z)), rather than kernel
+/// rows one by one through the cache, which cost more than all the iterations.
+/// Kernel values are rounded to `f32` as the cache rounds them.
+fn initial_gradient(data: &Matrix, gamma: f64, alpha: &[f64]) -> Vec<f64> {
+    let cols = data.cols();
+    let norm = |row: &[f64]| row.iter().map(|v| v * v).sum::<f64>();
+    let support: Vec<usize> = (0..data.rows()).filter(|&i| alpha[i] != 0.0).collect();
+    let support_points = Array2::from_shape_fn((support.len(), cols), |(i, c)| data.row(support[i])[c]);
+    let support_norms: Vec<f64> = support.iter().map(|&i| norm(data.row(i))).collect();
+    let support_alpha: Vec<f64> = support.iter().map(|&i| alpha[i]).collect();
+    let mut gradient = vec![0.0; data.rows()];
+    gradient.par_chunks_mut(GRADIENT_BLOCK).zip(data.values().par_chunks(GRADIENT_BLOCK * cols)).for_each(
+        |(gradient, values)| {
+            let block = Array2::from_shape_fn((gradient.len(), cols), |(r, c)| values[r * cols + c]);
+            let norms: Vec<f64> = values.chunks_exact(cols).map(norm).collect();
+            let mut products = Array2::<f64>::zeros((gradient.len(), GRADIENT_TILE));
+            let mut kernel = [0.0f64; GRADIENT_TILE];
+            for start in (0..support.len()).step_by(GRADIENT_TILE) {
+                let end = (start + GRADIENT_TILE).min(support.len());
+                let tile = support_points.slice(s![start..end, ..]);
+                let mut products = products.slice_mut(s![.., ..end - start]);
+                general_mat_mul(-2.0, &block, &tile.t(), 0.0, &mut products);
+                for ((g, row), &own_norm) in gradient.iter_mut().zip(products.outer_iter()).zip(&norms) {
+                    let kernel = &mut kernel[..end - start];
+                    for ((k, &product), &other_norm) in
+                        kernel.iter_mut().zip(row.iter()).zip(&support_norms[start..end])
+                    {
+                        *k = -gamma * (own_norm + other_norm + product).max(0.0);
+                    }
+                    exp_in_place(kernel);
+                    *g += kernel
+                        .iter()
+                        .zip(&support_alpha[start..end])
+                        .map(|(&k, a)| a * (k as f32) as f64)
+                        .sum::<f64>();
+                }
+            }
+        },
+    );
+    gradient
+}
+
 /// Kernel rows (as `f32`, like libsvm) in a fixed number of slots, evicting the
 /// least recently used row.
 struct KernelCache {
@@ -340,18 +380,15 @@ impl KernelCache {
         self.last_used[slot] = self.clock;
         let x = data.row(row);
         let cols = data.cols();
-        self.rows[slot * self.l..(slot + 1) * self.l].par_chunks_mut(1024).enumerate().for_each(
-            |(c, out)| {
+        self.rows[slot * self.l..(slot + 1) * self.l]
+            .par_chunks_mut(1024)
+            .zip(data.values().par_chunks(1024 * cols))
+            .for_each(|(out, rows)| {
                 let mut buffer = [0.0f64; 1024];
-                let block = &mut buffer[..out.len()];
-                for (k, value) in block.iter_mut().enumerate() {
-                    let other = &data.values()[(c * 1024 + k) * cols..(c * 1024 + k + 1) * cols];
-                    *value = -gamma * squared_distance(x, other);
-                }
-                exp_in_place(block);
-                out.iter_mut().zip(block.iter()).for_each(|(o, &v)| *o = v as f32);
-            },
-        );
+                let buffer = &mut buffer[..out.len()];
+                kernel_values(x, rows, gamma, buffer);
+                out.iter_mut().zip(buffer.iter()).for_each(|(o, &v)| *o = v as f32);
+            });
         slot
     }
 }

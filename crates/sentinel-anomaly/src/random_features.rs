@@ -6,18 +6,26 @@
 //! min ½‖w‖² − ρ + (1/νn) Σ max(0, ρ − w·z(xᵢ))
 //! is solved in the primal by averaged stochastic subgradient descent, one pass
 //! per epoch: cost linear in the rows. This is the method scikit-learn documents
-//! for large data (`RBFSampler` + `SGDOneClassSVM`). Scoring costs D cosines and
-//! allocates nothing.
+//! for large data (`RBFSampler` + `SGDOneClassSVM`). Rows are projected in
+//! blocks by one matrix product (ndarray's, vectorised at run time), in fitting
+//! and batch scoring alike; scoring one vector costs D cosines and allocates
+//! nothing.
 
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::detector::{Contamination, Detector, contamination_threshold};
 use crate::error::{AnomalyError, Result};
 use crate::matrix::Matrix;
 use crate::rbf::Gamma;
+
+/// Rows projected together by one matrix product.
+const PROJECT_BLOCK: usize = 256;
 
 /// Hyper-parameters of [`RandomFeatureOneClassSvm::fit`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -83,7 +91,7 @@ impl RandomFeatureOneClassSvm {
             rho: 0.0,
             threshold: 0.0,
         };
-        model.descend(data, params, &mut rng);
+        model.descend(data, params, &mut rng)?;
         if let Contamination::Fraction(fraction) = params.contamination {
             model.threshold = contamination_threshold(&model.score(data)?, fraction);
         }
@@ -92,10 +100,14 @@ impl RandomFeatureOneClassSvm {
 
     /// Averaged SGD with step 1/t: w becomes a running mean of z(xᵢ)/ν over the
     /// rows below ρ, and ρ settles where a fraction ν of rows is below it.
-    fn descend(&mut self, data: &Matrix, params: &RandomFeatureParams, rng: &mut Xoshiro256PlusPlus) {
+    fn descend(
+        &mut self,
+        data: &Matrix,
+        params: &RandomFeatureParams,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Result<()> {
         let d = self.phases.len();
         let feature_scale = (2.0 / d as f64).sqrt();
-        let mut z = vec![0.0; d];
         let mut w = vec![0.0; d];
         let mut rho = 0.0;
         let mut average_w = vec![0.0; d];
@@ -103,39 +115,54 @@ impl RandomFeatureOneClassSvm {
         let mut averaged = 0.0f64;
         let mut order: Vec<usize> = (0..data.rows()).collect();
         let mut step_count = 0.0f64;
+        let mut z = Array2::<f64>::zeros((PROJECT_BLOCK, d));
         for epoch in 0..params.epochs {
             order.shuffle(rng);
-            for &row in &order {
-                step_count += 1.0;
-                let x = data.row(row);
-                let mut margin = 0.0;
-                for (k, slot) in z.iter_mut().enumerate() {
-                    *slot = feature_scale * self.feature_angle(k, x).cos();
-                    margin += w[k] * *slot;
-                }
-                let step = 1.0 / (step_count + 1.0);
-                let violated = margin < rho;
-                let decay = 1.0 - step;
-                if violated {
-                    let push = step / params.nu;
-                    w.iter_mut().zip(&z).for_each(|(wk, zk)| *wk = decay * *wk + push * zk);
-                    rho += step * (1.0 - 1.0 / params.nu);
-                } else {
-                    w.iter_mut().for_each(|wk| *wk *= decay);
-                    rho += step;
-                }
-                // Average over the last epoch, or the second half of a single one.
-                if epoch + 1 == params.epochs && (params.epochs > 1 || step_count * 2.0 > order.len() as f64)
-                {
-                    averaged += 1.0;
-                    let weight = 1.0 / averaged;
-                    average_w.iter_mut().zip(&w).for_each(|(a, wk)| *a += (wk - *a) * weight);
-                    average_rho += (rho - average_rho) * weight;
+            for rows in order.chunks(PROJECT_BLOCK) {
+                let block = Array2::from_shape_fn((rows.len(), data.cols()), |(r, c)| data.row(rows[r])[c]);
+                let mut z = z.slice_mut(s![..rows.len(), ..]);
+                self.project(block.view(), &mut z)?;
+                for z in z.outer_iter() {
+                    step_count += 1.0;
+                    let margin: f64 = w.iter().zip(z.iter()).map(|(wk, zk)| wk * feature_scale * zk).sum();
+                    let step = 1.0 / (step_count + 1.0);
+                    let decay = 1.0 - step;
+                    if margin < rho {
+                        let push = step / params.nu;
+                        w.iter_mut()
+                            .zip(z.iter())
+                            .for_each(|(wk, zk)| *wk = decay * *wk + push * feature_scale * zk);
+                        rho += step * (1.0 - 1.0 / params.nu);
+                    } else {
+                        w.iter_mut().for_each(|wk| *wk *= decay);
+                        rho += step;
+                    }
+                    // Average over the last epoch, or the second half of a single one.
+                    if epoch + 1 == params.epochs
+                        && (params.epochs > 1 || step_count * 2.0 > order.len() as f64)
+                    {
+                        averaged += 1.0;
+                        let weight = 1.0 / averaged;
+                        average_w.iter_mut().zip(&w).for_each(|(a, wk)| *a += (wk - *a) * weight);
+                        average_rho += (rho - average_rho) * weight;
+                    }
                 }
             }
         }
         self.weights = average_w.iter().map(|wk| wk * feature_scale).collect();
         self.rho = average_rho;
+        Ok(())
+    }
+
+    /// cos(XWᵀ + b) for the rows X of `block`, into `out` (rows × D).
+    fn project(&self, block: ArrayView2<'_, f64>, out: &mut ArrayViewMut2<'_, f64>) -> Result<()> {
+        let projection = ArrayView2::from_shape((self.phases.len(), self.n_features), &self.projection)
+            .map_err(|e| AnomalyError::CorruptModel(format!("random-feature SVM: {e}")))?;
+        general_mat_mul(1.0, &block, &projection.t(), 0.0, out);
+        for mut row in out.outer_iter_mut() {
+            row.iter_mut().zip(&self.phases).for_each(|(angle, phase)| *angle = (*angle + phase).cos());
+        }
+        Ok(())
     }
 
     fn feature_angle(&self, k: usize, x: &[f64]) -> f64 {
@@ -164,6 +191,26 @@ impl RandomFeatureOneClassSvm {
 impl Detector for RandomFeatureOneClassSvm {
     fn n_features(&self) -> usize {
         self.n_features
+    }
+
+    fn score(&self, data: &Matrix) -> Result<Vec<f64>> {
+        data.check_scorable(self.n_features)?;
+        let cols = self.n_features;
+        let blocks: Vec<Vec<f64>> = data
+            .values()
+            .par_chunks(PROJECT_BLOCK * cols)
+            .map(|values| {
+                let rows = values.len() / cols;
+                let block = ArrayView2::from_shape((rows, cols), values)
+                    .map_err(|e| AnomalyError::Parameter(format!("block shape: {e}")))?;
+                let mut z = Array2::<f64>::zeros((rows, self.phases.len()));
+                self.project(block, &mut z.view_mut())?;
+                Ok(z.outer_iter()
+                    .map(|z| self.rho - self.weights.iter().zip(z.iter()).map(|(w, z)| w * z).sum::<f64>())
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        Ok(blocks.concat())
     }
 
     fn score_checked(&self, x: &[f64]) -> f64 {

@@ -19,15 +19,16 @@ pub fn by_contamination(scores: &[f64], fraction: f64) -> Result<f64> {
 }
 
 /// The lowest threshold that flags at most `target_fpr` of `normal_scores`
-/// (a row is flagged when its score is strictly above the threshold).
+/// (a row is flagged when its score is at or above the threshold).
 pub fn at_false_positive_rate(normal_scores: &[f64], target_fpr: f64) -> Result<f64> {
     let sorted = checked_sorted(normal_scores)?;
     if !(0.0..1.0).contains(&target_fpr) {
         return Err(AnomalyError::Parameter(format!("target FPR must be in [0, 1), got {target_fpr}")));
     }
     let allowed = (target_fpr * sorted.len() as f64).floor() as usize;
-    // At most `allowed` scores are strictly above the (allowed+1)-th largest.
-    Ok(sorted[sorted.len() - 1 - allowed])
+    // At most `allowed` scores are strictly above the (allowed+1)-th largest,
+    // so at most `allowed` are at or above the next float up.
+    Ok(sorted[sorted.len() - 1 - allowed].next_up())
 }
 
 fn checked_sorted(scores: &[f64]) -> Result<Vec<f64>> {
@@ -91,7 +92,7 @@ impl AdaptiveThreshold {
         if !score.is_finite() {
             return true;
         }
-        let flagged = score > self.threshold;
+        let flagged = score >= self.threshold;
         let direction = if flagged { 1.0 - self.target_rate } else { -self.target_rate };
         self.threshold = (self.threshold + self.step * direction).clamp(self.floor, self.ceiling);
         flagged
