@@ -10,9 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{
-    ConnectionRecord, Family, InterfaceRecord, ProcessInfo, ProcessNetworkRecord, SCHEMA_VERSION, Snapshot,
-};
+use crate::record::{ConnectionRecord, Family, MAX_CMDLINE_BYTES, ProcessInfo, SCHEMA_VERSION, Snapshot};
 
 /// Bounds applied to records from remote agents. Every field has a default; see
 /// [`ValidationLimits::default`].
@@ -98,67 +96,104 @@ impl Snapshot {
                 supported: SCHEMA_VERSION,
             });
         }
-        check_name("host", &self.host, limits)?;
-        check_time("timestamp", self.timestamp, limits, now)?;
-        let host = &self.host;
-        let same_host = |location: String, found: &String| {
-            if found == host {
-                Ok(())
-            } else {
-                Err(ValidationError::HostMismatch { location, found: found.clone(), expected: host.clone() })
-            }
-        };
-        check_count("connections", self.connections.len(), limits)?;
-        for (index, record) in self.connections.iter().enumerate() {
-            let location = format!("connections[{index}]");
-            record.validate_at(&location, limits, now)?;
-            same_host(format!("{location}.host"), &record.host)?;
-        }
-        check_count("interfaces", self.interfaces.len(), limits)?;
-        for (index, record) in self.interfaces.iter().enumerate() {
-            let location = format!("interfaces[{index}]");
-            record.validate_at(&location, limits, now)?;
-            same_host(format!("{location}.host"), &record.host)?;
-        }
-        check_count("processes", self.processes.len(), limits)?;
-        for (index, record) in self.processes.iter().enumerate() {
-            let location = format!("processes[{index}]");
-            record.validate_at(&location, limits, now)?;
-            same_host(format!("{location}.host"), &record.host)?;
-        }
-        check_count("process_info", self.process_info.len(), limits)?;
-        for (index, record) in self.process_info.iter().enumerate() {
-            let location = format!("process_info[{index}]");
-            record.validate_at(&location, limits)?;
-            same_host(format!("{location}.host"), &record.host)?;
-        }
-        Ok(())
+        let checks = Checks { kind: "", index: None, limits, now };
+        checks.name("host", &self.host)?;
+        checks.not_ahead("timestamp", self.timestamp)?;
+        let records = Records { host: &self.host, limits, now };
+        records.check(
+            "connections",
+            &self.connections,
+            |r| (&r.host, Some(r.timestamp)),
+            check_connection,
+        )?;
+        records.check(
+            "interfaces",
+            &self.interfaces,
+            |r| (&r.host, Some(r.timestamp)),
+            |r, checks| checks.name("name", &r.name),
+        )?;
+        records.check(
+            "processes",
+            &self.processes,
+            |r| (&r.host, Some(r.timestamp)),
+            |r, checks| checks.optional("name", &r.name, checks.limits.max_name_bytes),
+        )?;
+        records.check("process_info", &self.process_info, |r| (&r.host, None), check_process_info)
     }
 }
 
 impl ConnectionRecord {
     /// Checks one record received on its own (outside a [`Snapshot`]).
     pub fn validate(&self, limits: &ValidationLimits, now: SystemTime) -> Result<(), ValidationError> {
-        self.validate_at("connection", limits, now)
+        let checks = Checks { kind: "connection", index: None, limits, now };
+        checks.common(&self.host, Some(self.timestamp))?;
+        check_connection(self, &checks)
     }
+}
 
-    fn validate_at(
+/// The fields of a connection record beyond those every record has.
+fn check_connection(record: &ConnectionRecord, checks: &Checks) -> Result<(), ValidationError> {
+    let limits = checks.limits;
+    checks.optional("process_name", &record.process_name, limits.max_name_bytes)?;
+    checks.optional("process_path", &record.process_path, limits.max_path_bytes)?;
+    checks.optional("user", &record.user, limits.max_name_bytes)?;
+    for (field, ip) in [("local_ip", record.local_ip), ("remote_ip", record.remote_ip)] {
+        if Family::of(ip) != record.family {
+            return Err(ValidationError::FamilyMismatch {
+                location: checks.location(field),
+                family: record.family,
+                ip,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_process_info(record: &ProcessInfo, checks: &Checks) -> Result<(), ValidationError> {
+    let limits = checks.limits;
+    checks.name("name", &record.name)?;
+    checks.optional("path", &record.path, limits.max_path_bytes)?;
+    checks.optional("user", &record.user, limits.max_name_bytes)?;
+    let cmdline_len = record.cmdline.iter().map(String::len).sum();
+    checks.length("cmdline", cmdline_len, MAX_CMDLINE_BYTES)
+}
+
+/// The records of one snapshot: each kind is checked the same way, by [`Records::check`].
+struct Records<'a> {
+    /// The snapshot's host, which every record must claim.
+    host: &'a str,
+    limits: &'a ValidationLimits,
+    now: SystemTime,
+}
+
+impl Records<'_> {
+    /// Checks one kind of record (`kind` is the snapshot field holding them): how many there
+    /// are; for each, what every record has (`common`: its host and, except process details,
+    /// its timestamp), then its own `fields`; and that it is from the snapshot's host.
+    fn check<R>(
         &self,
-        location: &str,
-        limits: &ValidationLimits,
-        now: SystemTime,
+        kind: &'static str,
+        records: &[R],
+        common: impl Fn(&R) -> (&str, Option<SystemTime>),
+        fields: impl Fn(&R, &Checks) -> Result<(), ValidationError>,
     ) -> Result<(), ValidationError> {
-        check_time(&format!("{location}.timestamp"), self.timestamp, limits, now)?;
-        check_name(&format!("{location}.host"), &self.host, limits)?;
-        check_optional(&format!("{location}.process_name"), &self.process_name, limits.max_name_bytes)?;
-        check_optional(&format!("{location}.process_path"), &self.process_path, limits.max_path_bytes)?;
-        check_optional(&format!("{location}.user"), &self.user, limits.max_name_bytes)?;
-        for (field, ip) in [("local_ip", self.local_ip), ("remote_ip", self.remote_ip)] {
-            if Family::of(ip) != self.family {
-                return Err(ValidationError::FamilyMismatch {
-                    location: format!("{location}.{field}"),
-                    family: self.family,
-                    ip,
+        if records.len() > self.limits.max_records {
+            return Err(ValidationError::TooManyRecords {
+                kind,
+                count: records.len(),
+                limit: self.limits.max_records,
+            });
+        }
+        for (index, record) in records.iter().enumerate() {
+            let checks = Checks { kind, index: Some(index), limits: self.limits, now: self.now };
+            let (host, timestamp) = common(record);
+            checks.common(host, timestamp)?;
+            fields(record, &checks)?;
+            if host != self.host {
+                return Err(ValidationError::HostMismatch {
+                    location: checks.location("host"),
+                    found: host.to_owned(),
+                    expected: self.host.to_owned(),
                 });
             }
         }
@@ -166,85 +201,62 @@ impl ConnectionRecord {
     }
 }
 
-impl InterfaceRecord {
-    fn validate_at(
-        &self,
-        location: &str,
-        limits: &ValidationLimits,
-        now: SystemTime,
-    ) -> Result<(), ValidationError> {
-        check_time(&format!("{location}.timestamp"), self.timestamp, limits, now)?;
-        check_name(&format!("{location}.host"), &self.host, limits)?;
-        check_name(&format!("{location}.name"), &self.name, limits)
-    }
+/// The field checks every record shares, for one record. The record's location
+/// (`connections[3]`) is only formatted into a string when a check fails, so that accepting a
+/// snapshot of 100,000 records allocates nothing for it.
+struct Checks<'a> {
+    /// `connections`, `connection` (a record posted alone), or empty for the snapshot itself.
+    kind: &'static str,
+    index: Option<usize>,
+    limits: &'a ValidationLimits,
+    now: SystemTime,
 }
 
-impl ProcessNetworkRecord {
-    fn validate_at(
-        &self,
-        location: &str,
-        limits: &ValidationLimits,
-        now: SystemTime,
-    ) -> Result<(), ValidationError> {
-        check_time(&format!("{location}.timestamp"), self.timestamp, limits, now)?;
-        check_name(&format!("{location}.host"), &self.host, limits)?;
-        check_optional(&format!("{location}.name"), &self.name, limits.max_name_bytes)
+impl Checks<'_> {
+    /// `connections[3].field`, `connection.field` or `field`.
+    fn location(&self, field: &str) -> String {
+        match (self.kind, self.index) {
+            ("", _) => field.to_owned(),
+            (kind, Some(index)) => format!("{kind}[{index}].{field}"),
+            (kind, None) => format!("{kind}.{field}"),
+        }
     }
-}
 
-impl ProcessInfo {
-    fn validate_at(&self, location: &str, limits: &ValidationLimits) -> Result<(), ValidationError> {
-        check_name(&format!("{location}.host"), &self.host, limits)?;
-        check_name(&format!("{location}.name"), &self.name, limits)?;
-        check_optional(&format!("{location}.path"), &self.path, limits.max_path_bytes)?;
-        check_optional(&format!("{location}.user"), &self.user, limits.max_name_bytes)?;
-        let cmdline_len: usize = self.cmdline.iter().map(String::len).sum();
-        if cmdline_len > crate::record::MAX_CMDLINE_BYTES {
-            return Err(ValidationError::TooLong {
-                location: format!("{location}.cmdline"),
-                len: cmdline_len,
-                limit: crate::record::MAX_CMDLINE_BYTES,
-            });
+    /// What every record has: a timestamp not too far ahead (process details have none) and a
+    /// host name.
+    fn common(&self, host: &str, timestamp: Option<SystemTime>) -> Result<(), ValidationError> {
+        if let Some(timestamp) = timestamp {
+            self.not_ahead("timestamp", timestamp)?;
+        }
+        self.name("host", host)
+    }
+
+    /// A required name: not empty, at most `max_name_bytes`.
+    fn name(&self, field: &str, value: &str) -> Result<(), ValidationError> {
+        if value.is_empty() {
+            return Err(ValidationError::Empty { location: self.location(field) });
+        }
+        self.length(field, value.len(), self.limits.max_name_bytes)
+    }
+
+    fn optional(&self, field: &str, value: &Option<String>, limit: usize) -> Result<(), ValidationError> {
+        value.as_deref().map_or(Ok(()), |value| self.length(field, value.len(), limit))
+    }
+
+    fn length(&self, field: &str, len: usize, limit: usize) -> Result<(), ValidationError> {
+        if len > limit {
+            return Err(ValidationError::TooLong { location: self.location(field), len, limit });
         }
         Ok(())
     }
-}
 
-fn check_count(kind: &'static str, count: usize, limits: &ValidationLimits) -> Result<(), ValidationError> {
-    if count > limits.max_records {
-        return Err(ValidationError::TooManyRecords { kind, count, limit: limits.max_records });
-    }
-    Ok(())
-}
-
-fn check_name(location: &str, value: &str, limits: &ValidationLimits) -> Result<(), ValidationError> {
-    if value.is_empty() {
-        return Err(ValidationError::Empty { location: location.to_owned() });
-    }
-    check_len(location, value, limits.max_name_bytes)
-}
-
-fn check_optional(location: &str, value: &Option<String>, limit: usize) -> Result<(), ValidationError> {
-    value.as_deref().map_or(Ok(()), |value| check_len(location, value, limit))
-}
-
-fn check_len(location: &str, value: &str, limit: usize) -> Result<(), ValidationError> {
-    if value.len() > limit {
-        return Err(ValidationError::TooLong { location: location.to_owned(), len: value.len(), limit });
-    }
-    Ok(())
-}
-
-fn check_time(
-    location: &str,
-    time: SystemTime,
-    limits: &ValidationLimits,
-    now: SystemTime,
-) -> Result<(), ValidationError> {
-    match time.duration_since(now) {
-        Ok(ahead) if ahead > Duration::from_secs(limits.max_clock_skew_secs) => {
-            Err(ValidationError::FutureTimestamp { location: location.to_owned(), ahead })
+    /// Not further in the future than the allowed clock skew; any past time is accepted.
+    fn not_ahead(&self, field: &str, time: SystemTime) -> Result<(), ValidationError> {
+        match time.duration_since(self.now) {
+            Ok(ahead) if ahead > Duration::from_secs(self.limits.max_clock_skew_secs) => {
+                Err(ValidationError::FutureTimestamp { location: self.location(field), ahead })
+            }
+            _ => Ok(()),
         }
-        _ => Ok(()),
     }
 }

@@ -1,43 +1,99 @@
 //! Load generator for `/api/v1/analyze` (figures in `docs/benchmarks.md`, "Network service").
 //!
 //! `cargo run --release -p sentinel-network --example analyze_load` starts the service in a child
-//! process (this program with `serve`: no collector, a model trained on synthetic ingested
-//! history), then, from this process over loopback:
+//! process (this program with `serve`: no collector, a model trained on one minute of synthetic
+//! ingested history), then, from this process over 127.0.0.1 only:
 //! 1. sends single-record requests at a steady 1,000 requests/s for 10 s on 8 keep-alive
 //!    connections and reports latency percentiles, measured from when each request was due (so a
 //!    stall delays every request behind it and shows in the tail);
-//! 2. posts batches of 50,000 records and reports records per second.
+//! 2. posts 6 batches of 50,000 records and reports records per second.
+//!
+//! Everything is bounded so the run always ends by itself: the number of requests, a deadline
+//! for the server to start (120 s) and for each request (30 s), after which the run stops with
+//! an error; the child server is killed when this process ends, however it ends.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
-fn main() {
-    if std::env::args().nth(1).as_deref() == Some("serve") {
-        serve();
-        return;
+const RATE: u64 = 1000;
+const STEADY_FOR: Duration = Duration::from_secs(10);
+const CONNECTIONS: u64 = 8;
+const BATCH_SIZE: u64 = 50_000;
+const BATCHES: usize = 6;
+/// The server trains a model before it says it listens; on a loaded 2-core machine that takes
+/// seconds, not minutes.
+const SERVER_START_DEADLINE: Duration = Duration::from_secs(120);
+/// A request taking longer than this means the server is stuck: the run stops.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let outcome = if std::env::args().nth(1).as_deref() == Some("serve") { serve() } else { generate_load() };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("analyze_load: {error}");
+            ExitCode::FAILURE
+        }
     }
-    let mut child = Command::new(std::env::current_exe().unwrap())
+}
+
+/// The child server; killed when dropped, so an early error never leaves it running.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Closing its stdin asks it to stop; the kill covers a server that does not.
+        drop(self.0.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn generate_load() -> Result<(), String> {
+    let program = std::env::current_exe().map_err(|error| format!("cannot find this program: {error}"))?;
+    let mut child = Command::new(program)
         .arg("serve")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let address: SocketAddr = loop {
-        let line = lines.next().expect("server output").unwrap();
-        if let Some(address) = line.strip_prefix("listening on ") {
-            break address.parse().unwrap();
+        .map_err(|error| format!("cannot start the server process: {error}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout from the server")?;
+    let server = ServerProcess(child);
+    // Read the start-up line on a thread, so that a server that never prints it cannot hang us.
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(address) = line.strip_prefix("listening on ") {
+                let _ = sender.send(address.to_owned());
+                return;
+            }
         }
-    };
-    steady_single_records(address, 1000, Duration::from_secs(10), 8);
-    large_batches(address, 50_000, 6);
-    drop(child.stdin.take());
-    let _ = child.wait();
+    });
+    let address: SocketAddr = receiver
+        .recv_timeout(SERVER_START_DEADLINE)
+        .map_err(|_| format!("the server did not start within {SERVER_START_DEADLINE:?}"))?
+        .parse()
+        .map_err(|error| format!("bad address from the server: {error}"))?;
+    if !address.ip().is_loopback() {
+        return Err(format!("refusing to load {address}: the load generator only targets 127.0.0.1"));
+    }
+    steady_single_records(address)?;
+    large_batches(address)?;
+    drop(server);
+    Ok(())
 }
 
 fn record(index: u64, at: SystemTime) -> serde_json::Value {
@@ -53,19 +109,26 @@ fn record(index: u64, at: SystemTime) -> serde_json::Value {
     })
 }
 
-/// The server: service with a model trained on one minute of synthetic history.
-fn serve() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+/// The server: the service with a model trained on one minute of synthetic history, served until
+/// stdin closes (the load generator ended) or the training deadline passes.
+fn serve() -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start tokio: {error}"))?;
     runtime.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().map_err(|error| format!("no temporary directory: {error}"))?;
         let mut settings = sentinel_network::NetworkSettings { collect: false, ..Default::default() };
         settings.training.warmup_secs = 1;
         settings.model.min_training_rows = 1000;
-        let service = sentinel_network::NetworkService::start(settings, dir.path()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let service = sentinel_network::NetworkService::start(settings, dir.path())
+            .map_err(|error| format!("the service did not start: {error}"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|error| format!("cannot listen on 127.0.0.1: {error}"))?;
+        let address = listener.local_addr().map_err(|error| error.to_string())?;
         let app = sentinel_network::router(Arc::clone(&service));
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(async move { axum::serve(listener, app).await });
         let start = SystemTime::now() - Duration::from_secs(70);
         for second in 0..60u64 {
             let at = start + Duration::from_secs(second);
@@ -73,117 +136,152 @@ fn serve() {
                 (0..100).map(|slot| record(second * 31 + slot, at)).collect();
             let snapshot = json!({"schema_version": 1, "host": "bench", "timestamp": humantime::format_rfc3339_micros(at).to_string(), "connections": connections});
             let (status, body) = tokio::task::spawn_blocking(move || {
-                let mut stream = TcpStream::connect(address).unwrap();
+                let mut stream = connect(address)?;
                 exchange(&mut stream, "/api/v1/ingest", snapshot.to_string().as_bytes())
             })
             .await
-            .unwrap();
-            assert_eq!(status, 202, "{body}");
+            .map_err(|error| error.to_string())??;
+            if status != 202 {
+                return Err(format!("ingest answered {status}: {body}"));
+            }
         }
         // The supervisor trains once the warm-up (1 s) is over and the rows are stored.
+        let deadline = Instant::now() + SERVER_START_DEADLINE;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let status = service.status().await.unwrap();
+            let status = service.status().await.map_err(|error| error.to_string())?;
             if status["state"] == "ready" {
                 eprintln!("model: {} rows", status["model"]["training_rows"]);
                 break;
             }
+            if Instant::now() > deadline {
+                return Err(format!("no model after {SERVER_START_DEADLINE:?}: {}", status["training_job"]));
+            }
         }
         println!("listening on {address}");
-        tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await.unwrap().unwrap();
+        // Serve until the load generator closes our stdin (it ended, or it died).
+        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await;
         service.shutdown().await;
-    });
+        Ok(())
+    })
 }
 
-/// One request on a keep-alive connection; returns the status and body.
-fn exchange(stream: &mut TcpStream, path: &str, body: &[u8]) -> (u16, String) {
+fn connect(address: SocketAddr) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect_timeout(&address, REQUEST_TIMEOUT)
+        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|error| error.to_string())?;
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(|error| error.to_string())?;
+    stream.set_nodelay(true).map_err(|error| error.to_string())?;
+    Ok(stream)
+}
+
+/// One request on a keep-alive connection; returns the status and body. Every read and write is
+/// bounded by the stream's timeouts.
+fn exchange(stream: &mut TcpStream, path: &str, body: &[u8]) -> Result<(u16, String), String> {
+    let failed = |error: std::io::Error| format!("POST {path}: {error}");
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
+    stream.write_all(head.as_bytes()).map_err(failed)?;
+    stream.write_all(body).map_err(failed)?;
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut length = 0usize;
+    reader.read_line(&mut status_line).map_err(failed)?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("POST {path}: malformed status line {status_line:?}"))?;
+    let mut length = None;
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
+        if reader.read_line(&mut line).map_err(failed)? == 0 {
+            return Err(format!("POST {path}: connection closed in the response head"));
+        }
         if line == "\r\n" {
             break;
         }
         if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap();
+            length = value.trim().parse().ok();
         }
     }
+    // The API always answers with a length; a chunked answer would need a parser this tool lacks.
+    let length = length.ok_or_else(|| format!("POST {path}: response without Content-Length"))?;
     let mut content = vec![0u8; length];
-    reader.read_exact(&mut content).unwrap();
-    (status, String::from_utf8_lossy(&content).into_owned())
+    reader.read_exact(&mut content).map_err(failed)?;
+    Ok((status, String::from_utf8_lossy(&content).into_owned()))
 }
 
-fn steady_single_records(address: SocketAddr, rate: u64, duration: Duration, connections: u64) {
-    let per_connection = Duration::from_secs_f64(connections as f64 / rate as f64);
+fn steady_single_records(address: SocketAddr) -> Result<(), String> {
+    let per_connection = Duration::from_secs_f64(CONNECTIONS as f64 / RATE as f64);
+    let requests_per_connection = RATE * STEADY_FOR.as_secs() / CONNECTIONS;
     let start = Instant::now() + Duration::from_millis(100);
-    let workers: Vec<_> = (0..connections)
+    let workers: Vec<_> = (0..CONNECTIONS)
         .map(|worker| {
-            std::thread::spawn(move || {
-                let mut stream = TcpStream::connect(address).unwrap();
-                stream.set_nodelay(true).unwrap();
+            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                let mut stream = connect(address)?;
                 let body = json!({"records": [record(worker, SystemTime::now())]}).to_string();
-                let mut latencies = Vec::new();
-                let offset = per_connection.mul_f64(worker as f64 / connections as f64);
-                let mut due = start + offset;
-                while due < start + duration {
+                let mut latencies = Vec::with_capacity(requests_per_connection as usize);
+                let mut due = start + per_connection.mul_f64(worker as f64 / CONNECTIONS as f64);
+                for _ in 0..requests_per_connection {
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let (status, answer) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes());
-                    assert_eq!(status, 200, "{answer}");
+                    let (status, answer) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes())?;
+                    if status != 200 {
+                        return Err(format!("analyze answered {status}: {answer}"));
+                    }
                     latencies.push(due.elapsed());
                     due += per_connection;
                 }
-                latencies
+                Ok(latencies)
             })
         })
         .collect();
-    let mut latencies: Vec<Duration> =
-        workers.into_iter().flat_map(|worker| worker.join().unwrap()).collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.join().map_err(|_| "a load thread panicked".to_owned())??);
+    }
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     println!(
-        "single records at {rate}/s for {:?}: {} requests, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
-        duration,
+        "single records at {RATE}/s for {STEADY_FOR:?}: {} requests, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
         latencies.len(),
         at(0.5),
         at(0.9),
         at(0.99),
         latencies[latencies.len() - 1]
     );
+    Ok(())
 }
 
-fn large_batches(address: SocketAddr, size: u64, count: usize) {
+fn large_batches(address: SocketAddr) -> Result<(), String> {
     let now = SystemTime::now();
-    let records: Vec<serde_json::Value> = (0..size).map(|index| record(index, now)).collect();
+    let records: Vec<serde_json::Value> = (0..BATCH_SIZE).map(|index| record(index, now)).collect();
     let body = json!({ "records": records }).to_string();
-    let mut stream = TcpStream::connect(address).unwrap();
+    let mut stream = connect(address)?;
     // The first batch warms up allocations and the blocking pool.
-    let (status, answer) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes());
-    assert_eq!(status, 200, "{}", &answer[..answer.len().min(300)]);
-    let mut rates = Vec::new();
-    for _ in 0..count {
+    let (status, answer) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes())?;
+    if status != 200 {
+        return Err(format!("analyze answered {status}: {}", &answer[..answer.len().min(300)]));
+    }
+    let mut rates = Vec::with_capacity(BATCHES);
+    for _ in 0..BATCHES {
         let started = Instant::now();
-        let (status, _) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes());
-        assert_eq!(status, 200);
-        rates.push(size as f64 / started.elapsed().as_secs_f64());
+        let (status, answer) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes())?;
+        if status != 200 {
+            return Err(format!("analyze answered {status}: {}", &answer[..answer.len().min(300)]));
+        }
+        rates.push(BATCH_SIZE as f64 / started.elapsed().as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
     println!(
-        "batches of {size} records ({} MB of JSON): median {:.0} records/s, min {:.0}, max {:.0}",
+        "batches of {BATCH_SIZE} records ({} MB of JSON): median {:.0} records/s, min {:.0}, max {:.0}",
         body.len() / 1_000_000,
         rates[rates.len() / 2],
         rates[0],
         rates[rates.len() - 1]
     );
+    Ok(())
 }

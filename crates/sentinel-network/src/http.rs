@@ -13,8 +13,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use rayon::prelude::*;
+use sentinel_netmon::ConnectionRecord;
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::features::RawFeatures;
@@ -91,7 +94,7 @@ async fn read_body(service: &NetworkService, body: Body) -> Result<Bytes, ApiErr
     })
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| {
         let status = if error.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
         ApiError::new(status, format!("invalid JSON body: {error}"))
@@ -100,16 +103,64 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AnalyzeRequest {
-    #[serde(default)]
-    records: Vec<serde_json::Value>,
+struct AnalyzeRequest<R> {
+    #[serde(default = "Vec::new")]
+    records: Vec<R>,
     #[serde(default)]
     features: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Reads each posted record (already split out of the body as raw JSON) into a typed record and
+/// validates it, in parallel: one thread parsing 50,000 records was a twentieth of a batch's
+/// time. An error names the first record that is wrong (`records[3]: ...`).
+fn read_records(
+    records: &[&RawValue],
+    limits: &sentinel_netmon::ValidationLimits,
+) -> Result<Vec<ConnectionRecord>, ApiError> {
+    let now = std::time::SystemTime::now();
+    let parsed: Vec<Result<ConnectionRecord, String>> = records
+        .par_iter()
+        .map(|raw| {
+            let record: ConnectionRecord =
+                serde_json::from_str(raw.get()).map_err(|error| error.to_string())?;
+            record.validate(limits, now).map_err(|error| error.to_string())?;
+            Ok(record)
+        })
+        .collect();
+    parsed
+        .into_iter()
+        .enumerate()
+        .map(|(index, record)| {
+            record.map_err(|error| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("records[{index}]: {error}"))
+            })
+        })
+        .collect()
+}
+
+/// Results serialised per task when an answer is written in parallel: large enough that the
+/// join costs nothing, small enough that both cores share a batch of a few thousand.
+const RESPONSE_CHUNK: usize = 2048;
+
 async fn analyze(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(&service, body).await?;
-    let request: AnalyzeRequest = parse_json(&bytes)?;
+    // Parsing, scoring and writing the answer of a large batch take up to a second of CPU: on
+    // the blocking pool they never hold a reactor thread that other requests are waiting for.
+    let answer = tokio::task::spawn_blocking(move || analyze_blocking(&service, &bytes)).await.map_err(
+        |error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                AnalyzeError::Task(error.to_string()).to_string(),
+            )
+        },
+    )??;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], answer).into_response())
+}
+
+/// `/api/v1/analyze` from the body to the JSON answer.
+fn analyze_blocking(service: &NetworkService, bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
+    // The records stay raw JSON until the batch's size is checked, then are read in parallel.
+    let request: AnalyzeRequest<&RawValue> = parse_json(bytes)?;
     let count = request.records.len() + request.features.len();
     let limit = service.settings().api.max_batch_items;
     if count > limit {
@@ -121,18 +172,9 @@ async fn analyze(State(service): State<Arc<NetworkService>>, body: Body) -> Resu
     if count == 0 {
         return Err(ApiError::bad_request("nothing to analyse: give \"records\" or \"features\""));
     }
-    let limits = service.settings().api.validation_limits();
-    let now = std::time::SystemTime::now();
+    let records = read_records(&request.records, &service.settings().api.validation_limits())?;
     let mut items = Vec::with_capacity(count);
-    for (index, value) in request.records.into_iter().enumerate() {
-        let record: sentinel_netmon::ConnectionRecord = serde_json::from_value(value).map_err(|error| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("records[{index}]: {error}"))
-        })?;
-        record.validate(&limits, now).map_err(|error| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("records[{index}]: {error}"))
-        })?;
-        items.push(AnalyzeItem::Record(record));
-    }
+    items.extend(records.into_iter().map(AnalyzeItem::Record));
     for (index, object) in request.features.into_iter().enumerate() {
         let features = RawFeatures::from_json(&object).map_err(|error| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("features[{index}]: {error}"))
@@ -149,15 +191,48 @@ async fn analyze(State(service): State<Arc<NetworkService>>, body: Body) -> Resu
         };
         items.push(AnalyzeItem::Features { features, process_name });
     }
-    match service.analyze(items).await {
-        Ok((version, results)) => {
-            Ok(axum::Json(json!({ "model_version": version, "results": results })).into_response())
+    let (model_version, results) = service.analyze(items).map_err(|error| match error {
+        AnalyzeError::NoModel => ApiError::new(StatusCode::CONFLICT, error.to_string()),
+        error => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    })?;
+    write_analyze_answer(model_version, &results).map_err(|error| {
+        tracing::error!(%error, "analysis results could not be serialised");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the answer could not be written: {error}"))
+    })
+}
+
+/// `{"model_version": n, "results": [...]}`, the results serialised in parallel chunks then
+/// joined: for a batch of 50,000 the answer is about 25 MB, a tenth of the batch's time when
+/// written by one thread.
+fn write_analyze_answer(
+    model_version: i64,
+    results: &[DetectionResult],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let chunks: Vec<Vec<u8>> = results
+        .par_chunks(RESPONSE_CHUNK)
+        .map(|chunk| {
+            let mut out = Vec::with_capacity(chunk.len() * 512);
+            for (index, result) in chunk.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut out, result)?;
+            }
+            Ok(out)
+        })
+        .collect::<Result<_, serde_json::Error>>()?;
+    let head = format!("{{\"model_version\":{model_version},\"results\":[");
+    let mut answer =
+        Vec::with_capacity(head.len() + chunks.iter().map(|chunk| chunk.len() + 1).sum::<usize>() + 2);
+    answer.extend_from_slice(head.as_bytes());
+    for (index, chunk) in chunks.iter().enumerate() {
+        if index > 0 {
+            answer.push(b',');
         }
-        Err(AnalyzeError::NoModel) => {
-            Err(ApiError::new(StatusCode::CONFLICT, AnalyzeError::NoModel.to_string()))
-        }
-        Err(error) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())),
+        answer.extend_from_slice(chunk);
     }
+    answer.extend_from_slice(b"]}");
+    Ok(answer)
 }
 
 async fn ingest(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {

@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
 use sentinel_anomaly::{
-    ColumnKind, Combination, Contamination, Detector, Ensemble, EnsembleParams, Gamma, IsolationForest,
-    IsolationForestParams, LocalOutlierFactor, LofParams, Matrix, MissingPolicy, Model, OneClassSvm,
-    OneClassSvmParams, PreprocessParams, Preprocessor, Scaling, Value,
+    BeyondRange, ColumnKind, Combination, Contamination, Detector, Ensemble, EnsembleParams, Gamma,
+    IsolationForest, IsolationForestParams, LocalOutlierFactor, LofParams, Matrix, MissingPolicy, Model,
+    OneClassSvm, OneClassSvmParams, PreprocessParams, Preprocessor, Scaling, Value,
 };
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,10 @@ pub(crate) struct ModelFacts {
     /// Rarity given to a process never seen in training.
     pub unseen_rarity: f64,
     pub evaluations: Vec<Evaluation>,
+    /// Numeric features (by index) that no training row had: see [`ModelFacts::input_row`].
+    /// Absent from models saved before it existed, which had none.
+    #[serde(default)]
+    pub never_seen: Vec<usize>,
 }
 
 /// A fitted model, ready to score.
@@ -126,16 +131,6 @@ fn schema() -> Vec<ColumnKind> {
     schema
 }
 
-/// The preprocessor's input row: numeric features, process rarity, then categories. Numeric
-/// columns come first so that their scaled values sit at the same output positions.
-fn input_row<'a>(features: &'a RawFeatures, rarity: f64) -> Vec<Value<'a>> {
-    let mut row: Vec<Value<'a>> =
-        features.numbers.iter().map(|value| value.map_or(Value::Missing, Value::Number)).collect();
-    row.push(Value::Number(rarity));
-    row.extend(features.categories.iter().map(|category| Value::Category(category.as_str())));
-    row
-}
-
 /// Progress reports and cancellation checks between fitting stages.
 pub(crate) trait FitObserver {
     fn stage(&self, name: &'static str, progress: f64) -> Result<(), FitError>;
@@ -174,6 +169,7 @@ impl ModelBundle {
             process_shares,
             unseen_rarity,
             evaluations: Vec::new(),
+            never_seen: Vec::new(),
         };
         for row in &training {
             for (seen, category) in facts.categories.iter_mut().zip(&row.features.categories) {
@@ -182,19 +178,18 @@ impl ModelBundle {
                 }
             }
         }
-        facts.medians = (0..NUMERIC_FEATURES.len())
-            .map(|index| {
-                let mut values: Vec<f64> =
-                    training.iter().filter_map(|row| row.features.numbers[index]).collect();
-                values.sort_by(f64::total_cmp);
-                values.get(values.len() / 2).copied().unwrap_or(0.0)
-            })
-            .collect();
+        for index in 0..NUMERIC_FEATURES.len() {
+            let mut values: Vec<f64> =
+                training.iter().filter_map(|row| row.features.numbers[index]).collect();
+            values.sort_by(f64::total_cmp);
+            facts.medians.push(values.get(values.len() / 2).copied().unwrap_or(0.0));
+            if values.is_empty() {
+                facts.never_seen.push(index);
+            }
+        }
 
-        let inputs: Vec<Vec<Value<'_>>> = training
-            .iter()
-            .map(|row| input_row(&row.features, facts.rarity(row.process_name.as_deref())))
-            .collect();
+        let inputs: Vec<Vec<Value<'_>>> =
+            training.iter().map(|row| facts.input_row(&row.features, row.process_name.as_deref())).collect();
         let preprocessor = Preprocessor::fit(
             &schema(),
             &inputs,
@@ -243,7 +238,7 @@ impl ModelBundle {
         let calibration = if calibration_rows.len() >= 20 {
             let inputs: Vec<Vec<Value<'_>>> = calibration_rows
                 .iter()
-                .map(|row| input_row(&row.features, facts.rarity(row.process_name.as_deref())))
+                .map(|row| facts.input_row(&row.features, row.process_name.as_deref()))
                 .collect();
             preprocessor.transform(&inputs)?
         } else {
@@ -256,6 +251,10 @@ impl ModelBundle {
                 combination: settings.combination,
                 false_positive_rate: settings.false_positive_rate,
                 feedback_rate: 0.5,
+                // A port scan or a bulk transfer is often clear to one or two members only
+                // (LOF and the SVM see the volume; the forest sees little): the member that
+                // sees it must be able to carry the verdict.
+                beyond_range: BeyondRange::Linear,
             },
         )?;
         let mut bundle = ModelBundle { preprocessor, ensemble, facts };
@@ -274,10 +273,8 @@ impl ModelBundle {
     }
 
     fn labelled_matrix(&self, rows: &[&TrainingRow]) -> Result<(Matrix, Vec<bool>), FitError> {
-        let inputs: Vec<Vec<Value<'_>>> = rows
-            .iter()
-            .map(|row| input_row(&row.features, self.facts.rarity(row.process_name.as_deref())))
-            .collect();
+        let inputs: Vec<Vec<Value<'_>>> =
+            rows.iter().map(|row| self.facts.input_row(&row.features, row.process_name.as_deref())).collect();
         let matrix = self.preprocessor.transform(&inputs)?;
         Ok((matrix, rows.iter().map(|row| row.anomalous).collect()))
     }
@@ -297,7 +294,8 @@ impl ModelBundle {
         scored.push(("ensemble", self.ensemble.score(&matrix)?, self.ensemble.threshold()));
         let anomalies = labels.iter().filter(|&&label| label).count();
         for (name, scores, threshold) in scored {
-            let predicted: Vec<bool> = scores.iter().map(|&score| score > threshold).collect();
+            // `score >= threshold` is anomalous: the engine's convention (`Detector::threshold`).
+            let predicted: Vec<bool> = scores.iter().map(|&score| score >= threshold).collect();
             let confusion = sentinel_metrics::Confusion::from_decisions(&predicted, &labels)
                 .map_err(sentinel_anomaly::AnomalyError::from)?;
             let with_anomalies = anomalies > 0 && anomalies < labels.len();
@@ -317,43 +315,104 @@ impl ModelBundle {
         Ok(evaluations)
     }
 
-    /// Scores one item. `buffer` is reused between calls to avoid allocating.
+    /// Scores one item (an event of the live or ingested streams). `buffer` is reused between
+    /// calls to avoid allocating.
     pub(crate) fn judge(
         &self,
         features: &RawFeatures,
         process_name: Option<&str>,
         buffer: &mut Vec<f64>,
-    ) -> Verdict {
-        let rarity = self.facts.rarity(process_name);
-        let row = input_row(features, rarity);
+    ) -> Result<Verdict, sentinel_anomaly::AnomalyError> {
         buffer.resize(self.preprocessor.output_width(), 0.0);
-        if let Err(error) = self.preprocessor.transform_row(&row, buffer) {
+        self.scale_into(features, process_name, buffer);
+        let member_scores: Vec<f64> =
+            self.ensemble.members().iter().map(|member| member.score_checked(buffer)).collect();
+        self.verdict(features, process_name, buffer, &member_scores)
+    }
+
+    /// Scores a batch (`/api/v1/analyze`) as one matrix: each member scores every item in one
+    /// call, where LOF finds the neighbours of a block of items with one matrix product and the
+    /// Isolation Forest walks its trees a block of rows at a time. Item by item, LOF's distances
+    /// to its kept rows were most of the cost of a verdict. Scaling and the verdicts are
+    /// parallel over items.
+    pub(crate) fn judge_batch<I: Sync>(
+        &self,
+        items: &[I],
+        item: impl Fn(&I) -> (&RawFeatures, Option<&str>) + Sync,
+    ) -> Result<Vec<Verdict>, sentinel_anomaly::AnomalyError> {
+        // The width is never 0 for a fitted model; `max(1)` keeps `par_chunks_mut` defined and
+        // lets `Matrix::new` refuse the impossible shape with an error.
+        let width = self.preprocessor.output_width().max(1);
+        let mut values = vec![0.0; items.len() * width];
+        values.par_chunks_mut(width).zip(items.par_iter()).for_each(|(out, one)| {
+            let (features, process_name) = item(one);
+            self.scale_into(features, process_name, out);
+        });
+        let matrix = Matrix::new(values, width)?;
+        let members = self.ensemble.members();
+        let scores: Vec<Vec<f64>> =
+            members.iter().map(|member| member.score(&matrix)).collect::<Result<_, _>>()?;
+        items
+            .par_iter()
+            .enumerate()
+            .map_init(
+                || Vec::with_capacity(members.len()),
+                |member_scores, (row, one)| {
+                    let (features, process_name) = item(one);
+                    member_scores.clear();
+                    member_scores.extend(scores.iter().map(|member| member[row]));
+                    self.verdict(features, process_name, matrix.row(row), member_scores)
+                },
+            )
+            .collect()
+    }
+
+    /// Writes the scaled row of an item into `out` (of the preprocessor's output width).
+    fn scale_into(&self, features: &RawFeatures, process_name: Option<&str>, out: &mut [f64]) {
+        let row = self.facts.input_row(features, process_name);
+        if let Err(error) = self.preprocessor.transform_row(&row, out) {
             // Values are checked when they enter the service; a failure here is a bug, reported
-            // as the most suspicious verdict rather than a silent pass.
+            // loudly, and the item is scored as the training mean rather than dropped.
             tracing::error!(%error, "feature vector could not be normalised");
-            buffer.iter_mut().for_each(|value| *value = 0.0);
+            out.fill(0.0);
         }
+    }
+
+    /// The verdict on an item from its scaled row and its members' scores (in
+    /// [`Ensemble::members`] order).
+    fn verdict(
+        &self,
+        features: &RawFeatures,
+        process_name: Option<&str>,
+        scaled: &[f64],
+        member_scores: &[f64],
+    ) -> Result<Verdict, sentinel_anomaly::AnomalyError> {
         let models: Vec<ModelScore> = self
             .ensemble
             .members()
             .iter()
-            .map(|member| {
-                let score = member.score_checked(buffer);
-                ModelScore {
-                    model: member.name(),
-                    score,
-                    threshold: member.threshold(),
-                    is_anomaly: score > member.threshold(),
-                }
+            .zip(member_scores)
+            .map(|(member, &score)| ModelScore {
+                model: member.name(),
+                score,
+                threshold: member.threshold(),
+                is_anomaly: score >= member.threshold(),
             })
             .collect();
-        let score = self.ensemble.score_checked(buffer);
+        // From the members' scores: scoring the ensemble itself would run every member a
+        // second time.
+        let score = self.ensemble.combine_member_scores(member_scores)?;
         let threshold = self.ensemble.threshold();
-        let is_anomaly = score > threshold;
+        // The ensemble confirms, it does not invent: a connection is anomalous when the
+        // combined score is at or past its threshold and at least one model, on its own,
+        // finds it outside normal. Rows that every model ranks fairly high but none
+        // extreme (the members' errors are correlated) would otherwise raise alerts that
+        // no model explains.
+        let is_anomaly = score >= threshold && models.iter().any(|model| model.is_anomaly);
         let agreeing = models.iter().filter(|model| model.is_anomaly == is_anomaly).count();
         let confidence = agreeing as f64 / models.len() as f64;
-        let explanation = self.explain(features, rarity, process_name, buffer);
-        Verdict { models, score, threshold, is_anomaly, confidence, explanation }
+        let explanation = self.explain(features, self.facts.rarity(process_name), process_name, scaled);
+        Ok(Verdict { models, score, threshold, is_anomaly, confidence, explanation })
     }
 
     fn explain(
@@ -423,6 +482,29 @@ impl ModelFacts {
             Some(share) => -share.ln(),
             None => self.unseen_rarity,
         }
+    }
+
+    /// The preprocessor's input row: numeric features, process rarity, then categories. Numeric
+    /// columns come first so that their scaled values sit at the same output positions.
+    ///
+    /// A missing number stays missing (the preprocessor fills it with the training median),
+    /// except in a feature no training row had (a Windows agent that sends no RTT, a history of
+    /// first sightings only, which have no rates): the preprocessor refuses a column without
+    /// values, so that one is 0 throughout, a constant that carries no weight.
+    fn input_row<'a>(&self, features: &'a RawFeatures, process_name: Option<&str>) -> Vec<Value<'a>> {
+        let mut row: Vec<Value<'a>> = features
+            .numbers
+            .iter()
+            .enumerate()
+            .map(|(index, value)| match value {
+                Some(number) => Value::Number(*number),
+                None if self.never_seen.contains(&index) => Value::Number(0.0),
+                None => Value::Missing,
+            })
+            .collect();
+        row.push(Value::Number(self.rarity(process_name)));
+        row.extend(features.categories.iter().map(|category| Value::Category(category.as_str())));
+        row
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -178,6 +178,8 @@ pub enum AnalyzeError {
     NoModel,
     #[error("the analysis task failed: {0}")]
     Task(String),
+    #[error("the model could not score the batch: {0}")]
+    Model(String),
 }
 
 /// Counters shown in the status.
@@ -199,6 +201,23 @@ pub enum AnalyzeItem {
     Features { features: RawFeatures, process_name: Option<String> },
 }
 
+/// An analysis item with its features computed.
+struct Prepared {
+    features: RawFeatures,
+    /// The process of a posted feature vector; a record carries its own.
+    process_name: Option<String>,
+    record: Option<ConnectionRecord>,
+}
+
+impl Prepared {
+    fn process_name(&self) -> Option<&str> {
+        match &self.record {
+            Some(record) => record.process_name.as_deref(),
+            None => self.process_name.as_deref(),
+        }
+    }
+}
+
 /// The network AI service. Start it with [`NetworkService::start`], serve [`crate::router`],
 /// stop it with [`NetworkService::shutdown`].
 pub struct NetworkService {
@@ -211,6 +230,8 @@ pub struct NetworkService {
     pipeline: Mutex<Option<mpsc::Sender<PipelineInput>>>,
     pipeline_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     collection: Mutex<Option<CollectionHandle>>,
+    /// Why this host's connections are not watched although `collect` is on.
+    collector_unavailable: OnceLock<String>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     job: Mutex<Option<Arc<TrainingJob>>>,
     next_job: AtomicU64,
@@ -220,7 +241,9 @@ pub struct NetworkService {
 impl NetworkService {
     /// Opens (or creates) `<data_dir>/network.db`, loads the active model if there is one, and
     /// starts the collectors (unless `collect = false`), the pipeline, the writer and the training
-    /// supervisor on the current tokio runtime.
+    /// supervisor on the current tokio runtime. Where this host cannot be watched (no collector
+    /// for the platform, netlink refused) it starts without the collectors, logs why and shows
+    /// it in the status (`collector.unavailable`).
     pub fn start(settings: NetworkSettings, data_dir: &Path) -> Result<Arc<NetworkService>, NetworkError> {
         settings.validate()?;
         std::fs::create_dir_all(data_dir)
@@ -248,6 +271,7 @@ impl NetworkService {
             pipeline: Mutex::new(Some(pipeline_sender.clone())),
             pipeline_thread: Mutex::new(None),
             collection: Mutex::new(None),
+            collector_unavailable: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
             job: Mutex::new(None),
             next_job: AtomicU64::new(1),
@@ -263,8 +287,16 @@ impl NetworkService {
             .map_err(NetworkError::Thread)?;
         *lock(&service.pipeline_thread) = Some(thread);
 
-        if service.settings.collect {
-            service.start_collection(pipeline_sender)?;
+        // Without a collector (another platform, a container refusing netlink) the service still
+        // has work: agents' snapshots and /api/v1/analyze. It says so rather than not starting.
+        if service.settings.collect
+            && let Err(error) = service.start_collection(pipeline_sender)
+        {
+            tracing::warn!(
+                %error,
+                "this host's connections are not watched; the network service serves agents' records and /api/v1/analyze"
+            );
+            let _ = service.collector_unavailable.set(error.to_string());
         }
         let supervisor = tokio::spawn(Arc::clone(&service).supervise());
         lock(&service.tasks).push(supervisor);
@@ -273,8 +305,13 @@ impl NetworkService {
 
     #[cfg(target_os = "linux")]
     fn start_collection(&self, pipeline: mpsc::Sender<PipelineInput>) -> Result<(), NetworkError> {
-        let collector = sentinel_netmon::LinuxCollector::from_settings(&self.settings.collector)
+        use sentinel_netmon::Collector;
+        let mut collector = sentinel_netmon::LinuxCollector::from_settings(&self.settings.collector)
             .map_err(|error| NetworkError::Collector(error.to_string()))?;
+        // A sandbox may allow the netlink socket yet refuse the dump: one collection now finds
+        // out at start-up, instead of a failure logged every second. It also fills the owner
+        // cache, so the loop's first collection is a warm one.
+        collector.collect().map_err(|error| NetworkError::Collector(error.to_string()))?;
         let (handle, mut observations) =
             sentinel_netmon::spawn_collection(&self.settings.collector, collector)
                 .map_err(|error| NetworkError::Collector(error.to_string()))?;
@@ -372,15 +409,23 @@ impl NetworkService {
         self.counters.events.fetch_add(1, Ordering::Relaxed);
         let features = extractor.observe(event);
         let model = self.model.load_full();
-        let result = model.as_ref().map(|model| {
-            let verdict = model.bundle.judge(&features, event.record.process_name.as_deref(), buffer);
-            Arc::new(DetectionResult {
+        let result = model.as_ref().and_then(|model| {
+            let verdict = match model.bundle.judge(&features, event.record.process_name.as_deref(), buffer) {
+                Ok(verdict) => verdict,
+                Err(error) => {
+                    // Only a model inconsistent with itself gets here: the event is stored
+                    // without a verdict rather than given a made-up one.
+                    tracing::error!(%error, "the network model could not score an event");
+                    return None;
+                }
+            };
+            Some(Arc::new(DetectionResult {
                 source,
                 observed_at: humantime::format_rfc3339_micros(event.record.timestamp).to_string(),
                 model_version: model.info.version,
                 connection: Some(summary(&event.record, Some(event.change))),
                 verdict,
-            })
+            }))
         });
         let session = match source {
             Source::Live => "live",
@@ -422,22 +467,16 @@ impl NetworkService {
         sender.try_send(PipelineInput::Snapshot(Box::new(snapshot))).is_ok()
     }
 
-    /// Scores a batch on the blocking pool, in parallel. Each record is judged on its own: its
-    /// window features are missing (filled with the training medians), since a posted record
-    /// belongs to no stream; streams with windows come in through the collectors and `ingest`.
-    pub async fn analyze(
-        self: &Arc<Self>,
+    /// Scores a batch, in parallel on rayon's pool: CPU work of up to a second for a large
+    /// batch, to call from a blocking thread. Each record is judged on its own: its window
+    /// features are missing (filled with the training medians), since a posted record belongs to
+    /// no stream; streams with windows come in through the collectors and `ingest`.
+    pub(crate) fn analyze(
+        &self,
         items: Vec<AnalyzeItem>,
     ) -> Result<(i64, Vec<DetectionResult>), AnalyzeError> {
         let Some(model) = self.model.load_full() else { return Err(AnalyzeError::NoModel) };
-        let service = Arc::clone(self);
-        tokio::task::spawn_blocking(move || service.analyze_blocking(&model, items))
-            .await
-            .map_err(|error| AnalyzeError::Task(error.to_string()))
-    }
-
-    fn analyze_blocking(&self, model: &ActiveModel, items: Vec<AnalyzeItem>) -> (i64, Vec<DetectionResult>) {
-        let prepared: Vec<(RawFeatures, Option<String>, Option<ConnectionRecord>)> = items
+        let prepared: Vec<Prepared> = items
             .into_par_iter()
             .map(|item| match item {
                 AnalyzeItem::Record(record) => {
@@ -449,24 +488,31 @@ impl NetworkService {
                         record,
                     };
                     let features = standalone_features(&event);
-                    (features, event.record.process_name.clone(), Some(event.record))
+                    Prepared { features, process_name: None, record: Some(event.record) }
                 }
-                AnalyzeItem::Features { features, process_name } => (features, process_name, None),
+                AnalyzeItem::Features { features, process_name } => {
+                    Prepared { features, process_name, record: None }
+                }
             })
             .collect();
+        let verdicts = model
+            .bundle
+            .judge_batch(&prepared, |item| (&item.features, item.process_name()))
+            .map_err(|error| AnalyzeError::Model(error.to_string()))?;
         let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
         let version = model.info.version;
         let results: Vec<DetectionResult> = prepared
             .par_iter()
-            .map_init(Vec::new, |buffer, (features, process_name, record)| DetectionResult {
+            .zip(verdicts)
+            .map(|(item, verdict)| DetectionResult {
                 source: Source::Analyze,
-                observed_at: record.as_ref().map_or_else(
+                observed_at: item.record.as_ref().map_or_else(
                     || now.clone(),
-                    |r| humantime::format_rfc3339_micros(r.timestamp).to_string(),
+                    |record| humantime::format_rfc3339_micros(record.timestamp).to_string(),
                 ),
                 model_version: version,
-                connection: record.as_ref().map(|record| summary(record, None)),
-                verdict: model.bundle.judge(features, process_name.as_deref(), buffer),
+                connection: item.record.as_ref().map(|record| summary(record, None)),
+                verdict,
             })
             .collect();
         self.counters.predictions.fetch_add(results.len() as u64, Ordering::Relaxed);
@@ -475,17 +521,17 @@ impl NetworkService {
             Ordering::Relaxed,
         );
         if self.settings.storage.store_analyze_requests {
-            for ((features, _, record), result) in prepared.into_iter().zip(&results) {
+            for (item, result) in prepared.into_iter().zip(&results) {
                 self.writer.store(StoredResult {
-                    observed: record.as_ref().map_or_else(SystemTime::now, |record| record.timestamp),
-                    record,
-                    features,
+                    observed: item.record.as_ref().map_or_else(SystemTime::now, |record| record.timestamp),
+                    record: item.record,
+                    features: item.features,
                     session: "analyze".to_owned(),
                     predictions: predictions_of(&result.verdict),
                 });
             }
         }
-        (version, results)
+        Ok((version, results))
     }
 
     /// Starts a training job from stored history, unless one is running.
@@ -659,7 +705,11 @@ impl NetworkService {
             "retrain_every_hours": warmup.retrain_every_hours,
             "training_job": job,
             "versions": versions,
-            "collector": { "enabled": self.settings.collect, "loop": collection },
+            "collector": {
+                "enabled": self.settings.collect,
+                "unavailable": self.collector_unavailable.get(),
+                "loop": collection,
+            },
             "storage": {
                 "written": writer.written.load(Ordering::Relaxed),
                 "dropped": writer.dropped.load(Ordering::Relaxed),
@@ -669,6 +719,57 @@ impl NetworkService {
             "predictions_total": self.counters.predictions.load(Ordering::Relaxed),
             "anomalies_total": self.counters.anomalies.load(Ordering::Relaxed),
         }))
+    }
+
+    /// Appends the service's Prometheus metrics (text exposition format) to `out`, for the
+    /// server's `GET /metrics`.
+    pub fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let writer = &self.writer.counters;
+        let dropped_by_collector = lock(&self.collection).as_ref().map_or(0, CollectionHandle::dropped);
+        let counters = [
+            (
+                "predictions_total",
+                "Items scored by the network model (live, agents, analyze).",
+                self.counters.predictions.load(Ordering::Relaxed),
+            ),
+            (
+                "anomalies_detected",
+                "Scored items the network model flagged as anomalous.",
+                self.counters.anomalies.load(Ordering::Relaxed),
+            ),
+            (
+                "network_events_total",
+                "Connection events from this host's collector and agents.",
+                self.counters.events.load(Ordering::Relaxed),
+            ),
+            (
+                "network_collector_dropped_total",
+                "Observations the collector dropped for a slow pipeline.",
+                dropped_by_collector,
+            ),
+            (
+                "network_storage_dropped_total",
+                "Results not stored because the writer's queue was full.",
+                writer.dropped.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP model_accuracy Accuracy of the active network model on held-out normal rows, by model.\n# TYPE model_accuracy gauge"
+        );
+        if let Some(model) = self.model.load_full() {
+            for evaluation in &model.bundle.facts.evaluations {
+                let _ = writeln!(
+                    out,
+                    "model_accuracy{{model=\"{}\"}} {}",
+                    evaluation.model_name, evaluation.accuracy
+                );
+            }
+        }
     }
 
     /// Trains the first model once the warm-up is over, then retrains on schedule.

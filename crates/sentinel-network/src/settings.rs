@@ -10,6 +10,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkSettings {
+    /// Run the network service in `sentinel serve` at all (its API, collectors, training).
+    pub enabled: bool,
     /// Watch this host's connections. Off: only agents' records and `/api/v1/analyze`.
     pub collect: bool,
     pub collector: CollectorSettings,
@@ -24,6 +26,7 @@ pub struct NetworkSettings {
 impl Default for NetworkSettings {
     fn default() -> NetworkSettings {
         NetworkSettings {
+            enabled: true,
             collect: true,
             collector: CollectorSettings::default(),
             features: FeatureSettings::default(),

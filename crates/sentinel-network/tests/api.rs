@@ -343,3 +343,46 @@ fn the_openapi_document_describes_every_route() {
         assert!(vector[name].is_object(), "feature {name} is not described");
     }
 }
+
+#[tokio::test]
+async fn a_history_that_never_shows_a_feature_still_trains() {
+    // A Windows agent without RTT or retransmit counters, whose connections are each seen once:
+    // `rtt_ms`, `retransmits`, `send_rate` and `receive_rate` are missing from every row.
+    let dir = tempfile::tempdir().unwrap();
+    let (service, address) = common::serve(common::quiet_settings(), dir.path()).await;
+    let start = SystemTime::now() - Duration::from_secs(60);
+    for second in 0..40u64 {
+        let at = start + Duration::from_secs(second);
+        let connections: Vec<serde_json::Value> = (0..10u64)
+            .map(|slot| {
+                let mut record =
+                    record("win-1", "outlook.exe", 443, (41_000 + second * 10 + slot) as u16, 900, 7000, at);
+                record["rtt_us"] = serde_json::Value::Null;
+                record["retransmits"] = serde_json::Value::Null;
+                record
+            })
+            .collect();
+        let snapshot = json!({
+            "schema_version": 1,
+            "host": "win-1",
+            "timestamp": humantime::format_rfc3339_micros(at).to_string(),
+            "connections": connections,
+        });
+        let (status, body) = common::post(address, "/api/v1/ingest", &snapshot).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    common::wait_for_status(address, Duration::from_secs(20), |status| {
+        status["warmup"]["rows"].as_u64().unwrap() >= 400
+    })
+    .await;
+    let job = train(address).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let (status, body) = common::post(
+        address,
+        "/api/v1/analyze",
+        &json!({"features": [{"rtt_ms": 3.0, "bytes_sent_delta": 900}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    service.shutdown().await;
+}
