@@ -71,6 +71,64 @@ fn family_tokens(sample: &FamilySample) -> Vec<&str> {
     tokens
 }
 
+/// Out-of-fold predictions for every `C` of the grid, indexed `[C][row]`: for
+/// each (C, fold) pair, fits on the other folds and predicts the fold's rows.
+/// The vocabulary and IDF are fitted inside each fold too, as in deployment,
+/// where the sequences to score were never part of the vocabulary. Fits run in
+/// parallel; results are collected in job order, so the outcome is the same
+/// whatever the scheduling.
+fn cross_validate<L, M, P>(
+    docs: &[Vec<&str>],
+    labels: &[L],
+    folds: &[usize],
+    options: &TrainingOptions,
+    max_features: usize,
+    fit: impl Fn(&[SparseVector], &[L], usize, f64) -> M + Sync,
+    predict: impl Fn(&M, &SparseVector) -> P + Sync,
+) -> Vec<Vec<P>>
+where
+    L: Clone + Sync,
+    P: Clone + Default + Send,
+{
+    let fold_data: Vec<(NgramSpace, Vec<SparseVector>)> = (0..options.folds)
+        .into_par_iter()
+        .map(|fold| {
+            let train_docs: Vec<Vec<&str>> =
+                docs.iter().zip(folds).filter(|(_, f)| **f != fold).map(|(d, _)| d.clone()).collect();
+            let space = NgramSpace::fit(&train_docs, options.max_n, options.min_df, max_features);
+            let vectors = docs.iter().map(|d| space.transform(d).0).collect();
+            (space, vectors)
+        })
+        .collect();
+    let jobs: Vec<(usize, usize)> =
+        (0..options.c_grid.len()).flat_map(|c| (0..options.folds).map(move |f| (c, f))).collect();
+    let results: Vec<Vec<(usize, P)>> = jobs
+        .par_iter()
+        .map(|&(c_index, fold)| {
+            let (space, vectors) = &fold_data[fold];
+            let (train_x, train_y): (Vec<SparseVector>, Vec<L>) = vectors
+                .iter()
+                .zip(labels)
+                .zip(folds)
+                .filter(|(_, f)| **f != fold)
+                .map(|((x, y), _)| (x.clone(), y.clone()))
+                .unzip();
+            let model = fit(&train_x, &train_y, space.dimension(), options.c_grid[c_index]);
+            (0..docs.len())
+                .filter(|&row| folds[row] == fold)
+                .map(|row| (row, predict(&model, &vectors[row])))
+                .collect()
+        })
+        .collect();
+    let mut out_of_fold = vec![vec![P::default(); docs.len()]; options.c_grid.len()];
+    for (&(c_index, _), predictions) in jobs.iter().zip(results) {
+        for (row, prediction) in predictions {
+            out_of_fold[c_index][row] = prediction;
+        }
+    }
+    out_of_fold
+}
+
 /// A fitted detector and the regularisation it was fitted with.
 pub(crate) struct DetectorFit {
     pub detector: Detector,
@@ -93,54 +151,18 @@ pub(crate) fn fit_detector(
     let docs: Vec<Vec<&str>> = rows.iter().map(|r| detector_tokens(r)).collect();
     let labels: Vec<bool> = rows.iter().map(|r| r.malicious).collect();
     let folds = grouped_folds(&docs, &labels, options.folds, options.seed);
-
-    // Vocabulary and IDF are fitted inside each fold, as in deployment where
-    // the sequences to score were never part of the vocabulary.
-    let fold_data: Vec<(NgramSpace, Vec<SparseVector>)> = (0..options.folds)
-        .into_par_iter()
-        .map(|fold| {
-            let train_docs: Vec<Vec<&str>> =
-                docs.iter().zip(&folds).filter(|(_, f)| **f != fold).map(|(d, _)| d.clone()).collect();
-            let space = NgramSpace::fit(&train_docs, options.max_n, options.min_df, options.max_features);
-            let vectors = docs.iter().map(|d| space.transform(d).0).collect();
-            (space, vectors)
-        })
-        .collect();
-
-    let jobs: Vec<(usize, usize)> =
-        (0..options.c_grid.len()).flat_map(|c| (0..options.folds).map(move |f| (c, f))).collect();
-    let out_of_fold: Vec<Vec<(usize, f64)>> = jobs
-        .par_iter()
-        .map(|&(c_index, fold)| {
-            let (space, vectors) = &fold_data[fold];
-            let (train_x, train_y): (Vec<SparseVector>, Vec<bool>) = vectors
-                .iter()
-                .zip(&labels)
-                .zip(&folds)
-                .filter(|(_, f)| **f != fold)
-                .map(|((x, y), _)| (x.clone(), *y))
-                .unzip();
-            let model =
-                fit_binary(&train_x, &train_y, space.dimension(), options.c_grid[c_index], options.solver());
-            folds
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| **f == fold)
-                .map(|(row, _)| (row, model.decision(&vectors[row])))
-                .collect()
-        })
-        .collect();
+    let out_of_fold = cross_validate(
+        &docs,
+        &labels,
+        &folds,
+        options,
+        options.max_features,
+        |x, y, dim, c| fit_binary(x, y, dim, c, options.solver()),
+        |model, vector| model.decision(vector),
+    );
 
     let mut best: Option<(f64, usize, Vec<f64>)> = None;
-    for c_index in 0..options.c_grid.len() {
-        let mut decisions = vec![0.0; rows.len()];
-        for (job, results) in jobs.iter().zip(&out_of_fold) {
-            if job.0 == c_index {
-                for &(row, z) in results {
-                    decisions[row] = z;
-                }
-            }
-        }
+    for (c_index, decisions) in out_of_fold.into_iter().enumerate() {
         let auc = sentinel_metrics::roc_auc(&decisions, &labels)?;
         // Strictly better only, so ties keep the smaller (more regularised) C.
         if best.as_ref().is_none_or(|(best_auc, _, _)| auc > *best_auc + 1e-9) {
@@ -185,58 +207,26 @@ fn fit_families(samples: &[&FamilySample], options: &TrainingOptions) -> Result<
     }
     let docs: Vec<Vec<&str>> = samples.iter().map(|s| family_tokens(s)).collect();
     let folds = grouped_folds(&docs, &labels, options.folds, options.seed);
-    let fold_data: Vec<(NgramSpace, Vec<SparseVector>)> = (0..options.folds)
-        .into_par_iter()
-        .map(|fold| {
-            let train_docs: Vec<Vec<&str>> =
-                docs.iter().zip(&folds).filter(|(_, f)| **f != fold).map(|(d, _)| d.clone()).collect();
-            let space =
-                NgramSpace::fit(&train_docs, options.max_n, options.min_df, options.family_max_features);
-            let vectors = docs.iter().map(|d| space.transform(d).0).collect();
-            (space, vectors)
-        })
-        .collect();
-    let jobs: Vec<(usize, usize)> =
-        (0..options.c_grid.len()).flat_map(|c| (0..options.folds).map(move |f| (c, f))).collect();
-    let correct: Vec<usize> = jobs
-        .par_iter()
-        .map(|&(c_index, fold)| {
-            let (space, vectors) = &fold_data[fold];
-            let (train_x, train_y): (Vec<SparseVector>, Vec<usize>) = vectors
-                .iter()
-                .zip(&labels)
-                .zip(&folds)
-                .filter(|(_, f)| **f != fold)
-                .map(|((x, y), _)| (x.clone(), *y))
-                .unzip();
-            let model = fit_multinomial(
-                &train_x,
-                &train_y,
-                space.dimension(),
-                classes.len(),
-                options.c_grid[c_index],
-                options.solver(),
-            );
-            (0..samples.len())
-                .filter(|&row| folds[row] == fold)
-                .filter(|&row| {
-                    let mut z: Vec<f64> = model
-                        .weights
-                        .iter()
-                        .zip(&model.biases)
-                        .map(|(w, b)| vectors[row].dot(w) + b)
-                        .collect();
-                    softmax(&mut z);
-                    argmax(&z) == labels[row]
-                })
-                .count()
-        })
-        .collect();
+    let out_of_fold = cross_validate(
+        &docs,
+        &labels,
+        &folds,
+        options,
+        options.family_max_features,
+        |x, y, dim, c| fit_multinomial(x, y, dim, classes.len(), c, options.solver()),
+        |model, vector| {
+            let mut z: Vec<f64> =
+                model.weights.iter().zip(&model.biases).map(|(w, b)| vector.dot(w) + b).collect();
+            softmax(&mut z);
+            argmax(&z)
+        },
+    );
+    // The first C with the most correct answers: ties keep the smaller C.
     let mut best = (0usize, 0usize);
-    for c_index in 0..options.c_grid.len() {
-        let total: usize = jobs.iter().zip(&correct).filter(|(j, _)| j.0 == c_index).map(|(_, n)| n).sum();
-        if c_index == 0 || total > best.1 {
-            best = (c_index, total);
+    for (c_index, predicted) in out_of_fold.iter().enumerate() {
+        let correct = predicted.iter().zip(&labels).filter(|(p, y)| p == y).count();
+        if c_index == 0 || correct > best.1 {
+            best = (c_index, correct);
         }
     }
     let c = options.c_grid[best.0];

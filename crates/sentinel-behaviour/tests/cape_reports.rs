@@ -1,38 +1,12 @@
 //! CAPE report parsing: the real fixture reports and hand-made damaged ones.
 
-use std::path::PathBuf;
+#[path = "../../sentinel-sandbox/tests/fake_cape/fixtures.rs"]
+mod fixtures;
 
+use fixtures::fixture_reports;
 use sentinel_behaviour::{
     CapeLimits, CapeReportError, ReportNote, parse_behaviour_report, parse_cape_report,
 };
-
-fn fixture_reports() -> Vec<(PathBuf, Vec<u8>)> {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/malware/dynamic/cape-reports");
-    let mut reports: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().ends_with(".lite.json"))
-                .map(|p| {
-                    let bytes = std::fs::read(&p).unwrap();
-                    (p, bytes)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if reports.is_empty() {
-        assert!(
-            std::env::var("SENTINEL_REQUIRE_DATA").as_deref() != Ok("1"),
-            "SENTINEL_REQUIRE_DATA=1 but no CAPE fixture in {}",
-            dir.display()
-        );
-        eprintln!("skipped: no CAPE report fixtures in {} (../shared/data absent)", dir.display());
-    }
-    reports.sort();
-    reports
-}
 
 #[test]
 fn real_reports_give_every_call_of_every_process_in_time_order() {

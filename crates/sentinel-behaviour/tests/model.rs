@@ -126,7 +126,8 @@ fn the_committed_model_scores_real_reports_and_edge_cases() {
     let model = BehaviourModel::builtin().unwrap();
     assert!(model.version().starts_with("behaviour-"));
     assert!(model.training().holdout_roc_auc.unwrap() > 0.97);
-    assert_eq!(model.families().len(), 8);
+    // The shared family data carries no labels: the committed model has no family classifier.
+    assert!(model.families().is_empty());
 
     let empty = model.score(&ApiCallSequence::new());
     assert!(empty.family.is_none() && empty.known_ngrams == 0 && empty.score.is_finite());
@@ -143,8 +144,6 @@ fn the_committed_model_scores_real_reports_and_edge_cases() {
         let verdict = model.score(&behaviour.sequence);
         assert!((0.0..=1.0).contains(&verdict.score), "{}", path.display());
         assert!(verdict.known_ngrams > 5, "{}: the CAPE names should hit the vocabulary", path.display());
-        let family = verdict.family.expect("a family for a non-empty trace");
-        assert!(model.families().contains(&family.family.as_str()));
-        assert!(family.confidence > 0.0 && family.confidence <= 1.0);
+        assert!(verdict.family.is_none(), "{}", path.display());
     }
 }

@@ -274,7 +274,12 @@ impl CapeClient {
             max_report_bytes: self.settings.max_report_bytes,
             max_calls: self.settings.max_calls,
         };
-        parse_cape_report(&body, &limits).map_err(|e| SandboxError::BadReport {
+        // Parsing a report of up to `max_report_bytes` is CPU work: keep it off
+        // the async runtime's threads, which move every other client's bytes.
+        let parsed = tokio::task::spawn_blocking(move || parse_cape_report(&body, &limits))
+            .await
+            .map_err(|_| SandboxError::BadReport { task_id, reason: "the report parser failed".into() })?;
+        parsed.map_err(|e| SandboxError::BadReport {
             task_id,
             reason: match e {
                 CapeReportError::SandboxError(message) => {
@@ -363,7 +368,11 @@ mod tests {
     fn settings_are_checked() {
         let bad = SandboxSettings { base_url: "ftp://x".into(), ..SandboxSettings::default() };
         assert!(matches!(CapeClient::new(bad), Err(SandboxError::Settings(_))));
-        let zero = SandboxSettings { max_in_flight: 0, ..SandboxSettings::default() };
+        let zero = SandboxSettings {
+            base_url: "http://cape:8000".into(),
+            max_in_flight: 0,
+            ..SandboxSettings::default()
+        };
         assert!(matches!(CapeClient::new(zero), Err(SandboxError::Settings(_))));
     }
 }

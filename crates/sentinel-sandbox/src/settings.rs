@@ -33,7 +33,8 @@ impl fmt::Debug for ApiToken {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxSettings {
-    /// CAPE's web root, e.g. `http://cape.internal:8000` (the API is under `/apiv2/`).
+    /// CAPE's web root, e.g. `http://cape.internal:8000` (the API is under
+    /// `/apiv2/`). Empty (the default): no sandbox is configured.
     pub base_url: String,
     /// API token, sent as `Authorization: Token <token>`; empty when CAPE runs
     /// without authentication.
@@ -62,7 +63,7 @@ pub struct SandboxSettings {
 impl Default for SandboxSettings {
     fn default() -> Self {
         SandboxSettings {
-            base_url: "http://127.0.0.1:8000".to_owned(),
+            base_url: String::new(),
             token: ApiToken::default(),
             analysis_timeout_secs: 300,
             poll_interval_ms: 5_000,

@@ -1,6 +1,8 @@
 //! The malware AI server: the TCP protocol of SPEC §1.1 (framing in
 //! `sentinel-protocol`) served to many central servers at once, plus an HTTP
-//! listener for health, readiness, status and model reloads.
+//! listener for health, readiness, status, Prometheus metrics and model
+//! reloads, on which the binary also serves the network API
+//! ([`Server::merge_http_routes`]).
 //!
 //! Connections are tokio tasks; CPU-bound analysis runs on a bounded set of
 //! blocking workers ([`workers`]) so slow analyses never stall the reactor;
@@ -11,6 +13,7 @@
 mod analysis;
 mod connection;
 mod http;
+mod metrics;
 mod registry;
 mod server;
 mod settings;
@@ -18,7 +21,8 @@ mod status;
 mod synthetic_pe;
 mod workers;
 
-pub use registry::{ModelRegistry, Models, STATIC_MODEL_PATH};
+pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep};
+pub use registry::{BEHAVIOUR_MODEL_PATH, ModelLoadError, ModelRegistry, Models, STATIC_MODEL_PATH};
 pub use server::{ReloadError, Reloader, Server, ServerError};
 pub use settings::{ServerSettings, SettingsError};
 pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};

@@ -1,4 +1,5 @@
-//! The model registry: the one set of models every connection shares.
+//! The model registry: the one set of models every connection shares — the
+//! static model and the behaviour model, loaded and reloaded together.
 //!
 //! Requests take a snapshot ([`ModelRegistry::current`], an `Arc`) when they
 //! start and use it to the end, so replacing the models ([`ModelRegistry::replace`],
@@ -6,14 +7,27 @@
 //! the old models are freed when their last request finishes. The swap is a
 //! single atomic pointer store (arc-swap); readers never wait on a lock.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use sentinel_static::{ModelError, StaticModel};
+use sentinel_behaviour::BehaviourModel;
+use sentinel_static::StaticModel;
 
 /// Where the static model file lives inside the data directory.
 pub const STATIC_MODEL_PATH: &str = "models/static.json";
+
+/// Where the behaviour model file lives inside the data directory.
+pub const BEHAVIOUR_MODEL_PATH: &str = "models/behaviour.json";
+
+/// Why the models could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelLoadError {
+    #[error("static model: {0}")]
+    Static(#[from] sentinel_static::ModelError),
+    #[error("behaviour model: {0}")]
+    Behaviour(#[from] sentinel_behaviour::ModelError),
+}
 
 /// The models in service.
 #[derive(Debug)]
@@ -21,24 +35,43 @@ pub struct Models {
     pub static_model: StaticModel,
     /// Where the static model came from (a file path, or `builtin`).
     pub static_source: String,
+    /// Scores API-call sequences (dynamic analysis).
+    pub behaviour_model: BehaviourModel,
+    /// Where the behaviour model came from (a file path, or `builtin`).
+    pub behaviour_source: String,
 }
 
 impl Models {
-    /// Models with the given static model.
-    pub fn with_static(static_model: StaticModel, source: impl Into<String>) -> Models {
-        Models { static_model, static_source: source.into() }
+    /// Models with the given static model and the built-in behaviour model.
+    pub fn with_static(
+        static_model: StaticModel,
+        source: impl Into<String>,
+    ) -> Result<Models, ModelLoadError> {
+        Ok(Models {
+            static_model,
+            static_source: source.into(),
+            behaviour_model: BehaviourModel::builtin()?,
+            behaviour_source: "builtin".to_owned(),
+        })
     }
 
-    /// Loads `<data_dir>/models/static.json` if present, else the built-in model.
-    /// Blocking (reads and checks the file): call from a blocking context.
-    pub fn load(data_dir: &Path) -> Result<Models, ModelError> {
-        let path: PathBuf = data_dir.join(STATIC_MODEL_PATH);
-        if path.exists() {
-            let model = StaticModel::load(&path)?;
-            Ok(Models::with_static(model, path.display().to_string()))
+    /// Loads `<data_dir>/models/static.json` and `<data_dir>/models/behaviour.json`,
+    /// each if present, else the built-in one. Blocking (reads and checks the
+    /// files): call from a blocking context.
+    pub fn load(data_dir: &Path) -> Result<Models, ModelLoadError> {
+        let static_path = data_dir.join(STATIC_MODEL_PATH);
+        let (static_model, static_source) = if static_path.exists() {
+            (StaticModel::load(&static_path)?, static_path.display().to_string())
         } else {
-            Ok(Models::with_static(StaticModel::builtin(), "builtin"))
-        }
+            (StaticModel::builtin(), "builtin".to_owned())
+        };
+        let behaviour_path = data_dir.join(BEHAVIOUR_MODEL_PATH);
+        let (behaviour_model, behaviour_source) = if behaviour_path.exists() {
+            (BehaviourModel::load(&behaviour_path)?, behaviour_path.display().to_string())
+        } else {
+            (BehaviourModel::builtin()?, "builtin".to_owned())
+        };
+        Ok(Models { static_model, static_source, behaviour_model, behaviour_source })
     }
 }
 

@@ -12,14 +12,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sentinel_static::ModelError;
+use sentinel_sandbox::CapeClient;
 use sentinel_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::analysis::Analyser;
-use crate::registry::{ModelRegistry, Models};
+use crate::analysis::{Analyser, VirusTotalStep};
+use crate::registry::{ModelLoadError, ModelRegistry, Models};
 use crate::settings::{ServerSettings, SettingsError};
 use crate::status::{ModelReport, Status, StatusReport};
 use crate::workers::AnalysisWorkers;
@@ -40,7 +40,7 @@ pub enum ServerError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(#[from] ModelLoadError),
     #[error("the reload job failed unexpectedly")]
     Panicked,
 }
@@ -67,17 +67,29 @@ impl Shared {
             .and_then(|models| models.map_err(ReloadError::from));
         self.status.reload_done(loaded.as_ref().map(|_| ()).map_err(ToString::to_string));
         let models = loaded?;
-        tracing::info!(version = models.static_model.version(), source = %models.static_source, "models reloaded");
+        tracing::info!(
+            static_version = models.static_model.version(),
+            static_source = %models.static_source,
+            behaviour_version = models.behaviour_model.version(),
+            behaviour_source = %models.behaviour_source,
+            "models reloaded"
+        );
         self.analyser.registry.replace(models);
         Ok(self.analyser.registry.current())
     }
 
     pub fn report(&self) -> StatusReport {
         let models = self.analyser.registry.current();
-        self.status.report(ModelReport {
-            static_version: models.static_model.version().to_owned(),
-            static_source: models.static_source.clone(),
-        })
+        let virustotal = self.analyser.virustotal.as_ref().map(VirusTotalStep::report);
+        self.status.report(
+            ModelReport {
+                static_version: models.static_model.version().to_owned(),
+                static_source: models.static_source.clone(),
+                behaviour_version: models.behaviour_model.version().to_owned(),
+                behaviour_source: models.behaviour_source.clone(),
+            },
+            virustotal,
+        )
     }
 }
 
@@ -98,6 +110,7 @@ pub struct Server {
     tcp: TcpListener,
     http: TcpListener,
     shared: Arc<Shared>,
+    http_extension: http::Extension,
 }
 
 async fn listen(address: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -106,12 +119,16 @@ async fn listen(address: SocketAddr) -> Result<TcpListener, ServerError> {
 
 impl Server {
     /// Checks the settings and binds both listeners. `data_dir` is where
-    /// reloads read `models/static.json`.
+    /// reloads read `models/static.json` and `models/behaviour.json`; without
+    /// `sandbox` the dynamic step needs the client's report (field `[3]`);
+    /// without `virustotal` the VirusTotal step answers `unavailable`.
     pub async fn bind(
         settings: ServerSettings,
         data_dir: PathBuf,
         registry: Arc<ModelRegistry>,
         store: Arc<Store>,
+        virustotal: Option<VirusTotalStep>,
+        sandbox: Option<CapeClient>,
     ) -> Result<Server, ServerError> {
         settings.validate()?;
         let tcp = listen(settings.tcp_listen).await?;
@@ -121,6 +138,9 @@ impl Server {
             store,
             workers: AnalysisWorkers::new(settings.analysis_workers, settings.analysis_queue_wait),
             timeout: settings.analysis_timeout,
+            sandbox,
+            virustotal,
+            fusion: settings.fusion.clone(),
         };
         let shared = Arc::new(Shared {
             settings,
@@ -129,7 +149,7 @@ impl Server {
             data_dir,
             reload_lock: Mutex::new(()),
         });
-        Ok(Server { tcp, http, shared })
+        Ok(Server { tcp, http, shared, http_extension: http::Extension::default() })
     }
 
     /// The protocol listener's address.
@@ -146,13 +166,27 @@ impl Server {
         Reloader(Arc::clone(&self.shared))
     }
 
+    /// Serves `routes` on the HTTP listener beside the server's own, with the same JSON errors
+    /// and request metrics; this is how the binary adds the network API without this crate
+    /// depending on it. A route that is already served makes axum panic: paths must not clash.
+    pub fn merge_http_routes(mut self, routes: axum::Router) -> Server {
+        self.http_extension.routes = std::mem::take(&mut self.http_extension.routes).merge(routes);
+        self
+    }
+
+    /// Appends what `write` produces (Prometheus text exposition lines) to `GET /metrics`.
+    pub fn add_metrics(mut self, write: impl Fn(&mut String) + Send + Sync + 'static) -> Server {
+        self.http_extension.metrics.push(Box::new(write));
+        self
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
-        let Server { tcp, http, shared } = self;
+        let Server { tcp, http, shared, http_extension } = self;
         let (stop, stopped) = watch::channel(false);
         let mut http_stopped = stopped.clone();
-        let http_server =
-            axum::serve(http, http::router(Arc::clone(&shared))).with_graceful_shutdown(async move {
+        let http_server = axum::serve(http, http::router(Arc::clone(&shared), http_extension))
+            .with_graceful_shutdown(async move {
                 let _ = http_stopped.wait_for(|stopping| *stopping).await;
             });
         let http_task = tokio::spawn(async move { http_server.await });

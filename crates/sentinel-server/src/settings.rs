@@ -10,6 +10,8 @@ use std::time::Duration;
 use sentinel_protocol::{Limits, LimitsError};
 use serde::Deserialize;
 
+use crate::analysis::FusionSettings;
+
 /// Settings of the protocol server.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +46,8 @@ pub struct ServerSettings {
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish. Default 30 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub shutdown_timeout: Duration,
+    /// `[server.fusion]`: step weights of the combined verdict (commands 4, 5, 6).
+    pub fusion: FusionSettings,
 }
 
 impl Default for ServerSettings {
@@ -62,6 +66,7 @@ impl Default for ServerSettings {
             analysis_queue_wait: Duration::from_secs(10),
             analysis_timeout: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(30),
+            fusion: FusionSettings::default(),
         }
     }
 }
@@ -73,6 +78,8 @@ pub enum SettingsError {
     Limits(#[from] LimitsError),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("{0}")]
+    Fusion(String),
 }
 
 impl ServerSettings {
@@ -98,7 +105,7 @@ impl ServerSettings {
         if self.analysis_timeout.is_zero() {
             return Err(SettingsError::Zero("analysis_timeout"));
         }
-        Ok(())
+        self.fusion.validate().map_err(SettingsError::Fusion)
     }
 }
 

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::analysis::VirusTotalReport;
+
 /// The outcome name counted for a `Yes`.
 pub const OUTCOME_YES: &str = "yes";
 /// The command name counted for frames that are not a known command.
@@ -35,6 +37,9 @@ pub struct StatusReport {
     pub requests: BTreeMap<String, BTreeMap<String, u64>>,
     pub reloads: ReloadCounts,
     pub models: ModelReport,
+    /// The VirusTotal step's counters; `null` when the step is not enabled.
+    #[serde(default)]
+    pub virustotal: Option<VirusTotalReport>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -56,6 +61,8 @@ pub struct ReloadCounts {
 pub struct ModelReport {
     pub static_version: String,
     pub static_source: String,
+    pub behaviour_version: String,
+    pub behaviour_source: String,
 }
 
 impl Status {
@@ -83,7 +90,7 @@ impl Status {
         *self.last_reload_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = result.err();
     }
 
-    pub(crate) fn report(&self, models: ModelReport) -> StatusReport {
+    pub(crate) fn report(&self, models: ModelReport, virustotal: Option<VirusTotalReport>) -> StatusReport {
         let requests = self.requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let requests = requests
             .iter()
@@ -109,6 +116,7 @@ impl Status {
                     .clone(),
             },
             models,
+            virustotal,
         }
     }
 }

@@ -30,7 +30,8 @@ async fn no_request_fails_while_models_are_swapped_and_reloaded() {
         tokio::spawn(async move {
             let mut swaps = 0u32;
             while swapping.load(Ordering::Relaxed) {
-                registry.replace(Models::with_static(StaticModel::builtin(), format!("swap {swaps}")));
+                registry
+                    .replace(Models::with_static(StaticModel::builtin(), format!("swap {swaps}")).unwrap());
                 swaps += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::dataset_csv::{self, IMPORT_BATCH, ImportReport, NextRow, preview};
+use crate::dataset_csv::{self, ImportReport, preview};
 use crate::sample_hash::SampleHash;
 use crate::vault::{self, Vault};
 use crate::{Store, StoreError};
@@ -154,31 +154,25 @@ impl Store {
     /// only the label. Invalid rows (bad hash or y, hash mismatch, unreadable file) are skipped
     /// and reported. Fails only if the header is wrong or the input cannot be read.
     pub fn import_labels_csv(&self, input: impl Read) -> Result<ImportReport, StoreError> {
-        let mut reader = dataset_csv::checked_reader(input, CSV_HEADER)?;
-        let mut report = ImportReport::default();
-        let mut record = csv::StringRecord::new();
-        let mut labels_only = Vec::with_capacity(IMPORT_BATCH);
-        loop {
-            let line = match dataset_csv::next_row(&mut reader, &mut record)? {
-                NextRow::Row { line } => line,
-                NextRow::Invalid { line, reason } => {
-                    report.reject(line, reason);
-                    continue;
-                }
-                NextRow::End => break,
-            };
-            let (file_path, label) = match parse_row(&record) {
-                Ok(parsed) => parsed,
-                Err(reason) => {
-                    report.reject(line, reason);
-                    continue;
-                }
-            };
+        dataset_csv::import_rows(input, CSV_HEADER, parse_row, |rows, report| {
+            self.import_label_rows(rows, report)
+        })
+    }
+
+    /// Applies a batch of parsed rows in file order, so a later row for the same hash wins:
+    /// consecutive label-only rows in one transaction, a row whose file is read with its sample
+    /// in a transaction of its own.
+    fn import_label_rows(
+        &self,
+        rows: Vec<(u64, (Option<PathBuf>, ValidLabel))>,
+        report: &mut ImportReport,
+    ) -> Result<(), StoreError> {
+        let mut labels_only = Vec::with_capacity(rows.len());
+        for (line, (file_path, label)) in rows {
             match self.sample_file(file_path.as_deref(), &label.hash) {
                 Ok(None) => labels_only.push(label),
                 Ok(Some(bytes)) => {
-                    // Rows are applied in file order, so a later row for the same hash wins.
-                    self.import_labels(std::mem::take(&mut labels_only), &mut report)?;
+                    self.import_labels(std::mem::take(&mut labels_only), report)?;
                     let (now, hash) = (self.now(), label.hash.clone());
                     let written = self.record_sample_with(hash.as_str(), &bytes, move |connection| {
                         label.upsert(connection, now)
@@ -186,19 +180,15 @@ impl Store {
                     match written {
                         Ok((_, applied)) => {
                             report.samples_stored += 1;
-                            count(&mut report, applied);
+                            report.count(applied);
                         }
                         Err(error) => report.reject(line, error.to_string()),
                     }
                 }
                 Err(error) => report.reject(line, error.to_string()),
             }
-            if labels_only.len() == IMPORT_BATCH {
-                self.import_labels(std::mem::take(&mut labels_only), &mut report)?;
-            }
         }
-        self.import_labels(labels_only, &mut report)?;
-        Ok(report)
+        self.import_labels(labels_only, report)
     }
 
     /// The sample bytes a CSV row's `file_path` names, checked against the row's hash: `None`
@@ -232,7 +222,7 @@ impl Store {
             labels.iter().map(|label| label.upsert(connection, now)).collect::<Result<Vec<_>, _>>()
         })?;
         for applied in applied {
-            count(report, applied);
+            report.count(applied);
         }
         Ok(())
     }
@@ -263,13 +253,6 @@ impl ValidLabel {
         let changed =
             statement.execute(params![self.hash.as_str(), self.y, self.source.as_str(), now, self.note])?;
         Ok(changed > 0)
-    }
-}
-
-fn count(report: &mut ImportReport, applied: bool) {
-    match applied {
-        true => report.rows_imported += 1,
-        false => report.rows_unchanged += 1,
     }
 }
 

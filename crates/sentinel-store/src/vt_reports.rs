@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::dataset_csv::{self, IMPORT_BATCH, ImportReport, NextRow, preview};
+use crate::dataset_csv::{self, ImportReport, preview};
 use crate::sample_hash::SampleHash;
 use crate::{Store, StoreError};
 
@@ -110,45 +110,13 @@ impl Store {
     /// wins); invalid rows are skipped and reported with their line number. Fails only if the
     /// header is not the expected one or the input cannot be read.
     pub fn import_vt_reports_csv(&self, input: impl Read) -> Result<ImportReport, StoreError> {
-        let mut reader = dataset_csv::checked_reader(input, CSV_HEADER)?;
-        let mut report = ImportReport::default();
-        let mut record = csv::StringRecord::new();
-        let mut batch = Vec::with_capacity(IMPORT_BATCH);
-        loop {
-            let line = match dataset_csv::next_row(&mut reader, &mut record)? {
-                NextRow::Row { line } => line,
-                NextRow::Invalid { line, reason } => {
-                    report.reject(line, reason);
-                    continue;
-                }
-                NextRow::End => break,
-            };
-            match parse_row(&record) {
-                Ok(row) => batch.push(row),
-                Err(reason) => report.reject(line, reason),
-            }
-            if batch.len() == IMPORT_BATCH {
-                self.import_batch(std::mem::take(&mut batch), &mut report)?;
-            }
-        }
-        self.import_batch(batch, &mut report)?;
-        Ok(report)
-    }
-
-    fn import_batch(&self, batch: Vec<VtReportRow>, report: &mut ImportReport) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let stored = self.database.write(move |connection| {
-            batch.iter().map(|row| upsert(connection, row)).collect::<Result<Vec<_>, _>>()
-        })?;
-        for stored in stored {
-            match stored {
-                true => report.rows_imported += 1,
-                false => report.rows_unchanged += 1,
-            }
-        }
-        Ok(())
+        dataset_csv::import_rows(input, CSV_HEADER, parse_row, |rows, report| {
+            let stored = self.database.write(move |connection| {
+                rows.iter().map(|(_, row)| upsert(connection, row)).collect::<Result<Vec<_>, _>>()
+            })?;
+            stored.into_iter().for_each(|stored| report.count(stored));
+            Ok(())
+        })
     }
 }
 

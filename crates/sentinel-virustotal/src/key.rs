@@ -8,8 +8,12 @@
 //! a key id cannot be tested against guessed keys.
 
 use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
 
 use hmac::{Hmac, Mac};
+use rand::RngCore;
 use sha2::Sha256;
 
 use crate::error::{SettingsError, VtError};
@@ -94,12 +98,57 @@ impl KeyHasher {
         Ok(KeyHasher { mac })
     }
 
+    /// The hasher keyed with the secret kept in `path`, creating that file on
+    /// first use (32 random bytes, mode 0600) so that key ids, and with them
+    /// `key_tiers`, stay the same across restarts. The file is written aside
+    /// and linked into place, so a crash never leaves a truncated secret and
+    /// two processes starting at once agree on one secret.
+    pub fn load_or_create(path: &Path) -> Result<KeyHasher, SettingsError> {
+        let failed = |error: io::Error| {
+            SettingsError::new(format!("the key-hash secret file {}: {error}", path.display()))
+        };
+        match fs::read(path) {
+            Ok(secret) => return KeyHasher::new(&secret),
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(failed(error)),
+            Err(_) => {}
+        }
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let staging = path.with_extension(format!("{}.tmp", std::process::id()));
+        let written = write_private(&staging, &secret).and_then(|()| fs::hard_link(&staging, path));
+        let _ = fs::remove_file(&staging);
+        match written {
+            Ok(()) => {
+                if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                    fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(failed)?;
+                }
+                KeyHasher::new(&secret)
+            }
+            // Another process created it first: use its secret.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                KeyHasher::new(&fs::read(path).map_err(failed)?)
+            }
+            Err(error) => Err(failed(error)),
+        }
+    }
+
     /// The id of `key`.
     pub fn key_id(&self, key: &ApiKey) -> KeyId {
         let mut mac = self.mac.clone();
         mac.update(key.expose().as_bytes());
         KeyId(mac.finalize().into_bytes().into())
     }
+}
+
+/// Writes `bytes` to a new file readable by its owner only, durably.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 impl fmt::Debug for KeyHasher {
@@ -125,6 +174,24 @@ mod tests {
         for bad in ["", "with space", "new\nline", "é", &"k".repeat(MAX_KEY_LEN + 1)] {
             assert!(matches!(ApiKey::new(bad), Err(VtError::InvalidKey)), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_secret_file_is_created_once_private_and_then_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key-secret");
+        let key = ApiKey::new("key-a").unwrap();
+        let first = KeyHasher::load_or_create(&path).unwrap().key_id(&key);
+        assert_eq!(fs::read(&path).unwrap().len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(KeyHasher::load_or_create(&path).unwrap().key_id(&key), first, "stable across restarts");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no staging file left behind");
+        fs::write(&path, b"short").unwrap();
+        assert!(KeyHasher::load_or_create(&path).is_err(), "a damaged secret is an error, not replaced");
     }
 
     #[test]

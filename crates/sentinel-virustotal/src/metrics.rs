@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 
@@ -21,7 +21,7 @@ pub(crate) struct Metrics {
 }
 
 /// The counters at one moment; every figure counts since the client was built.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
     /// HTTP requests sent to VirusTotal (each retry and each analysis poll is one).
     pub upstream_requests: u64,

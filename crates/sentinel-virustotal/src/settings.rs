@@ -18,6 +18,10 @@ use crate::verdict::VerdictRule;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VirusTotalSettings {
+    /// Whether the server offers the VirusTotal step at all (read by the
+    /// server, not by the client): off, commands 3, 4, 5 and 6 answer
+    /// `unavailable` and nothing is sent to VirusTotal.
+    pub enabled: bool,
     /// Scheme and host of the API (`/api/v3/...` is appended).
     pub base_url: String,
     /// Limit on one request (connection, sending and receiving), uploads excepted.
@@ -77,6 +81,7 @@ impl Default for TierLimits {
 impl Default for VirusTotalSettings {
     fn default() -> Self {
         VirusTotalSettings {
+            enabled: true,
             base_url: "https://www.virustotal.com".to_owned(),
             request_timeout_secs: 30.0,
             upload_timeout_secs: 600.0,

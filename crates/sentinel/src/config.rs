@@ -17,6 +17,11 @@ use anyhow::Context;
 use serde::de::DeserializeOwned;
 
 const ENV_PREFIX: &str = "SENTINEL_";
+
+/// Where samples, verdicts and models live when neither the command line, the
+/// environment nor the configuration file says otherwise: relative to the
+/// working directory, so a first run shows plainly where its data went.
+const DEFAULT_DATA_DIR: &str = "sentinel-data";
 const SECTION_SEPARATOR: &str = "__";
 
 /// The loaded configuration: the file's tables with the environment applied.
@@ -33,11 +38,10 @@ impl Config {
                 .with_context(|| format!("cannot read the configuration file {}", path.display()))?,
             None => String::new(),
         };
-        Config::from_parts(&text, std::env::vars())
-            .with_context(|| match path {
-                Some(path) => format!("invalid configuration in {}", path.display()),
-                None => "invalid configuration in the environment".to_owned(),
-            })
+        Config::from_parts(&text, std::env::vars()).with_context(|| match path {
+            Some(path) => format!("invalid configuration in {}", path.display()),
+            None => "invalid configuration in the environment".to_owned(),
+        })
     }
 
     fn from_parts(text: &str, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Config> {
@@ -69,6 +73,12 @@ impl Config {
     /// The top-level `data_dir` setting, if the file gives one.
     pub fn data_dir(&self) -> Option<PathBuf> {
         self.table.get("data_dir").and_then(toml::Value::as_str).map(PathBuf::from)
+    }
+
+    /// The data directory of a command: `given` (its `--data-dir`, or
+    /// `SENTINEL_DATA_DIR`), else the file's `data_dir`, else ./sentinel-data.
+    pub fn resolve_data_dir(&self, given: Option<PathBuf>) -> PathBuf {
+        given.or_else(|| self.data_dir()).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
     }
 }
 

@@ -7,7 +7,11 @@ mod config;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "sentinel", version, about = "Security AI service: malware verdicts and network anomaly detection")]
+#[command(
+    name = "sentinel",
+    version,
+    about = "Security AI service: malware verdicts and network anomaly detection"
+)]
 struct Cli {
     /// Configuration file (TOML). `SENTINEL_…` environment variables override it.
     #[arg(long, global = true, env = "SENTINEL_CONFIG")]

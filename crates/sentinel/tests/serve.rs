@@ -2,10 +2,8 @@
 //! parse, model reload on SIGHUP, graceful stop on SIGTERM, and durability of
 //! what was acknowledged when the process is killed with SIGKILL.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod served;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,65 +11,7 @@ use sentinel_protocol::{Client, Request, Response, Sha256Hash};
 use sentinel_server::{STATIC_MODEL_PATH, synthetic_pe};
 use sentinel_static::StaticModel;
 use sentinel_store::{Store, StoreSettings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Served {
-    child: Child,
-    tcp: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Served {
-    fn start(data_dir: &Path) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-            .args(["serve", "--tcp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start sentinel serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut address = |prefix: &str| -> SocketAddr {
-            let line = lines.next().expect("a start-up line").unwrap();
-            line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line:?}")).parse().unwrap()
-        };
-        let tcp = address("tcp listening on ");
-        let http = address("http listening on ");
-        Served { child, tcp, http }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([name, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "the server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn status(http: SocketAddr) -> serde_json::Value {
-    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-    stream.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    serde_json::from_str(body).unwrap()
-}
+use served::Served;
 
 fn static_request(executable: &[u8]) -> Request {
     Request::new(sentinel_protocol::Command::StaticAnalyse, vec![Bytes::copy_from_slice(executable)])
@@ -81,7 +21,7 @@ fn static_request(executable: &[u8]) -> Request {
 async fn sighup_reloads_the_models_and_sigterm_stops_the_server() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut served = Served::start(data_dir.path());
-    assert_eq!(status(served.http).await["models"]["static_source"], "builtin");
+    assert_eq!(served.status().await["models"]["static_source"], "builtin");
 
     let model_path = data_dir.path().join(STATIC_MODEL_PATH);
     std::fs::create_dir_all(model_path.parent().unwrap()).unwrap();
@@ -89,7 +29,7 @@ async fn sighup_reloads_the_models_and_sigterm_stops_the_server() {
     served.signal("-HUP");
     let mut reloaded = serde_json::Value::Null;
     for _ in 0..100 {
-        reloaded = status(served.http).await;
+        reloaded = served.status().await;
         if reloaded["reloads"]["succeeded"] == 1 {
             break;
         }

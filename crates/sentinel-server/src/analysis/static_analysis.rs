@@ -25,7 +25,9 @@ pub(crate) async fn run(
         .await
         .map_err(|error| crate::analysis::worker_failure(error).with_step(Analysis::Static))?;
     match verdict {
-        Ok((score, model_version)) => Ok(StepScore { analysis: Analysis::Static, score, model_version }),
+        Ok((score, model_version)) => {
+            Ok(StepScore { analysis: Analysis::Static, score, model_version, support: None })
+        }
         Err(error) => {
             let reason = match error {
                 AnalyseError::NotPe(_) | AnalyseError::Malformed(_) => Reason::NotPe,

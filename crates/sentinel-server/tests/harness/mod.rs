@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sentinel_protocol::{Command, Request};
-use sentinel_server::{ModelRegistry, Models, Server, ServerSettings};
+use sentinel_sandbox::{CapeClient, SandboxSettings};
+use sentinel_server::{ModelRegistry, Models, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
 use sentinel_store::{Store, StoreSettings};
+use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -30,7 +32,36 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with the test defaults changed by `adjust`.
     pub async fn start(adjust: impl FnOnce(&mut ServerSettings)) -> TestServer {
-        let data_dir = tempfile::tempdir().unwrap();
+        TestServer::start_in(tempfile::tempdir().unwrap(), adjust, None).await
+    }
+
+    /// Starts a server on `data_dir` (a restart passes the one its previous
+    /// server returned from [`TestServer::stop`]), with the VirusTotal step when
+    /// `virustotal` is given, its key-hash secret in the data directory as
+    /// `sentinel serve` keeps it.
+    pub async fn start_in(
+        data_dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut ServerSettings),
+        virustotal: Option<VirusTotalSettings>,
+    ) -> TestServer {
+        TestServer::launch(data_dir, adjust, virustotal, None).await
+    }
+
+    /// Starts a server whose dynamic step runs the CAPE sandbox `sandbox` describes.
+    pub async fn start_with_sandbox(
+        adjust: impl FnOnce(&mut ServerSettings),
+        sandbox: SandboxSettings,
+    ) -> TestServer {
+        let sandbox = CapeClient::new(sandbox).unwrap();
+        TestServer::launch(tempfile::tempdir().unwrap(), adjust, None, Some(sandbox)).await
+    }
+
+    async fn launch(
+        data_dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut ServerSettings),
+        virustotal: Option<VirusTotalSettings>,
+        sandbox: Option<CapeClient>,
+    ) -> TestServer {
         let mut settings = ServerSettings {
             tcp_listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
@@ -40,10 +71,20 @@ impl TestServer {
         adjust(&mut settings);
         let store = Arc::new(Store::open(data_dir.path(), StoreSettings::default()).unwrap());
         let registry = Arc::new(ModelRegistry::new(Models::load(data_dir.path()).unwrap()));
-        let server =
-            Server::bind(settings, data_dir.path().to_owned(), Arc::clone(&registry), Arc::clone(&store))
-                .await
-                .unwrap();
+        let virustotal = virustotal.map(|vt_settings| {
+            let hasher = KeyHasher::load_or_create(&data_dir.path().join(VT_KEY_SECRET_FILE)).unwrap();
+            VirusTotalStep::new(&vt_settings, hasher, Arc::clone(&store)).unwrap()
+        });
+        let server = Server::bind(
+            settings,
+            data_dir.path().to_owned(),
+            Arc::clone(&registry),
+            Arc::clone(&store),
+            virustotal,
+            sandbox,
+        )
+        .await
+        .unwrap();
         let (tcp, http) = (server.tcp_addr(), server.http_addr());
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.run(async move {
@@ -52,14 +93,16 @@ impl TestServer {
         TestServer { tcp, http, registry, store, data_dir, stop: Some(stop), task: Some(task) }
     }
 
-    /// Signals shutdown and waits for the server to stop.
-    pub async fn stop(mut self) {
+    /// Signals shutdown and waits for the server to stop; returns its data
+    /// directory for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
+        self.data_dir
     }
 
     pub fn data_path(&self) -> &Path {
@@ -77,6 +120,20 @@ pub fn request(command: Command, executable: &[u8], sha256: Option<&str>, api_ke
         fields.push(Bytes::copy_from_slice(key.as_bytes()));
     }
     Request::new(command, fields)
+}
+
+/// The reason, step and message of a detailed `No`; panics on anything else.
+pub fn detail_of(
+    response: sentinel_protocol::Response,
+) -> (sentinel_protocol::Reason, Option<String>, String) {
+    match response {
+        sentinel_protocol::Response::No(Some(detail)) => (
+            detail.reason().expect("a known reason"),
+            detail.step().map(str::to_owned),
+            detail.message().to_owned(),
+        ),
+        other => panic!("expected a detailed No, got {other:?}"),
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

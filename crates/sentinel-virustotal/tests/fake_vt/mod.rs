@@ -1,6 +1,9 @@
 //! A local stand-in for VirusTotal API v3 on 127.0.0.1:0, speaking its JSON
 //! shapes and errors, that counts and records the requests it receives; and a
 //! virtual clock and an in-memory results dataset for the client under test.
+//!
+//! The server's protocol tests include this file too (`#[path]` in
+//! `crates/sentinel-server/tests/virustotal.rs`), so there is one fake.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

@@ -30,6 +30,11 @@ pub struct Args {
     /// a command-line argument is visible to other users in the process list.
     #[arg(long, env = "SENTINEL_VT_KEY", hide_env_values = true)]
     vt_key: Option<String>,
+    /// Behaviour report sent as field [3] for dynamic analysis (a CAPE v2 JSON
+    /// report or a JSON list of API names): the server scores it instead of
+    /// running its sandbox.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Ask the server for the reason of a failure (protocol extension).
     #[arg(long)]
     error_detail: bool,
@@ -65,11 +70,15 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
         None => anyhow::bail!("give a FILE, or --sha256 for a VirusTotal lookup by hash"),
     };
     let mut fields = vec![Bytes::from(executable)];
-    if args.sha256.is_some() || args.vt_key.is_some() {
+    if args.sha256.is_some() || args.vt_key.is_some() || args.report.is_some() {
         fields.push(Bytes::from(args.sha256.clone().unwrap_or_default()));
     }
-    if let Some(key) = &args.vt_key {
-        fields.push(Bytes::from(key.clone()));
+    if args.vt_key.is_some() || args.report.is_some() {
+        fields.push(Bytes::from(args.vt_key.clone().unwrap_or_default()));
+    }
+    if let Some(path) = &args.report {
+        let report = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        fields.push(Bytes::from(report));
     }
     let request = Request::new(args.command, fields);
 

@@ -1,12 +1,16 @@
 //! The subcommands of `sentinel`, one module each.
 
 mod agent;
+mod behaviour;
 mod bench;
 mod client;
+mod datasets;
 mod eval;
+mod labels;
 mod scan;
 mod serve;
 mod train;
+mod vt_results;
 
 use crate::config::Config;
 
@@ -20,6 +24,8 @@ pub enum Command {
     Scan(scan::Args),
     /// Send one protocol request to a running server.
     Client(client::Args),
+    /// Offline behaviour verdicts (and families) for CAPE reports or API-call lists.
+    Behaviour(behaviour::Args),
     /// Train a model from data.
     #[command(subcommand)]
     Train(train::Command),
@@ -29,6 +35,10 @@ pub enum Command {
     /// Measure speed and quality against the peers a user would otherwise pick.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// The labelled-samples dataset: set a label by hand, CSV import and export.
+    Labels(labels::Args),
+    /// The VirusTotal results dataset: CSV import and export.
+    VtResults(vt_results::Args),
 }
 
 impl Command {
@@ -38,9 +48,12 @@ impl Command {
             Command::Agent(args) => agent::run(args, config),
             Command::Scan(args) => scan::run(args, config),
             Command::Client(args) => client::run(args, config),
+            Command::Behaviour(args) => behaviour::run(args, config),
             Command::Train(command) => command.run(config),
             Command::Eval(command) => command.run(config),
             Command::Bench(command) => command.run(config),
+            Command::Labels(args) => labels::run(args, config),
+            Command::VtResults(args) => vt_results::run(args, config),
         }
     }
 }

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rayon::prelude::*;
+use sentinel_static::StaticModel;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sentinel_static::StaticModel;
 
 use crate::config::Config;
 
@@ -63,7 +63,9 @@ const EXPLAIN_TOP: usize = 5;
 
 pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
     let model = match &args.model {
-        Some(path) => StaticModel::load(path).with_context(|| format!("cannot load model {}", path.display()))?,
+        Some(path) => {
+            StaticModel::load(path).with_context(|| format!("cannot load model {}", path.display()))?
+        }
         None => StaticModel::builtin(),
     };
     let files = collect_files(&args.paths)?;
@@ -142,7 +144,11 @@ fn scan_file(model: &StaticModel, path: &Path, max_file_size: u64, explain: bool
                         .contributions
                         .into_iter()
                         .take(EXPLAIN_TOP)
-                        .map(|c| Contribution { feature: c.feature, value: c.value, contribution: c.contribution })
+                        .map(|c| Contribution {
+                            feature: c.feature,
+                            value: c.value,
+                            contribution: c.contribution,
+                        })
                         .collect(),
                 );
             }
@@ -178,7 +184,13 @@ fn print_table(out: &mut impl Write, verdicts: &[FileVerdict], model_version: &s
             }
             (None, error) => {
                 errors += 1;
-                writeln!(out, "{path:<width$}  {:>6}  {:<9}  {}", "-", "error", error.as_deref().unwrap_or(""))?;
+                writeln!(
+                    out,
+                    "{path:<width$}  {:>6}  {:<9}  {}",
+                    "-",
+                    "error",
+                    error.as_deref().unwrap_or("")
+                )?;
             }
         }
         for c in verdict.explanation.iter().flatten() {

@@ -1,5 +1,7 @@
 //! `sentinel serve`: the malware AI server — the TCP protocol for central
-//! servers and the HTTP listener for health, status and model reloads.
+//! servers and the HTTP listener for health, status, metrics and model reloads —
+//! and the network AI service (`[network]`, on by default), whose API is served
+//! on the same HTTP listener.
 //!
 //! On start it prints `tcp listening on ADDR` and `http listening on ADDR` to
 //! stdout (the bound addresses, so port 0 works; tests and the benchmark read
@@ -8,20 +10,18 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use sentinel_server::{ModelRegistry, Models, Server, ServerSettings};
+use sentinel_network::{NetworkService, NetworkSettings};
+use sentinel_sandbox::{ApiToken, CapeClient, SandboxSettings};
+use sentinel_server::{ModelRegistry, Models, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
 use sentinel_store::{Store, StoreSettings};
+use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
-
-/// Where samples, verdicts and models live when neither the command line, the
-/// environment nor the configuration file says otherwise: relative to the
-/// working directory, so a first run shows plainly where its data went.
-const DEFAULT_DATA_DIR: &str = "sentinel-data";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,7 +35,20 @@ pub struct Args {
     /// HTTP listener (overrides `[server] http_listen`, default 127.0.0.1:9501).
     #[arg(long, env = "SENTINEL_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// VirusTotal API base URL (overrides `[virustotal] base_url`, default
+    /// https://www.virustotal.com).
+    #[arg(long, env = "SENTINEL_VT_BASE_URL")]
+    vt_base_url: Option<String>,
+    /// CAPE v2 web root for dynamic analysis, e.g. http://cape:8000 (overrides
+    /// `[sandbox] base_url`; none by default: dynamic analysis then needs the
+    /// client's report). The token comes from SENTINEL_CAPE_TOKEN or `[sandbox] token`,
+    /// never from the command line, where other users could read it.
+    #[arg(long, env = "SENTINEL_CAPE_BASE_URL")]
+    cape_base_url: Option<String>,
 }
+
+/// The environment variable holding the CAPE API token.
+const CAPE_TOKEN_ENV: &str = "SENTINEL_CAPE_TOKEN";
 
 pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     let mut settings: ServerSettings = config.section("server")?;
@@ -46,8 +59,19 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
         settings.http_listen = address;
     }
     let store_settings: StoreSettings = config.section("store")?;
-    let data_dir =
-        args.data_dir.or_else(|| config.data_dir()).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let mut vt_settings: VirusTotalSettings = config.section("virustotal")?;
+    if let Some(base_url) = args.vt_base_url {
+        vt_settings.base_url = base_url;
+    }
+    let mut sandbox_settings: SandboxSettings = config.section("sandbox")?;
+    if let Some(base_url) = args.cape_base_url {
+        sandbox_settings.base_url = base_url;
+    }
+    if let Ok(token) = std::env::var(CAPE_TOKEN_ENV) {
+        sandbox_settings.token = ApiToken::new(token);
+    }
+    let network_settings: NetworkSettings = config.section("network")?;
+    let data_dir = config.resolve_data_dir(args.data_dir);
 
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,12 +83,22 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
-    runtime.block_on(serve(settings, store_settings, data_dir))
+    runtime.block_on(serve(
+        settings,
+        store_settings,
+        vt_settings,
+        sandbox_settings,
+        network_settings,
+        data_dir,
+    ))
 }
 
 async fn serve(
     settings: ServerSettings,
     store_settings: StoreSettings,
+    vt_settings: VirusTotalSettings,
+    sandbox_settings: SandboxSettings,
+    network_settings: NetworkSettings,
     data_dir: PathBuf,
 ) -> anyhow::Result<()> {
     let store = {
@@ -72,20 +106,58 @@ async fn serve(
         tokio::task::spawn_blocking(move || Store::open(&data_dir, store_settings)).await?
     }
     .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let store = Arc::new(store);
+    let virustotal = match vt_settings.enabled {
+        true => {
+            let hasher = KeyHasher::load_or_create(&data_dir.join(VT_KEY_SECRET_FILE))?;
+            let step = VirusTotalStep::new(&vt_settings, hasher, Arc::clone(&store))?;
+            tracing::info!(base_url = %vt_settings.base_url, uploads = vt_settings.upload_enabled, "VirusTotal step enabled");
+            Some(step)
+        }
+        false => None,
+    };
     let models = {
         let data_dir = data_dir.clone();
         tokio::task::spawn_blocking(move || Models::load(&data_dir)).await?
     }
     .context("cannot load the models")?;
     tracing::info!(version = models.static_model.version(), source = %models.static_source, "static model loaded");
+    tracing::info!(version = models.behaviour_model.version(), source = %models.behaviour_source, "behaviour model loaded");
+    // An empty base URL means no sandbox: dynamic analysis then needs the client's report.
+    let sandbox = if sandbox_settings.base_url.trim().is_empty() {
+        tracing::info!("no CAPE sandbox configured: dynamic analysis uses the reports clients send");
+        None
+    } else {
+        let client = CapeClient::new(sandbox_settings).context("invalid [sandbox] settings")?;
+        let settings = client.settings();
+        tracing::info!(base_url = %settings.base_url, timeout_secs = settings.analysis_timeout_secs, max_in_flight = settings.max_in_flight, "CAPE sandbox configured");
+        Some(client)
+    };
+    let network = start_network(network_settings, &data_dir)?;
     let registry = Arc::new(ModelRegistry::new(models));
-    let server = Server::bind(settings, data_dir, registry, Arc::new(store)).await?;
+    let server = Server::bind(settings, data_dir, registry, store, virustotal, sandbox).await?;
 
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "tcp listening on {}", server.tcp_addr())?;
-    writeln!(stdout, "http listening on {}", server.http_addr())?;
-    stdout.flush()?;
-    drop(stdout);
+    let server = match &network {
+        Some(network) => {
+            let metrics = Arc::clone(network);
+            server
+                .merge_http_routes(sentinel_network::router(Arc::clone(network)))
+                .add_metrics(move |out| metrics.write_metrics(out))
+        }
+        None => server,
+    };
+
+    // Whoever started the server may have stopped reading its stdout (a
+    // closed pipe): that must not stop a server that is already listening.
+    let announced = {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "tcp listening on {}", server.tcp_addr())
+            .and_then(|()| writeln!(stdout, "http listening on {}", server.http_addr()))
+            .and_then(|()| stdout.flush())
+    };
+    if let Err(error) = announced {
+        tracing::warn!(%error, "cannot print the listening addresses on stdout");
+    }
 
     let reloader = server.reloader();
     let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
@@ -107,7 +179,24 @@ async fn serve(
         }
         tracing::info!("shutdown requested");
     };
-    server.run(shutdown).await?;
+    let served = server.run(shutdown).await;
+    // After the listeners: requests in flight finish with the service they started with. Its
+    // shutdown stops the collector and writes what is queued.
+    if let Some(network) = network {
+        network.shutdown().await;
+    }
+    served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the network AI service unless `[network] enabled = false`.
+fn start_network(settings: NetworkSettings, data_dir: &Path) -> anyhow::Result<Option<Arc<NetworkService>>> {
+    if !settings.enabled {
+        tracing::info!("network service disabled by [network] enabled = false");
+        return Ok(None);
+    }
+    let service = NetworkService::start(settings, data_dir).context("cannot start the network service")?;
+    tracing::info!(database = %data_dir.join("network.db").display(), "network service started");
+    Ok(Some(service))
 }

@@ -93,6 +93,8 @@ impl ServerProcess {
                 break address.parse().context("unreadable server address")?;
             }
         };
+        // Keep reading, so the server never writes into a pipe nobody reads.
+        std::thread::spawn(move || lines.for_each(drop));
         Ok(ServerProcess { child, tcp })
     }
 

@@ -31,34 +31,5 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
     let scores = model.score_rows(&rows.values)?;
     let report = Report::new(&scores, &rows.labels, model.threshold())
         .with_context(|| format!("cannot evaluate {}", args.data.display()))?;
-    if args.json {
-        let mut out = serde_json::to_value(&report)?;
-        out["model_version"] = model.version().into();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    let c = &report.confusion;
-    println!("model {} on {}", model.version(), args.data.display());
-    println!(
-        "samples {} (malware {}, benign {})",
-        report.samples,
-        report.positives,
-        report.samples - report.positives
-    );
-    println!("ROC AUC                   {:.4}", report.roc_auc);
-    println!("average precision         {:.4}", report.average_precision);
-    println!("detection at 1 % FPR      {:.2} %", 100.0 * report.tpr_at_1pct_fpr);
-    println!("detection at 0.1 % FPR    {:.2} %", 100.0 * report.tpr_at_0_1pct_fpr);
-    println!(
-        "at threshold {:.4}: TP {} FP {} TN {} FN {}",
-        report.threshold, c.true_positives, c.false_positives, c.true_negatives, c.false_negatives
-    );
-    println!(
-        "  detection {:.2} %  false positives {:.2} %  precision {:.2} %  F1 {:.4}",
-        100.0 * report.recall,
-        100.0 * report.false_positive_rate,
-        100.0 * report.precision,
-        report.f1
-    );
-    Ok(())
+    super::print_report(&report, model.version(), &args.data, args.json)
 }

@@ -1,6 +1,7 @@
 //! `sentinel train …`: one module per model family.
 
 mod dynamic_model;
+mod promotion;
 mod static_model;
 
 use crate::config::Config;

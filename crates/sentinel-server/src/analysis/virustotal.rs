@@ -1,0 +1,202 @@
+//! The VirusTotal step of commands 3, 4, 5 and 6: what VirusTotal says about
+//! the sample, asked with the requesting client's own API key.
+//!
+//! [`VirusTotalStep`] puts the `sentinel-virustotal` client in front of the
+//! results dataset kept in the store ([`StoreDataset`]), so its rules hold
+//! across every connection: a hash any client already paid for is answered
+//! from the store without a call while fresh, concurrent requests for one
+//! unknown hash make one call, and each key is held to its own rate limits.
+//! Every report fetched from VirusTotal is also turned into a label of the
+//! labelled-samples dataset by the label rule of `docs/virustotal.md`: that is
+//! how the training data grows by itself from what clients send. The key lives
+//! only in the lookup of its own request (never stored, never logged), and
+//! every VirusTotal error becomes a protocol [`Reason`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sentinel_protocol::{Analysis, ErrorDetail, Reason, Request};
+use sentinel_store::{LabelSource, Store, VtReportRow};
+use sentinel_virustotal::{
+    ApiKey, CacheError, FileHash, KeyHasher, Label, LookupRequest, MetricsSnapshot, ReportCache,
+    SettingsError, Verdict, VerdictRule, VirusTotal, VirusTotalSettings, VtError,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::StepScore;
+
+/// Where the key-hash secret lives inside the data directory: it keys the ids
+/// of clients' API keys (rate limits, `key_tiers`), so it must outlive restarts.
+pub const VT_KEY_SECRET_FILE: &str = "virustotal-key-secret";
+
+/// The VirusTotal step: the client, its rate limits and flights, shared by
+/// every connection of the server.
+#[derive(Debug, Clone)]
+pub struct VirusTotalStep {
+    client: VirusTotal,
+    /// Time an upload and the polling of its analysis may take; `None` when
+    /// uploads are off.
+    upload_time: Option<Duration>,
+}
+
+/// What the VirusTotal step did since the server started, for `GET /status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirusTotalReport {
+    /// Lookups answered from the results dataset with a fresh report, without a call.
+    pub cache_hits: u64,
+    /// HTTP requests sent to VirusTotal (retries and analysis polls included).
+    pub calls_made: u64,
+    /// Lookups that needed no call of their own: dataset hits, plus requests
+    /// answered by a concurrent request's call for the same hash.
+    pub calls_saved: u64,
+    /// Every counter of the client, errors by kind included.
+    pub client: MetricsSnapshot,
+}
+
+impl VirusTotalStep {
+    /// The step over `store`'s results dataset. `hasher` turns keys into the
+    /// ids rate limits are kept under; keep its secret stable across restarts
+    /// (`KeyHasher::load_or_create`).
+    pub fn new(
+        settings: &VirusTotalSettings,
+        hasher: KeyHasher,
+        store: Arc<Store>,
+    ) -> Result<VirusTotalStep, SettingsError> {
+        let dataset = Arc::new(StoreDataset { store, rule: settings.verdict.clone() });
+        let client = VirusTotal::new(settings, hasher, dataset)?;
+        // The client has checked both durations; only their sum can overflow.
+        let upload_time = settings.upload_enabled.then(|| {
+            Duration::try_from_secs_f64(settings.upload_timeout_secs + settings.analysis_timeout_secs)
+                .unwrap_or(Duration::MAX)
+        });
+        Ok(VirusTotalStep { client, upload_time })
+    }
+
+    pub fn report(&self) -> VirusTotalReport {
+        let client = self.client.metrics();
+        VirusTotalReport {
+            cache_hits: client.cache_hits,
+            calls_made: client.upstream_requests,
+            calls_saved: client.cache_hits + client.single_flight_saved,
+            client,
+        }
+    }
+}
+
+/// Time the request needs on top of the server's analysis timeout: an upload's
+/// and its analysis's, when this request may upload its executable.
+pub(crate) fn extra_time(step: Option<&VirusTotalStep>, request: &Request) -> Duration {
+    let uploads = request.command().analyses().contains(&Analysis::VirusTotal)
+        && request.executable().is_some_and(|executable| !executable.is_empty());
+    match step.and_then(|step| step.upload_time) {
+        Some(upload_time) if uploads => upload_time,
+        _ => Duration::ZERO,
+    }
+}
+
+/// The client's API key from field `[2]`, owned so it can outlive the request
+/// (which is moved on to the sample recording); `None` when not sent.
+pub(crate) fn api_key(request: &Request) -> Result<Option<ApiKey>, ErrorDetail> {
+    let malformed = |message: String| ErrorDetail::new(Reason::Malformed).with_message(message);
+    let Some(key) = request.api_key().map_err(|error| malformed(error.to_string()))? else {
+        return Ok(None);
+    };
+    ApiKey::new(key.expose()).map(Some).map_err(|error| malformed(error.to_string()))
+}
+
+/// Runs the step for the sample `sha256` (lower-case hex, already checked
+/// against `executable`). The executable, when sent, is what an upload would
+/// send, if the settings allow uploads.
+pub(crate) async fn run(
+    step: &VirusTotalStep,
+    sha256: &str,
+    api_key: Option<ApiKey>,
+    executable: Bytes,
+) -> Result<StepScore, ErrorDetail> {
+    let sha256 = FileHash::parse(sha256).map_err(|error| detail(&error))?;
+    let file = Some(executable).filter(|bytes| !bytes.is_empty());
+    let lookup =
+        step.client.lookup(LookupRequest { sha256, api_key, file }).await.map_err(|error| detail(&error))?;
+    let verdict = &lookup.verdict;
+    let engines = verdict.stats.engines_with_verdict();
+    let Some(score) = verdict.score(step.client.verdict_rule()) else {
+        // Too few engines looked at the file for the ratio to mean anything:
+        // no number is better than an invented one.
+        return Err(ErrorDetail::new(Reason::Unavailable).with_step(Analysis::VirusTotal).with_message(format!(
+            "VirusTotal's report has {engines} engines with a verdict, fewer than the {} needed for a score",
+            step.client.verdict_rule().min_engines
+        )));
+    };
+    Ok(StepScore {
+        analysis: Analysis::VirusTotal,
+        score,
+        model_version: format!("virustotal report fetched at {}", verdict.fetched_at),
+        support: Some(engines),
+    })
+}
+
+/// The protocol's answer to a VirusTotal failure. Messages come from
+/// `VtError`, whose upstream text has the key removed.
+fn detail(error: &VtError) -> ErrorDetail {
+    let reason = match error {
+        VtError::InvalidHash | VtError::InvalidKey => Reason::Malformed,
+        VtError::MissingKey => Reason::MissingField,
+        VtError::WrongCredentials { .. } | VtError::Forbidden { .. } => Reason::WrongCredentials,
+        VtError::NotFound => Reason::NotFound,
+        VtError::QuotaExceeded { .. } => Reason::QuotaExceeded,
+        VtError::FileTooLarge { .. } => Reason::TooLarge,
+        VtError::AnalysisTimeout(_) => Reason::Timeout,
+        VtError::Rejected { .. }
+        | VtError::Unavailable { .. }
+        | VtError::InvalidResponse(_)
+        | VtError::Interrupted(_) => Reason::Unavailable,
+    };
+    ErrorDetail::new(reason).with_step(Analysis::VirusTotal).with_message(error.to_string())
+}
+
+/// The results dataset as the VirusTotal client sees it: the store's
+/// `vt_reports` table, holding each report as the client's `Verdict` JSON.
+struct StoreDataset {
+    store: Arc<Store>,
+    /// The label rule, applied to each report as it is stored.
+    rule: VerdictRule,
+}
+
+impl ReportCache for StoreDataset {
+    fn lookup(&self, sha256: FileHash) -> Result<Option<Verdict>, CacheError> {
+        let Some(row) = self.store.vt_report(&sha256.to_string())? else { return Ok(None) };
+        Ok(Some(serde_json::from_str(&row.report_json)?))
+    }
+
+    /// Stores the report, then labels the sample from it. The client calls this
+    /// only for reports it fetched, so each new report labels its sample once; an
+    /// analyst's manual label is never replaced (the store's precedence rule).
+    fn insert(&self, verdict: &Verdict) -> Result<(), CacheError> {
+        let sha256 = verdict.sha256.to_string();
+        self.store.put_vt_report(&VtReportRow {
+            sha256: sha256.clone(),
+            last_analysis_date: verdict.last_analysis_date,
+            fetched_at: verdict.fetched_at,
+            malicious: verdict.stats.malicious,
+            suspicious: verdict.stats.suspicious,
+            undetected: verdict.stats.undetected,
+            harmless: verdict.stats.harmless,
+            report_json: serde_json::to_string(verdict)?,
+        })?;
+        let y = match verdict.label(&self.rule) {
+            Label::Malicious => 1,
+            Label::Benign => 0,
+            Label::Unlabelled => return Ok(()),
+        };
+        let stats = &verdict.stats;
+        let note = format!(
+            "VirusTotal: {} malicious, {} suspicious of {} engines",
+            stats.malicious,
+            stats.suspicious,
+            stats.engines_with_verdict()
+        );
+        self.store.set_label(&sha256, y, LabelSource::VirusTotal, Some(&note))?;
+        Ok(())
+    }
+}
