@@ -6,7 +6,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{TestServer, request, sha256_hex, status};
+use harness::{TestServer, detail_of, request, sha256_hex, status};
 use sentinel_protocol::{Client, Command, Reason, Response, STATUS_NO, encode_request};
 use sentinel_server::synthetic_pe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,15 +21,6 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> 
         .expect("the server should have closed the connection")
         .expect("read");
     received
-}
-
-fn detail_of(response: Response) -> (Reason, Option<String>) {
-    match response {
-        Response::No(Some(detail)) => {
-            (detail.reason().expect("a known reason"), detail.step().map(str::to_owned))
-        }
-        other => panic!("expected a detailed No, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -90,7 +81,8 @@ async fn commands_without_their_analysis_answer_a_plain_no_or_unavailable_with_t
     ];
     for (command, step) in cases {
         let response = client.request(&request(command, &pe, Some(&sha256), Some("key"))).await.unwrap();
-        assert_eq!(detail_of(response), (Reason::Unavailable, Some(step.to_owned())), "{command}");
+        let (reason, failed_step, _) = detail_of(response);
+        assert_eq!((reason, failed_step), (Reason::Unavailable, Some(step.to_owned())), "{command}");
     }
     // Command 3 with the hash only is well formed: it fails for being unavailable, not for the empty executable.
     let response =
@@ -107,7 +99,8 @@ async fn bad_requests_get_their_reason_and_the_connection_goes_on() {
     assert!(client.enable_error_detail().await.unwrap());
 
     let not_pe = client.request(&request(Command::StaticAnalyse, b"just text", None, None)).await.unwrap();
-    assert_eq!(detail_of(not_pe), (Reason::NotPe, Some("static".to_owned())));
+    let (reason, step, _) = detail_of(not_pe);
+    assert_eq!((reason, step), (Reason::NotPe, Some("static".to_owned())));
     let other_hash = sha256_hex(b"something else");
     let mismatch =
         client.request(&request(Command::StaticAnalyse, &pe, Some(&other_hash), None)).await.unwrap();
