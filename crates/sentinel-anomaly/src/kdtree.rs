@@ -57,9 +57,14 @@ impl Neighbours {
         if self.found.len() < self.k { f64::INFINITY } else { self.found[self.k - 1].0 }
     }
 
+    /// Keeps (`distance2`, `index`) if it is among the k best so far; of rows
+    /// at equal distances, the lowest-numbered, whatever the order offered in.
     pub(crate) fn offer(&mut self, distance2: f64, index: u32) {
-        if distance2 >= self.worst() {
-            return;
+        if self.found.len() == self.k {
+            let (worst, worst_index) = self.found[self.k - 1];
+            if distance2 > worst || (distance2 == worst && index > worst_index) {
+                return;
+            }
         }
         let at = self.found.partition_point(|&(d, i)| d < distance2 || (d == distance2 && i < index));
         self.found.insert(at, (distance2, index));
@@ -69,15 +74,6 @@ impl Neighbours {
     /// (Euclidean distance, row index) pairs, nearest first.
     pub(crate) fn sorted(&self) -> impl Iterator<Item = (f64, usize)> + '_ {
         self.found.iter().map(|&(d2, i)| (d2.sqrt(), i as usize))
-    }
-
-    /// Replaces each neighbour's squared distance by `distance2(index)` and
-    /// restores the order.
-    pub(crate) fn remeasure(&mut self, distance2: impl Fn(usize) -> f64) {
-        for (d2, index) in &mut self.found {
-            *d2 = distance2(*index as usize);
-        }
-        self.found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     }
 
     pub(crate) fn clear(&mut self) {

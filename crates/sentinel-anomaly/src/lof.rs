@@ -62,16 +62,24 @@ impl Index {
         }
     }
 
-    fn nearest(&self, x: &[f64], exclude: Option<usize>, found: &mut Neighbours) {
+    /// The k nearest rows of `training` (the rows the index was built from)
+    /// to `x`, skipping the row `exclude`.
+    fn nearest(&self, training: &Matrix, x: &[f64], exclude: Option<usize>, found: &mut Neighbours) {
         match self {
             Index::Tree(tree) => tree.nearest(x, exclude, found),
-            Index::Brute(brute) => brute.nearest(x, exclude, found),
+            Index::Brute(_) => BruteForce::nearest(training, x, exclude, found),
         }
     }
 
-    /// The k nearest training rows of every row of `queries`; with
+    /// The k nearest rows of `training` to every row of `queries`; with
     /// `exclude_self`, query i is training row i and not its own neighbour.
-    fn nearest_all(&self, queries: &Matrix, k: usize, exclude_self: bool) -> Vec<Neighbours> {
+    fn nearest_all(
+        &self,
+        training: &Matrix,
+        queries: &Matrix,
+        k: usize,
+        exclude_self: bool,
+    ) -> Vec<Neighbours> {
         match self {
             Index::Tree(tree) => (0..queries.rows())
                 .into_par_iter()
@@ -81,7 +89,7 @@ impl Index {
                     found
                 })
                 .collect(),
-            Index::Brute(brute) => brute.nearest_all(queries, k, exclude_self),
+            Index::Brute(brute) => brute.nearest_all(training, queries, k, exclude_self),
         }
     }
 }
@@ -114,7 +122,7 @@ impl LocalOutlierFactor {
         let k = params.n_neighbors.min(data.rows() - 1);
         let index = Index::build(data);
         let neighbours: Vec<(f64, Vec<(f64, usize)>)> = index
-            .nearest_all(data, k, true)
+            .nearest_all(data, data, k, true)
             .into_par_iter()
             .map(|found| {
                 let list: Vec<(f64, usize)> = found.sorted().collect();
@@ -151,7 +159,7 @@ impl LocalOutlierFactor {
 
     /// The LOF of `x`, using `found` as scratch space for its neighbours.
     pub fn score_with(&self, x: &[f64], found: &mut Neighbours) -> f64 {
-        self.index.nearest(x, None, found);
+        self.index.nearest(&self.training, x, None, found);
         let own = density(found.sorted(), &self.k_distances, self.k);
         self.factor(found.sorted(), own)
     }
@@ -184,7 +192,7 @@ impl Detector for LocalOutlierFactor {
         data.check_scorable(self.n_features())?;
         Ok(self
             .index
-            .nearest_all(data, self.k, false)
+            .nearest_all(&self.training, data, self.k, false)
             .par_iter()
             .map(|found| {
                 let own = density(found.sorted(), &self.k_distances, self.k);
@@ -200,25 +208,23 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_xoshiro::Xoshiro256PlusPlus;
 
-    #[test]
-    fn brute_force_finds_the_same_neighbours_as_the_tree() {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
-        // Rounded values make exact duplicates and ties, as one-hot data does.
-        let values: Vec<f64> = (0..700 * 20).map(|_| (rng.random::<f64>() * 4.0).round()).collect();
-        let data = Matrix::new(values, 20).unwrap();
-        let queries = data.select_rows(&(0..50).collect::<Vec<_>>()).unwrap();
-        let (tree, brute) = (Index::Tree(KdTree::build(&data)), Index::Brute(BruteForce::build(&data)));
+    /// Checks that the brute force finds the tree's neighbours, for every row
+    /// of `data` (excluding itself) and for `queries`.
+    fn assert_brute_matches_tree(data: &Matrix, queries: &Matrix, k: usize) {
+        let (tree, brute) = (Index::Tree(KdTree::build(data)), Index::Brute(BruteForce::build(data)));
         for exclude_self in [true, false] {
-            let queries = if exclude_self { &data } else { &queries };
-            let (a, b) =
-                (tree.nearest_all(queries, 7, exclude_self), brute.nearest_all(queries, 7, exclude_self));
+            let queries = if exclude_self { data } else { queries };
+            let (a, b) = (
+                tree.nearest_all(data, queries, k, exclude_self),
+                brute.nearest_all(data, queries, k, exclude_self),
+            );
             // Which of several neighbours tied at the k-th distance is kept may
             // differ (as between scikit-learn's algorithms); the distances may not.
             let distances = |found: &Neighbours| found.sorted().map(|(d, _)| d).collect::<Vec<_>>();
             for (row, (a, b)) in a.iter().zip(&b).enumerate() {
                 assert_eq!(distances(a), distances(b), "row {row}");
-                let mut one = Neighbours::new(7);
-                brute.nearest(queries.row(row), exclude_self.then_some(row), &mut one);
+                let mut one = Neighbours::new(k);
+                brute.nearest(data, queries.row(row), exclude_self.then_some(row), &mut one);
                 assert_eq!(
                     one.sorted().collect::<Vec<_>>(),
                     b.sorted().collect::<Vec<_>>(),
@@ -226,6 +232,61 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn brute_force_finds_the_same_neighbours_as_the_tree() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        // Rounded values make exact duplicates and ties, as one-hot data does.
+        let values: Vec<f64> = (0..700 * 20).map(|_| (rng.random::<f64>() * 4.0).round()).collect();
+        let data = Matrix::new(values, 20).unwrap();
+        let queries = data.select_rows(&(0..50).collect::<Vec<_>>()).unwrap();
+        assert_brute_matches_tree(&data, &queries, 7);
+    }
+
+    #[test]
+    fn brute_force_is_exact_far_from_the_origin_and_at_tiny_distances() {
+        // Rows a millionth apart, a million from the origin: single precision
+        // cannot tell them apart there, which the screen must allow for.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+        let values: Vec<f64> = (0..600 * 18).map(|_| 1e6 + rng.random::<f64>() * 1e-6).collect();
+        let data = Matrix::new(values, 18).unwrap();
+        let queries =
+            Matrix::new((0..40 * 18).map(|_| 1e6 + rng.random::<f64>() * 1e-6).collect(), 18).unwrap();
+        assert_brute_matches_tree(&data, &queries, 5);
+    }
+
+    #[test]
+    fn brute_force_is_exact_beyond_single_precision_range() {
+        // Squares of 1e25 overflow `f32`; 1e-42 is below its normal range.
+        for scale in [1e25, 1e-42] {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(6);
+            let values: Vec<f64> =
+                (0..300 * 16).map(|_| (rng.random::<f64>() * 8.0).round() * scale).collect();
+            let data = Matrix::new(values, 16).unwrap();
+            let queries = data.select_rows(&(0..20).collect::<Vec<_>>()).unwrap();
+            assert_brute_matches_tree(&data, &queries, 6);
+        }
+    }
+
+    #[test]
+    fn brute_force_answers_queries_among_many_duplicates() {
+        // More rows tied at distance 0 than a screen may hold as candidates:
+        // those queries fall back to the exact scan, and still get the right
+        // (lowest-numbered) neighbours.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let dims = 17;
+        let mut values: Vec<f64> = (0..5_000).flat_map(|_| vec![0.5; dims]).collect();
+        values.extend((0..300 * dims).map(|_| rng.random::<f64>()));
+        let data = Matrix::new(values, dims).unwrap();
+        let queries =
+            Matrix::new([vec![0.5; dims], (0..dims).map(|_| rng.random()).collect()].concat(), dims).unwrap();
+        let brute = BruteForce::build(&data);
+        let found = brute.nearest_all(&data, &queries, 4, false);
+        assert_eq!(found[0].sorted().collect::<Vec<_>>(), vec![(0.0, 0), (0.0, 1), (0.0, 2), (0.0, 3)]);
+        let mut expected = Neighbours::new(4);
+        BruteForce::nearest(&data, queries.row(1), None, &mut expected);
+        assert_eq!(found[1].sorted().collect::<Vec<_>>(), expected.sorted().collect::<Vec<_>>());
     }
 }
 

@@ -287,15 +287,33 @@ impl ModelBundle {
         let (matrix, labels) = self.labelled_matrix(rows)?;
         let mut evaluations = Vec::new();
         let members = self.ensemble.members();
-        let mut scored: Vec<(&str, Vec<f64>, f64)> = members
+        let scored: Vec<(&str, Vec<f64>, f64)> = members
             .iter()
             .map(|member| Ok((member.name(), member.score(&matrix)?, member.threshold())))
             .collect::<Result<_, FitError>>()?;
-        scored.push(("ensemble", self.ensemble.score(&matrix)?, self.ensemble.threshold()));
+        // `score >= threshold` is anomalous: the engine's convention (`Detector::threshold`).
+        let member_flags: Vec<Vec<bool>> = scored
+            .iter()
+            .map(|(_, scores, threshold)| scores.iter().map(|&score| score >= *threshold).collect())
+            .collect();
+        let ensemble_scores = self.ensemble.score(&matrix)?;
+        let ensemble_threshold = self.ensemble.threshold();
+        // The ensemble is measured by the rule its live verdicts follow.
+        let ensemble_flags: Vec<bool> = ensemble_scores
+            .iter()
+            .enumerate()
+            .map(|(row, &score)| {
+                confirmed(score, ensemble_threshold, member_flags.iter().map(|flags| flags[row]))
+            })
+            .collect();
+        let mut decided: Vec<(&str, Vec<f64>, f64, Vec<bool>)> = scored
+            .into_iter()
+            .zip(member_flags)
+            .map(|((name, scores, threshold), flags)| (name, scores, threshold, flags))
+            .collect();
+        decided.push(("ensemble", ensemble_scores, ensemble_threshold, ensemble_flags));
         let anomalies = labels.iter().filter(|&&label| label).count();
-        for (name, scores, threshold) in scored {
-            // `score >= threshold` is anomalous: the engine's convention (`Detector::threshold`).
-            let predicted: Vec<bool> = scores.iter().map(|&score| score >= threshold).collect();
+        for (name, scores, threshold, predicted) in decided {
             let confusion = sentinel_metrics::Confusion::from_decisions(&predicted, &labels)
                 .map_err(sentinel_anomaly::AnomalyError::from)?;
             let with_anomalies = anomalies > 0 && anomalies < labels.len();
@@ -403,12 +421,7 @@ impl ModelBundle {
         // second time.
         let score = self.ensemble.combine_member_scores(member_scores)?;
         let threshold = self.ensemble.threshold();
-        // The ensemble confirms, it does not invent: a connection is anomalous when the
-        // combined score is at or past its threshold and at least one model, on its own,
-        // finds it outside normal. Rows that every model ranks fairly high but none
-        // extreme (the members' errors are correlated) would otherwise raise alerts that
-        // no model explains.
-        let is_anomaly = score >= threshold && models.iter().any(|model| model.is_anomaly);
+        let is_anomaly = confirmed(score, threshold, models.iter().map(|model| model.is_anomaly));
         let agreeing = models.iter().filter(|model| model.is_anomaly == is_anomaly).count();
         let confidence = agreeing as f64 / models.len() as f64;
         let explanation = self.explain(features, self.facts.rarity(process_name), process_name, scaled);
@@ -518,4 +531,12 @@ fn subsample(matrix: &Matrix, limit: usize, rng: &mut impl Rng) -> Result<Matrix
     indices.truncate(limit);
     indices.sort_unstable();
     Ok(matrix.select_rows(&indices)?)
+}
+
+/// The ensemble confirms, it does not invent: an item is anomalous when the combined score is
+/// at or past its threshold and at least one model, on its own, finds it outside normal. Rows
+/// that every model ranks fairly high but none extreme (the members' errors are correlated)
+/// would otherwise raise alerts that no model explains.
+fn confirmed(score: f64, threshold: f64, mut member_flags: impl Iterator<Item = bool>) -> bool {
+    score >= threshold && member_flags.any(|flag| flag)
 }

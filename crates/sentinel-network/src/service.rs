@@ -391,9 +391,8 @@ impl NetworkService {
                 }
                 PipelineInput::Snapshot(snapshot) => {
                     let tracker = trackers.entry(snapshot.host.clone()).or_default();
-                    for event in tracker.update(snapshot.timestamp, &snapshot.connections) {
-                        self.process_event(&mut extractor, &event, Source::Agent, &mut buffer);
-                    }
+                    let events = tracker.update(snapshot.timestamp, &snapshot.connections);
+                    self.process_snapshot(&mut extractor, events);
                 }
             }
         }
@@ -409,23 +408,57 @@ impl NetworkService {
         self.counters.events.fetch_add(1, Ordering::Relaxed);
         let features = extractor.observe(event);
         let model = self.model.load_full();
-        let result = model.as_ref().and_then(|model| {
-            let verdict = match model.bundle.judge(&features, event.record.process_name.as_deref(), buffer) {
-                Ok(verdict) => verdict,
-                Err(error) => {
-                    // Only a model inconsistent with itself gets here: the event is stored
-                    // without a verdict rather than given a made-up one.
-                    tracing::error!(%error, "the network model could not score an event");
-                    return None;
-                }
-            };
-            Some(Arc::new(DetectionResult {
+        let verdict = model.as_ref().and_then(|model| {
+            scored(model.bundle.judge(&features, event.record.process_name.as_deref(), buffer))
+        });
+        self.conclude(model.as_deref(), event, features, source, verdict);
+    }
+
+    /// The events of one agent snapshot (up to its whole socket table on the first one): their
+    /// features in order, since each event's windows include the ones before it, then one
+    /// batch verdict, where each model scores them all in one call.
+    fn process_snapshot(&self, extractor: &mut FeatureExtractor, events: Vec<ConnectionEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        self.counters.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        let observed: Vec<(ConnectionEvent, RawFeatures)> = events
+            .into_iter()
+            .map(|event| {
+                let features = extractor.observe(&event);
+                (event, features)
+            })
+            .collect();
+        let model = self.model.load_full();
+        let verdicts =
+            model.as_ref().and_then(|model| {
+                scored(model.bundle.judge_batch(&observed, |(event, features)| {
+                    (features, event.record.process_name.as_deref())
+                }))
+            });
+        let mut verdicts = verdicts.into_iter().flatten();
+        for (event, features) in observed {
+            self.conclude(model.as_deref(), &event, features, Source::Agent, verdicts.next());
+        }
+    }
+
+    /// Stores an event with its verdict (if a model gave one) and publishes the result.
+    fn conclude(
+        &self,
+        model: Option<&ActiveModel>,
+        event: &ConnectionEvent,
+        features: RawFeatures,
+        source: Source,
+        verdict: Option<Verdict>,
+    ) {
+        let result = model.zip(verdict).map(|(model, verdict)| {
+            Arc::new(DetectionResult {
                 source,
                 observed_at: humantime::format_rfc3339_micros(event.record.timestamp).to_string(),
                 model_version: model.info.version,
                 connection: Some(summary(&event.record, Some(event.change))),
                 verdict,
-            }))
+            })
         });
         let session = match source {
             Source::Live => "live",
@@ -830,6 +863,12 @@ enum TrainingFailure {
     Fit(#[from] FitError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The verdict, or `None` with the error logged: only a model inconsistent with itself fails to
+/// score, and the event is then stored without a verdict rather than given a made-up one.
+fn scored<T>(verdict: Result<T, sentinel_anomaly::AnomalyError>) -> Option<T> {
+    verdict.map_err(|error| tracing::error!(%error, "the network model could not score an event")).ok()
 }
 
 fn summary(record: &ConnectionRecord, change: Option<ConnectionChange>) -> ConnectionSummary {
