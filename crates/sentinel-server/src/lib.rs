@@ -21,7 +21,7 @@ mod status;
 mod synthetic_pe;
 mod workers;
 
-pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep};
+pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep, label_from_report};
 pub use registry::{BEHAVIOUR_MODEL_PATH, ModelLoadError, ModelRegistry, Models, STATIC_MODEL_PATH};
 pub use server::{ReloadError, Reloader, Server, ServerError};
 pub use settings::{ServerSettings, SettingsError};

@@ -107,14 +107,27 @@ impl Store {
 
     /// Imports reports from CSV in the form [`Store::export_vt_reports_csv`] writes. Each row
     /// is stored as by [`Store::put_vt_report`] (a report fetched later than the stored one
-    /// wins); invalid rows are skipped and reported with their line number. Fails only if the
-    /// header is not the expected one or the input cannot be read.
-    pub fn import_vt_reports_csv(&self, input: impl Read) -> Result<ImportReport, StoreError> {
+    /// wins), then given to `stored` — the caller labels its sample from it, as for a report
+    /// fetched live; rows that change nothing are not. Invalid rows are skipped and reported
+    /// with their line number. Fails if the header is not the expected one, the input cannot
+    /// be read, or `stored` fails.
+    pub fn import_vt_reports_csv(
+        &self,
+        input: impl Read,
+        mut stored: impl FnMut(&VtReportRow) -> Result<(), StoreError>,
+    ) -> Result<ImportReport, StoreError> {
         dataset_csv::import_rows(input, CSV_HEADER, parse_row, |rows, report| {
-            let stored = self.database.write(move |connection| {
-                rows.iter().map(|(_, row)| upsert(connection, row)).collect::<Result<Vec<_>, _>>()
+            let (rows, written) = self.database.write(move |connection| {
+                let written =
+                    rows.iter().map(|(_, row)| upsert(connection, row)).collect::<Result<Vec<_>, _>>()?;
+                Ok((rows, written))
             })?;
-            stored.into_iter().for_each(|stored| report.count(stored));
+            for ((_, row), written) in rows.iter().zip(written) {
+                report.count(written);
+                if written {
+                    stored(row)?;
+                }
+            }
             Ok(())
         })
     }

@@ -90,8 +90,20 @@ fn vt_reports_csv_export_imports_into_another_store() {
     // The target already has a later report on "a": it is kept.
     let later_a = VtReportRow { fetched_at: 10_000, ..reports[0].clone() };
     target.put_vt_report(&later_a).unwrap();
-    let imported = target.import_vt_reports_csv(csv.as_slice()).unwrap();
+    let mut given = Vec::new();
+    let imported = target
+        .import_vt_reports_csv(csv.as_slice(), |row| {
+            given.push(row.sha256.clone());
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(imported, ImportReport { rows_imported: 3, rows_unchanged: 1, ..ImportReport::default() });
+    // Only the rows stored are given to the caller (to label their samples), not the one kept out.
+    given.sort();
+    let mut expected: Vec<String> =
+        reports[1..].iter().chain([&no_date]).map(|row| row.sha256.clone()).collect();
+    expected.sort();
+    assert_eq!(given, expected);
     assert_eq!(target.vt_report(&reports[0].sha256).unwrap(), Some(later_a));
     for expected in reports[1..].iter().chain([&no_date]) {
         assert_eq!(target.vt_report(&expected.sha256).unwrap().as_ref(), Some(expected));
@@ -115,7 +127,7 @@ fn vt_reports_csv_import_skips_bad_rows_and_says_why() {
     csv.extend(format!("{good},,100,1,0,50,2,\"").as_bytes()); // 8: not UTF-8
     csv.extend(b"\xff\"\n");
     csv.extend(format!("{},7,200,0,0,70,3,[]\n", sha256(b"second")).as_bytes()); // 9: good
-    let report = store.import_vt_reports_csv(csv.as_slice()).unwrap();
+    let report = store.import_vt_reports_csv(csv.as_slice(), |_| Ok(())).unwrap();
     assert_eq!((report.rows_imported, report.rows_unchanged, report.rows_rejected), (2, 0, 6));
     let lines: Vec<u64> = report.errors.iter().map(|error| error.line).collect();
     assert_eq!(lines, [3, 4, 5, 6, 7, 8]);
@@ -126,7 +138,7 @@ fn vt_reports_csv_import_skips_bad_rows_and_says_why() {
 
     let wrong_header = b"sha256,fetched_at\nabc,1\n";
     assert!(matches!(
-        store.import_vt_reports_csv(wrong_header.as_slice()),
+        store.import_vt_reports_csv(wrong_header.as_slice(), |_| Ok(())),
         Err(StoreError::CsvHeader { .. })
     ));
 }

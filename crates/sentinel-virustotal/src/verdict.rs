@@ -246,7 +246,8 @@ impl Default for VerdictRule {
 }
 
 impl VerdictRule {
-    pub(crate) fn check(&self) -> Result<(), SettingsError> {
+    /// Checks that the rule's numbers are usable (counts, ratios and ages in range).
+    pub fn check(&self) -> Result<(), SettingsError> {
         let in_unit = |value: f64| (0.0..=1.0).contains(&value);
         let valid = in_unit(self.suspicious_weight)
             && self.half_score_ratio > 0.0

@@ -27,7 +27,7 @@ use crate::registry::ModelRegistry;
 use crate::workers::{AnalysisWorkers, WorkerError};
 
 pub use fusion::FusionSettings;
-pub use virustotal::{VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep};
+pub use virustotal::{VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep, label_from_report};
 
 /// The result of one analysis step.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sentinel_protocol::{Analysis, ErrorDetail, Reason, Request};
-use sentinel_store::{LabelSource, Store, VtReportRow};
+use sentinel_store::{LabelSource, Store, StoreError, VtReportRow};
 use sentinel_virustotal::{
     ApiKey, CacheError, FileHash, KeyHasher, Label, LookupRequest, MetricsSnapshot, ReportCache,
     SettingsError, Verdict, VerdictRule, VirusTotal, VirusTotalSettings, VtError,
@@ -173,9 +173,8 @@ impl ReportCache for StoreDataset {
     /// only for reports it fetched, so each new report labels its sample once; an
     /// analyst's manual label is never replaced (the store's precedence rule).
     fn insert(&self, verdict: &Verdict) -> Result<(), CacheError> {
-        let sha256 = verdict.sha256.to_string();
         self.store.put_vt_report(&VtReportRow {
-            sha256: sha256.clone(),
+            sha256: verdict.sha256.to_string(),
             last_analysis_date: verdict.last_analysis_date,
             fetched_at: verdict.fetched_at,
             malicious: verdict.stats.malicious,
@@ -184,19 +183,27 @@ impl ReportCache for StoreDataset {
             harmless: verdict.stats.harmless,
             report_json: serde_json::to_string(verdict)?,
         })?;
-        let y = match verdict.label(&self.rule) {
-            Label::Malicious => 1,
-            Label::Benign => 0,
-            Label::Unlabelled => return Ok(()),
-        };
-        let stats = &verdict.stats;
-        let note = format!(
-            "VirusTotal: {} malicious, {} suspicious of {} engines",
-            stats.malicious,
-            stats.suspicious,
-            stats.engines_with_verdict()
-        );
-        self.store.set_label(&sha256, y, LabelSource::VirusTotal, Some(&note))?;
+        label_from_report(&self.store, verdict, &self.rule)?;
         Ok(())
     }
+}
+
+/// Labels a report's sample by the label rule of `docs/virustotal.md`: y = 1, y = 0, or no
+/// label when the report is not clear enough. An analyst's manual label is never replaced (the
+/// store's precedence rule). `true` when a label was written. Used for each report fetched
+/// live and each one imported with `sentinel vt-results import`.
+pub fn label_from_report(store: &Store, verdict: &Verdict, rule: &VerdictRule) -> Result<bool, StoreError> {
+    let y = match verdict.label(rule) {
+        Label::Malicious => 1,
+        Label::Benign => 0,
+        Label::Unlabelled => return Ok(false),
+    };
+    let stats = &verdict.stats;
+    let note = format!(
+        "VirusTotal: {} malicious, {} suspicious of {} engines",
+        stats.malicious,
+        stats.suspicious,
+        stats.engines_with_verdict()
+    );
+    store.set_label(&verdict.sha256.to_string(), y, LabelSource::VirusTotal, Some(&note))
 }

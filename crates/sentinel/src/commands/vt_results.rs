@@ -2,7 +2,8 @@
 //! (SPEC §1.3 (2)) as CSV, to seed a new server with what another already paid
 //! for, or to take the reports elsewhere. The columns are those of
 //! `docs/storage.md`; an imported report replaces a stored one only if it was
-//! fetched later, and answers clients without a call while it is fresh.
+//! fetched later, answers clients without a call while it is fresh, and labels
+//! its sample by the `[virustotal]` label rule, as a report fetched live does.
 //!
 //! Also `key-id`: the id a client's API key has on this server, which is what
 //! the `[virustotal] key_tiers` setting names, since keys are never written down.
@@ -11,8 +12,8 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use sentinel_server::VT_KEY_SECRET_FILE;
-use sentinel_virustotal::{ApiKey, KeyHasher};
+use sentinel_server::{VT_KEY_SECRET_FILE, label_from_report};
+use sentinel_virustotal::{ApiKey, KeyHasher, Verdict, VirusTotalSettings};
 
 use crate::commands::datasets::{self, DataDir};
 use crate::config::Config;
@@ -40,8 +41,30 @@ enum Command {
 pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     match args.command {
         Command::Import { file } => {
+            let rule = config.section::<VirusTotalSettings>("virustotal")?.verdict;
+            rule.check().context("[virustotal] verdict")?;
             let store = args.data_dir.open_store(config)?;
-            datasets::import(&file, |input| store.import_vt_reports_csv(input))
+            let (mut labelled, mut foreign) = (0u64, 0u64);
+            datasets::import(&file, |input| {
+                store.import_vt_reports_csv(input, |row| {
+                    // The dataset holds Sentinel's compact report (docs/storage.md); a row whose
+                    // report is in another form, or about another file, is kept but labels nothing.
+                    match serde_json::from_str::<Verdict>(&row.report_json) {
+                        Ok(verdict) if verdict.sha256.to_string() == row.sha256 => {
+                            labelled += u64::from(label_from_report(&store, &verdict, &rule)?);
+                        }
+                        _ => foreign += 1,
+                    }
+                    Ok(())
+                })
+            })?;
+            println!("{labelled} samples labelled by the [virustotal] label rule");
+            if foreign > 0 {
+                println!(
+                    "{foreign} reports not in Sentinel's form (docs/storage.md): stored, not used for labels"
+                );
+            }
+            Ok(())
         }
         Command::Export { file } => {
             let store = args.data_dir.open_store(config)?;
