@@ -55,17 +55,23 @@ impl Process {
 /// Starts `sentinel serve` on ephemeral ports of 127.0.0.1 with `config` (TOML) and returns it
 /// with its HTTP address.
 fn serve(data_dir: &Path, config: &str) -> (Process, SocketAddr) {
+    serve_with(data_dir, config, |_| {})
+}
+
+/// [`serve`], with `prepare` applied to the command first.
+fn serve_with(data_dir: &Path, config: &str, prepare: impl FnOnce(&mut Command)) -> (Process, SocketAddr) {
     let config_path: PathBuf = data_dir.join("sentinel.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sentinel"));
+    command
         .arg("--config")
         .arg(&config_path)
         .args(["serve", "--tcp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start sentinel serve");
+        .stdout(Stdio::piped());
+    prepare(&mut command);
+    let mut child = command.spawn().expect("start sentinel serve");
     let stdout = child.stdout.take().unwrap();
     let process = Process(child);
     let http = BufReader::new(stdout)
@@ -294,6 +300,84 @@ async fn a_trained_service_scores_streams_and_counts_on_its_http_port() {
     served.signal("-TERM");
     assert!(served.wait_exit(Duration::from_secs(15)).success());
     assert!(data_dir.path().join("network.db").exists());
+}
+
+/// Makes the child's `socket(AF_NETLINK, …)` fail with EACCES, as a container runtime or a
+/// strict seccomp profile can: a seccomp filter installed between fork and exec, so only
+/// `sentinel serve` is affected. Every other system call, and every other socket, is allowed.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn refuse_netlink(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+
+    const fn statement(code: u32, k: u32) -> libc::sock_filter {
+        libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
+    }
+    const fn jump_if_equal(k: u32, if_true: u8, if_false: u8) -> libc::sock_filter {
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: if_true,
+            jf: if_false,
+            k,
+        }
+    }
+    const LOAD_WORD: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    const RETURN: u32 = libc::BPF_RET | libc::BPF_K;
+    // EM_X86_64 with the 64-bit and little-endian flags (linux/audit.h).
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    // Offsets in `struct seccomp_data`: nr, arch, then args[0] (its low half first).
+    const FILTER: [libc::sock_filter; 10] = [
+        statement(LOAD_WORD, 4),
+        jump_if_equal(AUDIT_ARCH_X86_64, 1, 0),
+        statement(RETURN, libc::SECCOMP_RET_ALLOW),
+        statement(LOAD_WORD, 0),
+        jump_if_equal(libc::SYS_socket as u32, 1, 0),
+        statement(RETURN, libc::SECCOMP_RET_ALLOW),
+        statement(LOAD_WORD, 16),
+        jump_if_equal(libc::AF_NETLINK as u32, 0, 1),
+        statement(RETURN, libc::SECCOMP_RET_ERRNO | libc::EACCES as u32),
+        statement(RETURN, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: between fork and exec the closure only makes two prctl calls (async-signal-safe)
+    // on a filter that lives in static memory.
+    unsafe {
+        command.pre_exec(|| {
+            let program = libc::sock_fprog { len: FILTER.len() as u16, filter: FILTER.as_ptr().cast_mut() };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[tokio::test]
+async fn where_netlink_is_refused_serve_says_why_and_still_serves_agents_and_analysis() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (mut served, http) = serve_with(data_dir.path(), QUICK_MODEL, refuse_netlink);
+
+    // The collector is asked for (the default) but cannot watch this host, and says why.
+    let (status, body) = get(http, "/api/v1/models/status").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["collector"]["enabled"], true, "{body:#}");
+    let reason = body["collector"]["unavailable"].as_str().unwrap_or_else(|| panic!("no reason: {body:#}"));
+    assert!(reason.contains("ermission denied"), "{reason}");
+
+    // Agents' snapshots are still taken, stored and learnt from, and records are scored.
+    train_on_history(http).await;
+    let one = json!({"records": [record("h", "webclient", 443, 41_000, 400, 2500, SystemTime::now())]});
+    let (status, body) = post(http, "/api/v1/analyze", &one).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["results"][0]["score"].is_number(), "{body:#}");
+
+    served.signal("-TERM");
+    assert!(served.wait_exit(Duration::from_secs(15)).success());
 }
 
 #[tokio::test]
