@@ -196,6 +196,10 @@ pub struct Peer {
     pub script: PathBuf,
 }
 
+/// The `implementation` of Sentinel's results, and of the peer's (`bench/anomaly_sklearn.py`).
+const SENTINEL: &str = "sentinel";
+const PEER: &str = "scikit-learn";
+
 /// One line of the results: a data set × model × implementation × thread count,
 /// averaged over the seeds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +213,11 @@ pub struct BenchRecord {
     pub n_test: usize,
     pub roc_auc: f64,
     pub roc_auc_std: f64,
+    /// On Sentinel's lines with a scikit-learn peer and two seeds or more: the standard error
+    /// of the mean AUC difference from the peer, the runs paired by split. The two draw from
+    /// different random generators, so a randomised model's difference varies from seed to
+    /// seed; one within about two standard errors of 0 is that noise.
+    pub roc_auc_difference_se: Option<f64>,
     pub pr_auc: f64,
     pub fit_seconds: f64,
     pub score_seconds: f64,
@@ -388,7 +397,7 @@ fn run_sentinel(model: &str, split: &Split<'_>, threads: usize) -> Result<(Model
     let start = Instant::now();
     let scores = fitted.score(split.test)?;
     let score_seconds = start.elapsed().as_secs_f64();
-    let run = record(split, model, "sentinel", threads, n_train, &scores, fit_seconds, score_seconds)?;
+    let run = record(split, model, SENTINEL, threads, n_train, &scores, fit_seconds, score_seconds)?;
     Ok((fitted, run))
 }
 
@@ -421,7 +430,7 @@ fn run_ensembles(members: Vec<Model>, split: &Split<'_>, threads: usize) -> Resu
         runs.push(record(
             split,
             name,
-            "sentinel",
+            SENTINEL,
             threads,
             split.train.rows(),
             &scores,
@@ -527,17 +536,20 @@ fn summarise(runs: &[Run]) -> Vec<BenchRecord> {
         groups.entry(key).or_default().push(run);
     }
     groups
-        .into_iter()
+        .iter()
         .map(|((dataset, model, implementation, threads), group)| {
             let n = group.len() as f64;
             let mean = |f: fn(&Run) -> f64| group.iter().map(|r| f(r)).sum::<f64>() / n;
             let roc_auc = mean(|r| r.roc_auc);
             let variance = group.iter().map(|r| (r.roc_auc - roc_auc).powi(2)).sum::<f64>() / n;
+            let roc_auc_difference_se =
+                (implementation == SENTINEL).then(|| difference_standard_error(group, runs)).flatten();
             BenchRecord {
-                dataset,
-                model,
-                implementation,
-                threads,
+                dataset: dataset.clone(),
+                model: model.clone(),
+                implementation: implementation.clone(),
+                threads: *threads,
+                roc_auc_difference_se,
                 seeds: group.len(),
                 n_train: group[0].n_train,
                 n_test: group[0].n_test,
@@ -549,4 +561,85 @@ fn summarise(runs: &[Run]) -> Vec<BenchRecord> {
             }
         })
         .collect()
+}
+
+/// The standard error of the mean of Sentinel's AUC minus scikit-learn's over the splits of
+/// `ours` (one line's runs), each paired with the peer's run on the same split (the same thread
+/// count, or its only one), or `None` when a split has no peer run or there are fewer than two.
+fn difference_standard_error(ours: &[&Run], runs: &[Run]) -> Option<f64> {
+    let differences: Vec<f64> = ours
+        .iter()
+        .map(|mine| {
+            let same_split = |r: &&Run| {
+                r.implementation == PEER
+                    && r.dataset == mine.dataset
+                    && r.model == mine.model
+                    && r.seed == mine.seed
+            };
+            let peer =
+                runs.iter().filter(same_split).min_by_key(|r| (r.threads != mine.threads, r.threads))?;
+            Some(mine.roc_auc - peer.roc_auc)
+        })
+        .collect::<Option<_>>()?;
+    let n = differences.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = differences.iter().sum::<f64>() / n as f64;
+    let variance = differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    Some((variance / n as f64).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(implementation: &str, threads: usize, seed: u64, roc_auc: f64) -> Run {
+        Run {
+            dataset: "cardio".into(),
+            model: "iforest".into(),
+            implementation: implementation.into(),
+            threads,
+            seed,
+            n_train: 10,
+            n_test: 5,
+            roc_auc,
+            pr_auc: 0.5,
+            fit_seconds: 1.0,
+            score_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_auc_difference_carries_its_standard_error_over_paired_splits() {
+        // Per-split differences +0.01 and +0.03: mean +0.02, sample sd √2·0.01, standard error 0.01.
+        // The peer ran single-threaded only: both of Sentinel's thread counts pair with it.
+        let runs = vec![
+            run(SENTINEL, 1, 0, 0.91),
+            run(SENTINEL, 1, 1, 0.83),
+            run(SENTINEL, 2, 0, 0.91),
+            run(SENTINEL, 2, 1, 0.83),
+            run(PEER, 1, 0, 0.90),
+            run(PEER, 1, 1, 0.80),
+        ];
+        let records = summarise(&runs);
+        let ours: Vec<&BenchRecord> = records.iter().filter(|r| r.implementation == SENTINEL).collect();
+        assert_eq!(ours.len(), 2);
+        for record in ours {
+            assert!((record.roc_auc - 0.87).abs() < 1e-12);
+            let se = record.roc_auc_difference_se.unwrap();
+            assert!((se - 0.01).abs() < 1e-12, "{se}");
+        }
+        let peer = records.iter().find(|r| r.implementation == PEER).unwrap();
+        assert_eq!(peer.roc_auc_difference_se, None);
+
+        // One seed, or a split the peer did not run: no standard error.
+        assert_eq!(summarise(&runs[..1])[0].roc_auc_difference_se, None);
+        let unpaired = [run(SENTINEL, 1, 0, 0.9), run(SENTINEL, 1, 5, 0.9), run(PEER, 1, 0, 0.9)];
+        let records = summarise(&unpaired);
+        assert_eq!(
+            records.iter().find(|r| r.implementation == SENTINEL).unwrap().roc_auc_difference_se,
+            None
+        );
+    }
 }

@@ -111,10 +111,11 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
 }
 
 /// One line per data set × model × thread count: Sentinel next to scikit-learn.
-/// A peer without threads (libsvm, SGD) is compared at every thread count.
+/// A peer without threads (libsvm, SGD) is compared at every thread count. The AUC
+/// difference carries its standard error over the seeds when there are several.
 fn print_table(records: &[BenchRecord]) {
     println!(
-        "{:<14} {:<18} {:>3} | {:>7} {:>7} {:>7} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
+        "{:<14} {:<18} {:>3} | {:>7} {:>7} {:>15} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
         "dataset",
         "model",
         "thr",
@@ -146,13 +147,19 @@ fn print_table(records: &[BenchRecord]) {
         let ratio =
             |theirs: Option<f64>, mine: f64| theirs.map_or("-".into(), |t| format!("{:.1}", t / mine));
         println!(
-            "{:<14} {:<18} {:>3} | {:>7.4} {:>7} {:>7} | {:>8.3} {:>8} {:>6} | {:>8.3} {:>8} {:>6}",
+            "{:<14} {:<18} {:>3} | {:>7.4} {:>7} {:>15} | {:>8.3} {:>8} {:>6} | {:>8.3} {:>8} {:>6}",
             ours.dataset,
             ours.model,
             ours.threads,
             ours.roc_auc,
             auc,
-            peer.map_or("-".into(), |p| format!("{:+.4}", ours.roc_auc - p.roc_auc)),
+            peer.map_or("-".into(), |p| {
+                let difference = format!("{:+.4}", ours.roc_auc - p.roc_auc);
+                match ours.roc_auc_difference_se {
+                    Some(se) => format!("{difference} ±{se:.4}"),
+                    None => difference,
+                }
+            }),
             ours.fit_seconds,
             fit,
             ratio(peer.map(|p| p.fit_seconds), ours.fit_seconds),
