@@ -409,19 +409,25 @@ fn run_ensembles(members: Vec<Model>, split: &Split<'_>, threads: usize) -> Resu
     let calibration =
         split.train.select_rows(&subsample_rows(split.train.rows(), CALIBRATION_ROWS, split.seed))?;
     let mut runs = Vec::new();
-    // Unsupervised average everywhere; with labelled feedback (NSL-KDD), the average
-    // weighted by each member's measured AUC, and stacking.
-    let mut variants = vec![(Combination::Average, None, "ensemble-average")];
+    // Unsupervised everywhere: the plain average, and the average weighted by the members'
+    // agreement; with labelled feedback (NSL-KDD), the average weighted by each member's
+    // measured AUC, and stacking.
+    let mut variants = vec![
+        (Combination::Average, Weights::Equal, "ensemble-average"),
+        (Combination::Average, Weights::Agreement, "ensemble-agreement"),
+    ];
     if let Some(feedback) = split.feedback {
-        variants.push((Combination::Average, Some(feedback), "ensemble-weighted"));
-        variants.push((Combination::Stacking, Some(feedback), "ensemble-stacking"));
+        variants.push((Combination::Average, Weights::Feedback(feedback), "ensemble-weighted"));
+        variants.push((Combination::Stacking, Weights::Feedback(feedback), "ensemble-stacking"));
     }
-    for (combination, feedback, name) in variants {
+    for (combination, weights, name) in variants {
         let start = Instant::now();
         let params = EnsembleParams { combination, ..EnsembleParams::default() };
         let mut ensemble = Ensemble::new(members.clone(), &calibration, params)?;
-        if let Some(feedback) = feedback {
-            ensemble.learn_from_feedback(&feedback.x, &feedback.y)?;
+        match weights {
+            Weights::Equal => {}
+            Weights::Agreement => ensemble.weigh_by_agreement()?,
+            Weights::Feedback(feedback) => ensemble.learn_from_feedback(&feedback.x, &feedback.y)?,
         }
         let fit_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
@@ -439,6 +445,13 @@ fn run_ensembles(members: Vec<Model>, split: &Split<'_>, threads: usize) -> Resu
         )?);
     }
     Ok(runs)
+}
+
+/// Where an ensemble variant's member weights come from.
+enum Weights<'a> {
+    Equal,
+    Agreement,
+    Feedback(&'a Labelled),
 }
 
 #[allow(clippy::too_many_arguments)]

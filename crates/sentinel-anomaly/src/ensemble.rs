@@ -12,7 +12,8 @@
 //!
 //! Labelled feedback (analyst verdicts) also sets the members' weights from
 //! their measured ROC AUC, blended with the previous weights so that one small
-//! batch of feedback cannot swing the ensemble.
+//! batch of feedback cannot swing the ensemble. Without labels, weights can
+//! come from the members' agreement on the calibration rows.
 
 use serde::{Deserialize, Serialize};
 
@@ -213,6 +214,42 @@ impl Ensemble {
         }
         if self.params.combination == Combination::Stacking {
             self.stacker = Some(fit_logistic(&normalised, labels, k));
+        }
+        self.recalibrate()
+    }
+
+    /// Sets each member's weight from how far the other members agree with it, for training
+    /// data that may hold unlabelled anomalies (ADBench's protocol, a first model on unvetted
+    /// traffic). Among the calibration rows the other members, on average, rank in their top
+    /// tenth, a member's mean normalised score s is about 0.5 if it is independent of them and 1
+    /// if it agrees; its weight is 2s − 1, or 0 below. A member that ranks as ordinary what the
+    /// others find unusual (LOF on clustered anomalies) drops out. With clean normal training
+    /// rows there is less to agree on, and a member with its own, useful view can be weighed
+    /// down (NSL-KDD: docs/benchmarks.md). Weights stay as they were if every one would be 0 or
+    /// the ensemble has a single member.
+    pub fn weigh_by_agreement(&mut self) -> Result<()> {
+        let k = self.members.len();
+        if k < 2 {
+            return Ok(());
+        }
+        let rows: Vec<&[f64]> = self.calibration.chunks_exact(k).collect();
+        let mut agreement = Vec::with_capacity(k);
+        for m in 0..k {
+            let others: Vec<f64> =
+                rows.iter().map(|row| (row.iter().sum::<f64>() - row[m]) / (k - 1) as f64).collect();
+            let mut sorted = others.clone();
+            sorted.sort_by(f64::total_cmp);
+            let top_tenth = percentile_of_sorted(&sorted, 90.0);
+            let (sum, count) = rows
+                .iter()
+                .zip(&others)
+                .filter(|(_, other)| **other >= top_tenth)
+                .fold((0.0, 0usize), |(sum, count), (row, _)| (sum + row[m].min(1.0), count + 1));
+            agreement.push((2.0 * sum / count.max(1) as f64 - 1.0).max(0.0));
+        }
+        let total: f64 = agreement.iter().sum();
+        if total > 0.0 {
+            self.weights = agreement.iter().map(|a| a / total).collect();
         }
         self.recalibrate()
     }

@@ -242,6 +242,34 @@ fn ensemble_combines_and_learns_from_feedback() {
 }
 
 #[test]
+fn agreement_weights_drop_a_member_blind_to_clustered_anomalies() {
+    // Unlabelled training data holding a tight cluster of anomalies: each clustered row has
+    // enough close neighbours to look dense to LOF (k = 20 < 60), so LOF ranks the cluster as
+    // normal, while the forest and the SVM find it unusual.
+    let join = |a: Matrix, b: Matrix| Matrix::new([a.values(), b.values()].concat(), 3).unwrap();
+    let train = join(cloud(600, 1, 0.0, 1.0), cloud(60, 4, 5.0, 0.05));
+    let test = join(cloud(200, 2, 0.0, 1.0), cloud(30, 5, 5.0, 0.05));
+    let labels: Vec<bool> = (0..230).map(|row| row >= 200).collect();
+    let members = vec![
+        Model::IsolationForest(IsolationForest::fit(&train, &Default::default()).unwrap()),
+        Model::LocalOutlierFactor(LocalOutlierFactor::fit(&train, &Default::default()).unwrap()),
+        Model::OneClassSvm(OneClassSvm::fit(&train, &Default::default()).unwrap()),
+    ];
+    let auc = |scores: Vec<f64>| roc_auc(&scores, &labels).unwrap();
+    let member_auc: Vec<f64> = members.iter().map(|member| auc(member.score(&test).unwrap())).collect();
+    assert!(member_auc[1] < 0.6 && member_auc[0] > 0.9 && member_auc[2] > 0.9, "premise: {member_auc:?}");
+
+    let average = Ensemble::new(members, &train, EnsembleParams::default()).unwrap();
+    let mut agreeing = average.clone();
+    agreeing.weigh_by_agreement().unwrap();
+    let weights = agreeing.weights();
+    assert!(weights[1] < 0.5 * weights[0].min(weights[2]), "weights {weights:?}");
+    assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    let (plain, weighed) = (auc(average.score(&test).unwrap()), auc(agreeing.score(&test).unwrap()));
+    assert!(weighed > plain + 0.02, "average {plain}, agreement-weighted {weighed}");
+}
+
+#[test]
 fn ensemble_combines_member_scores_or_reports_a_wrong_count() {
     let train = cloud(300, 1, 0.0, 1.0);
     let forest = Model::IsolationForest(IsolationForest::fit(&train, &Default::default()).unwrap());
