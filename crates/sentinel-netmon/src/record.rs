@@ -207,8 +207,42 @@ pub(crate) mod rfc3339 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
         let text = String::deserialize(deserializer)?;
+        if !is_utc_form(&text) {
+            return Err(D::Error::custom(format!(
+                "invalid RFC 3339 UTC timestamp {text:?}: expected YYYY-MM-DDTHH:MM:SS[.fraction]Z"
+            )));
+        }
         humantime::parse_rfc3339(&text)
             .map_err(|error| D::Error::custom(format!("invalid RFC 3339 UTC timestamp {text:?}: {error}")))
+    }
+
+    /// Whether `text` has the documented shape `YYYY-MM-DDTHH:MM:SS`, then optionally `.` and
+    /// one or more digits, then `Z`, and nothing else. Checked before humantime, which reads the
+    /// numbers but also accepts a `+00:00` offset and ignores what follows a `+` (after a
+    /// fraction) or a `Z` (in short strings), so `2026-12-01T08:31:00.2+abcdZ` and
+    /// `2026-12-01T08:31:00ZjunkZ` would pass (found with the `connection_snapshot` fuzz
+    /// target's timestamp check).
+    fn is_utc_form(text: &str) -> bool {
+        let b = text.as_bytes();
+        let digits = |bytes: &[u8]| bytes.iter().all(u8::is_ascii_digit);
+        let fraction_ok = match &b[19.min(b.len())..] {
+            [b'Z'] => true,
+            [b'.', fraction @ .., b'Z'] => !fraction.is_empty() && digits(fraction),
+            _ => false,
+        };
+        b.len() >= 20
+            && fraction_ok
+            && digits(&b[0..4])
+            && b[4] == b'-'
+            && digits(&b[5..7])
+            && b[7] == b'-'
+            && digits(&b[8..10])
+            && b[10] == b'T'
+            && digits(&b[11..13])
+            && b[13] == b':'
+            && digits(&b[14..16])
+            && b[16] == b':'
+            && digits(&b[17..19])
     }
 
     pub mod option {

@@ -75,6 +75,31 @@ fn malformed_fields_are_rejected_by_name() {
     assert!(error.to_string().contains("RFC 3339 UTC"), "{error}");
 }
 
+/// Found with the `connection_snapshot` fuzz target's timestamp check: humantime, which reads
+/// the timestamps, accepts a `+00:00` offset and ignores what follows a `+` after a fraction or
+/// a second `Z`, so these malformed timestamps used to be accepted.
+#[test]
+fn timestamps_other_than_the_documented_utc_form_are_rejected() {
+    for bad in [
+        "2026-11-23T08:31:00.250000+00:00",
+        "2026-11-23T08:31:00.2+abcdZ",
+        "2026-11-23T08:31:00ZjunkZ",
+        "2026-11-23T08:31:00.Z",
+        "2026-11-23T08:31:00.25x0Z",
+        "2026-11-23 08:31:00.250000Z",
+    ] {
+        let error = rejected(&edited("2026-11-23T08:31:00.250000Z", bad));
+        assert!(matches!(error, ValidationError::Json(_)), "{bad}: {error}");
+        assert!(error.to_string().contains("RFC 3339 UTC"), "{bad}: {error}");
+        let error = rejected(&edited("2026-11-23T08:00:00Z", bad));
+        assert!(error.to_string().contains("RFC 3339 UTC"), "start_time {bad}: {error}");
+    }
+    for good in ["2026-11-23T08:31:00Z", "2026-11-23T08:31:00.2Z", "2026-11-23T08:31:00.123456789Z"] {
+        let body = edited("2026-11-23T08:31:00.250000Z", good);
+        Snapshot::from_json(&body, &ValidationLimits::default()).expect(good);
+    }
+}
+
 #[test]
 fn inconsistent_or_oversized_records_are_rejected_with_their_location() {
     let error = rejected(&edited(r#""family": "v4""#, r#""family": "v6""#));
