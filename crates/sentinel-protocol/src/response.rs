@@ -66,11 +66,14 @@ pub enum Reason {
     WrongCredentials,
     /// 13: the sample is unknown (to VirusTotal) and no executable was sent to upload.
     NotFound,
+    /// 14: the analysis ran but gave nothing to score: the sandbox's analysis of the
+    /// executable failed, or its report was unusable or held no API call.
+    AnalysisFailed,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Malformed,
         Reason::UnknownCommand,
         Reason::TooLarge,
@@ -84,6 +87,7 @@ impl Reason {
         Reason::QuotaExceeded,
         Reason::WrongCredentials,
         Reason::NotFound,
+        Reason::AnalysisFailed,
     ];
 
     /// The stable numeric code.
@@ -102,6 +106,7 @@ impl Reason {
             Reason::QuotaExceeded => 11,
             Reason::WrongCredentials => 12,
             Reason::NotFound => 13,
+            Reason::AnalysisFailed => 14,
         }
     }
 
@@ -121,6 +126,7 @@ impl Reason {
             Reason::QuotaExceeded => "quota_exceeded",
             Reason::WrongCredentials => "wrong_credentials",
             Reason::NotFound => "not_found",
+            Reason::AnalysisFailed => "analysis_failed",
         }
     }
 
@@ -234,7 +240,7 @@ mod tests {
     #[test]
     fn reason_codes_are_stable_and_distinct() {
         let codes: Vec<u32> = Reason::ALL.iter().map(|r| r.code()).collect();
-        assert_eq!(codes, (1..=13).collect::<Vec<u32>>());
+        assert_eq!(codes, (1..=14).collect::<Vec<u32>>());
         for reason in Reason::ALL {
             assert_eq!(Reason::from_code(reason.code()), Some(reason));
         }

@@ -100,8 +100,11 @@ async fn files_over_the_upload_limit_are_not_sent() {
 
 #[tokio::test]
 async fn an_unreachable_sandbox_is_reported_as_such() {
-    // Bind then drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A socket bound but never listening: connections are refused, and the port stays ours
+    // (a dropped listener's port could be taken by another test's server meanwhile).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
     let client = CapeClient::new(client_settings(&format!("http://127.0.0.1:{port}"))).unwrap();
     let error = client.analyse(b"MZ", "a.exe").await.unwrap_err();
     assert_eq!(error.reason(), FailureReason::Unreachable, "{error}");

@@ -164,25 +164,25 @@ async fn command_6_checks_every_step_before_submitting_anything() {
 async fn sandbox_failures_map_to_protocol_reasons() {
     let sample = synthetic_pe(4096, 6);
     let small = SMALL_REPORT.as_bytes();
-    let unreachable = {
-        // Bind then drop a listener: nothing listens on that port any more.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        format!("http://127.0.0.1:{port}")
-    };
+    // A socket bound but never listening: connections are refused, and the port stays ours
+    // (a dropped listener's port could be taken by another test's server meanwhile).
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let unreachable = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
     let failing = FakeCape::new(small).plan(Plan::Fails).start().await;
     let never_ends = FakeCape::new(small).plan(Plan::Slow).start().await;
     let broken = FakeCape::new(small).failing_submissions().start().await;
     let truncated = FakeCape::new(small).plan(Plan::Malformed).start().await;
     let normal = FakeCape::new(small).start().await;
     let cases: Vec<(SandboxSettings, Reason, &str)> = vec![
-        (client_settings(&failing.url), Reason::Unavailable, "failed_analysis"),
+        (client_settings(&failing.url), Reason::AnalysisFailed, "failed_analysis"),
         (
             SandboxSettings { analysis_timeout_secs: 1, ..client_settings(&never_ends.url) },
             Reason::Timeout,
             "no report after 1 s",
         ),
         (client_settings(&broken.url), Reason::Unavailable, "HTTP 500"),
-        (client_settings(&truncated.url), Reason::Unavailable, "unusable report"),
+        (client_settings(&truncated.url), Reason::AnalysisFailed, "unusable report"),
         (client_settings(&unreachable), Reason::Unavailable, "unreachable"),
         (
             SandboxSettings { token: ApiToken::new("wrong-secret"), ..client_settings(&normal.url) },
@@ -196,7 +196,7 @@ async fn sandbox_failures_map_to_protocol_reasons() {
         ),
         (
             SandboxSettings { max_report_bytes: 100, ..client_settings(&normal.url) },
-            Reason::Unavailable,
+            Reason::AnalysisFailed,
             "larger than 100 bytes",
         ),
     ];

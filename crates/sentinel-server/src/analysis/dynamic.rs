@@ -94,7 +94,7 @@ pub(crate) async fn run(
                 let notes: Vec<String> = behaviour.notes.iter().map(ToString::to_string).collect();
                 let (reason, origin) = match task_id {
                     None => (Reason::Malformed, "the report sent".to_owned()),
-                    Some(task) => (Reason::Unavailable, format!("CAPE task {task}")),
+                    Some(task) => (Reason::AnalysisFailed, format!("CAPE task {task}")),
                 };
                 return Err(ErrorDetail::new(reason)
                     .with_message(format!("{origin} holds no API call to score ({})", notes.join("; "))));
@@ -134,9 +134,12 @@ fn read_sent_report(bytes: &[u8]) -> Result<CapeBehaviour, ErrorDetail> {
     })
 }
 
-/// The protocol reason of a sandbox failure. Only the sample's size and the
-/// sandbox's time limit are the request's doing; everything else means the
-/// dynamic analysis could not be had from this server's sandbox.
+/// The protocol reason of a sandbox failure. The sample's size and the
+/// sandbox's time limit are the request's doing; a sandbox that cannot be
+/// reached or used means the dynamic analysis is not to be had from this
+/// server (`unavailable`, worth retrying later); a sandbox that ran the sample
+/// but gave nothing to score says something about this sample
+/// (`analysis_failed`: it may crash the sandbox, or evade it).
 fn sandbox_failure(error: SandboxError) -> ErrorDetail {
     let reason = match error {
         SandboxError::TooLarge { .. } => Reason::TooLarge,
@@ -145,9 +148,8 @@ fn sandbox_failure(error: SandboxError) -> ErrorDetail {
         SandboxError::Unreachable(_)
         | SandboxError::Auth { .. }
         | SandboxError::Rejected(_)
-        | SandboxError::Unavailable { .. }
-        | SandboxError::AnalysisFailed { .. }
-        | SandboxError::BadReport { .. } => Reason::Unavailable,
+        | SandboxError::Unavailable { .. } => Reason::Unavailable,
+        SandboxError::AnalysisFailed { .. } | SandboxError::BadReport { .. } => Reason::AnalysisFailed,
     };
     tracing::warn!(reason = error.reason().as_str(), %error, "sandbox analysis failed");
     ErrorDetail::new(reason).with_step(Analysis::Dynamic).with_message(format!("sandbox: {error}"))
