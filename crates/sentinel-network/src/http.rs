@@ -241,7 +241,11 @@ async fn ingest(State(service): State<Arc<NetworkService>>, body: Body) -> Resul
     let snapshot = sentinel_netmon::Snapshot::from_json(&bytes, &limits)
         .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()))?;
     let connections = snapshot.connections.len();
-    if !service.ingest(snapshot) {
+    let accepting = Arc::clone(&service);
+    let accepted = tokio::task::spawn_blocking(move || accepting.ingest(snapshot, &bytes)).await.map_err(
+        |error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("ingestion failed: {error}")),
+    )??;
+    if !accepted {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the analysis pipeline is busy: retry the snapshot later",

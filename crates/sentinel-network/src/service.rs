@@ -28,7 +28,9 @@ use tokio::task::JoinHandle;
 use crate::features::{FeatureExtractor, RawFeatures, WindowSettings, standalone_features};
 use crate::model::{FitError, FitObserver, ModelBundle, Verdict};
 use crate::settings::{NetworkSettings, SettingsError};
-use crate::store::{self, ModelVersion, PredictionRow, StoreError, StoredResult, Writer, WriterSettings};
+use crate::store::{
+    self, Journal, ModelVersion, PredictionRow, StoreError, StoredResult, Writer, WriterSettings,
+};
 
 /// Why the service could not start or an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +194,8 @@ struct Counters {
 
 enum PipelineInput {
     Event(Box<ConnectionEvent>),
-    Snapshot(Box<Snapshot>),
+    /// An agent's snapshot, with its id in the ingest journal.
+    Snapshot(Box<Snapshot>, i64),
 }
 
 /// An item of an analysis request.
@@ -227,6 +230,10 @@ pub struct NetworkService {
     results: broadcast::Sender<Arc<DetectionResult>>,
     recent: Mutex<VecDeque<Arc<DetectionResult>>>,
     writer: Writer,
+    journal: Journal,
+    /// Set while snapshots journalled before a restart are replayed: new ones wait (503), so
+    /// that each host's snapshots reach the pipeline in order.
+    replaying: AtomicBool,
     pipeline: Mutex<Option<mpsc::Sender<PipelineInput>>>,
     pipeline_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     collection: Mutex<Option<CollectionHandle>>,
@@ -260,6 +267,8 @@ impl NetworkService {
                 retention: Duration::from_secs(settings.storage.retention_days * 86_400),
             },
         )?;
+        let journal = Journal::open(&db_path)?;
+        let unfinished = journal.pending()?;
         let (results, _) = broadcast::channel(settings.api.websocket_buffer);
         let (pipeline_sender, pipeline_receiver) =
             mpsc::channel(settings.api.ingest_queue + settings.collector.buffer_capacity);
@@ -268,6 +277,8 @@ impl NetworkService {
             results,
             recent: Mutex::new(VecDeque::with_capacity(settings.api.recent_predictions)),
             writer,
+            journal,
+            replaying: AtomicBool::new(!unfinished.is_empty()),
             pipeline: Mutex::new(Some(pipeline_sender.clone())),
             pipeline_thread: Mutex::new(None),
             collection: Mutex::new(None),
@@ -286,6 +297,10 @@ impl NetworkService {
             .spawn(move || pipeline_service.run_pipeline(pipeline_receiver))
             .map_err(NetworkError::Thread)?;
         *lock(&service.pipeline_thread) = Some(thread);
+        if !unfinished.is_empty() {
+            let replay = tokio::spawn(Arc::clone(&service).replay(unfinished, pipeline_sender.clone()));
+            lock(&service.tasks).push(replay);
+        }
 
         // Without a collector (another platform, a container refusing netlink) the service still
         // has work: agents' snapshots and /api/v1/analyze. It says so rather than not starting.
@@ -389,10 +404,11 @@ impl NetworkService {
                 PipelineInput::Event(event) => {
                     self.process_event(&mut extractor, &event, Source::Live, &mut buffer);
                 }
-                PipelineInput::Snapshot(snapshot) => {
+                PipelineInput::Snapshot(snapshot, journal_id) => {
                     let tracker = trackers.entry(snapshot.host.clone()).or_default();
                     let events = tracker.update(snapshot.timestamp, &snapshot.connections);
                     self.process_snapshot(&mut extractor, events);
+                    self.writer.journalled(journal_id);
                 }
             }
         }
@@ -465,13 +481,19 @@ impl NetworkService {
             Source::Agent => "agent",
             Source::Analyze => "analyze",
         };
-        self.writer.store(StoredResult {
+        let stored = StoredResult {
             observed: event.record.timestamp,
             record: Some(event.record.clone()),
             features,
             session: format!("{session}:{}", event.record.host),
             predictions: result.as_ref().map(|result| predictions_of(&result.verdict)).unwrap_or_default(),
-        });
+        };
+        match source {
+            // An agent's snapshot was accepted (202): its results wait for room rather than be
+            // dropped when the disk falls behind. The live collector's are dropped and counted.
+            Source::Agent => self.writer.store_waiting(stored),
+            Source::Live | Source::Analyze => self.writer.store(stored),
+        }
         if let Some(result) = result {
             self.publish(result);
         }
@@ -493,11 +515,47 @@ impl NetworkService {
         let _ = self.results.send(result);
     }
 
-    /// Queues an agent's snapshot for the pipeline. `false` when the queue is full.
-    pub(crate) fn ingest(&self, snapshot: Snapshot) -> bool {
+    /// Accepts an agent's snapshot (`json`, the body it was parsed from): journals it, then
+    /// queues it for the pipeline. `Ok(false)` when the queue is full or journalled snapshots
+    /// are being replayed after a restart: the agent should retry. Blocking (one SQLite commit).
+    pub(crate) fn ingest(&self, snapshot: Snapshot, json: &[u8]) -> Result<bool, StoreError> {
+        if self.replaying.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         let guard = lock(&self.pipeline);
-        let Some(sender) = guard.as_ref() else { return false };
-        sender.try_send(PipelineInput::Snapshot(Box::new(snapshot))).is_ok()
+        let Some(sender) = guard.as_ref() else { return Ok(false) };
+        let id = self.journal.append(json)?;
+        if sender.try_send(PipelineInput::Snapshot(Box::new(snapshot), id)).is_err() {
+            self.journal.remove(id)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Feeds the snapshots journalled before a restart to the pipeline, oldest first, then lets
+    /// new ones in. They were validated when accepted; one that no longer parses (a newer
+    /// format) is logged and dropped.
+    async fn replay(self: Arc<Self>, unfinished: Vec<(i64, Vec<u8>)>, pipeline: mpsc::Sender<PipelineInput>) {
+        tracing::info!(
+            snapshots = unfinished.len(),
+            "replaying agents' snapshots accepted before the restart"
+        );
+        for (id, json) in unfinished {
+            match serde_json::from_slice::<Snapshot>(&json) {
+                Ok(snapshot) => {
+                    if pipeline.send(PipelineInput::Snapshot(Box::new(snapshot), id)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, id, "a journalled snapshot cannot be read; dropped");
+                    if let Err(error) = self.journal.remove(id) {
+                        tracing::error!(%error, id, "the unreadable snapshot stays in the journal");
+                    }
+                }
+            }
+        }
+        self.replaying.store(false, Ordering::Release);
     }
 
     /// Scores a batch, in parallel on rayon's pool: CPU work of up to a second for a large

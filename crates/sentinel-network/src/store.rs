@@ -5,10 +5,15 @@
 //! exactly those of SPEC §2.3, plus indexes and `network_models`, the versioned model store.
 //!
 //! Results are written by one writer thread in batches (one transaction per batch), fed by a
-//! bounded queue: the live path never waits for the disk, and when the disk falls behind, new
-//! items are dropped and counted rather than piling up in memory. The writer also applies the
+//! bounded queue: the live path never waits for the disk, and when the disk falls behind, its new
+//! items are dropped and counted rather than piling up in memory (an agent's accepted snapshot
+//! waits instead). The writer also applies the
 //! retention policy. Reads (training history, model versions) use their own connections, which
 //! WAL lets run beside the writer.
+//!
+//! An agent's snapshot is accepted only once it is in `ingest_journal` ([`Journal`]); the writer
+//! deletes it in the transaction that stores its results, and the service replays what is left
+//! at start-up, so a snapshot answered 202 survives a crash or a restart before it is stored.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +55,8 @@ CREATE INDEX IF NOT EXISTS predictions_anomalies ON predictions(is_anomaly, time
 CREATE TABLE IF NOT EXISTS network_models (version INTEGER PRIMARY KEY AUTOINCREMENT,
   created_at DATETIME NOT NULL, training_rows INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0,
   facts TEXT NOT NULL, preprocessor BLOB NOT NULL, ensemble BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS ingest_journal (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  received_at DATETIME NOT NULL, snapshot BLOB NOT NULL);
 ";
 
 /// A storage failure.
@@ -72,6 +79,45 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.busy_timeout(Duration::from_secs(5))?;
     Ok(connection)
+}
+
+/// Agents' snapshots accepted and not yet stored with their results, in arrival order.
+pub(crate) struct Journal {
+    connection: std::sync::Mutex<Connection>,
+}
+
+impl Journal {
+    pub(crate) fn open(path: &Path) -> Result<Journal, StoreError> {
+        Ok(Journal { connection: std::sync::Mutex::new(open(path)?) })
+    }
+
+    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes a snapshot's JSON (blocking; committed when this returns) and returns its id.
+    pub(crate) fn append(&self, snapshot: &[u8]) -> Result<i64, StoreError> {
+        let connection = self.connection();
+        connection.execute(
+            "INSERT INTO ingest_journal (received_at, snapshot) VALUES (?1, ?2)",
+            params![timestamp(SystemTime::now()), snapshot],
+        )?;
+        Ok(connection.last_insert_rowid())
+    }
+
+    /// Forgets a snapshot that was not accepted after all (the pipeline was full).
+    pub(crate) fn remove(&self, id: i64) -> Result<(), StoreError> {
+        self.connection().execute("DELETE FROM ingest_journal WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// The snapshots still to process, oldest first.
+    pub(crate) fn pending(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare("SELECT id, snapshot FROM ingest_journal ORDER BY id")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 /// Creates the tables; called once at start.
@@ -108,6 +154,8 @@ pub(crate) struct PredictionRow {
 enum WriterItem {
     Result(Box<StoredResult>),
     Metrics(SystemTime, Vec<crate::model::Evaluation>),
+    /// The journalled snapshot whose results were queued before this item.
+    Journalled(i64),
 }
 
 /// Counters of the writer.
@@ -157,6 +205,28 @@ impl Writer {
 
     pub(crate) fn store_metrics(&self, at: SystemTime, evaluations: Vec<crate::model::Evaluation>) {
         self.send(WriterItem::Metrics(at, evaluations));
+    }
+
+    /// Queues a result of an accepted snapshot, waiting for room rather than dropping it: when
+    /// the disk falls behind, this holds the pipeline back, and agents' next snapshots find it
+    /// busy (503) and are retried.
+    pub(crate) fn store_waiting(&self, result: StoredResult) {
+        self.send_waiting(WriterItem::Result(Box::new(result)));
+    }
+
+    /// Marks a journalled snapshot as done: the writer deletes it in the transaction that stores
+    /// the results queued before this call.
+    pub(crate) fn journalled(&self, id: i64) {
+        self.send_waiting(WriterItem::Journalled(id));
+    }
+
+    fn send_waiting(&self, item: WriterItem) {
+        let guard = self.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sender) = guard.as_ref() {
+            // The sender lock is held while waiting: `close` waits for it, then for the writer,
+            // which keeps draining the queue.
+            let _ = sender.send(item);
+        }
     }
 
     fn send(&self, item: WriterItem) {
@@ -289,6 +359,9 @@ fn write_batch(connection: &mut Connection, batch: &[WriterItem]) -> Result<(), 
                             row.explanation
                         ])?;
                     }
+                }
+                WriterItem::Journalled(id) => {
+                    transaction.execute("DELETE FROM ingest_journal WHERE id = ?1", [id])?;
                 }
                 WriterItem::Metrics(at, evaluations) => {
                     for evaluation in evaluations {

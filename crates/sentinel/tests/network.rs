@@ -381,6 +381,57 @@ async fn where_netlink_is_refused_serve_says_why_and_still_serves_agents_and_ana
 }
 
 #[tokio::test]
+async fn snapshots_accepted_before_a_crash_are_stored_after_the_restart() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Results wait ten minutes in the writer's queue: at the crash, none is on disk.
+    let slow_writer = "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 600000\n";
+    let (mut served, http) = serve(data_dir.path(), slow_writer);
+    let now = SystemTime::now();
+    for agent in 0..4u16 {
+        let host = format!("agent-{agent}");
+        let connections: Vec<Value> = (0..3u16)
+            .map(|slot| record(&host, "webclient", 443, 42_000 + agent * 10 + slot, 400, 2500, now))
+            .collect();
+        let snapshot = json!({"schema_version": 1, "host": host, "timestamp": timestamp(now), "connections": connections});
+        ingest(http, &snapshot).await;
+    }
+    let (_, status) = get(http, "/api/v1/models/status").await;
+    assert_eq!(status["warmup"]["rows"], 0, "nothing stored yet: {status:#}");
+    served.signal("-KILL");
+    served.wait_exit(Duration::from_secs(15));
+
+    // After the restart every accepted snapshot's connections are stored, once each.
+    let (mut served, http) =
+        serve(data_dir.path(), "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 50\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = get(http, "/api/v1/models/status").await;
+        let rows = status["warmup"]["rows"].as_u64().unwrap();
+        if rows == 12 {
+            break;
+        }
+        assert!(rows < 12, "stored twice: {status:#}");
+        assert!(Instant::now() < deadline, "accepted snapshots lost in the crash: {status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // New snapshots are taken again once the replay is done, and nothing is replayed twice.
+    let later = json!({"schema_version": 1, "host": "agent-9", "timestamp": timestamp(SystemTime::now()),
+        "connections": [record("agent-9", "webclient", 443, 43_000, 400, 2500, SystemTime::now())]});
+    ingest(http, &later).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = get(http, "/api/v1/models/status").await;
+        if status["warmup"]["rows"] == 13 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    served.signal("-TERM");
+    assert!(served.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[tokio::test]
 async fn the_network_service_can_be_turned_off() {
     let data_dir = tempfile::tempdir().unwrap();
     let (_served, http) = serve(data_dir.path(), "[network]\nenabled = false\n");
