@@ -522,14 +522,14 @@ impl NetworkService {
         if self.replaying.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let guard = lock(&self.pipeline);
-        let Some(sender) = guard.as_ref() else { return Ok(false) };
         let id = self.journal.append(json)?;
-        if sender.try_send(PipelineInput::Snapshot(Box::new(snapshot), id)).is_err() {
+        let queued = lock(&self.pipeline)
+            .as_ref()
+            .is_some_and(|sender| sender.try_send(PipelineInput::Snapshot(Box::new(snapshot), id)).is_ok());
+        if !queued {
             self.journal.remove(id)?;
-            return Ok(false);
         }
-        Ok(true)
+        Ok(queued)
     }
 
     /// Feeds the snapshots journalled before a restart to the pipeline, oldest first, then lets
