@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sentinel_netmon::{ConnectionChange, ConnectionEvent, ConnectionRecord, Protocol, SocketState};
 use serde_json::{Map, Value as Json};
 
-/// Numeric features, in the order of [`RawFeatures::numbers`].
+/// Numeric features, in the order of `RawFeatures::numbers`.
 pub const NUMERIC_FEATURES: [&str; 20] = [
     "bytes_sent_delta",
     "bytes_received_delta",
@@ -41,7 +41,7 @@ pub const NUMERIC_FEATURES: [&str; 20] = [
     "host_receive_rate",
 ];
 
-/// Categorical features, in the order of [`RawFeatures::categories`].
+/// Categorical features, in the order of `RawFeatures::categories`.
 pub const CATEGORICAL_FEATURES: [&str; 4] = ["protocol", "state", "change", "remote_port_class"];
 
 /// The feature the model adds from its training data: −ln of the share of training rows that

@@ -5,7 +5,7 @@
 //! ([`Server::merge_http_routes`]).
 //!
 //! Connections are tokio tasks; CPU-bound analysis runs on a bounded set of
-//! blocking workers ([`workers`]) so slow analyses never stall the reactor;
+//! blocking workers (`workers`) so slow analyses never stall the reactor;
 //! models are shared through one [`ModelRegistry`] and can be replaced while
 //! requests are in flight; every sample and verdict is stored durably before
 //! the answer is sent. `docs/protocol.md` documents the protocol and settings.
