@@ -287,31 +287,23 @@ impl ModelBundle {
         let (matrix, labels) = self.labelled_matrix(rows)?;
         let mut evaluations = Vec::new();
         let members = self.ensemble.members();
-        let scored: Vec<(&str, Vec<f64>, f64)> = members
-            .iter()
-            .map(|member| Ok((member.name(), member.score(&matrix)?, member.threshold())))
-            .collect::<Result<_, FitError>>()?;
         // `score >= threshold` is anomalous: the engine's convention (`Detector::threshold`).
-        let member_flags: Vec<Vec<bool>> = scored
+        let mut decided: Vec<(&str, Vec<f64>, f64, Vec<bool>)> = members
             .iter()
-            .map(|(_, scores, threshold)| scores.iter().map(|&score| score >= *threshold).collect())
-            .collect();
-        let ensemble_scores = self.ensemble.score(&matrix)?;
-        let ensemble_threshold = self.ensemble.threshold();
+            .map(|member| {
+                let (scores, threshold) = (member.score(&matrix)?, member.threshold());
+                let flags = scores.iter().map(|&score| score >= threshold).collect();
+                Ok((member.name(), scores, threshold, flags))
+            })
+            .collect::<Result<_, FitError>>()?;
         // The ensemble is measured by the rule its live verdicts follow.
-        let ensemble_flags: Vec<bool> = ensemble_scores
+        let (scores, threshold) = (self.ensemble.score(&matrix)?, self.ensemble.threshold());
+        let flags = scores
             .iter()
             .enumerate()
-            .map(|(row, &score)| {
-                confirmed(score, ensemble_threshold, member_flags.iter().map(|flags| flags[row]))
-            })
+            .map(|(row, &score)| confirmed(score, threshold, decided.iter().map(|member| member.3[row])))
             .collect();
-        let mut decided: Vec<(&str, Vec<f64>, f64, Vec<bool>)> = scored
-            .into_iter()
-            .zip(member_flags)
-            .map(|((name, scores, threshold), flags)| (name, scores, threshold, flags))
-            .collect();
-        decided.push(("ensemble", ensemble_scores, ensemble_threshold, ensemble_flags));
+        decided.push(("ensemble", scores, threshold, flags));
         let anomalies = labels.iter().filter(|&&label| label).count();
         for (name, scores, threshold, predicted) in decided {
             let confusion = sentinel_metrics::Confusion::from_decisions(&predicted, &labels)
