@@ -25,7 +25,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::StoreError;
-use crate::migrations;
+use crate::migrations::{self, Schema};
 
 /// Prepared statements cached per connection; the store uses a few dozen.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
@@ -67,6 +67,7 @@ impl Database {
     /// starts the writer thread.
     pub(crate) fn open(
         path: &Path,
+        schema: &Schema,
         busy_timeout: Duration,
         max_idle_readers: usize,
     ) -> Result<Database, StoreError> {
@@ -80,7 +81,7 @@ impl Database {
         writer.pragma_update(None, "synchronous", "FULL")?;
         // Checkpoints rewind the WAL but leave its file at its largest size; cap what is kept.
         writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        migrations::migrate(&mut writer, path)?;
+        migrations::migrate(&mut writer, path, schema)?;
 
         let (queue, pending) = mpsc::channel();
         let stats = Arc::new(Counters::default());
@@ -294,7 +295,7 @@ mod tests {
     fn queued_writes_share_a_transaction_and_a_failing_one_is_rolled_back_alone() {
         const WRITERS: usize = 24;
         let dir = tempfile::tempdir().unwrap();
-        let database = Arc::new(Database::open(&dir.path().join("db"), Duration::from_secs(5), 2).unwrap());
+        let database = Arc::new(Database::open(&dir.path().join("db"), &migrations::MALWARE, Duration::from_secs(5), 2).unwrap());
 
         // Hold the writer thread inside a write until every other writer has queued.
         let (release, gate) = mpsc::channel::<()>();

@@ -87,6 +87,18 @@ pub enum StoreError {
         source: io::Error,
     },
 
+    /// No model version with this id and kind in the registry.
+    #[error("no {kind} model version {id}")]
+    NoSuchModelVersion { kind: crate::ModelKind, id: i64 },
+
+    /// The version's artifact was pruned: it can no longer be loaded or activated.
+    #[error("{kind} model version {id} is no longer kept (pruned)")]
+    ModelArtifactPruned { kind: crate::ModelKind, id: i64 },
+
+    /// A model version or decision that cannot be stored or read; the reason says which part.
+    #[error("invalid model registry entry: {0}")]
+    InvalidModel(String),
+
     /// SQLite failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),

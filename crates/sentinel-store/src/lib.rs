@@ -1,7 +1,14 @@
-//! The embedded default store of the Sentinel malware AI server: a SQLite database in WAL mode
-//! (`<data_dir>/sentinel.db`) for samples, verdicts and the two datasets (VirusTotal results,
-//! labelled samples), and a content-addressed vault of defanged sample files
-//! (`<data_dir>/samples/`).
+//! Sentinel's store: every table of the service, behind one migration mechanism
+//! (`migrations.rs`), in the data directory:
+//!
+//! - [`Store`]: a SQLite database in WAL mode (`<data_dir>/sentinel.db`) for samples, verdicts,
+//!   the two datasets (VirusTotal results, labelled samples) and the model registry of every
+//!   model kind (`model_registry.rs`), and a content-addressed vault of defanged sample files
+//!   (`<data_dir>/samples/`);
+//! - [`NetworkStore`]: the network service's tables (SPEC §2.3) and ingest journal in
+//!   `<data_dir>/network.db`, with its batched results writer (`network/`).
+//!
+//! Callers see domain values, never SQL: `docs/storage.md` says where another backend plugs in.
 //!
 //! Every write is durable when the call returns: an acknowledged sample or verdict survives a
 //! crash or power loss. Concurrent writes are grouped into shared transactions (group commit),
@@ -16,6 +23,8 @@ mod dataset_csv;
 mod error;
 mod labels;
 mod migrations;
+mod model_registry;
+mod network;
 mod retention;
 mod sample_hash;
 mod samples;
@@ -34,6 +43,14 @@ pub use database::WriteStats;
 pub use dataset_csv::{ImportReport, RowError};
 pub use error::StoreError;
 pub use labels::{LabelSource, LabelledSample};
+pub use model_registry::{
+    DecisionOutcome, DecisionRecord, ModelKind, ModelVersionInfo, NewDecision, NewModelVersion, Provenance,
+    StoredModel,
+};
+pub use network::{
+    ConnectionRow, HistoryExtent, HistoryRow, LegacyNetworkModel, ModelMetricsRow, NETWORK_DATABASE_FILE,
+    NetworkRowCounts, NetworkStore, PredictionRow, ScoredItem, WriterSettings, WriterStats,
+};
 pub use retention::RetentionReport;
 pub use samples::SampleRecord;
 pub use settings::StoreSettings;
@@ -72,19 +89,16 @@ impl Store {
         clock: Clock,
     ) -> Result<Store, StoreError> {
         settings.validate()?;
-        let mut builder = DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(data_dir).map_err(StoreError::io(data_dir))?;
-        if let Some(parent) = data_dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            vault::sync_dir(parent)?;
-        }
+        create_private_dir(data_dir)?;
 
         let vault = Arc::new(Vault::open(data_dir, settings.compression_level)?);
         let busy_timeout = Duration::from_millis(settings.busy_timeout_ms);
-        let database =
-            Database::open(&data_dir.join(DATABASE_FILE), busy_timeout, settings.read_connections)?;
+        let database = Database::open(
+            &data_dir.join(DATABASE_FILE),
+            &migrations::MALWARE,
+            busy_timeout,
+            settings.read_connections,
+        )?;
         // Makes the entries of a newly created database and its WAL durable.
         vault::sync_dir(data_dir)?;
         Ok(Store { data_dir: data_dir.to_owned(), settings, database, vault, clock })
@@ -116,6 +130,20 @@ impl fmt::Debug for Store {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// Creates the data directory (and its parents) private to the service's user (mode 0700), and
+/// makes its entry durable.
+fn create_private_dir(data_dir: &Path) -> Result<(), StoreError> {
+    let mut builder = DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(data_dir).map_err(StoreError::io(data_dir))?;
+    if let Some(parent) = data_dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        vault::sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 fn system_clock() -> i64 {

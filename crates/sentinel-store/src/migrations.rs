@@ -1,7 +1,11 @@
-//! Versioned schema migrations. `PRAGMA user_version` holds the number of migrations applied;
-//! opening the store applies the missing ones in one transaction, so a crash leaves the schema at
-//! either the old or the new version. New datasets (VirusTotal results, labelled samples, the
-//! network tables) are added by appending to [`MIGRATIONS`], never by editing an applied one.
+//! Versioned schema migrations, the one mechanism behind every database file of the store.
+//! `PRAGMA user_version` holds the number of migrations applied and `PRAGMA application_id` says
+//! which schema the file holds; opening a database applies the missing migrations in one
+//! transaction, so a crash leaves the schema at either the old or the new version. New tables
+//! are added by appending to a [`Schema`]'s list, never by editing an applied migration.
+//!
+//! Two schemas exist: [`MALWARE`] (`sentinel.db`: samples, verdicts, the two datasets and the
+//! model registry) and the network schema (`network.db`, in [`crate::network`]).
 
 use std::path::Path;
 
@@ -9,11 +13,26 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
 
-/// Marks the file as a Sentinel database (`PRAGMA application_id`, "SNTL").
-const APPLICATION_ID: i64 = 0x534E_544C;
+/// A database file's schema: its identity and its migrations. Migration `i` takes the schema
+/// from version `i` to version `i + 1`.
+pub(crate) struct Schema {
+    /// `PRAGMA application_id` of a file holding this schema.
+    pub application_id: i64,
+    pub migrations: &'static [&'static str],
+    /// Whether a file at version 0 whose tables are all in this list may be adopted: files
+    /// written before the schema was versioned, whose first migration only creates what is
+    /// missing (`IF NOT EXISTS`).
+    pub adoptable_tables: &'static [&'static str],
+}
 
-/// Migration `i` takes the schema from version `i` to version `i + 1`.
-const MIGRATIONS: &[&str] = &[
+/// The schema of `sentinel.db`; its application id spells "SNTL".
+pub(crate) const MALWARE: Schema = Schema {
+    application_id: 0x534E_544C,
+    migrations: MALWARE_MIGRATIONS,
+    adoptable_tables: &[],
+};
+
+const MALWARE_MIGRATIONS: &[&str] = &[
     // 1: samples seen by the malware AI server, and the verdicts given on them. Verdicts refer to
     // samples by hash without a foreign key: a VirusTotal verdict can be given on a hash alone.
     "CREATE TABLE samples (
@@ -57,34 +76,72 @@ const MIGRATIONS: &[&str] = &[
         labelled_at INTEGER NOT NULL,
         note        TEXT
     ) STRICT;",
+    // 4: the model registry (static, behaviour and network models): every version with where it
+    // came from and its evaluation, the decisions taken on them, and the active version of each
+    // kind. A pruned version keeps its row (decisions refer to it) but loses its artifact.
+    "CREATE TABLE model_versions (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT    NOT NULL CHECK (kind IN ('static', 'behaviour', 'network')),
+        label       TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL,
+        trainer     TEXT    NOT NULL,
+        command     TEXT    NOT NULL,
+        data        TEXT    NOT NULL CHECK (json_valid(data)),
+        sha256      TEXT    NOT NULL CHECK (length(sha256) = 64),
+        evaluation  TEXT    CHECK (evaluation IS NULL OR json_valid(evaluation)),
+        artifact    BLOB,
+        UNIQUE (kind, sha256)
+    ) STRICT;
+    CREATE TABLE model_decisions (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT    NOT NULL,
+        decided_at  INTEGER NOT NULL,
+        outcome     TEXT    NOT NULL CHECK (outcome IN ('promoted', 'rejected', 'activated')),
+        version_id  INTEGER NOT NULL REFERENCES model_versions (id),
+        previous_id INTEGER REFERENCES model_versions (id),
+        reason      TEXT    NOT NULL,
+        figures     TEXT    NOT NULL CHECK (json_valid(figures))
+    ) STRICT;
+    CREATE INDEX model_decisions_by_kind ON model_decisions (kind, id);
+    CREATE TABLE active_models (
+        kind         TEXT    PRIMARY KEY NOT NULL,
+        version_id   INTEGER NOT NULL REFERENCES model_versions (id),
+        activated_at INTEGER NOT NULL
+    ) STRICT;",
 ];
 
-/// Brings the database at `path` (open on `connection`) to the latest schema version.
-pub(crate) fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// Brings the database at `path` (open on `connection`) to the latest version of `schema`.
+pub(crate) fn migrate(connection: &mut Connection, path: &Path, schema: &Schema) -> Result<(), StoreError> {
     // IMMEDIATE: two processes opening the same fresh database must not both migrate it.
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let application_id: i64 = transaction.query_row("PRAGMA application_id", [], |row| row.get(0))?;
-    let supported = MIGRATIONS.len() as i64;
+    let supported = schema.migrations.len() as i64;
 
-    if application_id != APPLICATION_ID && (application_id != 0 || version != 0) {
+    if application_id != schema.application_id && (application_id != 0 || version != 0) {
         return Err(StoreError::NotSentinelDatabase { path: path.to_owned(), found: application_id });
     }
     if version > supported {
         return Err(StoreError::SchemaTooNew { found: version, supported });
     }
     if version == 0 {
-        let tables: i64 =
-            transaction.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
-        if tables != 0 {
+        let mut statement = transaction
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?;
+        let tables = statement.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        drop(statement);
+        let adoptable = tables.iter().all(|table| schema.adoptable_tables.contains(&table.as_str()));
+        if !adoptable {
             return Err(StoreError::NotSentinelDatabase { path: path.to_owned(), found: application_id });
         }
-        transaction.pragma_update(None, "application_id", APPLICATION_ID)?;
+        if !tables.is_empty() {
+            tracing::info!(path = %path.display(), "adopting a database written before its schema was versioned");
+        }
+        transaction.pragma_update(None, "application_id", schema.application_id)?;
     }
-    for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (from, migration) in schema.migrations.iter().enumerate().skip(version as usize) {
         transaction.execute_batch(migration)?;
         transaction.pragma_update(None, "user_version", from as i64 + 1)?;
-        tracing::info!(version = from + 1, "applied store schema migration");
+        tracing::info!(path = %path.display(), version = from + 1, "applied store schema migration");
     }
     transaction.commit()?;
     Ok(())
@@ -99,10 +156,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let mut connection = Connection::open(&path).unwrap();
-        migrate(&mut connection, &path).unwrap();
-        migrate(&mut connection, &path).unwrap();
+        migrate(&mut connection, &path, &MALWARE).unwrap();
+        migrate(&mut connection, &path, &MALWARE).unwrap();
         let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, MALWARE.migrations.len() as i64);
     }
 
     #[test]
@@ -110,9 +167,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let mut connection = Connection::open(&path).unwrap();
-        migrate(&mut connection, &path).unwrap();
+        migrate(&mut connection, &path, &MALWARE).unwrap();
         connection.pragma_update(None, "user_version", 999).unwrap();
-        assert!(matches!(migrate(&mut connection, &path), Err(StoreError::SchemaTooNew { found: 999, .. })));
+        assert!(matches!(migrate(&mut connection, &path, &MALWARE), Err(StoreError::SchemaTooNew { found: 999, .. })));
     }
 
     #[test]
@@ -121,6 +178,6 @@ mod tests {
         let path = dir.path().join("db");
         let mut connection = Connection::open(&path).unwrap();
         connection.execute_batch("CREATE TABLE other (x)").unwrap();
-        assert!(matches!(migrate(&mut connection, &path), Err(StoreError::NotSentinelDatabase { .. })));
+        assert!(matches!(migrate(&mut connection, &path, &MALWARE), Err(StoreError::NotSentinelDatabase { .. })));
     }
 }

@@ -1,0 +1,234 @@
+//! The network service's part of the store, in its own SQLite file `<data_dir>/network.db`
+//! (WAL), migrated by the same mechanism as `sentinel.db` ([`crate::migrations`]).
+//!
+//! Why a file of its own: SQLite allows one writer per file, and the network service writes
+//! thousands of rows a second in batches; in `sentinel.db` those batches would make every
+//! malware verdict wait for the lock. Its tables are exactly those of SPEC §2.3 plus indexes,
+//! and `ingest_journal` ([`schema`]). Its models are in the model registry of `sentinel.db`
+//! ([`crate::Store::register_model`]).
+//!
+//! An agent's snapshot is accepted only once it is in `ingest_journal`
+//! ([`NetworkStore::journal_snapshot`], a durable commit); the results writer deletes it in the
+//! transaction that stores its results ([`NetworkStore::store_snapshot`]), and the service
+//! replays what is left at start-up ([`NetworkStore::journalled_snapshots`]).
+
+mod records;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::params;
+
+pub use records::{
+    ConnectionRow, HistoryExtent, HistoryRow, LegacyNetworkModel, ModelMetricsRow, NetworkRowCounts,
+    PredictionRow, ScoredItem, WriterStats,
+};
+pub use writer::WriterSettings;
+
+use crate::StoreError;
+use crate::database::Database;
+use writer::ResultsWriter;
+
+/// Name of the network database inside the data directory.
+pub const NETWORK_DATABASE_FILE: &str = "network.db";
+
+/// How long a call waits for the lock of the other connection on the same file (the results
+/// writer and the journal's writer share it).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle read connections kept: training, status and the scheduler read at most a few at once.
+const READ_CONNECTIONS: usize = 2;
+
+/// The network tables: open once at start-up, share with `Arc`, call from blocking threads.
+pub struct NetworkStore {
+    path: PathBuf,
+    /// Journal writes (durable, `synchronous = FULL`) and reads.
+    database: Database,
+    /// Scored items, metrics and retention.
+    writer: ResultsWriter,
+}
+
+impl NetworkStore {
+    /// Opens `<data_dir>/network.db`, creating the directory (mode 0700) and the file (mode
+    /// 0600, as its -wal and -shm files) if missing, migrating (or adopting) its schema, and
+    /// starts the results writer, which applies the retention at once.
+    pub fn open(data_dir: &Path, settings: WriterSettings) -> Result<NetworkStore, StoreError> {
+        crate::create_private_dir(data_dir)?;
+        let path = data_dir.join(NETWORK_DATABASE_FILE);
+        let database = Database::open(&path, &schema::NETWORK, BUSY_TIMEOUT, READ_CONNECTIONS)?;
+        let writer = ResultsWriter::start(&path, settings, BUSY_TIMEOUT)?;
+        crate::vault::sync_dir(data_dir)?;
+        Ok(NetworkStore { path, database, writer })
+    }
+
+    /// Where the database is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Journals an agent's snapshot (its JSON) and returns its id; durable when this returns.
+    pub fn journal_snapshot(&self, snapshot: Vec<u8>) -> Result<i64, StoreError> {
+        let received_at = timestamp(SystemTime::now());
+        self.database.write(move |connection| {
+            connection
+                .prepare_cached("INSERT INTO ingest_journal (received_at, snapshot) VALUES (?1, ?2)")?
+                .execute(params![received_at, snapshot])?;
+            Ok(connection.last_insert_rowid())
+        })
+    }
+
+    /// Forgets a journalled snapshot that was not accepted after all, or cannot be read.
+    pub fn forget_snapshot(&self, id: i64) -> Result<(), StoreError> {
+        self.database.write(move |connection| {
+            connection.prepare_cached("DELETE FROM ingest_journal WHERE id = ?1")?.execute([id])?;
+            Ok(())
+        })
+    }
+
+    /// The snapshots journalled and not yet stored, oldest first, with their ids.
+    pub fn journalled_snapshots(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        self.database.read(|connection| {
+            let mut statement = connection.prepare("SELECT id, snapshot FROM ingest_journal ORDER BY id")?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Queues a scored item for the results writer; dropped (and counted) when it is behind.
+    pub fn store(&self, item: ScoredItem) {
+        self.writer.store(item);
+    }
+
+    /// Queues a journalled snapshot's items: they and the deletion of its journal entry are
+    /// committed in one transaction. Waits for room in the queue rather than dropping them.
+    pub fn store_snapshot(&self, journal_id: i64, items: Vec<ScoredItem>) {
+        self.writer.store_snapshot(journal_id, items);
+    }
+
+    /// Queues a model's evaluation rows (`model_metrics`).
+    pub fn store_metrics(&self, rows: Vec<ModelMetricsRow>) {
+        self.writer.store_metrics(rows);
+    }
+
+    /// The results writer's counters.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
+    }
+
+    /// Writes what is queued and stops the results writer (blocking); later items are dropped.
+    pub fn close(&self) {
+        self.writer.close();
+    }
+
+    /// How many feature rows are stored, and since when.
+    pub fn history_extent(&self) -> Result<HistoryExtent, StoreError> {
+        self.database.read(|connection| {
+            let (rows, oldest): (i64, Option<String>) = connection
+                .query_row("SELECT count(*), min(timestamp) FROM network_features", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            Ok(HistoryExtent {
+                rows: u64::try_from(rows).unwrap_or(0),
+                oldest: oldest.and_then(|text| humantime::parse_rfc3339(&text).ok()),
+            })
+        })
+    }
+
+    /// Rows per table.
+    pub fn row_counts(&self) -> Result<NetworkRowCounts, StoreError> {
+        self.database.read(|connection| {
+            let count = |table: &str| -> Result<u64, StoreError> {
+                let rows: i64 = connection.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))?;
+                Ok(u64::try_from(rows).unwrap_or(0))
+            };
+            Ok(NetworkRowCounts {
+                connections: count("network_connections")?,
+                features: count("network_features")?,
+                predictions: count("predictions")?,
+                model_metrics: count("model_metrics")?,
+                journalled_snapshots: count("ingest_journal")?,
+            })
+        })
+    }
+
+    /// The most recent `limit` feature rows, newest first, with their process names and labels.
+    /// Rows whose feature vector is not a JSON object are skipped. `cancelled` is asked every
+    /// 10,000 rows; when it says yes, the rows read so far are returned.
+    pub fn history(&self, limit: usize, cancelled: &dyn Fn() -> bool) -> Result<Vec<HistoryRow>, StoreError> {
+        self.database.read(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT f.feature_vector, c.process_name, f.label FROM network_features f
+                 LEFT JOIN network_connections c ON c.id = f.connection_id ORDER BY f.id DESC LIMIT ?1",
+            )?;
+            let mut rows = statement.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
+            let mut out = Vec::new();
+            let mut read = 0usize;
+            while let Some(row) = rows.next()? {
+                if read % 10_000 == 0 && cancelled() {
+                    break;
+                }
+                read += 1;
+                let text: Option<String> = row.get(0)?;
+                let Some(Ok(serde_json::Value::Object(features))) = text.map(|text| serde_json::from_str(&text))
+                else {
+                    continue;
+                };
+                let label: Option<i64> = row.get(2)?;
+                out.push(HistoryRow { features, process_name: row.get(1)?, anomalous: label == Some(1) });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The models the service kept in `network.db` before the model registry, oldest first;
+    /// empty once [`NetworkStore::drop_legacy_models`] has run (or on a new file).
+    pub fn legacy_models(&self) -> Result<Vec<LegacyNetworkModel>, StoreError> {
+        self.database.read(|connection| {
+            let exists: i64 = connection.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [schema::LEGACY_MODELS_TABLE],
+                |row| row.get(0),
+            )?;
+            if exists == 0 {
+                return Ok(Vec::new());
+            }
+            let mut statement = connection.prepare(
+                "SELECT version, created_at, training_rows, active, facts, preprocessor, ensemble
+                 FROM network_models ORDER BY version",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(LegacyNetworkModel {
+                    version: row.get(0)?,
+                    created_at: row.get(1)?,
+                    training_rows: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                    active: row.get::<_, i64>(3)? == 1,
+                    facts: row.get(4)?,
+                    preprocessor: row.get(5)?,
+                    ensemble: row.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Drops the legacy model table, once its models are in the registry.
+    pub fn drop_legacy_models(&self) -> Result<(), StoreError> {
+        self.database.write(|connection| {
+            connection.execute_batch("DROP TABLE IF EXISTS network_models")?;
+            Ok(())
+        })
+    }
+}
+
+impl std::fmt::Debug for NetworkStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("NetworkStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// Times are stored as RFC 3339 text with microseconds (UTC), which sorts as time does.
+fn timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
+}
