@@ -121,7 +121,9 @@ fn serve() -> Result<(), String> {
         let mut settings = sentinel_network::NetworkSettings { collect: false, ..Default::default() };
         settings.training.warmup_secs = 1;
         settings.model.min_training_rows = 1000;
-        let service = sentinel_network::NetworkService::start(settings, dir.path())
+        let store = sentinel_store::Store::open(dir.path(), sentinel_store::StoreSettings::default())
+            .map_err(|error| format!("the store did not open: {error}"))?;
+        let service = sentinel_network::NetworkService::start(settings, dir.path(), Arc::new(store))
             .map_err(|error| format!("the service did not start: {error}"))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::features::RawFeatures;
+use crate::service::StorageError;
 use crate::service::{AnalyzeError, AnalyzeItem, DetectionResult, NetworkService, TrainError};
-use crate::store::StoreError;
 
 /// The OpenAPI 3.1 document served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -64,10 +64,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> ApiError {
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> ApiError {
         match error {
-            StoreError::NoSuchVersion(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+            StorageError::NoSuchVersion(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
             _ => {
                 tracing::error!(%error, "network store");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())

@@ -2,9 +2,10 @@
 //! same records from remote agents), learns what normal traffic looks like, and flags anomalous
 //! connections in real time over a REST and WebSocket API.
 //!
-//! - [`NetworkService::start`] opens `<data_dir>/network.db`, starts the collectors, the
-//!   pipeline (tracking → features → models → stream and storage), the writer and the training
-//!   supervisor; [`NetworkService::shutdown`] stops them.
+//! - [`NetworkService::start`] opens `<data_dir>/network.db` (through `sentinel-store`, which
+//!   owns every table) and the active model of the model registry, starts the collectors, the
+//!   pipeline (tracking → features → models → stream and storage), the results writer and the
+//!   training scheduler; [`NetworkService::shutdown`] stops them.
 //! - [`router`] serves the API: `/api/v1/analyze`, `/api/v1/ingest`, `/api/v1/train`,
 //!   `/api/v1/models/status`, `/api/v1/models/rollback`, `/api/v1/predictions/recent`,
 //!   `/ws/realtime` and `/api/v1/openapi.json`.
@@ -16,19 +17,19 @@ pub mod agent;
 mod features;
 mod http;
 mod model;
+mod saved_model;
 mod service;
 mod settings;
-mod store;
 
 pub use features::{CATEGORICAL_FEATURES, FeatureError, NUMERIC_FEATURES, PROCESS_RARITY};
 pub use http::{OPENAPI, router};
 pub use model::{Evaluation, FeatureExplanation, ModelScore, Verdict};
+pub use saved_model::ModelVersion;
 pub use service::{
     AnalyzeError, ConnectionSummary, DetectionResult, JobReport, JobState, NetworkError, NetworkService,
-    Source, TrainError,
+    Source, StorageError, TrainError,
 };
 pub use settings::{
     AgentSettings, ApiSettings, FeatureSettings, ModelSettings, NetworkSettings, SettingsError,
     StorageSettings, TrainingSettings,
 };
-pub use store::{ModelVersion, StoreError};

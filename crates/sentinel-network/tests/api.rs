@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
+use sentinel_store::{ModelKind, NetworkStore, Store, StoreSettings, WriterSettings};
 use serde_json::json;
 
 fn record(
@@ -263,17 +264,26 @@ async fn history_trains_versioned_models_that_explain_their_verdicts() {
     service.shutdown().await;
 
     // The SPEC §2.3 tables hold what was ingested, trained and predicted.
-    let database = rusqlite::Connection::open(dir.path().join("network.db")).unwrap();
-    let count = |table: &str| -> i64 {
-        database.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0)).unwrap()
-    };
-    assert!(count("network_connections") >= 500);
-    assert_eq!(count("network_connections"), count("network_features"));
-    assert!(count("model_metrics") >= 8);
-    let sql: String = database
-        .query_row("SELECT sql FROM sqlite_master WHERE name = 'predictions'", [], |row| row.get(0))
-        .unwrap();
-    assert!(sql.contains("feature_id INTEGER REFERENCES network_features(id)"), "{sql}");
+    let network = NetworkStore::open(dir.path(), writer_settings()).unwrap();
+    let counts = network.row_counts().unwrap();
+    assert!(counts.connections >= 500, "{counts:?}");
+    assert_eq!(counts.connections, counts.features);
+    assert!(counts.model_metrics >= 8, "{counts:?}");
+    // The registry keeps each trained version with where it came from and its activation.
+    let registry = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let versions = registry.model_versions(ModelKind::Network).unwrap();
+    assert!(!versions.is_empty());
+    assert!(versions[0].provenance.data["training_rows"].as_u64().unwrap() >= 500, "{versions:?}");
+    assert!(versions.iter().filter(|version| version.active).count() == 1, "{versions:?}");
+}
+
+fn writer_settings() -> WriterSettings {
+    WriterSettings {
+        batch: 100,
+        flush_interval: Duration::from_millis(50),
+        queue: 1000,
+        retention: Duration::from_secs(30 * 86_400),
+    }
 }
 
 async fn train_wait(address: std::net::SocketAddr, id: u64) -> serde_json::Value {

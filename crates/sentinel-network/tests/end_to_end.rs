@@ -340,10 +340,18 @@ async fn port_scan_and_bulk_transfer_are_flagged_within_two_seconds() {
     service.shutdown().await;
     drop(silent_listeners);
 
-    let database = rusqlite::Connection::open(dir.path().join("network.db")).unwrap();
-    for table in ["network_connections", "network_features", "predictions", "model_metrics"] {
-        let rows: i64 =
-            database.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0)).unwrap();
-        assert!(rows > 0, "{table} is empty");
-    }
+    let counts = sentinel_store::NetworkStore::open(
+        dir.path(),
+        sentinel_store::WriterSettings {
+            batch: 100,
+            flush_interval: Duration::from_millis(50),
+            queue: 1000,
+            retention: Duration::from_secs(30 * 86_400),
+        },
+    )
+    .unwrap()
+    .row_counts()
+    .unwrap();
+    assert!(counts.connections > 0 && counts.features > 0, "{counts:?}");
+    assert!(counts.predictions > 0 && counts.model_metrics > 0, "{counts:?}");
 }

@@ -62,7 +62,7 @@ async fn healthz() -> Json<Value> {
 /// Ready to serve: models are loaded and the store accepts writes (every
 /// request writes, so a read-only store means every request would fail).
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
-    let models = shared.analyser.registry.current();
+    let models = shared.analyser.models.current();
     let store = Arc::clone(&shared.analyser.store);
     let writable =
         tokio::task::spawn_blocking(move || store.is_writable().map_err(|error| error.to_string()))

@@ -6,7 +6,7 @@
 //!
 //! Connections are tokio tasks; CPU-bound analysis runs on a bounded set of
 //! blocking workers (`workers`) so slow analyses never stall the reactor;
-//! models are shared through one [`ModelRegistry`] and can be replaced while
+//! models are shared through one [`ModelsInService`] and can be replaced while
 //! requests are in flight; every sample and verdict is stored durably before
 //! the answer is sent. `docs/protocol.md` documents the protocol and settings.
 
@@ -14,7 +14,7 @@ mod analysis;
 mod connection;
 mod http;
 mod metrics;
-mod registry;
+mod models;
 mod server;
 mod settings;
 mod status;
@@ -22,7 +22,7 @@ mod synthetic_pe;
 mod workers;
 
 pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep, label_from_report};
-pub use registry::{BEHAVIOUR_MODEL_PATH, ModelLoadError, ModelRegistry, Models, STATIC_MODEL_PATH};
+pub use models::{BEHAVIOUR_MODEL_PATH, ModelLoadError, Models, ModelsInService, STATIC_MODEL_PATH};
 pub use server::{ReloadError, Reloader, Server, ServerError};
 pub use settings::{ServerSettings, SettingsError};
 pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};

@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::analysis::{Analyser, VirusTotalStep};
-use crate::registry::{ModelLoadError, ModelRegistry, Models};
+use crate::models::{ModelLoadError, Models, ModelsInService};
 use crate::settings::{ServerSettings, SettingsError};
 use crate::status::{ModelReport, Status, StatusReport};
 use crate::workers::AnalysisWorkers;
@@ -61,7 +61,8 @@ impl Shared {
     pub async fn reload(&self) -> Result<Arc<Models>, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let data_dir = self.data_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || Models::load(&data_dir))
+        let store = Arc::clone(&self.analyser.store);
+        let loaded = tokio::task::spawn_blocking(move || Models::load(&store, &data_dir))
             .await
             .map_err(|_| ReloadError::Panicked)
             .and_then(|models| models.map_err(ReloadError::from));
@@ -74,12 +75,12 @@ impl Shared {
             behaviour_source = %models.behaviour_source,
             "models reloaded"
         );
-        self.analyser.registry.replace(models);
-        Ok(self.analyser.registry.current())
+        self.analyser.models.replace(models);
+        Ok(self.analyser.models.current())
     }
 
     pub fn report(&self) -> StatusReport {
-        let models = self.analyser.registry.current();
+        let models = self.analyser.models.current();
         let virustotal = self.analyser.virustotal.as_ref().map(VirusTotalStep::report);
         self.status.report(
             ModelReport {
@@ -98,7 +99,7 @@ impl Shared {
 pub struct Reloader(Arc<Shared>);
 
 impl Reloader {
-    /// Reloads the models from `<data_dir>/models/`; returns the static model's version.
+    /// Reloads the active models (registry, else `<data_dir>/models/`, else built in); returns the static model's version.
     pub async fn reload(&self) -> Result<String, ReloadError> {
         Ok(self.0.reload().await?.static_model.version().to_owned())
     }
@@ -118,14 +119,15 @@ async fn listen(address: SocketAddr) -> Result<TcpListener, ServerError> {
 }
 
 impl Server {
-    /// Checks the settings and binds both listeners. `data_dir` is where
-    /// reloads read `models/static.json` and `models/behaviour.json`; without
+    /// Checks the settings and binds both listeners. Reloads read the active
+    /// models of `store`'s model registry, or, for a kind without one,
+    /// `models/static.json` and `models/behaviour.json` of `data_dir`; without
     /// `sandbox` the dynamic step needs the client's report (field `[3]`);
     /// without `virustotal` the VirusTotal step answers `unavailable`.
     pub async fn bind(
         settings: ServerSettings,
         data_dir: PathBuf,
-        registry: Arc<ModelRegistry>,
+        models: Arc<ModelsInService>,
         store: Arc<Store>,
         virustotal: Option<VirusTotalStep>,
         sandbox: Option<CapeClient>,
@@ -134,7 +136,7 @@ impl Server {
         let tcp = listen(settings.tcp_listen).await?;
         let http = listen(settings.http_listen).await?;
         let analyser = Analyser {
-            registry,
+            models,
             store,
             workers: AnalysisWorkers::new(settings.analysis_workers, settings.analysis_queue_wait),
             timeout: settings.analysis_timeout,

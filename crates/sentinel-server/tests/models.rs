@@ -1,6 +1,6 @@
 //! Model replacement under load: a few hundred concurrent clients while the
-//! models are swapped through the registry and reloaded over HTTP; no request
-//! may fail.
+//! models in service are swapped and reloaded over HTTP; no request may fail.
+//! And a reload loads the model registry's active versions before any file.
 
 mod harness;
 
@@ -12,6 +12,7 @@ use harness::{TestServer, request, status};
 use sentinel_protocol::{Client, Command, Response};
 use sentinel_server::{Models, STATIC_MODEL_PATH, synthetic_pe};
 use sentinel_static::StaticModel;
+use sentinel_store::{DecisionOutcome, ModelKind, NewDecision, NewModelVersion, Provenance};
 
 const CLIENTS: usize = 200;
 const REQUESTS_PER_CLIENT: usize = 2;
@@ -26,12 +27,11 @@ async fn no_request_fails_while_models_are_swapped_and_reloaded() {
 
     let swapping = Arc::new(AtomicBool::new(true));
     let swapper = {
-        let (registry, swapping) = (Arc::clone(&server.registry), Arc::clone(&swapping));
+        let (models, swapping) = (Arc::clone(&server.models), Arc::clone(&swapping));
         tokio::spawn(async move {
             let mut swaps = 0u32;
             while swapping.load(Ordering::Relaxed) {
-                registry
-                    .replace(Models::with_static(StaticModel::builtin(), format!("swap {swaps}")).unwrap());
+                models.replace(Models::with_static(StaticModel::builtin(), format!("swap {swaps}")).unwrap());
                 swaps += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -102,5 +102,53 @@ async fn a_broken_model_file_fails_the_reload_and_keeps_the_models_in_service() 
     let pe = synthetic_pe(4096, 9);
     let response = client.request(&request(Command::StaticAnalyse, &pe, None, None)).await.unwrap();
     assert!(matches!(response, Response::Yes(_)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_puts_the_registrys_active_static_model_in_service_before_the_data_dir_file() {
+    let server = TestServer::start(|_| {}).await;
+    // A file in the data directory, as before the registry: used while the registry has none.
+    let model_path = server.data_path().join(STATIC_MODEL_PATH);
+    std::fs::create_dir_all(model_path.parent().unwrap()).unwrap();
+    StaticModel::builtin().save(&model_path).unwrap();
+    let (code, body) = harness::http(server.http, "POST", "/admin/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(server.http).await["models"]["static_source"], model_path.display().to_string());
+
+    let model = StaticModel::builtin();
+    let registered = server
+        .store
+        .register_model(NewModelVersion {
+            kind: ModelKind::Static,
+            label: model.version().to_owned(),
+            provenance: Provenance {
+                trainer: "test".to_owned(),
+                command: "registered by the test".to_owned(),
+                data: serde_json::json!({}),
+            },
+            evaluation: None,
+            artifact: model.to_json(),
+        })
+        .unwrap();
+    // Registered is not active: the file stays in service.
+    harness::http(server.http, "POST", "/admin/reload").await;
+    assert_eq!(status(server.http).await["models"]["static_source"], model_path.display().to_string());
+
+    server
+        .store
+        .decide_model(NewDecision {
+            kind: ModelKind::Static,
+            version_id: registered.id,
+            outcome: DecisionOutcome::Promoted,
+            reason: "test".to_owned(),
+            figures: serde_json::Value::Null,
+        })
+        .unwrap();
+    let (code, body) = harness::http(server.http, "POST", "/admin/reload").await;
+    assert_eq!(code, 200, "{body}");
+    let report = status(server.http).await;
+    assert_eq!(report["models"]["static_source"], format!("registry version {}", registered.id));
+    assert_eq!(report["models"]["static_version"], model.version());
     server.stop().await;
 }

@@ -295,7 +295,9 @@ mod tests {
     fn queued_writes_share_a_transaction_and_a_failing_one_is_rolled_back_alone() {
         const WRITERS: usize = 24;
         let dir = tempfile::tempdir().unwrap();
-        let database = Arc::new(Database::open(&dir.path().join("db"), &migrations::MALWARE, Duration::from_secs(5), 2).unwrap());
+        let database = Arc::new(
+            Database::open(&dir.path().join("db"), &migrations::MALWARE, Duration::from_secs(5), 2).unwrap(),
+        );
 
         // Hold the writer thread inside a write until every other writer has queued.
         let (release, gate) = mpsc::channel::<()>();

@@ -26,11 +26,8 @@ pub(crate) struct Schema {
 }
 
 /// The schema of `sentinel.db`; its application id spells "SNTL".
-pub(crate) const MALWARE: Schema = Schema {
-    application_id: 0x534E_544C,
-    migrations: MALWARE_MIGRATIONS,
-    adoptable_tables: &[],
-};
+pub(crate) const MALWARE: Schema =
+    Schema { application_id: 0x534E_544C, migrations: MALWARE_MIGRATIONS, adoptable_tables: &[] };
 
 const MALWARE_MIGRATIONS: &[&str] = &[
     // 1: samples seen by the malware AI server, and the verdicts given on them. Verdicts refer to
@@ -127,7 +124,8 @@ pub(crate) fn migrate(connection: &mut Connection, path: &Path, schema: &Schema)
     if version == 0 {
         let mut statement = transaction
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?;
-        let tables = statement.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        let tables =
+            statement.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         drop(statement);
         let adoptable = tables.iter().all(|table| schema.adoptable_tables.contains(&table.as_str()));
         if !adoptable {
@@ -169,7 +167,10 @@ mod tests {
         let mut connection = Connection::open(&path).unwrap();
         migrate(&mut connection, &path, &MALWARE).unwrap();
         connection.pragma_update(None, "user_version", 999).unwrap();
-        assert!(matches!(migrate(&mut connection, &path, &MALWARE), Err(StoreError::SchemaTooNew { found: 999, .. })));
+        assert!(matches!(
+            migrate(&mut connection, &path, &MALWARE),
+            Err(StoreError::SchemaTooNew { found: 999, .. })
+        ));
     }
 
     #[test]
@@ -178,6 +179,9 @@ mod tests {
         let path = dir.path().join("db");
         let mut connection = Connection::open(&path).unwrap();
         connection.execute_batch("CREATE TABLE other (x)").unwrap();
-        assert!(matches!(migrate(&mut connection, &path, &MALWARE), Err(StoreError::NotSentinelDatabase { .. })));
+        assert!(matches!(
+            migrate(&mut connection, &path, &MALWARE),
+            Err(StoreError::NotSentinelDatabase { .. })
+        ));
     }
 }

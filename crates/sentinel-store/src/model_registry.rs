@@ -159,7 +159,8 @@ pub struct DecisionRecord {
     pub figures: serde_json::Value,
 }
 
-const SELECT_VERSION: &str = "SELECT v.id, v.kind, v.label, v.created_at, v.trainer, v.command, v.data, v.sha256,
+const SELECT_VERSION: &str =
+    "SELECT v.id, v.kind, v.label, v.created_at, v.trainer, v.command, v.data, v.sha256,
     v.evaluation, v.artifact IS NOT NULL, a.version_id IS NOT NULL
     FROM model_versions v LEFT JOIN active_models a ON a.kind = v.kind AND a.version_id = v.id";
 
@@ -252,8 +253,8 @@ impl Store {
     /// Every version of `kind`, newest first.
     pub fn model_versions(&self, kind: ModelKind) -> Result<Vec<ModelVersionInfo>, StoreError> {
         self.database.read(|connection| {
-            let mut statement =
-                connection.prepare_cached(&format!("{SELECT_VERSION} WHERE v.kind = ?1 ORDER BY v.id DESC"))?;
+            let mut statement = connection
+                .prepare_cached(&format!("{SELECT_VERSION} WHERE v.kind = ?1 ORDER BY v.id DESC"))?;
             let rows = statement.query_map([kind.as_str()], read_version)?;
             rows.map(|row| row?).collect()
         })
@@ -296,7 +297,11 @@ fn active_id(connection: &Connection, kind: ModelKind) -> Result<Option<i64>, St
         .optional()?)
 }
 
-fn version_info(connection: &Connection, kind: ModelKind, id: i64) -> Result<Option<ModelVersionInfo>, StoreError> {
+fn version_info(
+    connection: &Connection,
+    kind: ModelKind,
+    id: i64,
+) -> Result<Option<ModelVersionInfo>, StoreError> {
     connection
         .prepare_cached(&format!("{SELECT_VERSION} WHERE v.kind = ?1 AND v.id = ?2"))?
         .query_row(params![kind.as_str(), id], read_version)
@@ -304,7 +309,11 @@ fn version_info(connection: &Connection, kind: ModelKind, id: i64) -> Result<Opt
         .transpose()
 }
 
-fn stored_model(connection: &Connection, kind: ModelKind, id: i64) -> Result<Option<StoredModel>, StoreError> {
+fn stored_model(
+    connection: &Connection,
+    kind: ModelKind,
+    id: i64,
+) -> Result<Option<StoredModel>, StoreError> {
     let Some(info) = version_info(connection, kind, id)? else { return Ok(None) };
     let artifact: Option<Vec<u8>> = connection
         .prepare_cached("SELECT artifact FROM model_versions WHERE id = ?1")?
@@ -326,8 +335,16 @@ fn read_version(row: &Row<'_>) -> rusqlite::Result<Result<ModelVersionInfo, Stor
     let kind: String = row.get(1)?;
     let data: String = row.get(6)?;
     let evaluation: Option<String> = row.get(8)?;
-    let (id, label, created_at, trainer, command, sha256, available, active) =
-        (row.get(0)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(7)?, row.get(9)?, row.get(10)?);
+    let (id, label, created_at, trainer, command, sha256, available, active) = (
+        row.get(0)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(7)?,
+        row.get(9)?,
+        row.get(10)?,
+    );
     Ok((|| {
         Ok(ModelVersionInfo {
             id,

@@ -7,12 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sentinel_network::{NetworkService, NetworkSettings, router};
+use sentinel_store::{Store, StoreSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Starts the service and serves its router on an ephemeral port of 127.0.0.1.
+/// Starts the service (its model registry in the store of `data_dir`) and serves its router on
+/// an ephemeral port of 127.0.0.1.
 pub async fn serve(settings: NetworkSettings, data_dir: &Path) -> (Arc<NetworkService>, SocketAddr) {
-    let service = NetworkService::start(settings, data_dir).expect("service starts");
+    let store = Store::open(data_dir, StoreSettings::default()).expect("store opens");
+    let service = NetworkService::start(settings, data_dir, Arc::new(store)).expect("service starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let app = router(Arc::clone(&service));

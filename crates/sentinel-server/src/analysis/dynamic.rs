@@ -23,7 +23,7 @@ use sentinel_protocol::{Analysis, ErrorDetail, Reason, Request};
 use sentinel_sandbox::{CapeClient, SandboxError};
 
 use crate::analysis::StepScore;
-use crate::registry::Models;
+use crate::models::Models;
 use crate::workers::AnalysisWorkers;
 
 /// Index of the request field that carries a client's behaviour report.

@@ -23,7 +23,7 @@ use sentinel_protocol::{Analysis, ErrorDetail, Reason, Request, Response};
 use sentinel_sandbox::CapeClient;
 use sentinel_store::{NewVerdict, Store};
 
-use crate::registry::ModelRegistry;
+use crate::models::ModelsInService;
 use crate::workers::{AnalysisWorkers, WorkerError};
 
 pub use fusion::FusionSettings;
@@ -45,7 +45,7 @@ pub(crate) struct StepScore {
 /// Runs analysis requests against the shared models and store.
 #[derive(Debug)]
 pub(crate) struct Analyser {
-    pub registry: Arc<ModelRegistry>,
+    pub models: Arc<ModelsInService>,
     pub store: Arc<Store>,
     pub workers: AnalysisWorkers,
     /// Time allowed for everything a request asks for.
@@ -105,7 +105,7 @@ impl Analyser {
         let sha256 = self.record_sample(request, executable.clone()).await?;
 
         // Every step uses the models in service when the request started.
-        let models = self.registry.current();
+        let models = self.models.current();
         let mut scores = Vec::with_capacity(steps.len());
         for &step in steps {
             let score = match step {

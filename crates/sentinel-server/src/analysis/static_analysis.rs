@@ -8,7 +8,7 @@ use sentinel_protocol::{Analysis, ErrorDetail, Reason};
 use sentinel_static::AnalyseError;
 
 use crate::analysis::StepScore;
-use crate::registry::Models;
+use crate::models::Models;
 use crate::workers::AnalysisWorkers;
 
 /// Scores `executable` on an analysis worker.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sentinel_protocol::{Command, Request};
 use sentinel_sandbox::{CapeClient, SandboxSettings};
-use sentinel_server::{ModelRegistry, Models, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
+use sentinel_server::{Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
 use sentinel_store::{Store, StoreSettings};
 use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 pub struct TestServer {
     pub tcp: SocketAddr,
     pub http: SocketAddr,
-    pub registry: Arc<ModelRegistry>,
+    pub models: Arc<ModelsInService>,
     pub store: Arc<Store>,
     pub data_dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -70,7 +70,7 @@ impl TestServer {
         };
         adjust(&mut settings);
         let store = Arc::new(Store::open(data_dir.path(), StoreSettings::default()).unwrap());
-        let registry = Arc::new(ModelRegistry::new(Models::load(data_dir.path()).unwrap()));
+        let models = Arc::new(ModelsInService::new(Models::load(&store, data_dir.path()).unwrap()));
         let virustotal = virustotal.map(|vt_settings| {
             let hasher = KeyHasher::load_or_create(&data_dir.path().join(VT_KEY_SECRET_FILE)).unwrap();
             VirusTotalStep::new(&vt_settings, hasher, Arc::clone(&store)).unwrap()
@@ -78,7 +78,7 @@ impl TestServer {
         let server = Server::bind(
             settings,
             data_dir.path().to_owned(),
-            Arc::clone(&registry),
+            Arc::clone(&models),
             Arc::clone(&store),
             virustotal,
             sandbox,
@@ -90,7 +90,7 @@ impl TestServer {
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer { tcp, http, registry, store, data_dir, stop: Some(stop), task: Some(task) }
+        TestServer { tcp, http, models, store, data_dir, stop: Some(stop), task: Some(task) }
     }
 
     /// Signals shutdown and waits for the server to stop; returns its data

@@ -125,8 +125,8 @@ impl NetworkStore {
     /// How many feature rows are stored, and since when.
     pub fn history_extent(&self) -> Result<HistoryExtent, StoreError> {
         self.database.read(|connection| {
-            let (rows, oldest): (i64, Option<String>) = connection
-                .query_row("SELECT count(*), min(timestamp) FROM network_features", [], |row| {
+            let (rows, oldest): (i64, Option<String>) =
+                connection.query_row("SELECT count(*), min(timestamp) FROM network_features", [], |row| {
                     Ok((row.get(0)?, row.get(1)?))
                 })?;
             Ok(HistoryExtent {
@@ -140,7 +140,8 @@ impl NetworkStore {
     pub fn row_counts(&self) -> Result<NetworkRowCounts, StoreError> {
         self.database.read(|connection| {
             let count = |table: &str| -> Result<u64, StoreError> {
-                let rows: i64 = connection.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))?;
+                let rows: i64 =
+                    connection.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))?;
                 Ok(u64::try_from(rows).unwrap_or(0))
             };
             Ok(NetworkRowCounts {
@@ -171,7 +172,8 @@ impl NetworkStore {
                 }
                 read += 1;
                 let text: Option<String> = row.get(0)?;
-                let Some(Ok(serde_json::Value::Object(features))) = text.map(|text| serde_json::from_str(&text))
+                let Some(Ok(serde_json::Value::Object(features))) =
+                    text.map(|text| serde_json::from_str(&text))
                 else {
                     continue;
                 };

@@ -44,7 +44,10 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 enum WriterItem {
     Item(Box<ScoredItem>),
     /// An accepted snapshot's items, written with the deletion of its journal entry.
-    Snapshot { journal_id: i64, items: Vec<ScoredItem> },
+    Snapshot {
+        journal_id: i64,
+        items: Vec<ScoredItem>,
+    },
     Metrics(Vec<ModelMetricsRow>),
 }
 
@@ -268,7 +271,12 @@ fn insert_item(transaction: &Transaction<'_>, item: &ScoredItem) -> Result<(), r
             "INSERT INTO network_features (timestamp, connection_id, feature_vector, label, session_id)
              VALUES (?1, ?2, ?3, 0, ?4)",
         )?
-        .execute(params![at, connection_id, serde_json::Value::Object(item.features.clone()).to_string(), item.session])?;
+        .execute(params![
+            at,
+            connection_id,
+            serde_json::Value::Object(item.features.clone()).to_string(),
+            item.session
+        ])?;
     let feature_id = transaction.last_insert_rowid();
     let mut insert_prediction = transaction.prepare_cached(
         "INSERT INTO predictions (timestamp, feature_id, model_name, anomaly_score, is_anomaly, confidence, explanation)
@@ -299,7 +307,8 @@ fn apply_retention(connection: &Connection, cutoff: SystemTime) -> Result<(), ru
     // Children first: predictions point to features, features to connections.
     let predictions = connection.execute("DELETE FROM predictions WHERE timestamp < ?1", [&cutoff])?;
     let features = connection.execute("DELETE FROM network_features WHERE timestamp < ?1", [&cutoff])?;
-    let connections = connection.execute("DELETE FROM network_connections WHERE timestamp < ?1", [&cutoff])?;
+    let connections =
+        connection.execute("DELETE FROM network_connections WHERE timestamp < ?1", [&cutoff])?;
     if predictions + features + connections > 0 {
         tracing::info!(predictions, features, connections, cutoff, "network retention applied");
     }

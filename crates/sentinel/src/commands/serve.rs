@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use sentinel_network::{NetworkService, NetworkSettings};
 use sentinel_sandbox::{ApiToken, CapeClient, SandboxSettings};
-use sentinel_server::{ModelRegistry, Models, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
+use sentinel_server::{Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
 use sentinel_store::{Store, StoreSettings};
 use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
 use tokio::signal::unix::{SignalKind, signal};
@@ -117,8 +117,8 @@ async fn serve(
         false => None,
     };
     let models = {
-        let data_dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || Models::load(&data_dir)).await?
+        let (data_dir, store) = (data_dir.clone(), Arc::clone(&store));
+        tokio::task::spawn_blocking(move || Models::load(&store, &data_dir)).await?
     }
     .context("cannot load the models")?;
     tracing::info!(version = models.static_model.version(), source = %models.static_source, "static model loaded");
@@ -133,9 +133,9 @@ async fn serve(
         tracing::info!(base_url = %settings.base_url, timeout_secs = settings.analysis_timeout_secs, max_in_flight = settings.max_in_flight, "CAPE sandbox configured");
         Some(client)
     };
-    let network = start_network(network_settings, &data_dir)?;
-    let registry = Arc::new(ModelRegistry::new(models));
-    let server = Server::bind(settings, data_dir, registry, store, virustotal, sandbox).await?;
+    let network = start_network(network_settings, &data_dir, &store)?;
+    let models = Arc::new(ModelsInService::new(models));
+    let server = Server::bind(settings, data_dir, models, store, virustotal, sandbox).await?;
 
     let server = match &network {
         Some(network) => {
@@ -191,12 +191,17 @@ async fn serve(
 }
 
 /// Starts the network AI service unless `[network] enabled = false`.
-fn start_network(settings: NetworkSettings, data_dir: &Path) -> anyhow::Result<Option<Arc<NetworkService>>> {
+fn start_network(
+    settings: NetworkSettings,
+    data_dir: &Path,
+    store: &Arc<Store>,
+) -> anyhow::Result<Option<Arc<NetworkService>>> {
     if !settings.enabled {
         tracing::info!("network service disabled by [network] enabled = false");
         return Ok(None);
     }
-    let service = NetworkService::start(settings, data_dir).context("cannot start the network service")?;
+    let service = NetworkService::start(settings, data_dir, Arc::clone(store))
+        .context("cannot start the network service")?;
     tracing::info!(database = %data_dir.join("network.db").display(), "network service started");
     Ok(Some(service))
 }

@@ -2,7 +2,8 @@
 //! set and the benign corpus — plus, on request, the labelled samples a server
 //! collected — prints the held-out evaluation and writes the model file (by
 //! default `models/static.json`, the model built into the binary). With a fixed
-//! evaluation set the new model goes through the champion/challenger gate of
+//! evaluation set the new model is registered in the model registry of the data
+//! directory's store and goes through the champion/challenger gate of
 //! [`promotion`] instead of replacing the model in place.
 
 use std::path::{Path, PathBuf};
@@ -12,13 +13,10 @@ use sentinel_metrics::Report;
 use sentinel_static::{
     BenignEvaluation, LabelledRows, StaticModel, TrainingOptions, read_corpus, read_header_csv, train,
 };
-use sentinel_store::Store;
+use sentinel_store::{DecisionOutcome, ModelKind, NewDecision, NewModelVersion, Provenance, Store};
 
-use crate::commands::train::promotion::{self, Entrant, Kept, RegistryEntry};
+use crate::commands::train::promotion;
 use crate::config::Config;
-
-/// The registry of promotion decisions, beside the model file.
-const REGISTRY_FILE: &str = "registry.jsonl";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,12 +40,15 @@ pub struct Args {
     /// file the vault holds), in the features the static model reads.
     #[arg(long, requires = "eval_set")]
     labelled_samples: bool,
-    /// Data directory of `--labelled-samples` (as for `sentinel serve`).
+    /// Data directory of `--labelled-samples` and of the model registry that
+    /// `--eval-set` records in (as for `sentinel serve`).
     #[arg(long, env = "SENTINEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Fixed evaluation set (the header data set's CSV schema), kept out of
-    /// training: the new model replaces the one at `--out` only if it is not
-    /// worse on it, and the decision is recorded in `registry.jsonl`.
+    /// training: the new model is registered in the data directory's model
+    /// registry and becomes the active static model (and replaces the file at
+    /// `--out`) only if it is not worse on it than the one in service; the
+    /// decision is recorded in the registry.
     #[arg(long)]
     eval_set: Option<PathBuf>,
     /// Print the training summary and evaluation as JSON.
@@ -57,12 +58,20 @@ pub struct Args {
 
 pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     let mut header = read_header_csv(&args.header_csv)?;
-    if args.labelled_samples {
-        let data_dir = config.resolve_data_dir(args.data_dir.clone());
-        let store = Store::open(&data_dir, config.section("store")?)
-            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-        let (added, skipped) = add_labelled_samples(&mut header, &store)?;
+    let store = match args.labelled_samples || args.eval_set.is_some() {
+        true => {
+            let data_dir = config.resolve_data_dir(args.data_dir.clone());
+            let store = Store::open(&data_dir, config.section("store")?)
+                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+            Some(store)
+        }
+        false => None,
+    };
+    let mut labelled = serde_json::Value::Null;
+    if let Some(store) = store.as_ref().filter(|_| args.labelled_samples) {
+        let (added, skipped) = add_labelled_samples(&mut header, store)?;
         eprintln!("labelled samples: {added} added ({skipped} without a vault file or not a parsable PE)");
+        labelled = serde_json::json!({ "added": added, "skipped": skipped });
     }
     let corpus = if args.without_corpus {
         None
@@ -86,11 +95,23 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let written = match &args.eval_set {
-        Some(eval_set) => promote(&model, eval_set, &args.out)?,
-        None => {
+    let written = match (&args.eval_set, &store) {
+        (Some(eval_set), Some(store)) => {
+            let provenance = Provenance {
+                trainer: concat!("sentinel ", env!("CARGO_PKG_VERSION")).to_owned(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                data: serde_json::json!({
+                    "header_csv": args.header_csv.display().to_string(),
+                    "corpus": corpus.as_ref().map(|_| args.corpus.display().to_string()),
+                    "labelled_samples": labelled,
+                    "seed": args.seed,
+                }),
+            };
+            promote(&model, provenance, eval_set, &args.out, store)?
+        }
+        _ => {
             model.save(&args.out)?;
-            args.out.clone()
+            args.out.display().to_string()
         }
     };
 
@@ -107,12 +128,7 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     }
     let summary = model.training();
     let evaluation = model.evaluation();
-    println!(
-        "model {} written to {} ({} trees, {seconds:.1} s)",
-        model.version(),
-        written.display(),
-        summary.trees
-    );
+    println!("model {} written to {} ({} trees, {seconds:.1} s)", model.version(), written, summary.trees);
     println!(
         "header data set: {} rows, {} unique ({} with conflicting labels dropped); train {}, calibration {}, test {}",
         summary.header_rows,
@@ -207,47 +223,69 @@ fn add_labelled_samples(rows: &mut LabelledRows, store: &Store) -> anyhow::Resul
     Ok((added, skipped))
 }
 
-/// The champion/challenger gate: scores the champion (the model at `out`, if
-/// any) and the new model on `eval_set`, keeps the new one as
-/// `<version>.json` beside `out` either way, puts it at `out` only if it is
-/// not worse, and records the decision in the registry. Returns where the new
-/// model was written.
-fn promote(challenger: &StaticModel, eval_set: &Path, out: &Path) -> anyhow::Result<PathBuf> {
+/// The champion/challenger gate: registers the new model in the registry,
+/// scores the champion (the registry's active static model, else the model file
+/// at `out`, if any) and the new model on `eval_set`, records the decision, and
+/// if the new model is not worse makes it the active one and puts it at `out`.
+/// Returns where the new model was written.
+fn promote(
+    challenger: &StaticModel,
+    provenance: Provenance,
+    eval_set: &Path,
+    out: &Path,
+    store: &Store,
+) -> anyhow::Result<String> {
     let evaluation = read_header_csv(eval_set)?;
     let score = |model: &StaticModel| -> anyhow::Result<Report> {
         let scores = model.score_rows(&evaluation.values)?;
         Ok(Report::new(&scores, &evaluation.labels, model.threshold())?)
     };
-    let champion = match out.exists() {
-        true => Some(StaticModel::load(out)?),
-        false => None,
+    let champion = match store.active_model(ModelKind::Static)? {
+        Some(stored) => {
+            Some((StaticModel::from_slice(&stored.artifact)?, format!("registry version {}", stored.info.id)))
+        }
+        None if out.exists() => Some((StaticModel::load(out)?, out.display().to_string())),
+        None => None,
     };
-    let champion_report = champion.as_ref().map(&score).transpose()?;
+    let champion_report = champion.as_ref().map(|(model, _)| score(model)).transpose()?;
     let challenger_report = score(challenger)?;
-    let challenger_path = out.with_file_name(format!("{}.json", challenger.version()));
-    challenger.save(&challenger_path)?;
+    let registered = store.register_model(NewModelVersion {
+        kind: ModelKind::Static,
+        label: challenger.version().to_owned(),
+        provenance,
+        evaluation: Some(serde_json::json!({
+            "held_out": challenger.evaluation(),
+            "evaluation_set": promotion::figures(&challenger_report),
+        })),
+        artifact: challenger.to_json(),
+    })?;
     let decision = promotion::decide(champion_report.as_ref(), &challenger_report);
-    if decision.kept == Kept::Challenger {
-        // Written aside and renamed, so a server reloading meanwhile reads one model or the other.
+    let figures = serde_json::json!({
+        "evaluation_set": eval_set.display().to_string(),
+        "evaluation_samples": evaluation.len(),
+        "challenger": promotion::figures(&challenger_report),
+        "champion": champion.as_ref().zip(champion_report.as_ref()).map(|((model, source), report)| {
+            serde_json::json!({ "version": model.version(), "source": source, "figures": promotion::figures(report) })
+        }),
+    });
+    if decision.outcome == DecisionOutcome::Promoted {
+        // Written aside and renamed, so a server reading the file meanwhile reads one model or the other.
         let staging = out.with_extension("json.promoting");
         challenger.save(&staging)?;
         std::fs::rename(&staging, out).with_context(|| format!("cannot replace {}", out.display()))?;
     }
-    eprintln!("{:?} kept: {}", decision.kept, decision.reason);
-    let entry = RegistryEntry {
-        decided_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |t| t.as_secs()),
-        model: "static".to_owned(),
-        evaluation_set: eval_set.display().to_string(),
-        evaluation_samples: evaluation.len(),
-        champion: champion
-            .as_ref()
-            .zip(champion_report.as_ref())
-            .map(|(model, report)| Entrant::new(model.version(), out, report)),
-        challenger: Entrant::new(challenger.version(), &challenger_path, &challenger_report),
-        decision,
-    };
-    promotion::record(&out.with_file_name(REGISTRY_FILE), &entry)?;
-    Ok(challenger_path)
+    store.decide_model(NewDecision {
+        kind: ModelKind::Static,
+        version_id: registered.id,
+        outcome: decision.outcome,
+        reason: decision.reason.clone(),
+        figures,
+    })?;
+    eprintln!("{}: {}", decision.outcome.as_str(), decision.reason);
+    Ok(match decision.outcome {
+        DecisionOutcome::Promoted => {
+            format!("the model registry (version {}, active) and {}", registered.id, out.display())
+        }
+        _ => format!("the model registry (version {}, not active)", registered.id),
+    })
 }

@@ -1,0 +1,245 @@
+//! The running network service: live collectors and agents' snapshots flow through one pipeline
+//! thread (connection tracking, features, the active model) to the WebSocket stream, the recent
+//! results kept in memory and the store's results writer; `/api/v1/analyze` scores posted
+//! batches on the blocking pool; a scheduler trains the first model after the warm-up and
+//! retrains on schedule.
+//!
+//! Models are swapped atomically (`ArcSwap`): a retraining or a rollback never blocks or
+//! disturbs a prediction in flight, which keeps the model it started with. Each concern has its
+//! module: `pipeline` (the thread and ingestion), `replay` (the journal after a restart),
+//! `analyze`, `training` (training and rollback), `jobs`, `schedule`, `status`,
+//! `metrics`, `results` (what is streamed and stored) and `errors`.
+
+mod analyze;
+mod errors;
+mod jobs;
+mod metrics;
+mod pipeline;
+mod replay;
+mod results;
+mod schedule;
+mod status;
+mod training;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use sentinel_netmon::{CollectionHandle, Observation};
+use sentinel_store::{NetworkStore, Store, WriterSettings};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+pub use analyze::AnalyzeItem;
+pub use errors::{AnalyzeError, NetworkError, StorageError, TrainError};
+pub use jobs::{JobReport, JobState, TrainingJob};
+pub use results::{ConnectionSummary, DetectionResult, Source};
+
+use crate::model::ModelBundle;
+use crate::saved_model::{self, ModelVersion};
+use crate::settings::NetworkSettings;
+use pipeline::PipelineInput;
+
+/// The active model and its registry entry.
+pub(crate) struct ActiveModel {
+    pub info: ModelVersion,
+    pub bundle: ModelBundle,
+}
+
+/// Counters shown in the status and the metrics.
+#[derive(Default)]
+struct Counters {
+    predictions: AtomicU64,
+    anomalies: AtomicU64,
+    events: AtomicU64,
+}
+
+/// The network AI service. Start it with [`NetworkService::start`], serve [`crate::router`],
+/// stop it with [`NetworkService::shutdown`].
+pub struct NetworkService {
+    settings: NetworkSettings,
+    /// The model registry (in `sentinel.db`).
+    registry: Arc<Store>,
+    /// The network tables (`network.db`).
+    store: NetworkStore,
+    model: ArcSwapOption<ActiveModel>,
+    results: broadcast::Sender<Arc<DetectionResult>>,
+    recent: Mutex<VecDeque<Arc<DetectionResult>>>,
+    /// Set while snapshots journalled before a restart are replayed: new ones wait (503), so
+    /// that each host's snapshots reach the pipeline in order.
+    replaying: AtomicBool,
+    pipeline: Mutex<Option<mpsc::Sender<PipelineInput>>>,
+    pipeline_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    collection: Mutex<Option<CollectionHandle>>,
+    /// Why this host's connections are not watched although `collect` is on.
+    collector_unavailable: OnceLock<String>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    job: Mutex<Option<Arc<TrainingJob>>>,
+    next_job: AtomicU64,
+    counters: Counters,
+}
+
+/// The locks guard plain values that a panic cannot leave half-updated: a poisoned lock is
+/// taken over, not propagated.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl NetworkService {
+    /// Opens (or creates) `<data_dir>/network.db`, loads the active network model from the model
+    /// registry (`registry`, the store of `sentinel.db`) if there is one, and starts the
+    /// collectors (unless `collect = false`), the pipeline, the results writer and the training
+    /// scheduler on the current tokio runtime. Where this host cannot be watched (no collector
+    /// for the platform, netlink refused) it starts without the collectors, logs why and shows
+    /// it in the status (`collector.unavailable`). Blocking (opens and migrates the database).
+    pub fn start(
+        settings: NetworkSettings,
+        data_dir: &Path,
+        registry: Arc<Store>,
+    ) -> Result<Arc<NetworkService>, NetworkError> {
+        settings.validate()?;
+        let store = NetworkStore::open(
+            data_dir,
+            WriterSettings {
+                batch: settings.storage.write_batch,
+                flush_interval: Duration::from_millis(settings.storage.flush_interval_ms),
+                queue: settings.storage.write_queue,
+                retention: Duration::from_secs(settings.storage.retention_days.saturating_mul(86_400)),
+            },
+        )?;
+        saved_model::adopt_legacy(&registry, &store)?;
+        let active = saved_model::active(&registry)?;
+        let unfinished = store.journalled_snapshots()?;
+        let (results, _) = broadcast::channel(settings.api.websocket_buffer);
+        let (pipeline_sender, pipeline_receiver) =
+            mpsc::channel(settings.api.ingest_queue + settings.collector.buffer_capacity);
+        let service = Arc::new(NetworkService {
+            model: ArcSwapOption::from(active.map(|(info, bundle)| Arc::new(ActiveModel { info, bundle }))),
+            results,
+            recent: Mutex::new(VecDeque::with_capacity(settings.api.recent_predictions)),
+            registry,
+            store,
+            replaying: AtomicBool::new(!unfinished.is_empty()),
+            pipeline: Mutex::new(Some(pipeline_sender.clone())),
+            pipeline_thread: Mutex::new(None),
+            collection: Mutex::new(None),
+            collector_unavailable: OnceLock::new(),
+            tasks: Mutex::new(Vec::new()),
+            job: Mutex::new(None),
+            next_job: AtomicU64::new(1),
+            counters: Counters::default(),
+            settings,
+        });
+
+        let pipeline_service = Arc::clone(&service);
+        let thread = std::thread::Builder::new()
+            .name("network-pipeline".into())
+            .spawn(move || pipeline_service.run_pipeline(pipeline_receiver))
+            .map_err(NetworkError::Thread)?;
+        *lock(&service.pipeline_thread) = Some(thread);
+        if !unfinished.is_empty() {
+            let replay = tokio::spawn(Arc::clone(&service).replay(unfinished, pipeline_sender.clone()));
+            lock(&service.tasks).push(replay);
+        }
+
+        // Without a collector (another platform, a container refusing netlink) the service still
+        // has work: agents' snapshots and /api/v1/analyze. It says so rather than not starting.
+        if service.settings.collect
+            && let Err(error) = service.start_collection(pipeline_sender)
+        {
+            tracing::warn!(
+                %error,
+                "this host's connections are not watched; the network service serves agents' records and /api/v1/analyze"
+            );
+            let _ = service.collector_unavailable.set(error.to_string());
+        }
+        let scheduler = tokio::spawn(Arc::clone(&service).schedule());
+        lock(&service.tasks).push(scheduler);
+        Ok(service)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn start_collection(&self, pipeline: mpsc::Sender<PipelineInput>) -> Result<(), NetworkError> {
+        use sentinel_netmon::Collector;
+        let mut collector = sentinel_netmon::LinuxCollector::from_settings(&self.settings.collector)
+            .map_err(|error| NetworkError::Collector(error.to_string()))?;
+        // A sandbox may allow the netlink socket yet refuse the dump: one collection now finds
+        // out at start-up, instead of a failure logged every second. It also fills the owner
+        // cache, so the loop's first collection is a warm one.
+        collector.collect().map_err(|error| NetworkError::Collector(error.to_string()))?;
+        let (handle, mut observations) =
+            sentinel_netmon::spawn_collection(&self.settings.collector, collector)
+                .map_err(|error| NetworkError::Collector(error.to_string()))?;
+        let forward = tokio::spawn(async move {
+            while let Some(observation) = observations.recv().await {
+                if let Observation::Connection(event) = observation
+                    && pipeline.send(PipelineInput::Event(Box::new(event))).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        *lock(&self.collection) = Some(handle);
+        lock(&self.tasks).push(forward);
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start_collection(&self, _pipeline: mpsc::Sender<PipelineInput>) -> Result<(), NetworkError> {
+        Err(NetworkError::Collector("no collector for this platform: set network.collect = false".into()))
+    }
+
+    /// Stops the collectors, the pipeline and the scheduler, and writes what is queued.
+    pub async fn shutdown(self: &Arc<Self>) {
+        lock(&self.collection).take();
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        if let Some(job) = lock(&self.job).as_ref() {
+            job.cancel();
+        }
+        // The pipeline ends when its last sender is gone: this one and the aborted forwarder's.
+        lock(&self.pipeline).take();
+        let thread = lock(&self.pipeline_thread).take();
+        let service = Arc::clone(self);
+        let joined = tokio::task::spawn_blocking(move || {
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+            service.store.close();
+        });
+        if let Err(error) = joined.await {
+            tracing::error!(%error, "network service did not stop cleanly");
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &NetworkSettings {
+        &self.settings
+    }
+
+    /// The stream of results of live and ingested connections.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<DetectionResult>> {
+        self.results.subscribe()
+    }
+
+    /// The most recent results, newest last.
+    pub(crate) fn recent(&self) -> Vec<Arc<DetectionResult>> {
+        lock(&self.recent).iter().cloned().collect()
+    }
+
+    /// Counts a published result and keeps it among the recent ones.
+    fn count_and_keep(&self, result: &Arc<DetectionResult>) {
+        self.counters.predictions.fetch_add(1, Ordering::Relaxed);
+        if result.verdict.is_anomaly {
+            self.counters.anomalies.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut recent = lock(&self.recent);
+        if recent.len() >= self.settings.api.recent_predictions {
+            recent.pop_front();
+        }
+        recent.push_back(Arc::clone(result));
+    }
+}

@@ -1,0 +1,173 @@
+//! The pipeline thread: every connection event, from this host's collectors or an agent's
+//! snapshot, goes through connection tracking (per agent host), the feature windows and the
+//! active model, then to the stream, the recent results and the store. And ingestion: an
+//! agent's snapshot is journalled, then queued for this thread.
+//!
+//! The pipeline is a thread of its own, not a tokio task: scoring a collection of thousands of
+//! connections is CPU work that would otherwise hold a reactor thread.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sentinel_netmon::{ConnectionEvent, ConnectionTracker, Snapshot};
+use sentinel_store::ScoredItem;
+use tokio::sync::mpsc;
+
+use super::results::{scored_item, summary};
+use super::{ActiveModel, DetectionResult, NetworkService, Source, StorageError, lock};
+use crate::features::{FeatureExtractor, RawFeatures, WindowSettings};
+use crate::model::Verdict;
+
+pub(super) enum PipelineInput {
+    Event(Box<ConnectionEvent>),
+    /// An agent's snapshot, with its id in the ingest journal.
+    Snapshot(Box<Snapshot>, i64),
+}
+
+impl NetworkService {
+    fn window_settings(&self) -> WindowSettings {
+        WindowSettings {
+            window_secs: self.settings.features.window_secs,
+            max_entries_per_key: self.settings.features.max_events_per_key,
+            max_keys: self.settings.features.max_keys,
+        }
+    }
+
+    pub(super) fn run_pipeline(&self, mut receiver: mpsc::Receiver<PipelineInput>) {
+        let mut extractor = FeatureExtractor::new(self.window_settings());
+        let mut trackers: HashMap<String, ConnectionTracker> = HashMap::new();
+        let mut buffer = Vec::new();
+        while let Some(input) = receiver.blocking_recv() {
+            match input {
+                PipelineInput::Event(event) => {
+                    self.process_event(&mut extractor, &event, &mut buffer);
+                }
+                PipelineInput::Snapshot(snapshot, journal_id) => {
+                    let tracker = trackers.entry(snapshot.host.clone()).or_default();
+                    let events = tracker.update(snapshot.timestamp, &snapshot.connections);
+                    let items = self.process_snapshot(&mut extractor, events);
+                    // Its items and the deletion of its journal entry are one transaction, so a
+                    // crash can neither lose nor duplicate them.
+                    self.store.store_snapshot(journal_id, items);
+                }
+            }
+        }
+    }
+
+    /// A live event: stored (dropped and counted when the writer is behind) and published.
+    fn process_event(
+        &self,
+        extractor: &mut FeatureExtractor,
+        event: &ConnectionEvent,
+        buffer: &mut Vec<f64>,
+    ) {
+        self.counters.events.fetch_add(1, Ordering::Relaxed);
+        let features = extractor.observe(event);
+        let model = self.model.load_full();
+        let verdict = model.as_ref().and_then(|model| {
+            scored(model.bundle.judge(&features, event.record.process_name.as_deref(), buffer))
+        });
+        let (item, result) = self.conclude(model.as_deref(), event, &features, Source::Live, verdict);
+        self.store.store(item);
+        if let Some(result) = result {
+            self.publish(result);
+        }
+    }
+
+    /// The events of one agent snapshot (up to its whole socket table on the first one): their
+    /// features in order, since each event's windows include the ones before it, then one
+    /// batch verdict, where each model scores them all in one call. Returns the items to store.
+    fn process_snapshot(
+        &self,
+        extractor: &mut FeatureExtractor,
+        events: Vec<ConnectionEvent>,
+    ) -> Vec<ScoredItem> {
+        if events.is_empty() {
+            return Vec::new();
+        }
+        self.counters.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        let observed: Vec<(ConnectionEvent, RawFeatures)> = events
+            .into_iter()
+            .map(|event| {
+                let features = extractor.observe(&event);
+                (event, features)
+            })
+            .collect();
+        let model = self.model.load_full();
+        let verdicts =
+            model.as_ref().and_then(|model| {
+                scored(model.bundle.judge_batch(&observed, |(event, features)| {
+                    (features, event.record.process_name.as_deref())
+                }))
+            });
+        let mut verdicts = verdicts.into_iter().flatten();
+        let mut items = Vec::with_capacity(observed.len());
+        for (event, features) in &observed {
+            let (item, result) =
+                self.conclude(model.as_deref(), event, features, Source::Agent, verdicts.next());
+            items.push(item);
+            if let Some(result) = result {
+                self.publish(result);
+            }
+        }
+        items
+    }
+
+    /// The item to store for an event, and the result to publish when a model gave a verdict.
+    fn conclude(
+        &self,
+        model: Option<&ActiveModel>,
+        event: &ConnectionEvent,
+        features: &RawFeatures,
+        source: Source,
+        verdict: Option<Verdict>,
+    ) -> (ScoredItem, Option<Arc<DetectionResult>>) {
+        let result = model.zip(verdict).map(|(model, verdict)| {
+            Arc::new(DetectionResult {
+                source,
+                observed_at: humantime::format_rfc3339_micros(event.record.timestamp).to_string(),
+                model_version: model.info.version,
+                connection: Some(summary(&event.record, Some(event.change))),
+                verdict,
+            })
+        });
+        let item = scored_item(
+            event.record.timestamp,
+            Some(&event.record),
+            features,
+            source,
+            result.as_ref().map(|result| &result.verdict),
+        );
+        (item, result)
+    }
+
+    fn publish(&self, result: Arc<DetectionResult>) {
+        self.count_and_keep(&result);
+        // No subscriber is not an error: results are streamed to whoever listens.
+        let _ = self.results.send(result);
+    }
+
+    /// Accepts an agent's snapshot (`json`, the body it was parsed from): journals it, then
+    /// queues it for the pipeline. `Ok(false)` when the queue is full or journalled snapshots
+    /// are being replayed after a restart: the agent should retry. Blocking (one durable commit).
+    pub(crate) fn ingest(&self, snapshot: Snapshot, json: &[u8]) -> Result<bool, StorageError> {
+        if self.replaying.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let id = self.store.journal_snapshot(json.to_vec())?;
+        let queued = lock(&self.pipeline)
+            .as_ref()
+            .is_some_and(|sender| sender.try_send(PipelineInput::Snapshot(Box::new(snapshot), id)).is_ok());
+        if !queued {
+            self.store.forget_snapshot(id)?;
+        }
+        Ok(queued)
+    }
+}
+
+/// The verdict, or `None` with the error logged: only a model inconsistent with itself fails to
+/// score, and the event is then stored without a verdict rather than given a made-up one.
+fn scored<T>(verdict: Result<T, sentinel_anomaly::AnomalyError>) -> Option<T> {
+    verdict.map_err(|error| tracing::error!(%error, "the network model could not score an event")).ok()
+}
