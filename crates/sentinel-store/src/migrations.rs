@@ -161,6 +161,27 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_an_older_version_gets_the_missing_migrations_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut connection = Connection::open(&path).unwrap();
+        // sentinel.db as a build with three migrations left it.
+        for migration in &MALWARE.migrations[..3] {
+            connection.execute_batch(migration).unwrap();
+        }
+        connection.pragma_update(None, "application_id", MALWARE.application_id).unwrap();
+        connection.pragma_update(None, "user_version", 3).unwrap();
+        connection.execute("INSERT INTO labels VALUES (?1, 1, 'manual', 0, NULL)", ["a".repeat(64)]).unwrap();
+        migrate(&mut connection, &path, &MALWARE).unwrap();
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, MALWARE.migrations.len() as i64);
+        let labels: i64 = connection.query_row("SELECT count(*) FROM labels", [], |row| row.get(0)).unwrap();
+        let versions: i64 =
+            connection.query_row("SELECT count(*) FROM model_versions", [], |row| row.get(0)).unwrap();
+        assert_eq!((labels, versions), (1, 0));
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");

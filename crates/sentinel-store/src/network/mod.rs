@@ -167,7 +167,7 @@ impl NetworkStore {
             let mut out = Vec::new();
             let mut read = 0usize;
             while let Some(row) = rows.next()? {
-                if read % 10_000 == 0 && cancelled() {
+                if read.is_multiple_of(10_000) && cancelled() {
                     break;
                 }
                 read += 1;

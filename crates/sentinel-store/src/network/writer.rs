@@ -159,7 +159,9 @@ fn write_loop(
     counters: &Counters,
 ) {
     let mut batch: Vec<WriterItem> = Vec::new();
-    let mut last_retention: Option<Instant> = None;
+    // At start, before anything queued is written, then hourly.
+    let mut last_retention = Instant::now();
+    retain(&connection, settings.retention);
     loop {
         let deadline = Instant::now() + settings.flush_interval;
         let mut closed = false;
@@ -189,12 +191,9 @@ fn write_loop(
             batch.clear();
         }
         // Retention runs from the writer, which holds the write lock anyway.
-        if last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY) {
-            last_retention = Some(Instant::now());
-            let cutoff = SystemTime::now().checked_sub(settings.retention).unwrap_or(SystemTime::UNIX_EPOCH);
-            if let Err(error) = apply_retention(&connection, cutoff) {
-                tracing::error!(%error, "network retention failed");
-            }
+        if last_retention.elapsed() >= RETENTION_EVERY {
+            last_retention = Instant::now();
+            retain(&connection, settings.retention);
         }
         if closed {
             return;
@@ -298,6 +297,14 @@ fn insert_item(transaction: &Transaction<'_>, item: &ScoredItem) -> Result<(), r
 
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Applies the retention now; a failure is logged, and retried at the next run.
+fn retain(connection: &Connection, retention: Duration) {
+    let cutoff = SystemTime::now().checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
+    if let Err(error) = apply_retention(connection, cutoff) {
+        tracing::error!(%error, "network retention failed");
+    }
 }
 
 /// Deletes connections, features and predictions observed before `cutoff`; model metrics and

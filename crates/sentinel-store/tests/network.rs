@@ -1,0 +1,334 @@
+//! The network part of the store through its public API, on real files: the schema of SPEC §2.3
+//! and its versioning (including adopting a file written before it was versioned), the journal,
+//! the results writer, retention, history, and the files' permissions.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use sentinel_store::{
+    ConnectionRow, NETWORK_DATABASE_FILE, NetworkStore, PredictionRow, ScoredItem, Store, StoreError,
+    StoreSettings, WriterSettings,
+};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn settings() -> WriterSettings {
+    WriterSettings { batch: 2, flush_interval: Duration::from_millis(20), queue: 1000, retention: 30 * DAY }
+}
+
+fn item(observed: SystemTime, process: &str, session: &str, scored: bool) -> ScoredItem {
+    let mut features = serde_json::Map::new();
+    features.insert("bytes_sent".to_owned(), serde_json::json!(400.0));
+    features.insert("protocol".to_owned(), serde_json::json!("tcp"));
+    ScoredItem {
+        observed,
+        connection: Some(ConnectionRow {
+            timestamp: observed,
+            process_id: Some(42),
+            process_name: Some(process.to_owned()),
+            local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+            local_port: 40_000,
+            remote_ip: IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34)),
+            remote_port: 443,
+            protocol: Some("tcp".to_owned()),
+            state: Some("ESTABLISHED".to_owned()),
+            bytes_sent: Some(400),
+            bytes_received: Some(u64::MAX),
+        }),
+        features,
+        session: session.to_owned(),
+        predictions: match scored {
+            true => vec![
+                PredictionRow {
+                    model: "isolation_forest".into(),
+                    score: 0.4,
+                    is_anomaly: false,
+                    confidence: 1.0,
+                    explanation: None,
+                },
+                PredictionRow {
+                    model: "ensemble".into(),
+                    score: 0.3,
+                    is_anomaly: false,
+                    confidence: 1.0,
+                    explanation: Some("[]".into()),
+                },
+            ],
+            false => Vec::new(),
+        },
+    }
+}
+
+fn columns(connection: &rusqlite::Connection, table: &str) -> Vec<(String, String)> {
+    let mut statement = connection.prepare(&format!("PRAGMA table_info({table})")).unwrap();
+    statement
+        .query_map([], |row| Ok((row.get::<_, String>(1)?, row.get::<_, String>(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn the_tables_have_exactly_the_columns_of_spec_2_3_and_the_schema_is_versioned() {
+    let dir = tempfile::tempdir().unwrap();
+    NetworkStore::open(dir.path(), settings()).unwrap().close();
+    let database = rusqlite::Connection::open(dir.path().join(NETWORK_DATABASE_FILE)).unwrap();
+    let names = |table| {
+        columns(&database, table).into_iter().map(|(name, kind)| format!("{name} {kind}")).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names("network_connections"),
+        [
+            "id INTEGER",
+            "timestamp DATETIME",
+            "process_id INTEGER",
+            "process_name TEXT",
+            "local_ip TEXT",
+            "local_port INTEGER",
+            "remote_ip TEXT",
+            "remote_port INTEGER",
+            "protocol TEXT",
+            "state TEXT",
+            "bytes_sent INTEGER",
+            "bytes_received INTEGER"
+        ]
+    );
+    assert_eq!(
+        names("network_features"),
+        [
+            "id INTEGER",
+            "timestamp DATETIME",
+            "connection_id INTEGER",
+            "feature_vector TEXT",
+            "label INTEGER",
+            "session_id TEXT"
+        ]
+    );
+    assert_eq!(
+        names("model_metrics"),
+        [
+            "id INTEGER",
+            "model_name TEXT",
+            "timestamp DATETIME",
+            "accuracy REAL",
+            "precision_score REAL",
+            "recall REAL",
+            "f1_score REAL",
+            "auc_roc REAL",
+            "false_positive_rate REAL"
+        ]
+    );
+    assert_eq!(
+        names("predictions"),
+        [
+            "id INTEGER",
+            "timestamp DATETIME",
+            "feature_id INTEGER",
+            "model_name TEXT",
+            "anomaly_score REAL",
+            "is_anomaly BOOLEAN",
+            "confidence REAL",
+            "explanation TEXT"
+        ]
+    );
+    let sql: String = database
+        .query_row("SELECT sql FROM sqlite_schema WHERE name = 'predictions'", [], |row| row.get(0))
+        .unwrap();
+    assert!(sql.contains("feature_id INTEGER REFERENCES network_features(id)"), "{sql}");
+    let indexes: i64 = database
+        .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(indexes, 8);
+    let version: i64 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    let application_id: i64 = database.query_row("PRAGMA application_id", [], |row| row.get(0)).unwrap();
+    assert_eq!((version, application_id), (1, 0x534E_544E));
+}
+
+/// The schema the network service created itself before the store versioned it.
+const UNVERSIONED_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS network_connections (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp DATETIME NOT NULL,
+  process_id INTEGER, process_name TEXT, local_ip TEXT, local_port INTEGER, remote_ip TEXT,
+  remote_port INTEGER, protocol TEXT, state TEXT, bytes_sent INTEGER, bytes_received INTEGER);
+CREATE TABLE IF NOT EXISTS network_features (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp DATETIME NOT NULL,
+  connection_id INTEGER REFERENCES network_connections(id), feature_vector TEXT,
+  label INTEGER DEFAULT 0, session_id TEXT);
+CREATE TABLE IF NOT EXISTS model_metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, model_name TEXT NOT NULL,
+  timestamp DATETIME NOT NULL, accuracy REAL, precision_score REAL, recall REAL, f1_score REAL,
+  auc_roc REAL, false_positive_rate REAL);
+CREATE TABLE IF NOT EXISTS predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp DATETIME NOT NULL,
+  feature_id INTEGER REFERENCES network_features(id), model_name TEXT, anomaly_score REAL,
+  is_anomaly BOOLEAN, confidence REAL, explanation TEXT);
+CREATE INDEX IF NOT EXISTS network_connections_timestamp ON network_connections(timestamp);
+CREATE TABLE IF NOT EXISTS network_models (version INTEGER PRIMARY KEY AUTOINCREMENT,
+  created_at DATETIME NOT NULL, training_rows INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0,
+  facts TEXT NOT NULL, preprocessor BLOB NOT NULL, ensemble BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS ingest_journal (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  received_at DATETIME NOT NULL, snapshot BLOB NOT NULL);
+INSERT INTO network_features (timestamp, feature_vector, session_id) VALUES ('2026-12-01T00:00:00.000000Z', '{\"a\": 1}', 'live:old');
+INSERT INTO network_models (created_at, training_rows, active, facts, preprocessor, ensemble)
+  VALUES ('2026-12-01T00:00:00Z', 1234, 1, '{}', X'7B7D', X'7B7D');
+INSERT INTO ingest_journal (received_at, snapshot) VALUES ('2026-12-01T00:00:00Z', X'7B7D');
+";
+
+#[test]
+fn a_network_db_written_before_the_schema_was_versioned_is_adopted_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let database = rusqlite::Connection::open(dir.path().join(NETWORK_DATABASE_FILE)).unwrap();
+        database.execute_batch(UNVERSIONED_SCHEMA).unwrap();
+    }
+    let store =
+        NetworkStore::open(dir.path(), WriterSettings { retention: 36_500 * DAY, ..settings() }).unwrap();
+    assert_eq!(store.history_extent().unwrap().rows, 1, "its rows are kept");
+    assert_eq!(store.journalled_snapshots().unwrap().len(), 1, "its journal is kept");
+    let legacy = store.legacy_models().unwrap();
+    assert_eq!(legacy.len(), 1);
+    assert!(legacy[0].active);
+    assert_eq!(legacy[0].training_rows, 1234);
+    store.drop_legacy_models().unwrap();
+    assert!(store.legacy_models().unwrap().is_empty());
+    store.close();
+    drop(store);
+    // The missing indexes were created, and a second open finds the file at its version.
+    let store = NetworkStore::open(dir.path(), settings()).unwrap();
+    assert!(store.legacy_models().unwrap().is_empty());
+    let database = rusqlite::Connection::open(dir.path().join(NETWORK_DATABASE_FILE)).unwrap();
+    let indexes: i64 = database
+        .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(indexes, 8);
+}
+
+#[test]
+fn a_file_of_another_program_or_of_the_malware_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let database = rusqlite::Connection::open(dir.path().join(NETWORK_DATABASE_FILE)).unwrap();
+        database.execute_batch("CREATE TABLE accounts (id INTEGER)").unwrap();
+    }
+    assert!(matches!(
+        NetworkStore::open(dir.path(), settings()),
+        Err(StoreError::NotSentinelDatabase { .. })
+    ));
+
+    // sentinel.db copied over network.db: another schema of Sentinel, refused too.
+    let other = tempfile::tempdir().unwrap();
+    drop(Store::open(other.path(), StoreSettings::default()).unwrap());
+    let data = tempfile::tempdir().unwrap();
+    std::fs::copy(other.path().join("sentinel.db"), data.path().join(NETWORK_DATABASE_FILE)).unwrap();
+    assert!(matches!(
+        NetworkStore::open(data.path(), settings()),
+        Err(StoreError::NotSentinelDatabase { .. })
+    ));
+}
+
+#[test]
+fn a_snapshot_is_stored_whole_with_its_journal_entry_gone_and_live_items_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = NetworkStore::open(dir.path(), settings()).unwrap();
+    let id = store.journal_snapshot(b"{\"host\": \"a\"}".to_vec()).unwrap();
+    let other = store.journal_snapshot(b"{\"host\": \"b\"}".to_vec()).unwrap();
+    assert_eq!(
+        store.journalled_snapshots().unwrap(),
+        [(id, b"{\"host\": \"a\"}".to_vec()), (other, b"{\"host\": \"b\"}".to_vec())]
+    );
+    store.forget_snapshot(other).unwrap();
+    let now = SystemTime::now();
+    // Five items with a batch of two: the snapshot is not split.
+    store.store_snapshot(id, (0..5).map(|_| item(now, "agentproc", "agent:a", true)).collect());
+    store.store(item(now, "liveproc", "live:here", false));
+    store.close();
+    let counts = store.row_counts().unwrap();
+    assert_eq!((counts.connections, counts.features, counts.predictions), (6, 6, 10), "{counts:?}");
+    assert_eq!(counts.journalled_snapshots, 0);
+    assert_eq!(store.writer_stats().written, 6);
+    let history = store.history(100, &|| false).unwrap();
+    assert_eq!(history.len(), 6);
+    assert_eq!(history[0].process_name.as_deref(), Some("liveproc"), "newest first");
+    assert_eq!(history[0].features["protocol"], "tcp");
+    assert!(history.iter().all(|row| !row.anomalous));
+    assert_eq!(store.history(2, &|| false).unwrap().len(), 2, "the limit holds");
+}
+
+#[test]
+fn retention_deletes_what_is_older_than_the_retention_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    {
+        let store = NetworkStore::open(dir.path(), settings()).unwrap();
+        for age in [40 * DAY, 31 * DAY] {
+            store.store(item(now - age, "old", "live:here", true));
+        }
+        for age in [29 * DAY, DAY, Duration::ZERO] {
+            store.store(item(now - age, "recent", "live:here", true));
+        }
+        store.store_metrics(vec![sentinel_store::ModelMetricsRow {
+            model_name: "ensemble".into(),
+            measured_at: now - 40 * DAY,
+            accuracy: 0.99,
+            precision: None,
+            recall: None,
+            f1: None,
+            auc_roc: None,
+            false_positive_rate: 0.01,
+        }]);
+        store.close();
+        assert_eq!(store.row_counts().unwrap().features, 5, "written after the retention of the opening");
+    }
+    // The retention runs when the writer starts (and hourly).
+    let store = NetworkStore::open(dir.path(), settings()).unwrap();
+    store.close();
+    let counts = store.row_counts().unwrap();
+    assert_eq!((counts.connections, counts.features, counts.predictions), (3, 3, 6), "{counts:?}");
+    assert_eq!(counts.model_metrics, 1, "model metrics are history of the models, kept");
+    let history = store.history(100, &|| false).unwrap();
+    assert!(history.iter().all(|row| row.process_name.as_deref() == Some("recent")));
+    let oldest = store.history_extent().unwrap().oldest.unwrap();
+    assert!(now.duration_since(oldest).unwrap() < 30 * DAY);
+}
+
+#[cfg(unix)]
+#[test]
+fn every_file_under_the_data_directory_is_private_to_the_service_user() {
+    use std::os::unix::fs::PermissionsExt;
+
+    fn check(path: &Path, found: &mut usize) {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        if path.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            for entry in std::fs::read_dir(path).unwrap() {
+                check(&entry.unwrap().path(), found);
+            }
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+            *found += 1;
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let store = Store::open(&data_dir, StoreSettings::default()).unwrap();
+    let network = NetworkStore::open(&data_dir, settings()).unwrap();
+    let sample = b"MZ a sample of a few bytes".to_vec();
+    store.record_sample(&sentinel_sha256(&sample), &sample).unwrap();
+    network.journal_snapshot(b"{}".to_vec()).unwrap();
+    network.store(item(SystemTime::now(), "p", "live:here", false));
+    // While both are open: the -wal and -shm files exist.
+    std::thread::sleep(Duration::from_millis(100));
+    for name in ["sentinel.db-wal", "sentinel.db-shm", "network.db-wal", "network.db-shm"] {
+        assert!(data_dir.join(name).exists(), "{name}");
+    }
+    let mut files = 0;
+    check(&data_dir, &mut files);
+    assert!(files >= 7, "{files} files checked");
+}
+
+fn sentinel_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
