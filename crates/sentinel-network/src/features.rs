@@ -386,3 +386,6 @@ fn port_class(port: u16) -> &'static str {
         _ => "dynamic",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -532,3 +532,6 @@ fn subsample(matrix: &Matrix, limit: usize, rng: &mut impl Rng) -> Result<Matrix
 fn confirmed(score: f64, threshold: f64, mut member_flags: impl Iterator<Item = bool>) -> bool {
     score >= threshold && member_flags.any(|flag| flag)
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

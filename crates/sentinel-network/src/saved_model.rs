@@ -58,10 +58,15 @@ struct ArtifactOut<'a> {
     ensemble: &'a RawValue,
 }
 
+/// Read first, so that another format is named as such rather than as a missing field.
 #[derive(Deserialize)]
-struct ArtifactIn<'a> {
+struct ArtifactHeader {
     format: String,
     format_version: u32,
+}
+
+#[derive(Deserialize)]
+struct ArtifactIn<'a> {
     facts: ModelFacts,
     #[serde(borrow)]
     preprocessor: &'a RawValue,
@@ -98,15 +103,17 @@ pub(crate) fn encode(bundle: &ModelBundle) -> Result<Vec<u8>, String> {
 
 /// Reads an artifact written by [`encode`], refusing another format or version.
 pub(crate) fn decode(bytes: &[u8]) -> Result<ModelBundle, String> {
-    let artifact: ArtifactIn<'_> =
+    let header: ArtifactHeader =
         serde_json::from_slice(bytes).map_err(|error| format!("not a network model: {error}"))?;
-    if artifact.format != FORMAT || artifact.format_version != FORMAT_VERSION {
+    if header.format != FORMAT || header.format_version != FORMAT_VERSION {
         return Err(format!(
             "format {:?} version {}, expected {FORMAT:?} version {FORMAT_VERSION}",
-            artifact.format.chars().take(40).collect::<String>(),
-            artifact.format_version
+            header.format.chars().take(40).collect::<String>(),
+            header.format_version
         ));
     }
+    let artifact: ArtifactIn<'_> =
+        serde_json::from_slice(bytes).map_err(|error| format!("a damaged network model: {error}"))?;
     let preprocessor: Preprocessor =
         sentinel_anomaly::load(artifact.preprocessor.get().as_bytes()).map_err(|error| error.to_string())?;
     let ensemble: Ensemble =
@@ -259,4 +266,71 @@ fn adopt_one(registry: &Store, model: LegacyNetworkModel) -> Result<(), StorageE
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sentinel_store::StoreSettings;
+
+    use super::*;
+    use crate::model::tests::fitted_bundle;
+
+    fn run(rows: usize) -> TrainingRun<'static> {
+        TrainingRun { trigger: "test", training_rows: rows, settings: serde_json::json!({"seed": 7}) }
+    }
+
+    #[test]
+    fn a_bundle_survives_the_artifact_format_and_another_format_is_refused() {
+        let bundle = fitted_bundle();
+        let decoded = decode(&encode(&bundle).unwrap()).unwrap();
+        assert_eq!(decoded.facts.medians, bundle.facts.medians);
+        assert_eq!(decoded.thresholds(), bundle.thresholds());
+        let features = crate::model::tests::fitted_rows_example();
+        let mut buffer = Vec::new();
+        let (before, after) = (
+            bundle.judge(&features, Some("webclient"), &mut buffer).unwrap(),
+            decoded.judge(&features, Some("webclient"), &mut buffer).unwrap(),
+        );
+        assert_eq!(before.score, after.score);
+
+        let other = serde_json::json!({"format": "something-else", "format_version": 1, "facts": {},
+            "preprocessor": {}, "ensemble": {}});
+        let refused = decode(other.to_string().as_bytes()).err().expect("another format is refused");
+        assert!(refused.contains("something-else"), "{refused}");
+        assert!(decode(b"not json").is_err());
+    }
+
+    #[test]
+    fn saves_activate_prune_and_roll_back_through_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Store::open(dir.path(), StoreSettings::default()).unwrap();
+        assert!(active(&registry).unwrap().is_none());
+        let bundle = fitted_bundle();
+        let first = save(&registry, &bundle, &run(600), 2).unwrap();
+        assert!(first.active);
+        assert_eq!(first.training_rows, 600);
+        // Another bundle (other facts), saved twice more with two versions kept.
+        let mut second_bundle = fitted_bundle();
+        second_bundle.facts.unseen_rarity += 1.0;
+        let second = save(&registry, &second_bundle, &run(700), 2).unwrap();
+        let mut third_bundle = fitted_bundle();
+        third_bundle.facts.unseen_rarity += 2.0;
+        let third = save(&registry, &third_bundle, &run(800), 2).unwrap();
+        let (info, _) = active(&registry).unwrap().unwrap();
+        assert_eq!(info.version, third.version);
+        let kept: Vec<i64> = versions(&registry).unwrap().iter().map(|version| version.version).collect();
+        assert_eq!(kept, [third.version, second.version], "the first one's artifact was pruned");
+        assert!(matches!(
+            activate(&registry, first.version, "rollback"),
+            Err(StorageError::NoSuchVersion(_))
+        ));
+
+        let (rolled_back, bundle) = activate(&registry, second.version, "rollback").unwrap();
+        assert!(rolled_back.active);
+        assert_eq!(bundle.facts.unseen_rarity, second_bundle.facts.unseen_rarity);
+        assert_eq!(active(&registry).unwrap().unwrap().0.version, second.version);
+        let decisions = registry.model_decisions(ModelKind::Network).unwrap();
+        assert_eq!(decisions.last().unwrap().reason, "rollback");
+        assert_eq!(decisions.last().unwrap().previous_id, Some(third.version));
+    }
 }
