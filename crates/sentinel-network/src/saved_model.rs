@@ -208,14 +208,28 @@ pub(crate) fn versions(registry: &Store) -> Result<Vec<ModelVersion>, StorageErr
         .collect())
 }
 
+/// How an adopted version says where it came from.
+const ADOPTED_COMMAND: &str = "adopted from network.db";
+
 /// Moves the models an older service kept in `network.db` into the registry (the active one
 /// stays active), then drops their table. Running it again after a crash half-way registers
-/// nothing twice: the registry recognises an artifact it holds.
+/// nothing twice: versions already adopted are recognised by their `network.db` version.
 pub(crate) fn adopt_legacy(registry: &Store, network: &NetworkStore) -> Result<usize, StorageError> {
     let legacy = network.legacy_models()?;
-    let adopted = legacy.len();
-    for model in legacy {
+    let already: Vec<i64> = if legacy.is_empty() {
+        Vec::new()
+    } else {
+        registry
+            .model_versions(ModelKind::Network)?
+            .iter()
+            .filter(|info| info.provenance.command == ADOPTED_COMMAND)
+            .filter_map(|info| info.provenance.data["network_db_version"].as_i64())
+            .collect()
+    };
+    let mut adopted = 0;
+    for model in legacy.into_iter().filter(|model| !already.contains(&model.version)) {
         adopt_one(registry, model)?;
+        adopted += 1;
     }
     network.drop_legacy_models()?;
     if adopted > 0 {
@@ -246,7 +260,7 @@ fn adopt_one(registry: &Store, model: LegacyNetworkModel) -> Result<(), StorageE
         label: String::new(),
         provenance: Provenance {
             trainer: "sentinel-network (before the model registry)".to_owned(),
-            command: "adopted from network.db".to_owned(),
+            command: ADOPTED_COMMAND.to_owned(),
             data: serde_json::json!({
                 "training_rows": model.training_rows,
                 "trained_at": model.created_at,
@@ -332,5 +346,35 @@ mod tests {
         let decisions = registry.model_decisions(ModelKind::Network).unwrap();
         assert_eq!(decisions.last().unwrap().reason, "rollback");
         assert_eq!(decisions.last().unwrap().previous_id, Some(third.version));
+    }
+
+    #[test]
+    fn a_model_kept_in_network_db_before_the_registry_is_adopted_and_stays_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Store::open(dir.path(), StoreSettings::default()).unwrap();
+        let bundle = fitted_bundle();
+        let (mut preprocessor, mut ensemble) = (Vec::new(), Vec::new());
+        sentinel_anomaly::save(&bundle.preprocessor, &mut preprocessor).unwrap();
+        sentinel_anomaly::save(&bundle.ensemble, &mut ensemble).unwrap();
+        let legacy = |version, active| LegacyNetworkModel {
+            version,
+            created_at: "2026-12-01T00:00:00Z".to_owned(),
+            training_rows: 600,
+            active,
+            facts: serde_json::to_string(&bundle.facts).unwrap(),
+            preprocessor: preprocessor.clone(),
+            ensemble: ensemble.clone(),
+        };
+        adopt_one(&registry, legacy(3, false)).unwrap();
+        adopt_one(&registry, legacy(4, true)).unwrap();
+        // One that cannot be loaded is left behind, not put in service.
+        adopt_one(&registry, LegacyNetworkModel { ensemble: b"{}".to_vec(), ..legacy(5, true) }).unwrap();
+        let (active_version, loaded) = active(&registry).unwrap().unwrap();
+        assert_eq!(active_version.training_rows, 600);
+        assert_eq!(loaded.thresholds(), bundle.thresholds());
+        let adopted = registry.model_versions(ModelKind::Network).unwrap();
+        assert_eq!(adopted.len(), 2);
+        assert_eq!(adopted[0].provenance.data["network_db_version"], 4);
+        assert!(adopted[0].active && !adopted[1].active);
     }
 }

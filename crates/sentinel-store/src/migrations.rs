@@ -86,9 +86,9 @@ const MALWARE_MIGRATIONS: &[&str] = &[
         data        TEXT    NOT NULL CHECK (json_valid(data)),
         sha256      TEXT    NOT NULL CHECK (length(sha256) = 64),
         evaluation  TEXT    CHECK (evaluation IS NULL OR json_valid(evaluation)),
-        artifact    BLOB,
-        UNIQUE (kind, sha256)
+        artifact    BLOB
     ) STRICT;
+    CREATE INDEX model_versions_by_kind ON model_versions (kind, id);
     CREATE TABLE model_decisions (
         id          INTEGER PRIMARY KEY AUTOINCREMENT,
         kind        TEXT    NOT NULL,

@@ -165,8 +165,9 @@ const SELECT_VERSION: &str =
     FROM model_versions v LEFT JOIN active_models a ON a.kind = v.kind AND a.version_id = v.id";
 
 impl Store {
-    /// Registers a model version (not active until a decision makes it so). An artifact
-    /// already registered for the same kind is not stored twice: its version is returned.
+    /// Registers a model version (not active until a decision makes it so). Every call is a new
+    /// version, even of bytes registered before: a retraining that gives the same model is still
+    /// a training, with its own origin and decisions.
     pub fn register_model(&self, new: NewModelVersion) -> Result<ModelVersionInfo, StoreError> {
         if !new.provenance.data.is_object() {
             return Err(StoreError::InvalidModel("the provenance's data must be a JSON object".into()));
@@ -174,33 +175,25 @@ impl Store {
         let sha256 = hex::encode(Sha256::digest(&new.artifact));
         let now = self.now();
         self.database.write(move |connection| {
-            let existing: Option<i64> = connection
-                .prepare_cached("SELECT id FROM model_versions WHERE kind = ?1 AND sha256 = ?2")?
-                .query_row(params![new.kind.as_str(), sha256], |row| row.get(0))
-                .optional()?;
-            let id = match existing {
-                Some(id) => id,
-                None => {
-                    connection
-                        .prepare_cached(
-                            "INSERT INTO model_versions (kind, label, created_at, trainer, command, data, sha256,
-                             evaluation, artifact) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        )?
-                        .execute(params![
-                            new.kind.as_str(),
-                            new.label,
-                            now,
-                            new.provenance.trainer,
-                            new.provenance.command,
-                            new.provenance.data.to_string(),
-                            sha256,
-                            new.evaluation.as_ref().map(ToString::to_string),
-                            new.artifact,
-                        ])?;
-                    connection.last_insert_rowid()
-                }
-            };
-            version_info(connection, new.kind, id)?.ok_or(StoreError::NoSuchModelVersion { kind: new.kind, id })
+            connection
+                .prepare_cached(
+                    "INSERT INTO model_versions (kind, label, created_at, trainer, command, data, sha256,
+                     evaluation, artifact) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    new.kind.as_str(),
+                    new.label,
+                    now,
+                    new.provenance.trainer,
+                    new.provenance.command,
+                    new.provenance.data.to_string(),
+                    sha256,
+                    new.evaluation.as_ref().map(ToString::to_string),
+                    new.artifact,
+                ])?;
+            let id = connection.last_insert_rowid();
+            version_info(connection, new.kind, id)?
+                .ok_or(StoreError::NoSuchModelVersion { kind: new.kind, id })
         })
     }
 

@@ -97,14 +97,14 @@ fn promotions_and_rejections_decide_the_active_version_and_every_decision_is_kep
 }
 
 #[test]
-fn the_same_artifact_is_one_version_and_pruning_keeps_the_active_and_the_newest() {
+fn every_registration_is_a_version_and_pruning_keeps_the_active_and_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-    let once = store.register_model(version(ModelKind::Network, "same")).unwrap();
+    // A retraining that gives the same bytes is still a version of its own, with the same hash.
     let again = store.register_model(version(ModelKind::Network, "same")).unwrap();
-    assert_eq!(once.id, again.id);
-    // The same bytes as another kind are another version.
-    assert_ne!(store.register_model(version(ModelKind::Behaviour, "same")).unwrap().id, once.id);
+    let once = store.register_model(version(ModelKind::Network, "same")).unwrap();
+    assert_ne!(once.id, again.id);
+    assert_eq!(once.sha256, again.sha256);
 
     let ids: Vec<i64> = (0..5)
         .map(|index| store.register_model(version(ModelKind::Network, &format!("v{index}"))).unwrap().id)
@@ -119,7 +119,15 @@ fn the_same_artifact_is_one_version_and_pruning_keeps_the_active_and_the_newest(
         .collect();
     assert_eq!(
         available,
-        [(ids[4], true), (ids[3], true), (ids[2], false), (ids[1], false), (ids[0], false), (once.id, true)],
+        [
+            (ids[4], true),
+            (ids[3], true),
+            (ids[2], false),
+            (ids[1], false),
+            (ids[0], false),
+            (once.id, true),
+            (again.id, false)
+        ],
         "the active one is kept although older"
     );
     assert_eq!(store.stored_model(ModelKind::Network, ids[0]).unwrap(), None);

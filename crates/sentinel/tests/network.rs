@@ -380,55 +380,153 @@ async fn where_netlink_is_refused_serve_says_why_and_still_serves_agents_and_ana
     assert!(served.wait_exit(Duration::from_secs(15)).success());
 }
 
+/// Connections per snapshot in the crash tests.
+const CONNECTIONS_PER_SNAPSHOT: usize = 5;
+
+/// Snapshot `index`: a host and a process of its own, so that its connections are all new to
+/// the tracker (one row each, replayed or not) and its rows can be told apart in the store.
+fn crash_snapshot(index: usize) -> Value {
+    let now = SystemTime::now();
+    let host = format!("snapshot-{index}");
+    let connections: Vec<Value> = (0..CONNECTIONS_PER_SNAPSHOT as u16)
+        .map(|slot| record(&host, &format!("proc-{index}"), 443, 42_000 + slot, 400, 2500, now))
+        .collect();
+    json!({"schema_version": 1, "host": host, "timestamp": timestamp(now), "connections": connections})
+}
+
+/// Posts a snapshot; the status, or `None` when the server is gone (killed mid-request).
+async fn try_ingest(http: SocketAddr, snapshot: &Value) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect(http).await.ok()?;
+    let body = snapshot.to_string();
+    let head = format!(
+        "POST /api/v1/ingest HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(body.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    String::from_utf8_lossy(&response).split(' ').nth(1)?.parse().ok()
+}
+
+/// Waits until the restarted service has replayed its journal and stored a new snapshot after
+/// it, stops it, and returns how many rows the store holds per snapshot index.
+async fn rows_per_snapshot_after_restart(
+    data_dir: &Path,
+    marker: usize,
+) -> std::collections::HashMap<usize, usize> {
+    let (mut served, http) =
+        serve(data_dir, "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 50\n");
+    // New snapshots are refused (503) while the journal is replayed: the marker goes in after.
+    ingest(http, &crash_snapshot(marker)).await;
+    let store = sentinel_store::NetworkStore::open(data_dir, writer_settings()).unwrap();
+    let marker_process = format!("proc-{marker}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !store
+        .history(usize::MAX, &|| false)
+        .unwrap()
+        .iter()
+        .any(|row| row.process_name.as_deref() == Some(marker_process.as_str()))
+    {
+        assert!(Instant::now() < deadline, "the marker snapshot was not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(store);
+    served.signal("-TERM");
+    assert!(served.wait_exit(Duration::from_secs(15)).success());
+    let store = sentinel_store::NetworkStore::open(data_dir, writer_settings()).unwrap();
+    assert_eq!(store.row_counts().unwrap().journalled_snapshots, 0, "the journal is empty");
+    let mut rows = std::collections::HashMap::new();
+    for row in store.history(usize::MAX, &|| false).unwrap() {
+        let index =
+            row.process_name.as_deref().and_then(|name| name.strip_prefix("proc-")).unwrap().parse().unwrap();
+        *rows.entry(index).or_default() += 1;
+    }
+    rows
+}
+
+fn writer_settings() -> sentinel_store::WriterSettings {
+    sentinel_store::WriterSettings {
+        batch: 1000,
+        flush_interval: Duration::from_millis(50),
+        queue: 1000,
+        retention: Duration::from_secs(30 * 86_400),
+    }
+}
+
 #[tokio::test]
-async fn snapshots_accepted_before_a_crash_are_stored_after_the_restart() {
+async fn snapshots_accepted_before_a_crash_are_stored_once_each_after_the_restart() {
     let data_dir = tempfile::tempdir().unwrap();
     // Results wait ten minutes in the writer's queue: at the crash, none is on disk.
     let slow_writer = "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 600000\n";
     let (mut served, http) = serve(data_dir.path(), slow_writer);
-    let now = SystemTime::now();
-    for agent in 0..4u16 {
-        let host = format!("agent-{agent}");
-        let connections: Vec<Value> = (0..3u16)
-            .map(|slot| record(&host, "webclient", 443, 42_000 + agent * 10 + slot, 400, 2500, now))
-            .collect();
-        let snapshot = json!({"schema_version": 1, "host": host, "timestamp": timestamp(now), "connections": connections});
-        ingest(http, &snapshot).await;
+    for index in 0..4 {
+        ingest(http, &crash_snapshot(index)).await;
     }
     let (_, status) = get(http, "/api/v1/models/status").await;
     assert_eq!(status["warmup"]["rows"], 0, "nothing stored yet: {status:#}");
     served.signal("-KILL");
     served.wait_exit(Duration::from_secs(15));
 
-    // After the restart every accepted snapshot's connections are stored, once each.
-    let (mut served, http) =
-        serve(data_dir.path(), "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 50\n");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, status) = get(http, "/api/v1/models/status").await;
-        let rows = status["warmup"]["rows"].as_u64().unwrap();
-        if rows == 12 {
-            break;
-        }
-        assert!(rows < 12, "stored twice: {status:#}");
-        assert!(Instant::now() < deadline, "accepted snapshots lost in the crash: {status:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let rows = rows_per_snapshot_after_restart(data_dir.path(), 99).await;
+    for index in [0, 1, 2, 3, 99] {
+        assert_eq!(rows.get(&index), Some(&CONNECTIONS_PER_SNAPSHOT), "snapshot {index}: {rows:?}");
     }
-    // New snapshots are taken again once the replay is done, and nothing is replayed twice.
-    let later = json!({"schema_version": 1, "host": "agent-9", "timestamp": timestamp(SystemTime::now()),
-        "connections": [record("agent-9", "webclient", 443, 43_000, 400, 2500, SystemTime::now())]});
-    ingest(http, &later).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, status) = get(http, "/api/v1/models/status").await;
-        if status["warmup"]["rows"] == 13 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(rows.len(), 5, "{rows:?}");
+}
+
+#[tokio::test]
+async fn a_kill_during_ingest_neither_loses_nor_duplicates_a_snapshot() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Batches of two items and a 5 ms flush: the writer commits while snapshots of five
+    // connections arrive, so the kill falls between and inside its transactions.
+    let busy_writer =
+        "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 5\nwrite_batch = 2\n";
+    let (mut served, http) = serve(data_dir.path(), busy_writer);
+    const POSTERS: usize = 4;
+    const ACCEPTED_BEFORE_KILL: usize = 40;
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let posters: Vec<_> = (0..POSTERS)
+        .map(|poster| {
+            let accepted = std::sync::Arc::clone(&accepted);
+            tokio::spawn(async move {
+                let mut attempted = Vec::new();
+                for index in (poster..10_000).step_by(POSTERS) {
+                    attempted.push(index);
+                    match try_ingest(http, &crash_snapshot(index)).await {
+                        Some(202) => accepted.lock().unwrap().push(index),
+                        Some(503) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        Some(status) => panic!("snapshot {index}: status {status}"),
+                        None => return attempted,
+                    }
+                }
+                attempted
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted.lock().unwrap().len() < ACCEPTED_BEFORE_KILL {
+        assert!(Instant::now() < deadline, "too few snapshots accepted");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    served.signal("-TERM");
-    assert!(served.wait_exit(Duration::from_secs(15)).success());
+    served.signal("-KILL");
+    served.wait_exit(Duration::from_secs(15));
+    let mut attempted = Vec::new();
+    for poster in posters {
+        attempted.extend(poster.await.unwrap());
+    }
+    let accepted = accepted.lock().unwrap().clone();
+
+    let marker = 20_000;
+    let rows = rows_per_snapshot_after_restart(data_dir.path(), marker).await;
+    for index in &accepted {
+        assert_eq!(rows.get(index), Some(&CONNECTIONS_PER_SNAPSHOT), "accepted snapshot {index}: {rows:?}");
+    }
+    // One whose answer the kill cut off may or may not have been journalled: whole or absent.
+    for (index, count) in &rows {
+        assert!(*index == marker || attempted.contains(index), "snapshot {index} was never sent");
+        assert_eq!(*count, CONNECTIONS_PER_SNAPSHOT, "snapshot {index}: {rows:?}");
+    }
 }
 
 #[tokio::test]
