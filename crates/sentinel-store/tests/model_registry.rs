@@ -110,7 +110,11 @@ fn every_registration_is_a_version_and_pruning_keeps_the_active_and_the_newest()
         .map(|index| store.register_model(version(ModelKind::Network, &format!("v{index}"))).unwrap().id)
         .collect();
     decide(&store, ModelKind::Network, once.id, DecisionOutcome::Activated, "first").unwrap();
-    assert_eq!(store.prune_model_versions(ModelKind::Network, 2).unwrap(), 4, "v0, v1, v2 and the first \"same\"");
+    assert_eq!(
+        store.prune_model_versions(ModelKind::Network, 2).unwrap(),
+        4,
+        "v0, v1, v2 and the first \"same\""
+    );
     let available: Vec<(i64, bool)> = store
         .model_versions(ModelKind::Network)
         .unwrap()

@@ -7,6 +7,7 @@ mod client;
 mod datasets;
 mod eval;
 mod labels;
+mod models;
 mod scan;
 mod serve;
 mod train;
@@ -39,6 +40,8 @@ pub enum Command {
     Labels(labels::Args),
     /// The VirusTotal results dataset: CSV import and export.
     VtResults(vt_results::Args),
+    /// The model registry: versions, decisions, activating a version (rollback).
+    Models(models::Args),
 }
 
 impl Command {
@@ -54,6 +57,7 @@ impl Command {
             Command::Bench(command) => command.run(config),
             Command::Labels(args) => labels::run(args, config),
             Command::VtResults(args) => vt_results::run(args, config),
+            Command::Models(args) => models::run(args, config),
         }
     }
 }
