@@ -82,3 +82,28 @@ fn versions_and_decisions_are_listed_and_a_static_model_is_rolled_back_by_hand()
     let network = sentinel(dir.path(), &["models", "activate", "network", &first.to_string()]);
     assert!(String::from_utf8_lossy(&network.stderr).contains("/api/v1/models/rollback"));
 }
+
+#[test]
+fn a_behaviour_model_file_is_imported_as_an_active_version_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("behaviour.json");
+    let model = sentinel_behaviour::BehaviourModel::builtin().unwrap();
+    model.save(&file).unwrap();
+    let imported = lines(&sentinel(
+        dir.path(),
+        &["models", "import", "behaviour", file.to_str().unwrap(), "--activate"],
+    ));
+    assert_eq!(imported[0]["label"], model.version());
+    assert_eq!(imported[0]["active"], true);
+    assert_eq!(imported[0]["data"]["file"], file.display().to_string());
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let active = store.active_model(ModelKind::Behaviour).unwrap().unwrap();
+    assert_eq!(active.artifact, std::fs::read(&file).unwrap());
+    drop(store);
+
+    std::fs::write(&file, b"{ not a model").unwrap();
+    let broken = sentinel(dir.path(), &["models", "import", "behaviour", file.to_str().unwrap()]);
+    assert!(!broken.status.success());
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("is not a behaviour model"));
+    assert_eq!(lines(&sentinel(dir.path(), &["models", "list", "--kind", "behaviour"])).len(), 1);
+}

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use super::records::{ModelMetricsRow, ScoredItem, WriterStats};
 use super::timestamp;
@@ -202,7 +202,9 @@ fn write_loop(
 }
 
 fn write_batch(connection: &mut Connection, batch: &[WriterItem]) -> Result<(), rusqlite::Error> {
-    let transaction = connection.transaction()?;
+    // IMMEDIATE: the write lock is taken (waiting for the journal's writer if need be) before
+    // anything is read, so the transaction never has to upgrade a read snapshot.
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for item in batch {
         match item {
             WriterItem::Item(item) => insert_item(&transaction, item)?,

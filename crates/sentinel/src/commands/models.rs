@@ -1,11 +1,18 @@
 //! `sentinel models`: the model registry of a data directory (docs/storage.md) — every version of
-//! the static, behaviour and network models with its origin, the decisions taken on them, and
-//! activating a version of the static or behaviour model (a rollback), which a running server
-//! puts in service at its next reload (`SIGHUP`, `POST /admin/reload`). Output is one JSON object
-//! per line, for people and scripts alike.
+//! the static, behaviour and network models with its origin, the decisions taken on them,
+//! importing a model file (`sentinel train dynamic`'s, or one made elsewhere), and activating a
+//! version of the static or behaviour model (a rollback), which a running server puts in service
+//! at its next reload (`SIGHUP`, `POST /admin/reload`). Output is one JSON object per line, for
+//! people and scripts alike.
+
+use std::path::PathBuf;
 
 use anyhow::Context;
-use sentinel_store::{DecisionOutcome, DecisionRecord, ModelKind, ModelVersionInfo, NewDecision};
+use sentinel_behaviour::BehaviourModel;
+use sentinel_static::StaticModel;
+use sentinel_store::{
+    DecisionOutcome, DecisionRecord, ModelKind, ModelVersionInfo, NewDecision, NewModelVersion, Provenance,
+};
 
 use crate::commands::datasets::DataDir;
 use crate::config::Config;
@@ -50,6 +57,15 @@ enum Command {
         #[arg(long, value_enum)]
         kind: Option<Kind>,
     },
+    /// Register a static or behaviour model file (checked first) as a new version; with
+    /// `--activate`, make it the active one.
+    Import {
+        #[arg(value_enum)]
+        kind: Kind,
+        file: PathBuf,
+        #[arg(long)]
+        activate: bool,
+    },
     /// Make a version of the static or behaviour model the active one (a rollback). Network
     /// models are rolled back through the running service: `POST /api/v1/models/rollback`.
     Activate {
@@ -80,6 +96,49 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
                     println!("{}", decision_json(&decision));
                 }
             }
+        }
+        Command::Import { kind, file, activate } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Checked as the server will load it, so that a broken file never becomes a version.
+            let (label, evaluation) = match kind {
+                Kind::Static => {
+                    let model = StaticModel::from_slice(&bytes)
+                        .with_context(|| format!("{} is not a static model", file.display()))?;
+                    (model.version().to_owned(), serde_json::to_value(model.evaluation()).ok())
+                }
+                Kind::Behaviour => {
+                    let model = BehaviourModel::from_json(&bytes)
+                        .with_context(|| format!("{} is not a behaviour model", file.display()))?;
+                    (model.version().to_owned(), None)
+                }
+                Kind::Network => anyhow::bail!("network models are trained and saved by the network service"),
+            };
+            let version = store.register_model(NewModelVersion {
+                kind: kind.kind(),
+                label,
+                provenance: Provenance {
+                    trainer: "unknown (imported file)".to_owned(),
+                    command: std::env::args().collect::<Vec<_>>().join(" "),
+                    data: serde_json::json!({ "file": file.display().to_string() }),
+                },
+                evaluation,
+                artifact: bytes,
+            })?;
+            if activate {
+                store.decide_model(NewDecision {
+                    kind: kind.kind(),
+                    version_id: version.id,
+                    outcome: DecisionOutcome::Activated,
+                    reason: format!("imported from {}", file.display()),
+                    figures: serde_json::Value::Null,
+                })?;
+            }
+            let version = store
+                .model_versions(kind.kind())?
+                .into_iter()
+                .find(|info| info.id == version.id)
+                .context("the imported version vanished")?;
+            println!("{}", version_json(&version));
         }
         Command::Activate { kind: Kind::Network, .. } => {
             anyhow::bail!(
