@@ -141,3 +141,107 @@ fn predictions_of(verdict: &Verdict) -> Vec<PredictionRow> {
     });
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use sentinel_netmon::{Family, Protocol, SocketState};
+
+    use super::*;
+    use crate::model::{FeatureExplanation, ModelScore};
+
+    fn record() -> ConnectionRecord {
+        ConnectionRecord {
+            timestamp: SystemTime::UNIX_EPOCH,
+            host: "laptop-7".to_owned(),
+            pid: Some(42),
+            process_name: Some("curl".to_owned()),
+            process_path: None,
+            user: None,
+            local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+            local_port: 40_000,
+            remote_ip: IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34)),
+            remote_port: 443,
+            protocol: Protocol::Tcp,
+            family: Family::V4,
+            state: SocketState::Established,
+            bytes_sent: Some(10),
+            bytes_received: None,
+            rtt_us: None,
+            retransmits: None,
+            segs_in: None,
+            segs_out: None,
+            socket_id: None,
+        }
+    }
+
+    fn verdict() -> Verdict {
+        Verdict {
+            models: vec![
+                ModelScore { model: "isolation_forest", score: 0.7, threshold: 0.6, is_anomaly: true },
+                ModelScore { model: "lof", score: 1.1, threshold: 1.5, is_anomaly: false },
+            ],
+            score: 0.9,
+            threshold: 0.8,
+            is_anomaly: true,
+            confidence: 0.5,
+            explanation: vec![FeatureExplanation {
+                feature: "bytes_sent_delta".into(),
+                value: serde_json::json!(1e9),
+                baseline: Some(500.0),
+                deviation: 8.0,
+            }],
+        }
+    }
+
+    #[test]
+    fn an_agent_s_item_keeps_its_connection_host_session_and_one_row_per_model_then_the_ensemble() {
+        let record = record();
+        let features = crate::features::standalone_features(&sentinel_netmon::ConnectionEvent {
+            change: ConnectionChange::New,
+            record: record.clone(),
+            bytes_sent_delta: Some(10),
+            bytes_received_delta: None,
+            interval_ms: None,
+        });
+        let item = scored_item(record.timestamp, Some(&record), &features, Source::Agent, Some(&verdict()));
+        assert_eq!(item.session, "agent:laptop-7");
+        let connection = item.connection.unwrap();
+        assert_eq!(
+            (connection.protocol.as_deref(), connection.state.as_deref()),
+            (Some("tcp"), Some("ESTABLISHED"))
+        );
+        assert_eq!((connection.process_id, connection.remote_port), (Some(42), 443));
+        assert_eq!(item.features["bytes_sent_delta"], 10.0);
+        let models: Vec<&str> = item.predictions.iter().map(|row| row.model.as_str()).collect();
+        assert_eq!(models, ["isolation_forest", "lof", "ensemble"]);
+        assert!(item.predictions[..2].iter().all(|row| row.explanation.is_none() && row.confidence == 0.5));
+        let ensemble = &item.predictions[2];
+        assert_eq!((ensemble.score, ensemble.is_anomaly), (0.9, true));
+        assert!(ensemble.explanation.as_deref().unwrap().contains("bytes_sent_delta"));
+    }
+
+    #[test]
+    fn an_unscored_item_has_no_prediction_rows_and_analyze_items_share_one_session() {
+        let record = record();
+        let features = crate::features::standalone_features(&sentinel_netmon::ConnectionEvent {
+            change: ConnectionChange::New,
+            record: record.clone(),
+            bytes_sent_delta: None,
+            bytes_received_delta: None,
+            interval_ms: None,
+        });
+        let live = scored_item(record.timestamp, Some(&record), &features, Source::Live, None);
+        assert_eq!(live.session, "live:laptop-7");
+        assert!(live.predictions.is_empty(), "while learning nothing is predicted");
+        let posted = scored_item(record.timestamp, None, &features, Source::Analyze, Some(&verdict()));
+        assert_eq!(posted.session, "analyze");
+        assert!(posted.connection.is_none());
+        let summary = summary(&record, Some(ConnectionChange::Closed));
+        assert_eq!(
+            (summary.local.as_str(), summary.remote.as_str()),
+            ("10.0.0.5:40000", "93.184.216.34:443")
+        );
+    }
+}
