@@ -10,8 +10,9 @@
 //!
 //! Callers see domain values, never SQL: `docs/storage.md` says where another backend plugs in.
 //!
-//! Every write is durable when the call returns: an acknowledged sample or verdict survives a
-//! crash or power loss. Concurrent writes are grouped into shared transactions (group commit),
+//! Every write of a [`Store`] (and every journal entry of a [`NetworkStore`]) is durable when
+//! the call returns: an acknowledged sample or verdict survives a crash or power loss. Scored
+//! network items are queued for the results writer instead (see [`NetworkStore`]). Concurrent writes are grouped into shared transactions (group commit),
 //! so many clients share each fsync. Methods block on disk I/O, so async callers run them on
 //! `spawn_blocking`; a [`Store`] is `Send + Sync` and is shared behind an `Arc`.
 //!
