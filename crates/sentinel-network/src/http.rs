@@ -21,8 +21,7 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::features::RawFeatures;
-use crate::service::StorageError;
-use crate::service::{AnalyzeError, AnalyzeItem, DetectionResult, NetworkService, TrainError};
+use crate::service::{AnalyzeError, AnalyzeItem, DetectionResult, NetworkService, StorageError, TrainError};
 
 /// The OpenAPI 3.1 document served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
