@@ -34,10 +34,16 @@ pub struct ModelVersion {
 
 impl ModelVersion {
     fn from_info(info: &ModelVersionInfo) -> ModelVersion {
-        let created = UNIX_EPOCH + Duration::from_secs(u64::try_from(info.created_at).unwrap_or(0));
+        let registered = UNIX_EPOCH + Duration::from_secs(u64::try_from(info.created_at).unwrap_or(0));
+        // An adopted model was trained before it was registered: its training time counts (the
+        // retraining schedule runs from it).
+        let trained = info.provenance.data["trained_at"]
+            .as_str()
+            .and_then(|text| humantime::parse_rfc3339_weak(text).ok())
+            .unwrap_or(registered);
         ModelVersion {
             version: info.id,
-            created_at: humantime::format_rfc3339_seconds(created).to_string(),
+            created_at: humantime::format_rfc3339_seconds(trained).to_string(),
             training_rows: info.provenance.data["training_rows"].as_u64().unwrap_or(0),
             active: info.active,
         }
@@ -371,6 +377,7 @@ mod tests {
         adopt_one(&registry, LegacyNetworkModel { ensemble: b"{}".to_vec(), ..legacy(5, true) }).unwrap();
         let (active_version, loaded) = active(&registry).unwrap().unwrap();
         assert_eq!(active_version.training_rows, 600);
+        assert_eq!(active_version.created_at, "2026-12-01T00:00:00Z", "trained then, not when adopted");
         assert_eq!(loaded.thresholds(), bundle.thresholds());
         let adopted = registry.model_versions(ModelKind::Network).unwrap();
         assert_eq!(adopted.len(), 2);
