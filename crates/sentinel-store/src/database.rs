@@ -261,13 +261,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Creates the database file readable by its owner only, before SQLite does so with the umask's
-/// permissions; SQLite gives the -wal and -shm files the same permissions as the database.
+/// permissions; SQLite gives the -wal and -shm files the same permissions as the database. A file
+/// an older Sentinel created with the umask's permissions (`network.db` was 0644), and its -wal
+/// and -shm files if a crash left them, are made private too.
 fn create_private_file(path: &Path) -> Result<(), StoreError> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).map(drop).map_err(StoreError::io(path))
+    options.open(path).map(drop).map_err(StoreError::io(path))?;
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        match std::fs::metadata(&file) {
+            Ok(metadata) if metadata.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(StoreError::io(&file))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -180,8 +180,21 @@ fn a_network_db_written_before_the_schema_was_versioned_is_adopted_with_its_data
         let database = rusqlite::Connection::open(dir.path().join(NETWORK_DATABASE_FILE)).unwrap();
         database.execute_batch(UNVERSIONED_SCHEMA).unwrap();
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(NETWORK_DATABASE_FILE);
+        // As the unversioned service left it: created with the umask's permissions.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let store =
         NetworkStore::open(dir.path(), WriterSettings { retention: 36_500 * DAY, ..settings() }).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(NETWORK_DATABASE_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "made private");
+    }
     assert_eq!(store.history_extent().unwrap().rows, 1, "its rows are kept");
     assert_eq!(store.journalled_snapshots().unwrap().len(), 1, "its journal is kept");
     let legacy = store.legacy_models().unwrap();
