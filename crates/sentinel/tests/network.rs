@@ -473,6 +473,28 @@ async fn snapshots_accepted_before_a_crash_are_stored_once_each_after_the_restar
         assert_eq!(rows.get(&index), Some(&CONNECTIONS_PER_SNAPSHOT), "snapshot {index}: {rows:?}");
     }
     assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_private(data_dir.path());
+}
+
+/// Every file the service wrote under `dir` is its user's alone: files 0600, directories 0700.
+#[cfg(unix)]
+fn assert_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        // The test's own configuration file.
+        if path.file_name().is_some_and(|name| name == "sentinel.toml") {
+            continue;
+        }
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let expected = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, expected, "{}", path.display());
+        files.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for name in ["sentinel.db", "network.db"] {
+        assert!(files.iter().any(|file| file == name), "{name} in {files:?}");
+    }
 }
 
 #[tokio::test]
