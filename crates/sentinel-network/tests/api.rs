@@ -73,8 +73,9 @@ async fn ingest_history(address: std::net::SocketAddr) {
         let (status, body) = common::post(address, "/api/v1/ingest", &snapshot).await;
         assert_eq!(status, 202, "{body}");
     }
+    // Every snapshot stored (none left in the journal): the model is trained on all of them.
     common::wait_for_status(address, Duration::from_secs(20), |status| {
-        status["warmup"]["rows"].as_u64().unwrap() >= 500
+        status["storage"]["pending_snapshots"] == 0 && status["warmup"]["rows"].as_u64().unwrap() >= 500
     })
     .await;
 }
@@ -382,7 +383,7 @@ async fn a_history_that_never_shows_a_feature_still_trains() {
         assert_eq!(status, 202, "{body}");
     }
     common::wait_for_status(address, Duration::from_secs(20), |status| {
-        status["warmup"]["rows"].as_u64().unwrap() >= 400
+        status["storage"]["pending_snapshots"] == 0 && status["warmup"]["rows"].as_u64().unwrap() >= 400
     })
     .await;
     let job = train(address).await;

@@ -13,8 +13,12 @@ impl NetworkService {
     /// The status document of `/api/v1/models/status`.
     pub async fn status(self: &Arc<Self>) -> Result<serde_json::Value, StorageError> {
         let service = Arc::clone(self);
-        let (extent, versions) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-            Ok((service.store.history_extent()?, saved_model::versions(&service.registry)?))
+        let (extent, versions, pending) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            Ok((
+                service.store.history_extent()?,
+                saved_model::versions(&service.registry)?,
+                service.store.journalled_count()?,
+            ))
         })
         .await
         .map_err(|error| StorageError::Task(error.to_string()))??;
@@ -71,6 +75,7 @@ impl NetworkService {
                 "written": writer.written,
                 "dropped": writer.dropped,
                 "failed": writer.failed,
+                "pending_snapshots": pending,
             },
             "events_total": self.counters.events.load(Ordering::Relaxed),
             "predictions_total": self.counters.predictions.load(Ordering::Relaxed),

@@ -96,6 +96,15 @@ impl NetworkStore {
         })
     }
 
+    /// How many journalled snapshots are not yet stored.
+    pub fn journalled_count(&self) -> Result<u64, StoreError> {
+        self.database.read(|connection| {
+            let count: i64 =
+                connection.query_row("SELECT count(*) FROM ingest_journal", [], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+    }
+
     /// Queues a scored item for the results writer; dropped (and counted) when it is behind.
     pub fn store(&self, item: ScoredItem) {
         self.writer.store(item);
