@@ -1,12 +1,9 @@
 //! CAPE report parsing: the real fixture reports and hand-made damaged ones.
 
-#[path = "../../sentinel-sandbox/tests/fake_cape/fixtures.rs"]
-mod fixtures;
-
-use fixtures::fixture_reports;
 use sentinel_behaviour::{
     CapeLimits, CapeReportError, ReportNote, parse_behaviour_report, parse_cape_report,
 };
+use sentinel_testkit::cape_fixtures::fixture_reports;
 
 #[test]
 fn real_reports_give_every_call_of_every_process_in_time_order() {

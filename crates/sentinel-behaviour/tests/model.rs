@@ -7,18 +7,14 @@ use sentinel_behaviour::{
     ApiCallSequence, BehaviourModel, CapeLimits, LabelledSequence, ModelError, TrainingOptions,
     load_labelled_csv, parse_cape_report, train, train_detector_only,
 };
+use sentinel_testkit::Prerequisite;
 
 fn shared(path: &str) -> Option<PathBuf> {
     let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(path);
     if full.exists() {
         return Some(full);
     }
-    assert!(
-        std::env::var("SENTINEL_REQUIRE_DATA").as_deref() != Ok("1"),
-        "SENTINEL_REQUIRE_DATA=1 but {} is absent",
-        full.display()
-    );
-    eprintln!("skipped: {} is absent (../shared/data not mounted)", full.display());
+    Prerequisite::Data.missing(format!("{} is absent (../shared/data not mounted)", full.display()));
     None
 }
 

@@ -12,13 +12,14 @@
 //! for the server to start (120 s) and for each request (30 s), after which the run stops with
 //! an error; the child server is killed when this process ends, however it ends.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use serde_json::json;
 
 const RATE: u64 = 1000;
@@ -137,12 +138,8 @@ fn serve() -> Result<(), String> {
             let connections: Vec<serde_json::Value> =
                 (0..100).map(|slot| record(second * 31 + slot, at)).collect();
             let snapshot = json!({"schema_version": 1, "host": "bench", "timestamp": humantime::format_rfc3339_micros(at).to_string(), "connections": connections});
-            let (status, body) = tokio::task::spawn_blocking(move || {
-                let mut stream = connect(address)?;
-                exchange(&mut stream, "/api/v1/ingest", snapshot.to_string().as_bytes())
-            })
-            .await
-            .map_err(|error| error.to_string())??;
+            let (status, body) =
+                post(&client()?, address, "/api/v1/ingest", Bytes::from(snapshot.to_string())).await?;
             if status != 202 {
                 return Err(format!("ingest answered {status}: {body}"));
             }
@@ -168,51 +165,45 @@ fn serve() -> Result<(), String> {
     })
 }
 
-fn connect(address: SocketAddr) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect_timeout(&address, REQUEST_TIMEOUT)
-        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|error| error.to_string())?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(|error| error.to_string())?;
-    stream.set_nodelay(true).map_err(|error| error.to_string())?;
-    Ok(stream)
+/// The HTTP client of one load connection: reqwest, which keeps the connection alive between
+/// requests; every request is bounded by `REQUEST_TIMEOUT`.
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(REQUEST_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(1)
+        .build()
+        .map_err(|error| format!("cannot build the HTTP client: {error}"))
 }
 
-/// One request on a keep-alive connection; returns the status and body. Every read and write is
-/// bounded by the stream's timeouts.
-fn exchange(stream: &mut TcpStream, path: &str, body: &[u8]) -> Result<(u16, String), String> {
-    let failed = |error: std::io::Error| format!("POST {path}: {error}");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).map_err(failed)?;
-    stream.write_all(body).map_err(failed)?;
-    let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line).map_err(failed)?;
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("POST {path}: malformed status line {status_line:?}"))?;
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).map_err(failed)? == 0 {
-            return Err(format!("POST {path}: connection closed in the response head"));
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().ok();
-        }
-    }
-    // The API always answers with a length; a chunked answer would need a parser this tool lacks.
-    let length = length.ok_or_else(|| format!("POST {path}: response without Content-Length"))?;
-    let mut content = vec![0u8; length];
-    reader.read_exact(&mut content).map_err(failed)?;
-    Ok((status, String::from_utf8_lossy(&content).into_owned()))
+/// `POST path` with a JSON body; returns the status and body.
+async fn post(
+    client: &reqwest::Client,
+    address: SocketAddr,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, String), String> {
+    let failed = |error: reqwest::Error| format!("POST {path}: {error}");
+    let response = client
+        .post(format!("http://{address}{path}"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(failed)?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await.map_err(failed)?))
+}
+
+/// A runtime for one load thread: requests are sent with `block_on`, and the thread sleeps
+/// between them with `std::thread::sleep`, finer than tokio's millisecond timer.
+fn thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start tokio: {error}"))
 }
 
 fn steady_single_records(address: SocketAddr) -> Result<(), String> {
@@ -222,15 +213,17 @@ fn steady_single_records(address: SocketAddr) -> Result<(), String> {
     let workers: Vec<_> = (0..CONNECTIONS)
         .map(|worker| {
             std::thread::spawn(move || -> Result<Vec<Duration>, String> {
-                let mut stream = connect(address)?;
-                let body = json!({"records": [record(worker, SystemTime::now())]}).to_string();
+                let runtime = thread_runtime()?;
+                let client = client()?;
+                let body = Bytes::from(json!({"records": [record(worker, SystemTime::now())]}).to_string());
                 let mut latencies = Vec::with_capacity(requests_per_connection as usize);
                 let mut due = start + per_connection.mul_f64(worker as f64 / CONNECTIONS as f64);
                 for _ in 0..requests_per_connection {
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let (status, answer) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes())?;
+                    let (status, answer) =
+                        runtime.block_on(post(&client, address, "/api/v1/analyze", body.clone()))?;
                     if status != 200 {
                         return Err(format!("analyze answered {status}: {answer}"));
                     }
@@ -261,17 +254,18 @@ fn steady_single_records(address: SocketAddr) -> Result<(), String> {
 fn large_batches(address: SocketAddr) -> Result<(), String> {
     let now = SystemTime::now();
     let records: Vec<serde_json::Value> = (0..BATCH_SIZE).map(|index| record(index, now)).collect();
-    let body = json!({ "records": records }).to_string();
-    let mut stream = connect(address)?;
+    let body = Bytes::from(json!({ "records": records }).to_string());
+    let runtime = thread_runtime()?;
+    let client = client()?;
     // The first batch warms up allocations and the blocking pool.
-    let (status, answer) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes())?;
+    let (status, answer) = runtime.block_on(post(&client, address, "/api/v1/analyze", body.clone()))?;
     if status != 200 {
         return Err(format!("analyze answered {status}: {}", &answer[..answer.len().min(300)]));
     }
     let mut rates = Vec::with_capacity(BATCHES);
     for _ in 0..BATCHES {
         let started = Instant::now();
-        let (status, answer) = exchange(&mut stream, "/api/v1/analyze", body.as_bytes())?;
+        let (status, answer) = runtime.block_on(post(&client, address, "/api/v1/analyze", body.clone()))?;
         if status != 200 {
             return Err(format!("analyze answered {status}: {}", &answer[..answer.len().min(300)]));
         }

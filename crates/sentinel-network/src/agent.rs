@@ -5,17 +5,18 @@
 //! Snapshots are queued while the server is unreachable (at most `max_queued_snapshots`, the
 //! oldest dropped first) and sent in order, since the server follows connections from one
 //! snapshot to the next. A snapshot the server refuses as invalid (4xx other than 429) is
-//! dropped and logged: sending it again would not help. The client speaks plain HTTP/1.1 and
-//! needs no HTTP library; put the server behind a TLS-terminating proxy to cross untrusted
-//! networks.
+//! dropped and logged: sending it again would not help. Uploads go through reqwest over http or
+//! https (rustls); a server whose certificate a private CA signed is trusted through that CA's
+//! PEM file (`--ca-file`), in addition to the system's roots.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use sentinel_netmon::{CollectorSettings, Snapshot};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::settings::AgentSettings;
 
@@ -24,7 +25,9 @@ use crate::settings::AgentSettings;
 pub enum AgentError {
     #[error("invalid server URL {url:?}: {reason}")]
     Url { url: String, reason: &'static str },
-    #[error("invalid collector settings: {0}")]
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("invalid agent settings: {0}")]
     Settings(String),
     #[error("collector: {0}")]
     Collector(String),
@@ -34,13 +37,9 @@ pub enum AgentError {
 #[derive(Debug, thiserror::Error)]
 enum UploadError {
     #[error("server unreachable: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("no answer within the timeout")]
-    Timeout,
+    Transport(String),
     #[error("server answered {status}: {body}")]
     Status { status: u16, body: String },
-    #[error("malformed HTTP response")]
-    Malformed,
 }
 
 impl UploadError {
@@ -48,48 +47,124 @@ impl UploadError {
     fn is_transient(&self) -> bool {
         match self {
             UploadError::Status { status, .. } => *status == 429 || *status >= 500,
-            _ => true,
+            UploadError::Transport(_) => true,
         }
     }
 }
 
-/// `http://host:port/prefix`, split.
-struct ServerUrl {
-    authority: String,
-    path: String,
+/// The most of an error answer kept for the log.
+const MAX_ERROR_BODY: usize = 500;
+
+/// Where and how snapshots are posted.
+struct Uploader {
+    http: reqwest::Client,
+    /// `{server}/api/v1/ingest`.
+    url: reqwest::Url,
+    authorization: Option<HeaderValue>,
 }
 
-impl ServerUrl {
-    fn parse(url: &str) -> Result<ServerUrl, AgentError> {
-        let fail = |reason| AgentError::Url { url: url.to_owned(), reason };
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| fail("only http:// is supported (use a TLS-terminating proxy for https)"))?;
-        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if authority.is_empty() {
-            return Err(fail("no host"));
+impl Uploader {
+    /// An uploader to `server` (an `http://` or `https://` base URL), trusting the CA
+    /// certificates of the PEM file `ca_file` besides the system's.
+    fn new(server: &str, ca_file: Option<&Path>, settings: &AgentSettings) -> Result<Uploader, AgentError> {
+        let url = ingest_url(server)?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.request_timeout_ms))
+            // A redirect could carry the Authorization header to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("sentinel-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            let fail = |reason: String| AgentError::CaFile { path: path.to_owned(), reason };
+            let pem = std::fs::read(path).map_err(|error| fail(error.to_string()))?;
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| fail(error.to_string()))?;
+            if certificates.is_empty() {
+                return Err(fail("no PEM certificate in it".to_owned()));
+            }
+            builder = builder.tls_certs_merge(certificates);
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        let prefix = prefix.trim_end_matches('/');
-        let path =
-            if prefix.is_empty() { "/api/v1/ingest".to_owned() } else { format!("/{prefix}/api/v1/ingest") };
-        Ok(ServerUrl { authority, path })
+        let http = builder.build().map_err(|error| AgentError::Settings(describe(&error)))?;
+        let authorization = settings
+            .authorization
+            .as_deref()
+            .map(|value| {
+                let mut header = HeaderValue::from_str(value).map_err(|_| {
+                    AgentError::Settings("agent.authorization is not a valid header value".to_owned())
+                })?;
+                header.set_sensitive(true);
+                Ok(header)
+            })
+            .transpose()?;
+        Ok(Uploader { http, url, authorization })
     }
+
+    /// Posts one snapshot (its JSON).
+    async fn post(&self, body: Bytes) -> Result<(), UploadError> {
+        let mut request =
+            self.http.post(self.url.clone()).header(CONTENT_TYPE, "application/json").body(body);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        let mut response = request.send().await.map_err(|error| UploadError::Transport(describe(&error)))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // The start of the answer says why; the rest is not read.
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        let body = String::from_utf8_lossy(&body).chars().take(MAX_ERROR_BODY).collect();
+        Err(UploadError::Status { status: status.as_u16(), body })
+    }
+}
+
+/// `{server}/api/v1/ingest` for a base URL such as `https://sentinel.example:9501/prefix/`.
+fn ingest_url(server: &str) -> Result<reqwest::Url, AgentError> {
+    let fail = |reason| AgentError::Url { url: server.to_owned(), reason };
+    let mut url = reqwest::Url::parse(server).map_err(|_| fail("not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(fail("only http:// and https:// are supported"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(fail("no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(fail("a base URL has no query, fragment or user"));
+    }
+    url.path_segments_mut()
+        .map_err(|_| fail("not a base URL"))?
+        .pop_if_empty()
+        .extend(["api", "v1", "ingest"]);
+    Ok(url)
+}
+
+/// A transport error with its causes (TLS and connection errors say why only in their causes).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Runs the agent until `shutdown` completes.
 #[cfg(target_os = "linux")]
 pub async fn run(
     server: &str,
+    ca_file: Option<&Path>,
     collector_settings: &CollectorSettings,
     settings: &AgentSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let url = ServerUrl::parse(server)?;
+    let uploader = Uploader::new(server, ca_file, settings)?;
     collector_settings.validate().map_err(|error| AgentError::Settings(error.to_string()))?;
     let collector = sentinel_netmon::LinuxCollector::from_settings(collector_settings)
         .map_err(|error| AgentError::Collector(error.to_string()))?;
@@ -98,22 +173,21 @@ pub async fn run(
         let snapshot = collector.collect();
         (collector, snapshot)
     };
-    run_loop(url, collector, collect, collector_settings.interval_ms, settings, shutdown).await;
+    run_loop(uploader, collector, collect, collector_settings.interval_ms, settings, shutdown).await;
     Ok(())
 }
 
 async fn run_loop<C: Send + 'static, E: std::fmt::Display + Send + 'static>(
-    url: ServerUrl,
+    uploader: Uploader,
     collector: C,
     collect: impl Fn(C) -> (C, Result<Snapshot, E>) + Send + Sync + Copy + 'static,
     interval_ms: u64,
     settings: &AgentSettings,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut queue: VecDeque<Bytes> = VecDeque::new();
     let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
     let mut collector = Some(collector);
     tokio::pin!(shutdown);
     loop {
@@ -133,13 +207,13 @@ async fn run_loop<C: Send + 'static, E: std::fmt::Display + Send + 'static>(
                     queue.pop_front();
                     tracing::warn!("server unreachable for too long: oldest snapshot dropped");
                 }
-                queue.push_back(body);
+                queue.push_back(Bytes::from(body));
             }
             Ok(Err(error)) => tracing::error!(%error, "snapshot could not be serialised"),
             Err(error) => tracing::warn!(%error, "collection failed"),
         }
         while let Some(body) = queue.front() {
-            match post(&url, body, timeout, settings.authorization.as_deref()).await {
+            match uploader.post(body.clone()).await {
                 Ok(()) => {
                     queue.pop_front();
                 }
@@ -156,63 +230,46 @@ async fn run_loop<C: Send + 'static, E: std::fmt::Display + Send + 'static>(
     }
 }
 
-async fn post(
-    url: &ServerUrl,
-    body: &[u8],
-    timeout: Duration,
-    authorization: Option<&str>,
-) -> Result<(), UploadError> {
-    tokio::time::timeout(timeout, async {
-        let mut stream = TcpStream::connect(&url.authority).await?;
-        let authorization = authorization.map(|value| format!("Authorization: {value}\r\n")).unwrap_or_default();
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{authorization}Connection: close\r\n\r\n",
-            url.path,
-            url.authority,
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response);
-        let status: u16 =
-            text.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or(UploadError::Malformed)?;
-        if (200..300).contains(&status) {
-            return Ok(());
-        }
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body).chars().take(500).collect();
-        Err(UploadError::Status { status, body })
-    })
-    .await
-    .map_err(|_| UploadError::Timeout)?
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
+
     use super::*;
 
     #[test]
-    fn urls_are_split_and_https_is_refused() {
-        let url = ServerUrl::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!((url.authority.as_str(), url.path.as_str()), ("127.0.0.1:8080", "/api/v1/ingest"));
-        let url = ServerUrl::parse("http://sentinel.example/base/").unwrap();
+    fn the_ingest_url_is_under_the_base_url_of_http_or_https() {
+        let url = |server: &str| ingest_url(server).map(|url| url.to_string());
+        assert_eq!(url("http://127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080/api/v1/ingest");
         assert_eq!(
-            (url.authority.as_str(), url.path.as_str()),
-            ("sentinel.example:80", "/base/api/v1/ingest")
+            url("https://sentinel.example/base/").unwrap(),
+            "https://sentinel.example/base/api/v1/ingest"
         );
-        assert!(ServerUrl::parse("https://sentinel.example").is_err());
-        assert!(ServerUrl::parse("http:///x").is_err());
+        for refused in
+            ["ftp://sentinel.example", "http://", "sentinel.example:80", "http://h/?q=1", "http://u@h/"]
+        {
+            assert!(url(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [dir.path().join("absent.pem"), empty] {
+            let error = Uploader::new("https://h", Some(&path), &AgentSettings::default()).err().unwrap();
+            assert!(matches!(&error, AgentError::CaFile { path: p, .. } if *p == path), "{error}");
+        }
     }
 
     #[tokio::test]
     async fn snapshots_reach_a_server_in_order_after_it_comes_back() {
-        use std::sync::{Arc, Mutex};
-        use std::time::SystemTime;
-
-        // Reserve a port, then close it: the first uploads find nobody and must be queued.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = ServerUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        // A port held bound but not listening: the first uploads are refused and must be queued.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = socket.local_addr().unwrap();
+        let uploader = Uploader::new(&format!("http://{address}"), None, &AgentSettings::default()).unwrap();
         let counter = Arc::new(Mutex::new(0u32));
         let collect = |counter: Arc<Mutex<u32>>| {
             let host = {
@@ -235,39 +292,19 @@ mod tests {
         let server_received = Arc::clone(&received);
         let server = async move {
             tokio::time::sleep(Duration::from_millis(350)).await;
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut data = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    data.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&data).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length: usize = head
-                            .lines()
-                            .find_map(|line| line.strip_prefix("Content-Length: "))
-                            .unwrap()
-                            .parse()
-                            .unwrap();
-                        if body.len() >= length {
-                            let snapshot: serde_json::Value = serde_json::from_str(body).unwrap();
-                            server_received
-                                .lock()
-                                .unwrap()
-                                .push(snapshot["host"].as_str().unwrap().to_owned());
-                            break;
-                        }
-                    }
-                }
-                stream.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n").await.unwrap();
-            }
+            let app = axum::Router::new().route(
+                "/api/v1/ingest",
+                axum::routing::post(move |axum::Json(snapshot): axum::Json<serde_json::Value>| async move {
+                    server_received.lock().unwrap().push(snapshot["host"].as_str().unwrap().to_owned());
+                    axum::http::StatusCode::ACCEPTED
+                }),
+            );
+            axum::serve(socket.listen(16).unwrap(), app).await.unwrap();
         };
         let settings = AgentSettings::default();
         let stop = tokio::time::sleep(Duration::from_millis(900));
         tokio::select! {
-            _ = run_loop(url, Arc::clone(&counter), collect, 100, &settings, stop) => {}
+            _ = run_loop(uploader, Arc::clone(&counter), collect, 100, &settings, stop) => {}
             _ = server => {}
         }
         let received = received.lock().unwrap().clone();

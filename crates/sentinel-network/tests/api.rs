@@ -6,40 +6,8 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use sentinel_store::{ModelKind, NetworkStore, Store, StoreSettings, WriterSettings};
+use sentinel_testkit::connection_records::connection_record as record;
 use serde_json::json;
-
-fn record(
-    host: &str,
-    process: &str,
-    remote_port: u16,
-    local_port: u16,
-    sent: u64,
-    received: u64,
-    at: SystemTime,
-) -> serde_json::Value {
-    json!({
-        "timestamp": humantime::format_rfc3339_micros(at).to_string(),
-        "host": host,
-        "pid": 4242,
-        "process_name": process,
-        "process_path": null,
-        "user": "svc",
-        "local_ip": "10.0.0.5",
-        "local_port": local_port,
-        "remote_ip": "10.0.0.9",
-        "remote_port": remote_port,
-        "protocol": "tcp",
-        "family": "v4",
-        "state": "ESTABLISHED",
-        "bytes_sent": sent,
-        "bytes_received": received,
-        "rtt_us": 400,
-        "retransmits": 0,
-        "segs_in": 10,
-        "segs_out": 10,
-        "socket_id": local_port as u64,
-    })
-}
 
 /// Snapshots of an ordinary web client: 20 connections to port 443 whose counters grow, a
 /// third of them replaced each second.
@@ -68,6 +36,8 @@ fn ordinary_snapshots(count: u64) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Ingests 40 snapshots of 20 connections and waits until all 800 rows are stored: a training
+/// started earlier would learn from whichever part had been written, a different model each run.
 async fn ingest_history(address: std::net::SocketAddr) {
     for snapshot in ordinary_snapshots(40) {
         let (status, body) = common::post(address, "/api/v1/ingest", &snapshot).await;
@@ -75,7 +45,7 @@ async fn ingest_history(address: std::net::SocketAddr) {
     }
     // Every snapshot stored (none left in the journal): the model is trained on all of them.
     common::wait_for_status(address, Duration::from_secs(20), |status| {
-        status["storage"]["pending_snapshots"] == 0 && status["warmup"]["rows"].as_u64().unwrap() >= 500
+        status["storage"]["pending_snapshots"] == 0 && status["warmup"]["rows"].as_u64().unwrap() >= 800
     })
     .await;
 }
@@ -197,7 +167,8 @@ async fn history_trains_versioned_models_that_explain_their_verdicts() {
 
     // Ordinary records and one bulk upload from a process never seen before.
     let now = SystemTime::now();
-    let ordinary = record("agent-1", "webclient", 443, 40_001, 700, 5000, now);
+    // A first sighting as the history has them (slot 3's counters at one second of age).
+    let ordinary = record("agent-1", "webclient", 443, 40_001, 411, 2393, now);
     let odd = record("agent-1", "dropper", 4444, 50_000, 800_000_000, 100, now);
     let (status, body) = common::post(
         address,
@@ -246,16 +217,10 @@ async fn history_trains_versioned_models_that_explain_their_verdicts() {
     let (_, body) = common::post(address, "/api/v1/analyze", &json!({"features": [{"rtt_ms": 0.4}]})).await;
     assert_eq!(body["model_version"], 1);
 
-    // A job cannot be cancelled once finished; a running one can (or it finishes first).
-    let (_, finished) = common::request(address, "DELETE", "/api/v1/train/2", None).await;
+    // A job cannot be cancelled once finished.
+    let (status, finished) = common::request(address, "DELETE", "/api/v1/train/2", None).await;
+    assert_eq!(status, 409, "{finished}");
     assert!(finished["error"].as_str().unwrap().contains("already finished"), "{finished}");
-    let (status, job) = common::post(address, "/api/v1/train", &json!({})).await;
-    assert_eq!(status, 202);
-    let id = job["id"].as_u64().unwrap();
-    let (status, _) = common::request(address, "DELETE", &format!("/api/v1/train/{id}"), None).await;
-    assert!(status == 202 || status == 409);
-    let job = train_wait(address, id).await;
-    assert!(job["state"] == "cancelled" || job["state"] == "succeeded", "{job}");
     service.shutdown().await;
 
     // A restart loads the active model from the store.
@@ -287,14 +252,42 @@ fn writer_settings() -> WriterSettings {
     }
 }
 
-async fn train_wait(address: std::net::SocketAddr, id: u64) -> serde_json::Value {
-    loop {
+#[tokio::test]
+async fn a_cancelled_training_job_ends_cancelled_and_activates_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = common::quiet_settings();
+    // A forest this large takes seconds to fit: far longer than the cancellation takes to
+    // arrive, so the job is certainly running when it does.
+    settings.model.isolation_forest_trees = 20_000;
+    let (service, address) = common::serve(settings, dir.path()).await;
+    ingest_history(address).await;
+
+    let (status, job) = common::post(address, "/api/v1/train", &json!({})).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    let (status, cancelling) = common::request(address, "DELETE", &format!("/api/v1/train/{id}"), None).await;
+    assert_eq!(status, 202, "the job is running: {cancelling}");
+    assert_eq!(cancelling["state"], "running", "{cancelling}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let job = loop {
         let (_, job) = common::get(address, &format!("/api/v1/train/{id}")).await;
         if job["state"] != "running" {
-            return job;
+            break job;
         }
+        assert!(tokio::time::Instant::now() < deadline, "the cancelled job never stopped: {job}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(job["progress"].as_f64().unwrap() < 1.0, "{job}");
+    assert!(job.get("version").is_none(), "{job}");
+
+    // No version was saved and none is active: the service is still learning.
+    let status = common::get(address, "/api/v1/models/status").await.1;
+    assert_eq!(status["state"], "learning", "{status:#}");
+    assert!(status["model"].is_null(), "{status:#}");
+    assert_eq!(status["versions"], json!([]), "{status:#}");
+    service.shutdown().await;
 }
 
 #[tokio::test]

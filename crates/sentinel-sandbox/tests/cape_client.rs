@@ -2,15 +2,24 @@
 //! (the same paths, envelopes and task states) and serves the real CAPE report
 //! fixtures from ../shared/data.
 
-#[path = "fake_cape/mod.rs"]
-mod fake_cape;
-
 use std::time::Duration;
 
-use fake_cape::fixtures::fixture_reports;
-use fake_cape::{FakeCape, RunningCape, SMALL_REPORT, client_settings};
 use sentinel_behaviour::{CapeLimits, parse_cape_report};
 use sentinel_sandbox::{ApiToken, CapeClient, FailureReason, SandboxError, SandboxSettings};
+use sentinel_testkit::cape_fixtures::fixture_reports;
+use sentinel_testkit::fake_cape::{self, FakeCape, RunningCape, SMALL_REPORT, TOKEN};
+
+/// Client settings for a fake CAPE at `url`: its token, and short polls and timeouts.
+fn client_settings(url: &str) -> SandboxSettings {
+    SandboxSettings {
+        base_url: url.to_owned(),
+        token: ApiToken::new(TOKEN),
+        poll_interval_ms: 20,
+        analysis_timeout_secs: 10,
+        request_timeout_secs: 5,
+        ..SandboxSettings::default()
+    }
+}
 
 async fn fake_cape(report: &[u8]) -> (String, std::sync::Arc<std::sync::Mutex<fake_cape::Cape>>) {
     let RunningCape { url, state } = FakeCape::new(report).start().await;

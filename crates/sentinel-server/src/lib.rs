@@ -18,7 +18,6 @@ mod models;
 mod server;
 mod settings;
 mod status;
-mod synthetic_pe;
 mod workers;
 
 pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep, label_from_report};
@@ -26,4 +25,3 @@ pub use models::{BEHAVIOUR_MODEL_PATH, ModelLoadError, Models, ModelsInService, 
 pub use server::{ReloadError, Reloader, Server, ServerError};
 pub use settings::{ServerSettings, SettingsError};
 pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};
-pub use synthetic_pe::{MIN_SYNTHETIC_PE_SIZE, synthetic_pe};

@@ -5,19 +5,29 @@
 
 mod harness;
 
-#[path = "../../sentinel-sandbox/tests/fake_cape/mod.rs"]
-mod fake_cape;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use fake_cape::fixtures::fixture_reports;
-use fake_cape::{FakeCape, Plan, SMALL_REPORT, TOKEN, client_settings};
 use harness::{TestServer, detail_of, sha256_hex, status};
 use sentinel_behaviour::{BehaviourModel, CapeLimits, parse_behaviour_report};
 use sentinel_protocol::{Client, Command, Reason, Request, Response};
 use sentinel_sandbox::{ApiToken, SandboxSettings};
-use sentinel_server::{BEHAVIOUR_MODEL_PATH, synthetic_pe};
+use sentinel_server::BEHAVIOUR_MODEL_PATH;
+use sentinel_testkit::cape_fixtures::fixture_reports;
+use sentinel_testkit::fake_cape::{FakeCape, Plan, SMALL_REPORT, TOKEN};
+use sentinel_testkit::synthetic_pe;
+
+/// Client settings for a fake CAPE at `url`: its token, and short polls and timeouts.
+fn client_settings(url: &str) -> SandboxSettings {
+    SandboxSettings {
+        base_url: url.to_owned(),
+        token: ApiToken::new(TOKEN),
+        poll_interval_ms: 20,
+        analysis_timeout_secs: 10,
+        request_timeout_secs: 5,
+        ..SandboxSettings::default()
+    }
+}
 
 /// The real reports, or the small hand-made one when ../shared/data is absent.
 fn reports() -> Vec<Vec<u8>> {

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use harness::{TestServer, request, status};
 use sentinel_protocol::{Client, Command, Response};
-use sentinel_server::{Models, STATIC_MODEL_PATH, synthetic_pe};
+use sentinel_server::{Models, STATIC_MODEL_PATH};
 use sentinel_static::StaticModel;
 use sentinel_store::{DecisionOutcome, ModelKind, NewDecision, NewModelVersion, Provenance};
+use sentinel_testkit::synthetic_pe;
 
 const CLIENTS: usize = 200;
 const REQUESTS_PER_CLIENT: usize = 2;

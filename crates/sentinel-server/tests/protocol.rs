@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use harness::{TestServer, detail_of, request, sha256_hex, status};
 use sentinel_protocol::{Client, Command, Reason, Response, STATUS_NO, encode_request};
-use sentinel_server::synthetic_pe;
+use sentinel_testkit::synthetic_pe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -6,18 +6,13 @@
 
 mod harness;
 
-// The fake VirusTotal of the client crate's own tests, shared rather than copied.
-#[allow(dead_code)]
-#[path = "../../sentinel-virustotal/tests/fake_vt/mod.rs"]
-mod fake_vt;
-
 use std::time::Duration;
 
-use fake_vt::FakeVt;
 use harness::{TestServer, detail_of, request, sha256_hex, status};
 use sentinel_protocol::{Client, Command, Reason, Response, STATUS_NO, encode_request};
-use sentinel_server::synthetic_pe;
 use sentinel_store::{LabelSource, VtReportRow};
+use sentinel_testkit::fake_virustotal::FakeVt;
+use sentinel_testkit::synthetic_pe;
 use sentinel_virustotal::{AnalysisStats, FileHash, TierLimits, Verdict, VirusTotalSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -198,6 +193,29 @@ async fn a_429_is_quota_exceeded_holds_the_key_back_and_a_stale_report_is_answer
     assert!(answer[1] > 0.9, "{answer:?}");
     assert_eq!(file_reports(&fake), 2);
     assert_eq!(status(server.http).await["virustotal"]["client"]["stale_answers"].as_u64(), Some(1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_virustotal_is_unavailable_not_quota_exceeded() {
+    // VirusTotal's port held bound but never listening: every connection is refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let settings = VirusTotalSettings {
+        base_url: format!("http://{}", socket.local_addr().unwrap()),
+        retry_base_delay_secs: 0.01,
+        // A public key's minute: the retries of one request would spend it all.
+        default_tier: TierLimits { requests_per_minute: 4, requests_per_day: 500 },
+        ..VirusTotalSettings::default()
+    };
+    let server = TestServer::start_in(tempfile::tempdir().unwrap(), |_| {}, Some(settings)).await;
+    let mut client = detailed_client(&server).await;
+    for n in 0..3u8 {
+        let sha256 = sha256_hex(&[n]);
+        let (reason, step, message) = detail_of(client.request(&by_hash(&sha256, KEY)).await.unwrap());
+        assert_eq!((reason, step.as_deref()), (Reason::Unavailable, Some("virustotal")), "{message}");
+        assert!(message.contains("VirusTotal unreachable"), "{message}");
+    }
     server.stop().await;
 }
 

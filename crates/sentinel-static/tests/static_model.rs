@@ -9,6 +9,7 @@ use sentinel_static::{
     AnalyseError, Corpus, CorpusFile, FEATURES, LabelledRows, ModelError, StaticModel, TrainingOptions,
     read_header_csv_from, train,
 };
+use sentinel_testkit::Prerequisite;
 
 struct Lcg(u64);
 
@@ -100,15 +101,27 @@ fn verdicts_are_explained_by_their_contributions() {
 
 #[test]
 fn corpus_files_get_verdicts_when_the_corpus_is_present() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../corpus/files");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        eprintln!("skipped: no corpus at {}", dir.display());
+    // The benign corpus of corpus/build.py: `SENTINEL_CORPUS_DIR`, else `<workspace>/corpus/files`.
+    let dir = std::env::var_os("SENTINEL_CORPUS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../corpus/files"));
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries.filter_map(Result::ok).map(|entry| entry.path()).filter(|p| p.is_file()).collect()
+        })
+        .unwrap_or_default();
+    if files.is_empty() {
+        Prerequisite::Corpus.missing(format!(
+            "no corpus at {} (build it with `python3 corpus/build.py`, or set SENTINEL_CORPUS_DIR)",
+            dir.display()
+        ));
         return;
-    };
+    }
+    files.sort();
     let model = StaticModel::builtin();
     let mut scored = 0;
-    for entry in entries.take(30) {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+    for path in files.iter().take(30) {
+        let bytes = std::fs::read(path).unwrap();
         if let Ok(verdict) = model.analyse(&bytes) {
             assert!((0.0..=1.0).contains(&verdict.score));
             scored += 1;

@@ -3,6 +3,7 @@
 //! analysis. Every request passes the key's rate limiter, is bounded in time
 //! and response size, and is retried with exponential back-off and jitter
 //! after transient failures; every documented error becomes a [`VtError`].
+//! An attempt that could not connect gives its rate-limit slot back.
 //!
 //! The key travels only in the `x-apikey` header, marked sensitive. Redirects
 //! are not followed, because a redirect to another host would carry the header
@@ -170,14 +171,22 @@ impl Api {
         header.set_sensitive(true);
         let attempts = self.settings.max_retries + 1;
         let mut last_reason = String::new();
+        // Whether the last attempt failed before any byte reached VirusTotal.
+        let mut unreachable = false;
         for attempt in 0..attempts {
             if attempt > 0 {
                 self.metrics.retry();
             }
-            self.limiter.acquire(key_id).await?;
+            let slot = self.limiter.acquire(key_id).await?;
             self.metrics.upstream_request();
             let request = build(&self.http).header("x-apikey", header.clone()).timeout(timeout);
-            let outcome = match request.send().await {
+            let sent = request.send().await;
+            unreachable = sent.as_ref().is_err_and(reqwest::Error::is_connect);
+            if unreachable {
+                // Nothing was asked: an outage must not spend the key's quota.
+                self.limiter.release(key_id, slot);
+            }
+            let outcome = match sent {
                 Ok(response) => self.classify(response, key, key_id).await,
                 Err(error) => Attempt::Transient { reason: describe(&error), retry_after: None },
             };
@@ -192,7 +201,11 @@ impl Api {
                 }
             }
         }
-        Err(VtError::Unavailable { attempts, last: last_reason })
+        if unreachable {
+            Err(VtError::Unreachable { attempts, last: last_reason })
+        } else {
+            Err(VtError::Unavailable { attempts, last: last_reason })
+        }
     }
 
     async fn classify(&self, response: Response, key: &ApiKey, key_id: KeyId) -> Attempt {

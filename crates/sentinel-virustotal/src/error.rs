@@ -43,6 +43,10 @@ pub enum VtError {
     Rejected { status: u16, code: String, message: String },
     #[error("VirusTotal unavailable after {attempts} attempts: {last}")]
     Unavailable { attempts: u32, last: String },
+    /// No connection could be made to VirusTotal (refused, no route, name not resolved, TLS
+    /// handshake failed): an outage, which costs the key nothing.
+    #[error("VirusTotal unreachable after {attempts} attempts: {last}")]
+    Unreachable { attempts: u32, last: String },
     #[error("invalid response from VirusTotal: {0}")]
     InvalidResponse(String),
     #[error("the VirusTotal analysis did not complete within {0:?}")]
@@ -70,7 +74,9 @@ impl VtError {
             VtError::QuotaExceeded { origin: QuotaOrigin::VirusTotal, .. } => ErrorKind::QuotaExceeded,
             VtError::FileTooLarge { .. } => ErrorKind::UploadRefused,
             VtError::Rejected { .. } => ErrorKind::Rejected,
-            VtError::Unavailable { .. } | VtError::Interrupted(_) => ErrorKind::Unavailable,
+            VtError::Unavailable { .. } | VtError::Unreachable { .. } | VtError::Interrupted(_) => {
+                ErrorKind::Unavailable
+            }
             VtError::InvalidResponse(_) => ErrorKind::InvalidResponse,
             VtError::AnalysisTimeout(_) => ErrorKind::AnalysisTimeout,
         }

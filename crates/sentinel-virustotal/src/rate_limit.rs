@@ -9,7 +9,8 @@
 //! concurrent waiters of one key go one after another instead of all at once);
 //! otherwise it is refused with the wait as a hint. The day limit counts per
 //! UTC day and refuses once spent. After VirusTotal answers 429 for a key, the
-//! key is held back for a minute.
+//! key is held back for a minute. A request that never reached VirusTotal (no
+//! connection could be made) gives its slot back: an outage spends no quota.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,9 +29,9 @@ const SWEEP_FLOOR: usize = 1024;
 /// The rate limiter's answer to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Admission {
-    Now,
+    Now(Slot),
     /// A slot is reserved this far in the future.
-    After(Duration),
+    After(Slot, Duration),
     /// Refused; the limit allows a request again after this wait.
     Refused(Duration),
 }
@@ -47,6 +48,15 @@ struct Keys {
     windows: HashMap<KeyId, KeyWindow>,
     /// The table is swept of idle keys when it grows past this size.
     sweep_at: usize,
+}
+
+/// One request's place in its key's limits, to give back with [`RateLimiter::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// The time the request was admitted at (an entry of `KeyWindow::recent`).
+    at: Duration,
+    /// The UTC day it was counted in.
+    day: u64,
 }
 
 #[derive(Default)]
@@ -74,16 +84,29 @@ impl RateLimiter {
 
     /// Waits until `key` may make one request, or refuses with a quota error.
     /// A reserved slot stays spent if the caller gives up waiting.
-    pub(crate) async fn acquire(&self, key: KeyId) -> Result<(), VtError> {
+    pub(crate) async fn acquire(&self, key: KeyId) -> Result<Slot, VtError> {
         match self.admit(key) {
-            Admission::Now => Ok(()),
-            Admission::After(wait) => {
+            Admission::Now(slot) => Ok(slot),
+            Admission::After(slot, wait) => {
                 self.clock.sleep(wait).await;
-                Ok(())
+                Ok(slot)
             }
             Admission::Refused(wait) => {
                 Err(VtError::QuotaExceeded { origin: QuotaOrigin::LocalLimit, retry_after: Some(wait) })
             }
+        }
+    }
+
+    /// Gives back `slot` of `key`: its request never reached VirusTotal, so it
+    /// counts neither in the minute nor in the day.
+    pub(crate) fn release(&self, key: KeyId, slot: Slot) {
+        let mut keys = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(window) = keys.windows.get_mut(&key) else { return };
+        if let Some(index) = window.recent.iter().rposition(|&time| time == slot.at) {
+            window.recent.remove(index);
+        }
+        if window.day == slot.day {
+            window.used_today = window.used_today.saturating_sub(1);
         }
     }
 
@@ -133,7 +156,8 @@ impl RateLimiter {
         }
         window.recent.push_back(start);
         window.used_today += 1;
-        if wait.is_zero() { Admission::Now } else { Admission::After(wait) }
+        let slot = Slot { at: start, day: today };
+        if wait.is_zero() { Admission::Now(slot) } else { Admission::After(slot, wait) }
     }
 }
 
@@ -191,43 +215,59 @@ mod tests {
         KeyId::from_hex(&hex::encode([byte; 32])).unwrap()
     }
 
+    /// An admission without its slot: what the tests compare.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Answer {
+        Now,
+        After(Duration),
+        Refused(Duration),
+    }
+
+    fn admit(limiter: &RateLimiter, key: KeyId) -> Answer {
+        match limiter.admit(key) {
+            Admission::Now(_) => Answer::Now,
+            Admission::After(_, wait) => Answer::After(wait),
+            Admission::Refused(wait) => Answer::Refused(wait),
+        }
+    }
+
     const PUBLIC: TierLimits = TierLimits { requests_per_minute: 4, requests_per_day: 500 };
 
     #[test]
     fn a_public_key_gets_four_requests_a_minute_then_queues_or_is_refused() {
         let (clock, limiter) = limiter(PUBLIC, Duration::from_secs(20));
         for second in 0..4 {
-            assert_eq!(limiter.admit(key(1)), Admission::Now);
+            assert_eq!(admit(&limiter, key(1)), Answer::Now);
             clock.advance(Duration::from_secs(10 + second));
         }
         // 46 s after the first request: its slot opens in 14 s, within the 20 s queue.
-        assert_eq!(limiter.admit(key(1)), Admission::After(Duration::from_secs(14)));
+        assert_eq!(admit(&limiter, key(1)), Answer::After(Duration::from_secs(14)));
         // The next slot is 10 s later again (24 s away): refused with that hint.
-        assert_eq!(limiter.admit(key(1)), Admission::Refused(Duration::from_secs(24)));
+        assert_eq!(admit(&limiter, key(1)), Answer::Refused(Duration::from_secs(24)));
         // Another key is not affected.
-        assert_eq!(limiter.admit(key(2)), Admission::Now);
+        assert_eq!(admit(&limiter, key(2)), Answer::Now);
         clock.advance(Duration::from_secs(60));
-        assert_eq!(limiter.admit(key(1)), Admission::Now);
+        assert_eq!(admit(&limiter, key(1)), Answer::Now);
     }
 
     #[test]
     fn concurrent_waiters_are_spread_over_the_window() {
         let (_clock, limiter) =
             limiter(TierLimits { requests_per_minute: 2, requests_per_day: 100 }, MINUTE * 5);
-        let admissions: Vec<_> = (0..6).map(|_| limiter.admit(key(1))).collect();
-        let secs = |s| Admission::After(Duration::from_secs(s));
-        assert_eq!(admissions, [Admission::Now, Admission::Now, secs(60), secs(60), secs(120), secs(120)]);
+        let admissions: Vec<_> = (0..6).map(|_| admit(&limiter, key(1))).collect();
+        let secs = |s| Answer::After(Duration::from_secs(s));
+        assert_eq!(admissions, [Answer::Now, Answer::Now, secs(60), secs(60), secs(120), secs(120)]);
     }
 
     #[test]
     fn the_day_limit_holds_until_utc_midnight() {
         let (clock, limiter) = limiter(TierLimits { requests_per_minute: 1000, requests_per_day: 3 }, MINUTE);
         for _ in 0..3 {
-            assert_eq!(limiter.admit(key(1)), Admission::Now);
+            assert_eq!(admit(&limiter, key(1)), Answer::Now);
         }
-        assert_eq!(limiter.admit(key(1)), Admission::Refused(Duration::from_secs(14 * 3600)));
+        assert_eq!(admit(&limiter, key(1)), Answer::Refused(Duration::from_secs(14 * 3600)));
         clock.advance(Duration::from_secs(14 * 3600));
-        assert_eq!(limiter.admit(key(1)), Admission::Now);
+        assert_eq!(admit(&limiter, key(1)), Answer::Now);
     }
 
     #[test]
@@ -237,13 +277,27 @@ mod tests {
         let limiter =
             RateLimiter::new(clock.clone(), PUBLIC, [(key(9), premium)].into(), Duration::from_secs(20));
         for _ in 0..100 {
-            assert_eq!(limiter.admit(key(9)), Admission::Now);
+            assert_eq!(admit(&limiter, key(9)), Answer::Now);
         }
-        assert!(matches!(limiter.admit(key(9)), Admission::Refused(_)));
+        assert!(matches!(admit(&limiter, key(9)), Answer::Refused(_)));
         limiter.hold_back(key(3));
-        assert_eq!(limiter.admit(key(3)), Admission::Refused(MINUTE));
+        assert_eq!(admit(&limiter, key(3)), Answer::Refused(MINUTE));
         clock.advance(MINUTE);
-        assert_eq!(limiter.admit(key(3)), Admission::Now);
+        assert_eq!(admit(&limiter, key(3)), Answer::Now);
+    }
+
+    #[test]
+    fn a_released_slot_counts_neither_in_the_minute_nor_in_the_day() {
+        let (_clock, limiter) = limiter(TierLimits { requests_per_minute: 2, requests_per_day: 3 }, MINUTE);
+        // Ten requests that never reached VirusTotal, each giving its slot back.
+        for _ in 0..10 {
+            let Admission::Now(slot) = limiter.admit(key(1)) else { panic!("a free slot") };
+            limiter.release(key(1), slot);
+        }
+        assert_eq!(admit(&limiter, key(1)), Answer::Now);
+        assert_eq!(admit(&limiter, key(1)), Answer::Now);
+        assert_eq!(admit(&limiter, key(1)), Answer::After(MINUTE), "the minute holds two");
+        assert!(matches!(admit(&limiter, key(1)), Answer::Refused(_)), "the day holds three");
     }
 
     #[test]
@@ -253,12 +307,12 @@ mod tests {
             for other in 0..8u8 {
                 let mut id = [byte; 32];
                 id[0] = other;
-                limiter.admit(KeyId::from_hex(&hex::encode(id)).unwrap());
+                admit(&limiter, KeyId::from_hex(&hex::encode(id)).unwrap());
             }
         }
         assert_eq!(limiter.state.lock().unwrap().windows.len(), 2048);
         clock.advance(Duration::from_secs(DAY_SECS));
-        limiter.admit(key(1));
+        admit(&limiter, key(1));
         assert_eq!(limiter.state.lock().unwrap().windows.len(), 1);
     }
 }

@@ -1,17 +1,18 @@
 //! The VirusTotal client against a local fake of VirusTotal API v3.
 
-mod fake_vt;
+mod virtual_time;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use fake_vt::{FakeVt, MemoryDataset, VirtualClock, sha256_hex};
+use sentinel_testkit::fake_virustotal::{FakeVt, sha256_hex};
 use sentinel_virustotal::{
     ApiKey, Clock, ErrorKind, FileHash, KeyHasher, Label, Lookup, LookupRequest, QuotaOrigin, Source,
     TierLimits, VirusTotal, VirusTotalSettings, VtError,
 };
+use virtual_time::{MemoryDataset, VirtualClock};
 
 const KEY: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 
@@ -280,6 +281,49 @@ async fn the_rate_limiter_queues_short_waits_and_refuses_long_ones() {
     assert_eq!(h.clock.now() - start, Duration::from_secs(60));
     assert_eq!(h.fake.state.count("GET", "/api/v3/files/"), 5);
     assert_eq!(h.client.metrics().errors[&ErrorKind::LocalRateLimit], 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_virustotal_is_an_outage_that_spends_no_quota() {
+    // A port held bound but never listening: every connection to it is refused, and no other
+    // process can take it meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = socket.local_addr().unwrap();
+    let mut settings = test_settings(&format!("http://{address}"));
+    // A public key: four requests a minute, each lookup four attempts.
+    settings.default_tier = TierLimits { requests_per_minute: 4, requests_per_day: 500 };
+    settings.max_retries = 3;
+    let clock = VirtualClock::new();
+    let client = VirusTotal::with_clock(
+        &settings,
+        KeyHasher::new(b"test server secret, 32 bytes long").unwrap(),
+        Arc::new(MemoryDataset::default()),
+        clock.clone(),
+    )
+    .unwrap();
+
+    // Three lookups during the outage: twelve attempts, three times the key's minute.
+    let start = clock.now();
+    for n in 30..33 {
+        let error = client.lookup(request(&hash_of(n), KEY)).await.unwrap_err();
+        assert!(matches!(&error, VtError::Unreachable { attempts: 4, .. }), "{error:?}");
+        assert!(error.to_string().starts_with("VirusTotal unreachable after 4 attempts"), "{error}");
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+    }
+    assert!(clock.now() - start < Duration::from_secs(60), "all within the key's minute");
+    assert_eq!(client.metrics().errors[&ErrorKind::LocalRateLimit], 0, "{:?}", client.metrics());
+
+    // VirusTotal is back on the same port: the key's whole minute is still there.
+    let fake = FakeVt::start_on(socket.listen(64).unwrap()).await;
+    fake.state.add_key(KEY);
+    for n in 33..37 {
+        fake.state.add_report(&hash_of(n), 3, 70);
+        let answer = client.lookup(request(&hash_of(n), KEY)).await.unwrap();
+        assert_eq!(answer.source, Source::FileReport);
+    }
+    assert_eq!(fake.state.count("GET", "/api/v3/files/"), 4);
+    assert!(clock.now() - start < Duration::from_secs(60), "no request waited for the limiter");
 }
 
 #[tokio::test]

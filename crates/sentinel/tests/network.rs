@@ -2,15 +2,15 @@
 //! Prometheus metrics and JSON errors on the one HTTP port, a clean stop on SIGTERM, and the real
 //! `sentinel agent` process shipping this host's connections to it over 127.0.0.1.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use sentinel_testkit::serve_process::{ServeCommand, ServeProcess, TestProcess};
+use sentinel_testkit::{connection_records, http_client};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Small models and fast flushes, so that a test trains in seconds.
 const QUICK_MODEL: &str = "
@@ -24,85 +24,31 @@ svm_max_rows = 300
 flush_interval_ms = 50
 ";
 
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Process {
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([name, &self.0.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
+const SENTINEL: &str = env!("CARGO_BIN_EXE_sentinel");
 
 /// Starts `sentinel serve` on ephemeral ports of 127.0.0.1 with `config` (TOML) and returns it
 /// with its HTTP address.
-fn serve(data_dir: &Path, config: &str) -> (Process, SocketAddr) {
+fn serve(data_dir: &Path, config: &str) -> (ServeProcess, SocketAddr) {
     serve_with(data_dir, config, |_| {})
 }
 
 /// [`serve`], with `prepare` applied to the command first.
-fn serve_with(data_dir: &Path, config: &str, prepare: impl FnOnce(&mut Command)) -> (Process, SocketAddr) {
-    let config_path: PathBuf = data_dir.join("sentinel.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sentinel"));
-    command
-        .arg("--config")
-        .arg(&config_path)
-        .args(["serve", "--tcp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped());
-    prepare(&mut command);
-    let mut child = command.spawn().expect("start sentinel serve");
-    let stdout = child.stdout.take().unwrap();
-    let process = Process(child);
-    let http = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("http listening on ").map(|address| address.parse().unwrap()))
-        .expect("the http listening line");
-    (process, http)
+fn serve_with(
+    data_dir: &Path,
+    config: &str,
+    prepare: impl FnOnce(&mut Command) + 'static,
+) -> (ServeProcess, SocketAddr) {
+    let served = ServeCommand::new(SENTINEL, data_dir).config(config).prepare(prepare).start();
+    let http = served.http;
+    (served, http)
 }
 
-/// One HTTP/1.1 exchange: status, headers (lower-cased) and body.
-async fn exchange(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8(response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_owned())
-}
-
+/// One request whose answer must be JSON: its status and body.
 async fn json_exchange(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let (status, head, body) = exchange(address, method, path, body).await;
-    assert!(head.contains("content-type: application/json"), "{method} {path}: not JSON: {head}\n{body}");
-    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method} {path}: bad JSON {body:?}")))
+    let answer = http_client::send(address, method, path, Some(body)).await;
+    let content_type = answer.content_type.as_deref().unwrap_or_default();
+    assert!(content_type.starts_with("application/json"), "{method} {path}: not JSON: {answer:?}");
+    (answer.status, answer.json())
 }
 
 async fn get(address: SocketAddr, path: &str) -> (u16, Value) {
@@ -114,7 +60,7 @@ async fn post(address: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
 }
 
 fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_micros(at).to_string()
+    connection_records::rfc3339(at)
 }
 
 fn record(
@@ -126,14 +72,7 @@ fn record(
     received: u64,
     at: SystemTime,
 ) -> Value {
-    json!({
-        "timestamp": timestamp(at), "host": host, "pid": 4242, "process_name": process,
-        "process_path": format!("/usr/bin/{process}"), "user": "alice",
-        "local_ip": "10.0.0.5", "local_port": local_port, "remote_ip": "93.184.216.34", "remote_port": remote_port,
-        "protocol": "tcp", "family": "v4", "state": "ESTABLISHED",
-        "bytes_sent": sent, "bytes_received": received, "rtt_us": 12_000, "retransmits": 0,
-        "segs_in": 20, "segs_out": 20, "socket_id": local_port,
-    })
+    connection_records::connection_record(host, process, remote_port, local_port, sent, received, at)
 }
 
 /// Posts a snapshot as an agent does: 503 (the pipeline is busy, for instance with the live
@@ -226,7 +165,8 @@ async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_
         assert!(error.contains(message), "{method} {path}: {error:?} lacks {message:?}");
     }
     // Each of those requests is timed, the unrouted one under its own label.
-    let (status, _, metrics) = exchange(http, "GET", "/metrics", b"").await;
+    let answer = http_client::send(http, "GET", "/metrics", None).await;
+    let (status, metrics) = (answer.status, answer.body);
     assert_eq!(status, 200);
     for (series, at_least) in [("route=\"/api/v1/analyze\"", 4), ("route=\"unmatched\"", 1)] {
         let count = metrics
@@ -279,9 +219,11 @@ async fn a_trained_service_scores_streams_and_counts_on_its_http_port() {
     assert_eq!(result["is_anomaly"], true, "{result:#}");
 
     // Prometheus scrapes the same port.
-    let (status, head, metrics) = exchange(http, "GET", "/metrics", b"").await;
-    assert_eq!(status, 200);
-    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    let answer = http_client::send(http, "GET", "/metrics", None).await;
+    assert_eq!(answer.status, 200);
+    let content_type = answer.content_type.as_deref().unwrap_or_default();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let metrics = answer.body;
     let value = |name: &str| -> f64 {
         let line = metrics
             .lines()
@@ -397,17 +339,9 @@ fn crash_snapshot(index: usize) -> Value {
 
 /// Posts a snapshot; the status, or `None` when the server is gone (killed mid-request).
 async fn try_ingest(http: SocketAddr, snapshot: &Value) -> Option<u16> {
-    let mut stream = tokio::net::TcpStream::connect(http).await.ok()?;
     let body = snapshot.to_string();
-    let head = format!(
-        "POST /api/v1/ingest HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.ok()?;
-    stream.write_all(body.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.ok()?;
-    String::from_utf8_lossy(&response).split(' ').nth(1)?.parse().ok()
+    let answer = http_client::try_send(http, "POST", "/api/v1/ingest", Some(body.as_bytes())).await.ok()?;
+    Some(answer.status)
 }
 
 /// Waits until the restarted service has replayed its journal and stored a new snapshot after
@@ -558,7 +492,8 @@ async fn the_network_service_can_be_turned_off() {
     let (_served, http) = serve(data_dir.path(), "[network]\nenabled = false\n");
     let (status, body) = get(http, "/api/v1/models/status").await;
     assert_eq!(status, 404, "{body}");
-    let (status, _, metrics) = exchange(http, "GET", "/metrics", b"").await;
+    let answer = http_client::send(http, "GET", "/metrics", None).await;
+    let (status, metrics) = (answer.status, answer.body);
     assert_eq!(status, 200);
     assert!(
         metrics.contains("malware_connections_open") && !metrics.contains("predictions_total"),
@@ -580,8 +515,8 @@ async fn the_agent_binary_ships_this_hosts_connections_to_serve() {
     let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _accepted = listener.accept().unwrap();
 
-    let agent = Process(
-        Command::new(env!("CARGO_BIN_EXE_sentinel"))
+    let mut agent = TestProcess::spawn(
+        Command::new(SENTINEL)
             .args([
                 "agent",
                 "--server",
@@ -591,9 +526,7 @@ async fn the_agent_binary_ships_this_hosts_connections_to_serve() {
                 "--host",
                 "agent-under-test",
             ])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start sentinel agent"),
+            .env("RUST_LOG", "warn"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let seen = loop {
@@ -613,7 +546,6 @@ async fn the_agent_binary_ships_this_hosts_connections_to_serve() {
     assert_eq!(seen["connection"]["pid"], std::process::id(), "{seen:#}");
     assert_eq!(seen["connection"]["state"], "ESTABLISHED");
 
-    let mut agent = agent;
     agent.signal("-TERM");
     assert!(agent.wait_exit(Duration::from_secs(10)).success(), "the agent stops cleanly on SIGTERM");
 }

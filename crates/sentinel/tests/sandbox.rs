@@ -3,44 +3,29 @@
 //! a dynamic analysis goes through the fake CAPE's task states, and the token
 //! reaches CAPE but never the server's logs, even at debug level.
 
-#[path = "../../sentinel-sandbox/tests/fake_cape/mod.rs"]
-mod fake_cape;
-
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-
 use bytes::Bytes;
-use fake_cape::{FakeCape, SMALL_REPORT, TOKEN};
 use sentinel_protocol::{Client, Request, Response};
-use sentinel_server::synthetic_pe;
+use sentinel_testkit::fake_cape::{FakeCape, SMALL_REPORT, TOKEN};
+use sentinel_testkit::serve_process::ServeCommand;
+use sentinel_testkit::synthetic_pe;
 
 #[tokio::test]
 async fn serve_runs_dynamic_analysis_through_the_configured_cape_without_logging_its_token() {
     let cape = FakeCape::new(SMALL_REPORT.as_bytes()).start().await;
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("serve.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .args(["serve", "--tcp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
+    let served = ServeCommand::new(env!("CARGO_BIN_EXE_sentinel"), dir.path().join("data"))
         .args(["--cape-base-url", &cape.url])
         .env("SENTINEL_CAPE_TOKEN", TOKEN)
         .env("SENTINEL_SANDBOX__POLL_INTERVAL_MS", "20")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("start sentinel serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("a start-up line").unwrap();
-    let tcp: SocketAddr = line.strip_prefix("tcp listening on ").expect("the tcp line").parse().unwrap();
+        .log_to(&log_path)
+        .start();
 
     let sample = synthetic_pe(4096, 1);
-    let mut client = Client::connect(tcp).await.unwrap();
+    let mut client = Client::connect(served.tcp).await.unwrap();
     let request = Request::new(sentinel_protocol::Command::DynamicAnalyse, vec![Bytes::from(sample.clone())]);
     let response = client.request(&request).await.unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(served);
 
     assert!(matches!(response, Response::Yes(ref scores) if scores.len() == 2), "{response:?}");
     {

@@ -2,16 +2,17 @@
 //! parse, model reload on SIGHUP, graceful stop on SIGTERM, and durability of
 //! what was acknowledged when the process is killed with SIGKILL.
 
-mod served;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use sentinel_protocol::{Client, Request, Response, Sha256Hash};
-use sentinel_server::{STATIC_MODEL_PATH, synthetic_pe};
+use sentinel_server::STATIC_MODEL_PATH;
 use sentinel_static::StaticModel;
 use sentinel_store::{Store, StoreSettings};
-use served::Served;
+use sentinel_testkit::serve_process::ServeProcess;
+use sentinel_testkit::synthetic_pe;
+
+const SENTINEL: &str = env!("CARGO_BIN_EXE_sentinel");
 
 fn static_request(executable: &[u8]) -> Request {
     Request::new(sentinel_protocol::Command::StaticAnalyse, vec![Bytes::copy_from_slice(executable)])
@@ -20,7 +21,7 @@ fn static_request(executable: &[u8]) -> Request {
 #[tokio::test]
 async fn sighup_reloads_the_models_and_sigterm_stops_the_server() {
     let data_dir = tempfile::tempdir().unwrap();
-    let mut served = Served::start(data_dir.path());
+    let mut served = ServeProcess::start(SENTINEL, data_dir.path());
     assert_eq!(served.status().await["models"]["static_source"], "builtin");
 
     let model_path = data_dir.path().join(STATIC_MODEL_PATH);
@@ -53,13 +54,13 @@ async fn what_was_answered_yes_survives_sigkill() {
     let pe = synthetic_pe(64 * 1024, 42);
     let sha256 = Sha256Hash::of(&pe).to_hex();
     {
-        let mut served = Served::start(data_dir.path());
+        let mut served = ServeProcess::start(SENTINEL, data_dir.path());
         let mut client = Client::connect(served.tcp).await.unwrap();
         let Response::Yes(scores) = client.request(&static_request(&pe)).await.unwrap() else {
             panic!("expected Yes");
         };
         // SIGKILL right after the answer: no chance to flush anything.
-        served.child.kill().unwrap();
+        served.signal("-KILL");
         served.wait_exit(Duration::from_secs(5));
         let store = Store::open(data_dir.path(), StoreSettings::default()).unwrap();
         let sample = store.sample(&sha256).unwrap().expect("the acknowledged sample is stored");
@@ -70,7 +71,7 @@ async fn what_was_answered_yes_survives_sigkill() {
         assert!((verdicts[0].score as f32 - scores[1]).abs() < 1e-6);
     }
     // And a restarted server opens the same data and serves.
-    let served = Served::start(data_dir.path());
+    let served = ServeProcess::start(SENTINEL, data_dir.path());
     let mut client = Client::connect(served.tcp).await.unwrap();
     assert!(matches!(client.request(&static_request(&pe)).await.unwrap(), Response::Yes(_)));
 }

@@ -3,20 +3,15 @@
 //! key, the key-hash secret is created private in the data directory, and the
 //! key reaches VirusTotal but never the server's logs or disk, even at debug level.
 
-#[allow(dead_code)]
-#[path = "../../sentinel-virustotal/tests/fake_vt/mod.rs"]
-mod fake_vt;
-mod served;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use fake_vt::{FakeVt, sha256_hex};
 use sentinel_protocol::{Client, Request, Response};
 use sentinel_server::VT_KEY_SECRET_FILE;
+use sentinel_testkit::fake_virustotal::{FakeVt, sha256_hex};
+use sentinel_testkit::serve_process::ServeCommand;
 use sentinel_virustotal::{ApiKey, KeyHasher};
-use served::Served;
 
 const KEY: &str = "5ec12e7a5ec12e7a5ec12e7a5ec12e7a5ec12e7a5ec12e7a5ec12e7a5ec12e7a";
 
@@ -29,7 +24,10 @@ async fn serve_asks_the_configured_virustotal_with_the_clients_key_without_keepi
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let log_path = dir.path().join("serve.log");
-    let served = Served::start_with(&data_dir, &["--vt-base-url", &fake.base_url], Some(&log_path));
+    let served = ServeCommand::new(env!("CARGO_BIN_EXE_sentinel"), &data_dir)
+        .args(["--vt-base-url", &fake.base_url])
+        .log_to(&log_path)
+        .start();
 
     let mut client = Client::connect(served.tcp).await.unwrap();
     let fields = vec![Bytes::new(), Bytes::from(sha256.clone()), Bytes::from_static(KEY.as_bytes())];

@@ -1,4 +1,5 @@
-//! What the integration tests share: a service served on 127.0.0.1 and a plain HTTP/1.1 client.
+//! What the integration tests share: a service served on 127.0.0.1, and requests to it through
+//! the testkit's HTTP client.
 
 #![allow(dead_code)] // Each test file uses part of this module.
 
@@ -8,8 +9,7 @@ use std::sync::Arc;
 
 use sentinel_network::{NetworkService, NetworkSettings, router};
 use sentinel_store::{Store, StoreSettings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use sentinel_testkit::http_client;
 
 /// Starts the service (its model registry in the store of `data_dir`) and serves its router on
 /// an ephemeral port of 127.0.0.1.
@@ -42,48 +42,16 @@ pub async fn request(
     path: &str,
     body: Option<&[u8]>,
 ) -> (u16, serde_json::Value) {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    let body = body.unwrap_or(b"");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // A server may answer (413) before reading everything: a failed write is not the test's concern.
-    let _ = stream.write_all(body).await;
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    let split = response.windows(4).position(|window| window == b"\r\n\r\n").expect("HTTP response head");
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut content = response[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        content = dechunk(&content);
-    }
-    let value = serde_json::from_slice(&content)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&content).to_string()));
-    (status, value)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|window| window == b"\r\n") else { return out };
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 4 + size..];
-    }
+    let answer = http_client::send(address, method, path, body).await;
+    (answer.status, answer.json_or_text())
 }
 
 pub async fn get(address: SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    request(address, "GET", path, None).await
+    http_client::get_json(address, path).await
 }
 
 pub async fn post(address: SocketAddr, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    request(address, "POST", path, Some(body.to_string().as_bytes())).await
+    http_client::post_json(address, path, body).await
 }
 
 /// Polls the status until `accept` returns true, or panics after `timeout`.

@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use sentinel_testkit::Prerequisite;
+
 pub fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -19,12 +21,8 @@ pub fn corpus_dir() -> PathBuf {
         .unwrap_or_else(|| crate_dir().join("../../corpus/files"))
 }
 
-/// CI sets `SENTINEL_REQUIRE_CORPUS=1`: a missing corpus or Python is then a failure, not a skip.
-pub fn corpus_required() -> bool {
-    std::env::var("SENTINEL_REQUIRE_CORPUS").is_ok_and(|v| v == "1")
-}
-
-/// The corpus files, sorted; `None` (after saying why) when the corpus is absent and not required.
+/// The corpus files, sorted; `None` (after saying why) when the corpus is absent and not
+/// required (`SENTINEL_REQUIRE_CORPUS`).
 pub fn corpus_files() -> Option<Vec<PathBuf>> {
     let dir = corpus_dir();
     let files = regular_files(&dir);
@@ -33,8 +31,7 @@ pub fn corpus_files() -> Option<Vec<PathBuf>> {
             "no corpus at {} (build it with `python3 corpus/build.py`, or set SENTINEL_CORPUS_DIR)",
             dir.display()
         );
-        assert!(!corpus_required(), "SENTINEL_REQUIRE_CORPUS=1 but {message}");
-        eprintln!("SKIPPED: {message}");
+        Prerequisite::Corpus.missing(message);
         return None;
     }
     Some(files)
@@ -58,7 +55,7 @@ pub fn regular_files(dir: &Path) -> Vec<PathBuf> {
 pub type PefileAnswer = Result<Vec<u64>, String>;
 
 /// Runs tests/pefile_header.py over the files; `None` (after saying why) when Python or pefile
-/// is not installed and the corpus is not required.
+/// is not installed and the peers are not required (`SENTINEL_REQUIRE_PEERS`).
 pub fn pefile_answers(paths: &[PathBuf]) -> Option<HashMap<PathBuf, PefileAnswer>> {
     let script = crate_dir().join("tests/pefile_header.py");
     let child = Command::new("python3")
@@ -70,8 +67,7 @@ pub fn pefile_answers(paths: &[PathBuf]) -> Option<HashMap<PathBuf, PefileAnswer
     let mut child = match child {
         Ok(child) => child,
         Err(err) => {
-            assert!(!corpus_required(), "SENTINEL_REQUIRE_CORPUS=1 but python3 cannot run: {err}");
-            eprintln!("SKIPPED: python3 cannot run ({err})");
+            Prerequisite::Peers.missing(format!("python3 cannot run ({err})"));
             return None;
         }
     };
@@ -99,8 +95,9 @@ pub fn pefile_answers(paths: &[PathBuf]) -> Option<HashMap<PathBuf, PefileAnswer
     writer.join().expect("stdin writer").expect("write paths to python3");
     let status = child.wait().expect("wait for python3");
     if !status.success() {
-        assert!(!corpus_required(), "SENTINEL_REQUIRE_CORPUS=1 but pefile_header.py failed ({status})");
-        eprintln!("SKIPPED: pefile_header.py failed ({status}); is pefile installed (pip install pefile)?");
+        Prerequisite::Peers.missing(format!(
+            "pefile_header.py failed ({status}); is pefile installed (pip install -r .ci/requirements.txt)?"
+        ));
         return None;
     }
     Some(answers)

@@ -149,6 +149,7 @@ fn detail(error: &VtError) -> ErrorDetail {
         VtError::AnalysisTimeout(_) => Reason::Timeout,
         VtError::Rejected { .. }
         | VtError::Unavailable { .. }
+        | VtError::Unreachable { .. }
         | VtError::InvalidResponse(_)
         | VtError::Interrupted(_) => Reason::Unavailable,
     };

@@ -1,5 +1,6 @@
 //! A real server on 127.0.0.1 ephemeral ports with a temporary data
-//! directory, and small clients (raw TCP, HTTP) to talk to it.
+//! directory, and what the tests say to it: protocol requests, and HTTP
+//! through the testkit's client.
 
 // Each test file uses its own part of the harness.
 #![allow(dead_code)]
@@ -14,8 +15,6 @@ use sentinel_sandbox::{CapeClient, SandboxSettings};
 use sentinel_server::{Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
 use sentinel_store::{Store, StoreSettings};
 use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -140,18 +139,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     sentinel_protocol::Sha256Hash::of(bytes).to_hex()
 }
 
-/// One HTTP/1.1 request; returns the status code and the body.
+/// One HTTP request without a body; returns the status code and the body.
 pub async fn http(address: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
+    let answer = sentinel_testkit::http_client::send(address, method, path, None).await;
+    (answer.status, answer.body)
 }
 
 /// The server's `/status` as JSON.

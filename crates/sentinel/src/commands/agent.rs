@@ -12,9 +12,13 @@ use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Base URL of the server's HTTP API, e.g. http://10.0.0.1:9501.
+    /// Base URL of the server's HTTP API, e.g. http://10.0.0.1:9501 or https://sentinel.example.
     #[arg(long, env = "SENTINEL_AGENT_SERVER")]
     server: String,
+    /// PEM file of the CA that signed an https server's certificate, when it is not one the
+    /// system trusts (a private CA); trusted in addition to the system's roots.
+    #[arg(long, env = "SENTINEL_AGENT_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Milliseconds between two snapshots (overrides `[network.collector] interval_ms`).
     #[arg(long)]
     interval_ms: Option<u64>,
@@ -50,7 +54,8 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
             }
         };
         tracing::info!(server = %args.server, "agent started");
-        sentinel_network::agent::run(&args.server, &settings.collector, &settings.agent, stop)
+        let ca_file = args.ca_file.as_deref();
+        sentinel_network::agent::run(&args.server, ca_file, &settings.collector, &settings.agent, stop)
             .await
             .context("the agent stopped")
     })

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use sentinel_protocol::{Client, Command, Request, Response};
-use sentinel_server::synthetic_pe;
+use sentinel_testkit::synthetic_pe;
 use serde_json::json;
 use tokio::net::TcpStream;
 

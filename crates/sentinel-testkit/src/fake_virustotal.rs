@@ -1,9 +1,7 @@
-//! A local stand-in for VirusTotal API v3 on 127.0.0.1:0, speaking its JSON
-//! shapes and errors, that counts and records the requests it receives; and a
-//! virtual clock and an in-memory results dataset for the client under test.
-//!
-//! The server's protocol tests include this file too (`#[path]` in
-//! `crates/sentinel-server/tests/virustotal.rs`), so there is one fake.
+//! A local stand-in for VirusTotal API v3 on 127.0.0.1: a real HTTP server speaking VirusTotal's
+//! paths, JSON shapes and errors (file reports, uploads direct and through an upload URL,
+//! analyses), that counts and records the requests it receives. The VirusTotal client's tests,
+//! the malware server's and the binary's use this one fake.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -17,7 +15,6 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sentinel_virustotal::{CacheError, Clock, FileHash, ReportCache, Sleep, Verdict};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -252,7 +249,13 @@ async fn analysis(
 }
 
 impl FakeVt {
+    /// Starts the fake on an ephemeral port of 127.0.0.1.
     pub async fn start() -> FakeVt {
+        FakeVt::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")).await
+    }
+
+    /// Starts the fake on `listener` (a test that first held the port closed hands it over here).
+    pub async fn start_on(listener: tokio::net::TcpListener) -> FakeVt {
         let state = Arc::new(FakeState::default());
         let app = Router::new()
             .route("/api/v3/files/upload_url", get(upload_url))
@@ -262,56 +265,9 @@ impl FakeVt {
             .route("/api/v3/analyses/{id}", get(analysis))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let address = listener.local_addr().expect("a bound listener");
         *state.address.lock().unwrap() = Some(address);
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("the fake VirusTotal serves") });
         FakeVt { state, base_url: format!("http://{address}") }
-    }
-}
-
-/// A clock whose `sleep` moves virtual time forward at once, so minutes of
-/// queueing, back-off and polling take no real time.
-pub struct VirtualClock {
-    millis: AtomicU64,
-}
-
-impl VirtualClock {
-    /// 12:00 UTC on 2024-01-01.
-    pub fn new() -> Arc<VirtualClock> {
-        Arc::new(VirtualClock { millis: AtomicU64::new(1_704_110_400_000) })
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.millis.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for VirtualClock {
-    fn now(&self) -> Duration {
-        Duration::from_millis(self.millis.load(Ordering::SeqCst))
-    }
-
-    fn sleep(&self, duration: Duration) -> Sleep {
-        let target = self.millis.load(Ordering::SeqCst) + duration.as_millis() as u64;
-        self.millis.fetch_max(target, Ordering::SeqCst);
-        Box::pin(std::future::ready(()))
-    }
-}
-
-/// The results dataset in memory.
-#[derive(Default)]
-pub struct MemoryDataset {
-    pub reports: Mutex<HashMap<FileHash, Verdict>>,
-}
-
-impl ReportCache for MemoryDataset {
-    fn lookup(&self, sha256: FileHash) -> Result<Option<Verdict>, CacheError> {
-        Ok(self.reports.lock().unwrap().get(&sha256).cloned())
-    }
-
-    fn insert(&self, verdict: &Verdict) -> Result<(), CacheError> {
-        self.reports.lock().unwrap().insert(verdict.sha256, verdict.clone());
-        Ok(())
     }
 }

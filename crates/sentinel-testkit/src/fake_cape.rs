@@ -1,16 +1,11 @@
 //! A fake CAPE v2 on 127.0.0.1: an axum server with CAPE's `apiv2` paths,
 //! answer envelopes and task states, serving a given report (usually one of the
-//! real fixture reports). Shared by the CAPE client's tests and the server's
-//! dynamic-analysis tests, which include this file with `#[path]`.
+//! real fixture reports of [`crate::cape_fixtures`]). Shared by the CAPE
+//! client's tests, the server's dynamic-analysis tests and the binary's.
 //!
 //! What a task does is its [`Plan`]: the server's default, or chosen by the
 //! submitted file's name (`fail.exe`, `slow.exe`, `malformed.exe`) for tests
 //! that drive the client directly.
-
-// Each test file uses its own part of the fake.
-#![allow(dead_code)]
-
-pub mod fixtures;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +17,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sentinel_sandbox::{ApiToken, SandboxSettings};
 
 /// The token the fake accepts (`Authorization: Token <TOKEN>`).
 pub const TOKEN: &str = "test-token-1234";
@@ -34,18 +28,6 @@ pub const SMALL_REPORT: &str = r#"{"info": {"id": 1}, "behavior": {"processes": 
     {"timestamp": "2025-01-01 10:00:00,003", "api": "NtWriteFile"}]},
   {"process_id": 2, "calls": [
     {"timestamp": "2025-01-01 10:00:00,002", "api": "RegOpenKeyExW"}]}]}}"#;
-
-/// Client settings for a fake at `url`: its token, and short polls and timeouts.
-pub fn client_settings(url: &str) -> SandboxSettings {
-    SandboxSettings {
-        base_url: url.to_owned(),
-        token: ApiToken::new(TOKEN),
-        poll_interval_ms: 20,
-        analysis_timeout_secs: 10,
-        request_timeout_secs: 5,
-        ..SandboxSettings::default()
-    }
-}
 
 /// How the fake CAPE treats a submitted file.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,9 +127,9 @@ impl FakeCape {
             .route("/apiv2/tasks/view/{id}/", get(view))
             .route("/apiv2/tasks/get/report/{id}/json/", get(report))
             .with_state(self);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let address = listener.local_addr().expect("a bound listener");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("the fake CAPE serves") });
         RunningCape { url: format!("http://{address}"), state }
     }
 }

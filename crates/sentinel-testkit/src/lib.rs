@@ -1,0 +1,21 @@
+//! What Sentinel's tests and benchmarks share, and nothing the service runs: generated
+//! fixtures (PE files of any size, connection records and snapshots), local fakes of the
+//! services Sentinel talks to (VirusTotal API v3, CAPE v2) as real HTTP servers on 127.0.0.1,
+//! `sentinel serve` as a child process, the one HTTP client of the tests, and the rule for a
+//! test whose corpus, data or Python peer is missing ([`Prerequisite`]).
+//!
+//! Only tests (as a dev-dependency) and the `sentinel bench` command (for its fixtures) use
+//! this crate. It depends on third-party crates only, so that any crate's tests can use it
+//! without a dependency cycle.
+
+pub mod cape_fixtures;
+pub mod connection_records;
+pub mod fake_cape;
+pub mod fake_virustotal;
+pub mod http_client;
+pub mod prerequisite;
+pub mod serve_process;
+pub mod synthetic_pe;
+
+pub use prerequisite::Prerequisite;
+pub use synthetic_pe::{MIN_SYNTHETIC_PE_SIZE, synthetic_pe};
