@@ -1,89 +1,76 @@
-//! The HTTP and WebSocket API of the network service (described by `openapi.json`).
+//! The HTTP and WebSocket API of the network service: the routes it contributes to the
+//! process's listener (`sentinel-api`), each documented in the OpenAPI document by its
+//! `#[utoipa::path]`.
 //!
 //! Bodies are read and parsed here rather than by axum's extractors so that every client error
-//! (malformed JSON, a wrong type, a batch or body over its limit) is a 4xx with a JSON message
-//! `{"error": "..."}` naming what was wrong, never a 500 or a plain-text rejection.
+//! is JSON `{"error": "..."}` naming what was wrong, by one rule on every route:
+//! 400 for a body that is not JSON, not the documented shape (a wrong type, an unknown or
+//! missing field) or holds a value out of range (naming the item: `records[3]: ...`); 413 for a
+//! body over `api.max_body_bytes` or a batch over `api.max_batch_items`; 503 when the service
+//! is at capacity (`api.max_concurrent_batches` analyses, a full ingestion queue).
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use rayon::prelude::*;
+use sentinel_api::{ApiError, ErrorBody, ServiceRoutes};
 use sentinel_netmon::ConnectionRecord;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
-use crate::features::RawFeatures;
+use crate::features::{CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures};
 use crate::service::{AnalyzeError, AnalyzeItem, DetectionResult, NetworkService, TrainError};
-use crate::store::StoreError;
+use crate::store::{ModelVersion, StoreError};
 
-/// The OpenAPI 3.1 document served at `/api/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// The routes of the network service, to merge into the server's HTTP listener.
-pub fn router(service: Arc<NetworkService>) -> Router {
-    Router::new()
-        .route("/api/v1/analyze", post(analyze))
-        .route("/api/v1/ingest", post(ingest))
-        .route("/api/v1/train", post(train))
-        .route("/api/v1/train/{job}", get(job).delete(cancel_job))
-        .route("/api/v1/models/status", get(status))
-        .route("/api/v1/models/rollback", post(rollback))
-        .route("/api/v1/predictions/recent", get(recent))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/ws/realtime", get(realtime))
-        .with_state(service)
+/// What the handlers share: the service, and the permits of concurrent analyses.
+#[derive(Clone)]
+struct NetworkApi {
+    service: Arc<NetworkService>,
+    batches: Arc<Semaphore>,
 }
 
-/// A client or server error as JSON.
-struct ApiError {
-    status: StatusCode,
-    message: String,
+/// The routes of the network service, for the process's HTTP listener.
+pub fn router(service: Arc<NetworkService>) -> ServiceRoutes {
+    let batches = Arc::new(Semaphore::new(service.settings().api.max_concurrent_batches));
+    ServiceRoutes::new()
+        .routes(routes!(analyze))
+        .routes(routes!(ingest))
+        .routes(routes!(train))
+        .routes(routes!(job, cancel_job))
+        .routes(routes!(status))
+        .routes(routes!(rollback))
+        .routes(routes!(recent))
+        .routes(routes!(realtime))
+        .with_state(NetworkApi { service, batches })
 }
 
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
-    }
-
-    fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> ApiError {
-        match error {
-            StoreError::NoSuchVersion(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
-            _ => {
-                tracing::error!(%error, "network store");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
-            }
+fn store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::NoSuchVersion(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+        _ => {
+            tracing::error!(%error, "network store");
+            ApiError::internal(error.to_string())
         }
     }
 }
 
-impl From<TrainError> for ApiError {
-    fn from(error: TrainError) -> ApiError {
-        let status = match error {
-            TrainError::AlreadyRunning(_) | TrainError::Finished(_) => StatusCode::CONFLICT,
-            TrainError::NoSuchJob(_) => StatusCode::NOT_FOUND,
-        };
-        ApiError::new(status, error.to_string())
-    }
+fn train_error(error: TrainError) -> ApiError {
+    let status = match error {
+        TrainError::AlreadyRunning(_) | TrainError::Finished(_) => StatusCode::CONFLICT,
+        TrainError::NoSuchJob(_) => StatusCode::NOT_FOUND,
+    };
+    ApiError::new(status, error.to_string())
 }
 
 /// Reads the whole body up to the configured limit.
@@ -94,11 +81,16 @@ async fn read_body(service: &NetworkService, body: Body) -> Result<Bytes, ApiErr
     })
 }
 
+/// A body that is not JSON or not the documented shape: 400, with serde's message (which names
+/// the field, the line and the column).
 fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| {
-        let status = if error.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
-        ApiError::new(status, format!("invalid JSON body: {error}"))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))
+}
+
+/// An empty or blank body, which the routes whose body is optional read as `{}`.
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
 }
 
 #[derive(Deserialize)]
@@ -108,6 +100,67 @@ struct AnalyzeRequest<R> {
     records: Vec<R>,
     #[serde(default)]
     features: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The body of `POST /api/v1/analyze`: at least one record or feature vector, at most
+/// `api.max_batch_items` in all.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the body for the OpenAPI document; parsed as `AnalyzeRequest`.
+struct AnalyzeBody {
+    /// Connection records as agents send them (`sentinel-netmon`'s `ConnectionRecord`), each
+    /// judged on its own as a new connection.
+    #[schema(value_type = Vec<Object>)]
+    records: Vec<()>,
+    features: Vec<FeatureVector>,
+}
+
+/// Raw features by name (docs/network.md), built from the feature schema itself.
+struct FeatureVector;
+
+impl utoipa::PartialSchema for FeatureVector {
+    fn schema() -> RefOr<Schema> {
+        let mut object = ObjectBuilder::new()
+            .description(Some(
+                "Raw features by name (docs/network.md); absent or null numbers are missing \
+                 values; process_name (optional) sets process_rarity",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .property(
+                "process_name",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .max_length(Some(255)),
+            );
+        for name in NUMERIC_FEATURES {
+            object = object.property(
+                name,
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::Number, Type::Null]))
+                    .minimum(Some(0)),
+            );
+        }
+        for name in CATEGORICAL_FEATURES {
+            object =
+                object.property(name, ObjectBuilder::new().schema_type(Type::String).max_length(Some(64)));
+        }
+        RefOr::T(Schema::Object(object.build()))
+    }
+}
+
+impl ToSchema for FeatureVector {}
+
+/// The answer of `POST /api/v1/analyze`: one result per item, records first then feature
+/// vectors, in the order posted.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the answer for the OpenAPI document; written by `write_analyze_answer`.
+struct AnalyzeAnswer {
+    /// The model version that scored the batch.
+    model_version: i64,
+    /// The verdict on each item: `score`, `threshold`, `is_anomaly`, `confidence`, `models`
+    /// (each member's score, threshold and decision) and `explanation` (up to three features
+    /// furthest from training).
+    #[schema(value_type = Vec<Object>)]
+    results: Vec<()>,
 }
 
 /// Reads each posted record (already split out of the body as raw JSON) into a typed record and
@@ -131,9 +184,7 @@ fn read_records(
         .into_iter()
         .enumerate()
         .map(|(index, record)| {
-            record.map_err(|error| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("records[{index}]: {error}"))
-            })
+            record.map_err(|error| ApiError::bad_request(format!("records[{index}]: {error}")))
         })
         .collect()
 }
@@ -142,18 +193,35 @@ fn read_records(
 /// join costs nothing, small enough that both cores share a batch of a few thousand.
 const RESPONSE_CHUNK: usize = 2048;
 
-async fn analyze(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(&service, body).await?;
+/// Scores a batch of connection records and/or raw feature vectors.
+#[utoipa::path(post, path = "/api/v1/analyze", tag = "network", request_body = AnalyzeBody, responses(
+    (status = 200, body = AnalyzeAnswer),
+    (status = 400, description = "not JSON, not the documented shape, or an item out of range", body = ErrorBody),
+    (status = 409, description = "no model yet", body = ErrorBody),
+    (status = 413, description = "body over api.max_body_bytes or batch over api.max_batch_items", body = ErrorBody),
+    (status = 503, description = "api.max_concurrent_batches analyses already running: retry", body = ErrorBody),
+))]
+async fn analyze(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
+    // Taken before the body is read, so that waiting requests hold no body in memory, and held
+    // by the blocking task to its end: a request the client gave up on (or the listener's
+    // timeout) frees its permit only when its work is done.
+    let permit = Arc::clone(&api.batches).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "as many analyses as api.max_concurrent_batches are running: retry later",
+        )
+    })?;
+    let bytes = read_body(&api.service, body).await?;
+    let service = api.service;
     // Parsing, scoring and writing the answer of a large batch take up to a second of CPU: on
     // the blocking pool they never hold a reactor thread that other requests are waiting for.
-    let answer = tokio::task::spawn_blocking(move || analyze_blocking(&service, &bytes)).await.map_err(
-        |error| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                AnalyzeError::Task(error.to_string()).to_string(),
-            )
-        },
-    )??;
+    let answer = tokio::task::spawn_blocking(move || {
+        let answer = analyze_blocking(&service, &bytes);
+        drop(permit);
+        answer
+    })
+    .await
+    .map_err(|error| ApiError::internal(AnalyzeError::Task(error.to_string()).to_string()))??;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], answer).into_response())
 }
 
@@ -176,34 +244,32 @@ fn analyze_blocking(service: &NetworkService, bytes: &[u8]) -> Result<Vec<u8>, A
     let mut items = Vec::with_capacity(count);
     items.extend(records.into_iter().map(AnalyzeItem::Record));
     for (index, object) in request.features.into_iter().enumerate() {
-        let features = RawFeatures::from_json(&object).map_err(|error| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("features[{index}]: {error}"))
-        })?;
+        let features = RawFeatures::from_json(&object)
+            .map_err(|error| ApiError::bad_request(format!("features[{index}]: {error}")))?;
         let process_name = match object.get("process_name") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(name)) if name.len() <= 255 => Some(name.clone()),
             Some(_) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("features[{index}]: process_name must be a string of at most 255 bytes"),
-                ));
+                return Err(ApiError::bad_request(format!(
+                    "features[{index}]: process_name must be a string of at most 255 bytes"
+                )));
             }
         };
         items.push(AnalyzeItem::Features { features, process_name });
     }
     let (model_version, results) = service.analyze(items).map_err(|error| match error {
         AnalyzeError::NoModel => ApiError::new(StatusCode::CONFLICT, error.to_string()),
-        error => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        error => ApiError::internal(error.to_string()),
     })?;
     write_analyze_answer(model_version, &results).map_err(|error| {
         tracing::error!(%error, "analysis results could not be serialised");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the answer could not be written: {error}"))
+        ApiError::internal(format!("the answer could not be written: {error}"))
     })
 }
 
-/// `{"model_version": n, "results": [...]}`, the results serialised in parallel chunks then
-/// joined: for a batch of 50,000 the answer is about 25 MB, a tenth of the batch's time when
-/// written by one thread.
+/// `{"model_version": n, "results": [...]}`, each result the verdict alone: the source, time,
+/// model version and connection of a result are the request's own or the answer's, so they are
+/// not repeated per item. The results are serialised in parallel chunks then joined.
 fn write_analyze_answer(
     model_version: i64,
     results: &[DetectionResult],
@@ -211,12 +277,12 @@ fn write_analyze_answer(
     let chunks: Vec<Vec<u8>> = results
         .par_chunks(RESPONSE_CHUNK)
         .map(|chunk| {
-            let mut out = Vec::with_capacity(chunk.len() * 512);
+            let mut out = Vec::with_capacity(chunk.len() * 384);
             for (index, result) in chunk.iter().enumerate() {
                 if index > 0 {
                     out.push(b',');
                 }
-                serde_json::to_writer(&mut out, result)?;
+                serde_json::to_writer(&mut out, &result.verdict)?;
             }
             Ok(out)
         })
@@ -235,32 +301,58 @@ fn write_analyze_answer(
     Ok(answer)
 }
 
-async fn ingest(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
+/// The answer of an accepted snapshot.
+#[derive(Serialize, ToSchema)]
+struct Accepted {
+    accepted_connections: usize,
+}
+
+/// Posts a snapshot from a remote agent (`sentinel agent`, the Windows endpoint application):
+/// its connections are tracked per host, scored, streamed and stored.
+#[utoipa::path(post, path = "/api/v1/ingest", tag = "network",
+    request_body(content = Object, description = "a Snapshot: {schema_version, host, timestamp, connections: [ConnectionRecord…]}"),
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, description = "not JSON, not a snapshot, or a record out of range: fix it, do not resend", body = ErrorBody),
+        (status = 413, description = "body over api.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "the ingestion queue is full: retry later", body = ErrorBody),
+))]
+async fn ingest(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
+    let service = api.service;
     let bytes = read_body(&service, body).await?;
     let limits = service.settings().api.validation_limits();
     let snapshot = sentinel_netmon::Snapshot::from_json(&bytes, &limits)
-        .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()))?;
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
     let connections = snapshot.connections.len();
     let accepting = Arc::clone(&service);
-    let accepted = tokio::task::spawn_blocking(move || accepting.ingest(snapshot, &bytes)).await.map_err(
-        |error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("ingestion failed: {error}")),
-    )??;
+    let accepted = tokio::task::spawn_blocking(move || accepting.ingest(snapshot, &bytes))
+        .await
+        .map_err(|error| ApiError::internal(format!("ingestion failed: {error}")))?
+        .map_err(store_error)?;
     if !accepted {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the analysis pipeline is busy: retry the snapshot later",
         ));
     }
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "accepted_connections": connections }))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(Accepted { accepted_connections: connections })).into_response())
 }
 
-async fn train(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
-    // The body is optional; when present it must be a JSON object (no options yet).
-    let bytes = read_body(&service, body).await?;
-    if !bytes.iter().all(u8::is_ascii_whitespace) {
+/// Starts a training job from stored history. The body is optional; when present it must be a
+/// JSON object (no options yet).
+#[utoipa::path(post, path = "/api/v1/train", tag = "network",
+    request_body(content = Option<Object>, description = "optional, `{}`"),
+    responses(
+        (status = 202, description = "the job: id, state, stage, progress", content_type = "application/json", body = Object),
+        (status = 400, description = "the body is not a JSON object", body = ErrorBody),
+        (status = 409, description = "a training job is already running", body = ErrorBody),
+))]
+async fn train(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&api.service, body).await?;
+    if !is_blank(&bytes) {
         let _: serde_json::Map<String, serde_json::Value> = parse_json(&bytes)?;
     }
-    let job = service.train("api")?;
+    let job = api.service.train("api").map_err(train_error)?;
     Ok((StatusCode::ACCEPTED, axum::Json(job.report())).into_response())
 }
 
@@ -268,44 +360,78 @@ fn job_id(raw: &str) -> Result<u64, ApiError> {
     raw.parse().map_err(|_| ApiError::bad_request(format!("job id {raw:?} is not a number")))
 }
 
-async fn job(
-    State(service): State<Arc<NetworkService>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    Ok(axum::Json(service.job(job_id(&raw)?)?).into_response())
+/// Progress of a training job.
+#[utoipa::path(get, path = "/api/v1/train/{job}", tag = "network",
+    params(("job" = u64, Path, description = "the job's id")),
+    responses(
+        (status = 200, description = "the job: id, state, stage, progress", content_type = "application/json", body = Object),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody),
+))]
+async fn job(State(api): State<NetworkApi>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    Ok(axum::Json(api.service.job(job_id(&raw)?).map_err(train_error)?).into_response())
 }
 
-async fn cancel_job(
-    State(service): State<Arc<NetworkService>>,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    Ok((StatusCode::ACCEPTED, axum::Json(service.cancel_job(job_id(&raw)?)?)).into_response())
+/// Cancels a running training job (it stops at its next stage).
+#[utoipa::path(delete, path = "/api/v1/train/{job}", tag = "network",
+    params(("job" = u64, Path, description = "the job's id")),
+    responses(
+        (status = 202, description = "the job, cancelling", content_type = "application/json", body = Object),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody),
+        (status = 409, description = "the job has finished", body = ErrorBody),
+))]
+async fn cancel_job(State(api): State<NetworkApi>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let job = api.service.cancel_job(job_id(&raw)?).map_err(train_error)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
 }
 
-async fn status(State(service): State<Arc<NetworkService>>) -> Result<Response, ApiError> {
-    Ok(axum::Json(service.status().await?).into_response())
+/// Model status: learning / training / ready, the active version, when and on how much data it
+/// was trained, metrics, thresholds, warm-up progress, stored versions, collector and storage
+/// counters.
+#[utoipa::path(get, path = "/api/v1/models/status", tag = "network", responses(
+    (status = 200, content_type = "application/json", body = Object),
+))]
+async fn status(State(api): State<NetworkApi>) -> Result<Response, ApiError> {
+    Ok(axum::Json(api.service.status().await.map_err(store_error)?).into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// The body of a rollback; empty means the version before the active one.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
+    /// The stored version to make active.
     version: Option<i64>,
 }
 
-async fn rollback(State(service): State<Arc<NetworkService>>, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(&service, body).await?;
-    let request: RollbackRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        RollbackRequest::default()
-    } else {
-        parse_json(&bytes)?
-    };
-    let version = service.rollback(request.version).await?;
-    Ok(axum::Json(json!({ "active": version })).into_response())
+/// The version active after a rollback.
+#[derive(Serialize, ToSchema)]
+struct Active {
+    /// The stored version now active: its number, when and on how many rows it was trained.
+    #[schema(value_type = Object)]
+    active: ModelVersion,
+}
+
+/// Makes a stored model version active (default: the version before the active one).
+#[utoipa::path(post, path = "/api/v1/models/rollback", tag = "network",
+    request_body(content = Option<RollbackRequest>),
+    responses(
+        (status = 200, body = Active),
+        (status = 400, description = "not JSON or not the documented shape", body = ErrorBody),
+        (status = 404, description = "no such version", body = ErrorBody),
+))]
+async fn rollback(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&api.service, body).await?;
+    let request: RollbackRequest =
+        if is_blank(&bytes) { RollbackRequest::default() } else { parse_json(&bytes)? };
+    let version = api.service.rollback(request.version).await.map_err(store_error)?;
+    Ok(axum::Json(Active { active: version }).into_response())
 }
 
 /// Filters of `/ws/realtime` and `/api/v1/predictions/recent`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ResultFilter {
     /// Only results of this process name.
     process: Option<String>,
@@ -314,7 +440,7 @@ struct ResultFilter {
     /// Only anomalies.
     #[serde(default)]
     anomalies_only: bool,
-    /// At most this many results (recent only; the newest).
+    /// At most this many results (recent only; the newest; default 100).
     limit: Option<usize>,
 }
 
@@ -337,33 +463,39 @@ fn filter_from(
     Ok(filter)
 }
 
+/// Recent results of live and ingested connections, kept in memory (newest last).
+#[utoipa::path(get, path = "/api/v1/predictions/recent", tag = "network", params(ResultFilter), responses(
+    (status = 200, description = "`{\"results\": [Result…]}`; a Result is the verdict with `source`, `observed_at`, `model_version` and `connection`", content_type = "application/json", body = Object),
+    (status = 400, description = "an invalid query", body = ErrorBody),
+))]
 async fn recent(
-    State(service): State<Arc<NetworkService>>,
+    State(api): State<NetworkApi>,
     query: Result<Query<ResultFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let filter = filter_from(query)?;
     let limit = filter.limit.unwrap_or(100);
     let mut results: Vec<Arc<DetectionResult>> =
-        service.recent().into_iter().rev().filter(|result| filter.accepts(result)).take(limit).collect();
+        api.service.recent().into_iter().rev().filter(|result| filter.accepts(result)).take(limit).collect();
     results.reverse();
     let results: Vec<&DetectionResult> = results.iter().map(|result| &**result).collect();
     Ok(axum::Json(json!({ "results": results })).into_response())
 }
 
-async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
+/// WebSocket: one JSON text message per result of live and ingested connections, or
+/// `{"lagged": n}` when the client was too slow and missed n results.
+#[utoipa::path(get, path = "/ws/realtime", tag = "network", params(ResultFilter), responses(
+    (status = 101, description = "the stream of results"),
+    (status = 400, description = "not a WebSocket upgrade, or an invalid query", body = ErrorBody),
+))]
 async fn realtime(
-    State(service): State<Arc<NetworkService>>,
+    State(api): State<NetworkApi>,
     query: Result<Query<ResultFilter>, axum::extract::rejection::QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let filter = filter_from(query)?;
-    let results = service.subscribe();
+    let results = api.service.subscribe();
     Ok(upgrade.on_upgrade(move |socket| stream_results(socket, results, filter)))
 }
-
 async fn stream_results(
     mut socket: WebSocket,
     mut results: tokio::sync::broadcast::Receiver<Arc<DetectionResult>>,

@@ -146,8 +146,11 @@ impl Default for StorageSettings {
 pub struct ApiSettings {
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
-    /// Items (records plus feature vectors) in one `/api/v1/analyze` request.
+    /// Items (records plus feature vectors) in one `/api/v1/analyze` request; beyond, 413.
     pub max_batch_items: usize,
+    /// `/api/v1/analyze` requests worked on at once; beyond, 503 at once. Each batch already
+    /// uses every core, so more at once only multiplies the memory held.
+    pub max_concurrent_batches: usize,
     /// Records of one kind in one ingested snapshot.
     pub max_ingest_records: usize,
     /// Ingested snapshots waiting for the pipeline; beyond, `/api/v1/ingest` answers 503.
@@ -164,7 +167,8 @@ impl Default for ApiSettings {
     fn default() -> ApiSettings {
         ApiSettings {
             max_body_bytes: 64 * 1024 * 1024,
-            max_batch_items: 200_000,
+            max_batch_items: 50_000,
+            max_concurrent_batches: 2,
             max_ingest_records: 100_000,
             ingest_queue: 64,
             max_clock_skew_secs: 300,
@@ -250,6 +254,7 @@ impl NetworkSettings {
         let api = &self.api;
         if api.max_body_bytes == 0
             || api.max_batch_items == 0
+            || api.max_concurrent_batches == 0
             || api.ingest_queue == 0
             || api.websocket_buffer == 0
             || api.recent_predictions == 0

@@ -1,8 +1,7 @@
 //! The malware AI server: the TCP protocol of SPEC §1.1 (framing in
-//! `sentinel-protocol`) served to many central servers at once, plus an HTTP
-//! listener for health, readiness, status, Prometheus metrics and model
-//! reloads, on which the binary also serves the network API
-//! ([`Server::merge_http_routes`]).
+//! `sentinel-protocol`) served to many central servers at once. It contributes
+//! `/status`, `/admin/reload`, a readiness check and its metrics to the
+//! process's HTTP listener (`sentinel-api`) through [`Server::contribute`].
 //!
 //! Connections are tokio tasks; CPU-bound analysis runs on a bounded set of
 //! blocking workers (`workers`) so slow analyses never stall the reactor;
@@ -17,13 +16,15 @@ mod metrics;
 mod registry;
 mod server;
 mod settings;
+mod state;
 mod status;
 mod synthetic_pe;
 mod workers;
 
 pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep, label_from_report};
 pub use registry::{BEHAVIOUR_MODEL_PATH, ModelLoadError, ModelRegistry, Models, STATIC_MODEL_PATH};
-pub use server::{ReloadError, Reloader, Server, ServerError};
+pub use server::{Server, ServerError};
 pub use settings::{ServerSettings, SettingsError};
+pub use state::{ReloadError, Reloader};
 pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};
 pub use synthetic_pe::{MIN_SYNTHETIC_PE_SIZE, synthetic_pe};

@@ -215,7 +215,7 @@ async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_
         ("POST", "/healthz", b"", 405, "allowed: GET"),
         ("GET", "/api/v1/analyze", b"", 405, "allowed: POST"),
         ("POST", "/api/v1/analyze", b"{not json", 400, "invalid JSON"),
-        ("POST", "/api/v1/analyze", b"{\"records\": \"many\"}", 422, "invalid type"),
+        ("POST", "/api/v1/analyze", b"{\"records\": \"many\"}", 400, "invalid type"),
         ("GET", "/ws/realtime", b"", 400, ""),
     ];
     for (method, path, body, expected, message) in cases {
