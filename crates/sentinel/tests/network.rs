@@ -240,6 +240,63 @@ async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_
     assert!(data_dir.path().join("network.db").exists());
 }
 
+/// The OpenAPI document is read from the running listener, and every operation it lists is
+/// called there: none may be answered by the router's own 404 (`no route ...`) or 405, so the
+/// document has no route the listener lacks. The converse holds by construction: services can
+/// add routes to the listener only through `sentinel_api::ServiceRoutes`, which takes nothing
+/// but `utoipa_axum::routes!` of documented handlers, so the router has no route the document
+/// lacks — an undocumented path is a 404 like any unknown one.
+#[tokio::test]
+async fn every_operation_of_the_openapi_document_is_served_and_nothing_else() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (mut served, http) = serve(data_dir.path(), "[network]\ncollect = false\n");
+    let (status, head, text) = exchange(http, "GET", "/api/v1/openapi.json", b"").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let document: Value = serde_json::from_str(&text).unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."), "{document:#}");
+    let paths = document["paths"].as_object().unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item[method].is_object() {
+                // Path parameters get a value of the documented kind (all are numbers here).
+                let concrete = path.split('/').map(|part| if part.starts_with('{') { "1" } else { part });
+                operations.push((method.to_ascii_uppercase(), concrete.collect::<Vec<_>>().join("/")));
+            }
+        }
+    }
+    for (method, path) in &operations {
+        let (status, _, body) = exchange(http, method, path, b"").await;
+        let routed = status != 405 && !(status == 404 && body.contains("no route"));
+        assert!(routed, "{method} {path} is documented but not served: {status} {body}");
+    }
+    let served_paths: Vec<&str> = paths.keys().map(String::as_str).collect();
+    for expected in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/openapi.json",
+        "/status",
+        "/admin/reload",
+        "/api/v1/analyze",
+        "/api/v1/train/{job}",
+        "/ws/realtime",
+    ] {
+        assert!(served_paths.contains(&expected), "{expected} is not in {served_paths:?}");
+    }
+    assert_eq!(operations.len(), 15, "{operations:?}");
+    let (status, body) = json_exchange(http, "GET", "/api/v1/undocumented", b"").await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("no route /api/v1/undocumented")));
+    // The network API's feature vector is described from the feature schema itself.
+    let vector = &document["components"]["schemas"]["FeatureVector"]["properties"];
+    for name in ["bytes_sent_delta", "rtt_ms", "protocol", "remote_port_class", "process_name"] {
+        assert!(vector[name].is_object(), "feature {name} is not described: {vector:#}");
+    }
+    served.signal("-TERM");
+    assert!(served.wait_exit(Duration::from_secs(15)).success());
+}
+
 #[tokio::test]
 async fn a_trained_service_scores_streams_and_counts_on_its_http_port() {
     let data_dir = tempfile::tempdir().unwrap();
