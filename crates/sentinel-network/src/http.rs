@@ -7,7 +7,7 @@
 //! 400 for a body that is not JSON, not the documented shape (a wrong type, an unknown or
 //! missing field) or holds a value out of range (naming the item: `records[3]: ...`); 413 for a
 //! body over `api.max_body_bytes` or a batch over `api.max_batch_items`; 503 when the service
-//! is at capacity (`api.max_concurrent_batches` analyses, a full ingestion queue).
+//! is at capacity (`api.max_items_in_flight` items being analysed, a full ingestion queue).
 
 use std::sync::Arc;
 
@@ -33,16 +33,16 @@ use crate::features::{CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures};
 use crate::service::{AnalyzeError, AnalyzeItem, DetectionResult, NetworkService, TrainError};
 use crate::store::{ModelVersion, StoreError};
 
-/// What the handlers share: the service, and the permits of concurrent analyses.
+/// What the handlers share: the service, and one permit per item of the analyses in flight.
 #[derive(Clone)]
 struct NetworkApi {
     service: Arc<NetworkService>,
-    batches: Arc<Semaphore>,
+    items_in_flight: Arc<Semaphore>,
 }
 
 /// The routes of the network service, for the process's HTTP listener.
 pub fn router(service: Arc<NetworkService>) -> ServiceRoutes {
-    let batches = Arc::new(Semaphore::new(service.settings().api.max_concurrent_batches));
+    let items_in_flight = Arc::new(Semaphore::new(service.settings().api.max_items_in_flight));
     ServiceRoutes::new()
         .routes(routes!(analyze))
         .routes(routes!(ingest))
@@ -52,7 +52,7 @@ pub fn router(service: Arc<NetworkService>) -> ServiceRoutes {
         .routes(routes!(rollback))
         .routes(routes!(recent))
         .routes(routes!(realtime))
-        .with_state(NetworkApi { service, batches })
+        .with_state(NetworkApi { service, items_in_flight })
 }
 
 fn store_error(error: StoreError) -> ApiError {
@@ -199,34 +199,27 @@ const RESPONSE_CHUNK: usize = 2048;
     (status = 400, description = "not JSON, not the documented shape, or an item out of range", body = ErrorBody),
     (status = 409, description = "no model yet", body = ErrorBody),
     (status = 413, description = "body over api.max_body_bytes or batch over api.max_batch_items", body = ErrorBody),
-    (status = 503, description = "api.max_concurrent_batches analyses already running: retry", body = ErrorBody),
+    (status = 503, description = "api.max_items_in_flight items already being analysed: retry", body = ErrorBody),
 ))]
 async fn analyze(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
-    // Taken before the body is read, so that waiting requests hold no body in memory, and held
-    // by the blocking task to its end: a request the client gave up on (or the listener's
-    // timeout) frees its permit only when its work is done.
-    let permit = Arc::clone(&api.batches).try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "as many analyses as api.max_concurrent_batches are running: retry later",
-        )
-    })?;
     let bytes = read_body(&api.service, body).await?;
-    let service = api.service;
     // Parsing, scoring and writing the answer of a large batch take up to a second of CPU: on
     // the blocking pool they never hold a reactor thread that other requests are waiting for.
-    let answer = tokio::task::spawn_blocking(move || {
-        let answer = analyze_blocking(&service, &bytes);
-        drop(permit);
-        answer
-    })
-    .await
-    .map_err(|error| ApiError::internal(AnalyzeError::Task(error.to_string()).to_string()))??;
+    // The task runs to its end even if the client gives up (or the listener's timeout answers),
+    // and so holds its items' permits until its memory is freed.
+    let answer =
+        tokio::task::spawn_blocking(move || analyze_blocking(&api.service, &api.items_in_flight, &bytes))
+            .await
+            .map_err(|error| ApiError::internal(AnalyzeError::Task(error.to_string()).to_string()))??;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], answer).into_response())
 }
 
 /// `/api/v1/analyze` from the body to the JSON answer.
-fn analyze_blocking(service: &NetworkService, bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
+fn analyze_blocking(
+    service: &NetworkService,
+    items_in_flight: &Semaphore,
+    bytes: &[u8],
+) -> Result<Vec<u8>, ApiError> {
     // The records stay raw JSON until the batch's size is checked, then are read in parallel.
     let request: AnalyzeRequest<&RawValue> = parse_json(bytes)?;
     let count = request.records.len() + request.features.len();
@@ -240,6 +233,18 @@ fn analyze_blocking(service: &NetworkService, bytes: &[u8]) -> Result<Vec<u8>, A
     if count == 0 {
         return Err(ApiError::bad_request("nothing to analyse: give \"records\" or \"features\""));
     }
+    // Taken once the count is known and before the costly part (records, scores, answer), whose
+    // memory grows with the items: a batch that does not fit beside those in flight is refused
+    // at once rather than queued, so a burst of large batches cannot hold memory without bound.
+    let _permits = u32::try_from(count)
+        .ok()
+        .and_then(|count| items_in_flight.try_acquire_many(count).ok())
+        .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{count} more items would exceed api.max_items_in_flight being analysed: retry later"),
+        )
+    })?;
     let records = read_records(&request.records, &service.settings().api.validation_limits())?;
     let mut items = Vec::with_capacity(count);
     items.extend(records.into_iter().map(AnalyzeItem::Record));

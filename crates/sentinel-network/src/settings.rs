@@ -148,9 +148,10 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Items (records plus feature vectors) in one `/api/v1/analyze` request; beyond, 413.
     pub max_batch_items: usize,
-    /// `/api/v1/analyze` requests worked on at once; beyond, 503 at once. Each batch already
-    /// uses every core, so more at once only multiplies the memory held.
-    pub max_concurrent_batches: usize,
+    /// Items of `/api/v1/analyze` requests worked on at once, all requests together; a request
+    /// that would go beyond is answered 503 at once. Each batch already uses every core, so
+    /// more at once would only multiply the memory held. At least `max_batch_items`.
+    pub max_items_in_flight: usize,
     /// Records of one kind in one ingested snapshot.
     pub max_ingest_records: usize,
     /// Ingested snapshots waiting for the pipeline; beyond, `/api/v1/ingest` answers 503.
@@ -168,7 +169,7 @@ impl Default for ApiSettings {
         ApiSettings {
             max_body_bytes: 64 * 1024 * 1024,
             max_batch_items: 50_000,
-            max_concurrent_batches: 2,
+            max_items_in_flight: 100_000,
             max_ingest_records: 100_000,
             ingest_queue: 64,
             max_clock_skew_secs: 300,
@@ -254,12 +255,14 @@ impl NetworkSettings {
         let api = &self.api;
         if api.max_body_bytes == 0
             || api.max_batch_items == 0
-            || api.max_concurrent_batches == 0
             || api.ingest_queue == 0
             || api.websocket_buffer == 0
             || api.recent_predictions == 0
         {
             return fail("api", "limits must be at least 1");
+        }
+        if api.max_items_in_flight < api.max_batch_items {
+            return fail("api.max_items_in_flight", "must be at least api.max_batch_items");
         }
         Ok(())
     }

@@ -368,3 +368,30 @@ async fn a_history_that_never_shows_a_feature_still_trains() {
     assert_eq!(status, 200, "{body}");
     service.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyses_beyond_max_items_in_flight_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = common::quiet_settings();
+    settings.api.max_batch_items = 3000;
+    settings.api.max_items_in_flight = 3000;
+    let (service, address) = common::serve(settings, dir.path()).await;
+    ingest_history(address).await;
+    assert_eq!(train(address).await["state"], "succeeded");
+    // Six full batches at once: one fits at a time, the others are refused, not queued.
+    let batch = json!({"features": vec![json!({"rtt_ms": 3.0, "bytes_sent_delta": 900}); 3000]});
+    let answers =
+        futures_util::future::join_all((0..6).map(|_| common::post(address, "/api/v1/analyze", &batch)))
+            .await;
+    let refused: Vec<&serde_json::Value> =
+        answers.iter().filter(|(status, _)| *status == 503).map(|(_, body)| body).collect();
+    assert!(!refused.is_empty(), "all six ran at once");
+    assert!(refused.iter().all(|body| body["error"].as_str().unwrap().contains("max_items_in_flight")));
+    assert!(answers.iter().all(|(status, _)| *status == 200 || *status == 503), "{answers:?}");
+    assert!(answers.iter().any(|(status, _)| *status == 200), "{answers:?}");
+    // Their permits are back once they are answered.
+    let (status, body) = common::post(address, "/api/v1/analyze", &batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"].as_array().unwrap().len(), 3000);
+    service.shutdown().await;
+}
