@@ -15,10 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use utoipa_axum::routes;
 
-/// A service whose readiness a test switches, with one slow route and one that reads its body.
+/// The state of the echo route: how many bodies it echoed.
 #[derive(Clone)]
 struct Echo {
-    ready: Arc<AtomicBool>,
     echoed: Counter,
 }
 
@@ -44,7 +43,7 @@ async fn teapot() -> Result<(), ApiError> {
 
 async fn start(settings: HttpSettings) -> (SocketAddr, Arc<AtomicBool>) {
     let ready = Arc::new(AtomicBool::new(true));
-    let state = Echo { ready: Arc::clone(&ready), echoed: Counter::default() };
+    let state = Echo { echoed: Counter::default() };
     let mut api = ApiBuilder::new(settings);
     api.metrics().register("echoes", "Bodies echoed.", state.echoed.clone());
     let flag = Arc::clone(&ready);

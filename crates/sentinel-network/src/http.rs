@@ -93,25 +93,20 @@ fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AnalyzeRequest<R> {
-    #[serde(default = "Vec::new")]
-    records: Vec<R>,
-    #[serde(default)]
-    features: Vec<serde_json::Map<String, serde_json::Value>>,
-}
-
 /// The body of `POST /api/v1/analyze`: at least one record or feature vector, at most
-/// `api.max_batch_items` in all.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Describes the body for the OpenAPI document; parsed as `AnalyzeRequest`.
-struct AnalyzeBody {
+/// `api.max_batch_items` in all. The records stay raw JSON until the batch's size is checked,
+/// then are read in parallel.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AnalyzeBody<'a> {
     /// Connection records as agents send them (`sentinel-netmon`'s `ConnectionRecord`), each
     /// judged on its own as a new connection.
+    #[serde(borrow, default)]
     #[schema(value_type = Vec<Object>)]
-    records: Vec<()>,
-    features: Vec<FeatureVector>,
+    records: Vec<&'a RawValue>,
+    #[serde(default)]
+    #[schema(value_type = Vec<FeatureVector>)]
+    features: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Raw features by name (docs/network.md), built from the feature schema itself.
@@ -149,20 +144,6 @@ impl utoipa::PartialSchema for FeatureVector {
 
 impl ToSchema for FeatureVector {}
 
-/// The answer of `POST /api/v1/analyze`: one result per item, records first then feature
-/// vectors, in the order posted.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Describes the answer for the OpenAPI document; written by `write_analyze_answer`.
-struct AnalyzeAnswer {
-    /// The model version that scored the batch.
-    model_version: i64,
-    /// The verdict on each item: `score`, `threshold`, `is_anomaly`, `confidence`, `models`
-    /// (each member's score, threshold and decision) and `explanation` (up to three features
-    /// furthest from training).
-    #[schema(value_type = Vec<Object>)]
-    results: Vec<()>,
-}
-
 /// Reads each posted record (already split out of the body as raw JSON) into a typed record and
 /// validates it, in parallel: one thread parsing 50,000 records was a twentieth of a batch's
 /// time. An error names the first record that is wrong (`records[3]: ...`).
@@ -195,7 +176,7 @@ const RESPONSE_CHUNK: usize = 2048;
 
 /// Scores a batch of connection records and/or raw feature vectors.
 #[utoipa::path(post, path = "/api/v1/analyze", tag = "network", request_body = AnalyzeBody, responses(
-    (status = 200, body = AnalyzeAnswer),
+    (status = 200, content_type = "application/json", body = Object, description = "`{\"model_version\": n, \"results\": [...]}`: one result per item, records first then feature vectors, in the order posted; each the verdict alone: `score`, `threshold`, `is_anomaly`, `confidence`, `models` (each member's score, threshold and decision) and `explanation` (up to three features furthest from training)"),
     (status = 400, description = "not JSON, not the documented shape, or an item out of range", body = ErrorBody),
     (status = 409, description = "no model yet", body = ErrorBody),
     (status = 413, description = "body over api.max_body_bytes or batch over api.max_batch_items", body = ErrorBody),
@@ -220,8 +201,7 @@ fn analyze_blocking(
     items_in_flight: &Semaphore,
     bytes: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
-    // The records stay raw JSON until the batch's size is checked, then are read in parallel.
-    let request: AnalyzeRequest<&RawValue> = parse_json(bytes)?;
+    let request: AnalyzeBody = parse_json(bytes)?;
     let count = request.records.len() + request.features.len();
     let limit = service.settings().api.max_batch_items;
     if count > limit {
