@@ -553,3 +553,40 @@ async fn the_agent_binary_ships_this_hosts_connections_to_serve() {
     agent.signal("-TERM");
     assert!(agent.wait_exit(Duration::from_secs(10)).success(), "the agent stops cleanly on SIGTERM");
 }
+
+/// `[http] listen` sets the HTTP address; the former `[server] http_listen` is still read, and
+/// `[http] listen` wins when both are written.
+#[test]
+fn the_http_address_comes_from_http_listen_or_the_former_server_key() {
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (old, new) = (free_port(), free_port());
+    let cases = [
+        (format!("[server]\nhttp_listen = \"127.0.0.1:{old}\"\n"), old),
+        (format!("[server]\nhttp_listen = \"127.0.0.1:{old}\"\n[http]\nlisten = \"127.0.0.1:{new}\"\n"), new),
+    ];
+    for (config, expected) in cases {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config_path = data_dir.path().join("sentinel.toml");
+        std::fs::write(&config_path, format!("{config}[network]\nenabled = false\n")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["serve", "--tcp-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("SENTINEL_HTTP_LISTEN")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut process = Process(child);
+        let http: SocketAddr = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("http listening on ").map(|address| address.parse().unwrap()))
+            .expect("the http listening line");
+        assert_eq!(http.port(), expected, "{config}");
+        process.signal("-TERM");
+        assert!(process.wait_exit(Duration::from_secs(15)).success());
+    }
+}

@@ -160,18 +160,6 @@ async fn serve(
     }
     let api = api.build();
 
-    // Whoever started the server may have stopped reading its stdout (a
-    // closed pipe): that must not stop a server that is already listening.
-    let announced = {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "tcp listening on {}", server.tcp_addr())
-            .and_then(|()| writeln!(stdout, "http listening on {}", http.local_addr()))
-            .and_then(|()| stdout.flush())
-    };
-    if let Err(error) = announced {
-        tracing::warn!(%error, "cannot print the listening addresses on stdout");
-    }
-
     let reloader = server.reloader();
     let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     tokio::spawn(async move {
@@ -185,6 +173,19 @@ async fn serve(
 
     let mut interrupts = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut terminations = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    // Announced once the signals are handled: whoever reads the addresses may stop the server
+    // at once, and must get a graceful stop. Whoever started the server may have stopped
+    // reading its stdout (a closed pipe): that must not stop a server that is already listening.
+    let announced = {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "tcp listening on {}", server.tcp_addr())
+            .and_then(|()| writeln!(stdout, "http listening on {}", http.local_addr()))
+            .and_then(|()| stdout.flush())
+    };
+    if let Err(error) = announced {
+        tracing::warn!(%error, "cannot print the listening addresses on stdout");
+    }
+
     let (stop, _) = watch::channel(false);
     let stopping = |mut receiver: watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stopping| *stopping).await;
