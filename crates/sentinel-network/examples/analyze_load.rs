@@ -6,7 +6,10 @@
 //! 1. sends single-record requests at a steady 1,000 requests/s for 10 s on 8 keep-alive
 //!    connections and reports latency percentiles, measured from when each request was due (so a
 //!    stall delays every request behind it and shows in the tail);
-//! 2. posts 6 batches of 50,000 records and reports records per second.
+//! 2. posts 6 batches of 50,000 records (the default `api.max_batch_items`), one at a time, and
+//!    reports records per second, the sizes of a batch's request and answer, and the server's
+//!    resident memory before the batches and at its peak (Linux: `/proc/PID/status`), which is
+//!    what one maximal batch costs.
 //!
 //! Everything is bounded so the run always ends by itself: the number of requests, a deadline
 //! for the server to start (120 s) and for each request (30 s), after which the run stops with
@@ -72,6 +75,7 @@ fn generate_load() -> Result<(), String> {
         .spawn()
         .map_err(|error| format!("cannot start the server process: {error}"))?;
     let stdout = child.stdout.take().ok_or("no stdout from the server")?;
+    let server_pid = child.id();
     let server = ServerProcess(child);
     // Read the start-up line on a thread, so that a server that never prints it cannot hang us.
     let (sender, receiver) = mpsc::channel();
@@ -92,7 +96,7 @@ fn generate_load() -> Result<(), String> {
         return Err(format!("refusing to load {address}: the load generator only targets 127.0.0.1"));
     }
     steady_single_records(address)?;
-    large_batches(address)?;
+    large_batches(address, server_pid)?;
     drop(server);
     Ok(())
 }
@@ -126,12 +130,14 @@ fn serve() -> Result<(), String> {
             .map_err(|error| format!("the store did not open: {error}"))?;
         let service = sentinel_network::NetworkService::start(settings, dir.path(), Arc::new(store))
             .map_err(|error| format!("the service did not start: {error}"))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = sentinel_api::HttpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
-            .map_err(|error| format!("cannot listen on 127.0.0.1: {error}"))?;
-        let address = listener.local_addr().map_err(|error| error.to_string())?;
-        let app = sentinel_network::router(Arc::clone(&service));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+            .map_err(|error| error.to_string())?;
+        let address = listener.local_addr();
+        let api = sentinel_api::ApiBuilder::new(sentinel_api::HttpSettings::default())
+            .service(sentinel_network::router(Arc::clone(&service)))
+            .build();
+        tokio::spawn(async move { listener.serve(&api, std::future::pending()).await });
         let start = SystemTime::now() - Duration::from_secs(70);
         for second in 0..60u64 {
             let at = start + Duration::from_secs(second);
@@ -251,7 +257,17 @@ fn steady_single_records(address: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-fn large_batches(address: SocketAddr) -> Result<(), String> {
+/// A line of `/proc/PID/status` in MB (`VmRSS`: resident now, `VmHWM`: the peak); `None`
+/// where there is no procfs.
+fn memory_mb(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?;
+    let kib: f64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn large_batches(address: SocketAddr, server_pid: u32) -> Result<(), String> {
+    let before = memory_mb(server_pid, "VmRSS");
     let now = SystemTime::now();
     let records: Vec<serde_json::Value> = (0..BATCH_SIZE).map(|index| record(index, now)).collect();
     let body = Bytes::from(json!({ "records": records }).to_string());
@@ -263,6 +279,7 @@ fn large_batches(address: SocketAddr) -> Result<(), String> {
         return Err(format!("analyze answered {status}: {}", &answer[..answer.len().min(300)]));
     }
     let mut rates = Vec::with_capacity(BATCHES);
+    let mut answer_bytes = answer.len();
     for _ in 0..BATCHES {
         let started = Instant::now();
         let (status, answer) = runtime.block_on(post(&client, address, "/api/v1/analyze", body.clone()))?;
@@ -270,8 +287,19 @@ fn large_batches(address: SocketAddr) -> Result<(), String> {
             return Err(format!("analyze answered {status}: {}", &answer[..answer.len().min(300)]));
         }
         rates.push(BATCH_SIZE as f64 / started.elapsed().as_secs_f64());
+        answer_bytes = answer.len();
     }
     rates.sort_by(f64::total_cmp);
+    match (before, memory_mb(server_pid, "VmHWM")) {
+        (Some(before), Some(peak)) => println!(
+            "one batch of {BATCH_SIZE} records: request {:.1} MB, answer {:.1} MB; server resident memory \
+             {before:.0} MB before the batches, {peak:.0} MB at its peak ({:.0} MB for one batch)",
+            body.len() as f64 / 1e6,
+            answer_bytes as f64 / 1e6,
+            peak - before
+        ),
+        _ => println!("(no /proc: the server's memory is not measured)"),
+    }
     println!(
         "batches of {BATCH_SIZE} records ({} MB of JSON): median {:.0} records/s, min {:.0}, max {:.0}",
         body.len() / 1_000_000,

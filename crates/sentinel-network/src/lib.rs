@@ -6,9 +6,10 @@
 //!   owns every table) and the active model of the model registry, starts the collectors, the
 //!   pipeline (tracking → features → models → stream and storage), the results writer and the
 //!   training scheduler; [`NetworkService::shutdown`] stops them.
-//! - [`router`] serves the API: `/api/v1/analyze`, `/api/v1/ingest`, `/api/v1/train`,
-//!   `/api/v1/models/status`, `/api/v1/models/rollback`, `/api/v1/predictions/recent`,
-//!   `/ws/realtime` and `/api/v1/openapi.json`.
+//! - [`router`] is the service's part of the process's HTTP API (`sentinel-api`):
+//!   `/api/v1/analyze`, `/api/v1/ingest`, `/api/v1/train`, `/api/v1/models/status`,
+//!   `/api/v1/models/rollback`, `/api/v1/predictions/recent` and `/ws/realtime`, each documented
+//!   for the OpenAPI document; [`register_metrics`] adds its Prometheus metrics.
 //! - [`agent`]: `sentinel agent`, which runs the collectors on another host and posts snapshots.
 //!
 //! `docs/network.md` describes the features, the models, the warm-up, the storage and the API.
@@ -16,13 +17,15 @@
 pub mod agent;
 mod features;
 mod http;
+mod metrics;
 mod model;
 mod saved_model;
 mod service;
 mod settings;
 
 pub use features::{CATEGORICAL_FEATURES, FeatureError, NUMERIC_FEATURES, PROCESS_RARITY};
-pub use http::{OPENAPI, router};
+pub use http::router;
+pub use metrics::register as register_metrics;
 pub use model::{Evaluation, FeatureExplanation, ModelScore, Verdict};
 pub use saved_model::ModelVersion;
 pub use service::{

@@ -146,8 +146,12 @@ impl Default for StorageSettings {
 pub struct ApiSettings {
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
-    /// Items (records plus feature vectors) in one `/api/v1/analyze` request.
+    /// Items (records plus feature vectors) in one `/api/v1/analyze` request; beyond, 413.
     pub max_batch_items: usize,
+    /// Items of `/api/v1/analyze` requests worked on at once, all requests together; a request
+    /// that would go beyond is answered 503 at once. Each batch already uses every core, so
+    /// more at once would only multiply the memory held. At least `max_batch_items`.
+    pub max_items_in_flight: usize,
     /// Records of one kind in one ingested snapshot.
     pub max_ingest_records: usize,
     /// Ingested snapshots waiting for the pipeline; beyond, `/api/v1/ingest` answers 503.
@@ -164,7 +168,8 @@ impl Default for ApiSettings {
     fn default() -> ApiSettings {
         ApiSettings {
             max_body_bytes: 64 * 1024 * 1024,
-            max_batch_items: 200_000,
+            max_batch_items: 50_000,
+            max_items_in_flight: 100_000,
             max_ingest_records: 100_000,
             ingest_queue: 64,
             max_clock_skew_secs: 300,
@@ -255,6 +260,9 @@ impl NetworkSettings {
             || api.recent_predictions == 0
         {
             return fail("api", "limits must be at least 1");
+        }
+        if api.max_items_in_flight < api.max_batch_items {
+            return fail("api.max_items_in_flight", "must be at least api.max_batch_items");
         }
         Ok(())
     }

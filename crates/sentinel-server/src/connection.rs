@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::status::{COMMAND_INVALID, OUTCOME_YES};
 
 /// After answering a lost frame, how long to keep reading (and discarding)

@@ -1,8 +1,7 @@
 //! The malware AI server: the TCP protocol of SPEC §1.1 (framing in
-//! `sentinel-protocol`) served to many central servers at once, plus an HTTP
-//! listener for health, readiness, status, Prometheus metrics and model
-//! reloads, on which the binary also serves the network API
-//! ([`Server::merge_http_routes`]).
+//! `sentinel-protocol`) served to many central servers at once. It contributes
+//! `/status`, `/admin/reload`, a readiness check and its metrics to the
+//! process's HTTP listener (`sentinel-api`) through [`Server::contribute`].
 //!
 //! Connections are tokio tasks; CPU-bound analysis runs on a bounded set of
 //! blocking workers (`workers`) so slow analyses never stall the reactor;
@@ -17,11 +16,13 @@ mod metrics;
 mod models;
 mod server;
 mod settings;
+mod state;
 mod status;
 mod workers;
 
 pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep, label_from_report};
 pub use models::{BEHAVIOUR_MODEL_PATH, ModelLoadError, Models, ModelsInService, STATIC_MODEL_PATH};
-pub use server::{ReloadError, Reloader, Server, ServerError};
+pub use server::{Server, ServerError};
 pub use settings::{ServerSettings, SettingsError};
+pub use state::{ReloadError, Reloader};
 pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};

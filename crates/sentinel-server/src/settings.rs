@@ -1,5 +1,7 @@
-//! `[server]` settings: every limit of the TCP protocol server and its HTTP
-//! admin listener, with the defaults documented in `docs/protocol.md`.
+//! `[server]` settings: every limit of the TCP protocol server, with the
+//! defaults documented in `docs/protocol.md`. The HTTP listener's settings are
+//! `[http]` (`sentinel-api`); `http_listen` is still read here for the
+//! configurations written before.
 //!
 //! Durations are written as seconds (`30`, `0.5`) or as a number with a unit
 //! (`"500ms"`, `"30s"`, `"5m"`, `"1h"`), the forms operators write by hand.
@@ -18,9 +20,9 @@ use crate::analysis::FusionSettings;
 pub struct ServerSettings {
     /// Protocol listener. Default `0.0.0.0:9500`: central servers connect from other hosts.
     pub tcp_listen: SocketAddr,
-    /// Health, readiness, status and admin listener. Default `127.0.0.1:9501`:
-    /// `/admin/reload` has no authentication yet, so it is local only by default.
-    pub http_listen: SocketAddr,
+    /// The former place of the HTTP listener's address, still accepted: `[http] listen`
+    /// wins when both are set. None by default.
+    pub http_listen: Option<SocketAddr>,
     /// Largest field in bytes (the executable). Default 64 MiB.
     pub max_field_size: u32,
     /// Most fields per request. Default 16.
@@ -55,7 +57,7 @@ impl Default for ServerSettings {
         let limits = Limits::default();
         ServerSettings {
             tcp_listen: SocketAddr::from(([0, 0, 0, 0], 9500)),
-            http_listen: SocketAddr::from(([127, 0, 0, 1], 9501)),
+            http_listen: None,
             max_field_size: limits.max_field_size,
             max_fields: limits.max_fields,
             max_frame_size: limits.max_frame_size,

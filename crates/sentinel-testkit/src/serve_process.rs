@@ -26,6 +26,11 @@ impl TestProcess {
         self.0.id()
     }
 
+    /// The child's standard output, once, when it was spawned with `Stdio::piped()`.
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.0.stdout.take()
+    }
+
     /// Sends the signal `name` (`-HUP`, `-TERM`, `-KILL`…).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill").args([name, &self.0.id().to_string()]).status().expect("run kill");

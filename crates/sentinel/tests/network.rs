@@ -2,9 +2,10 @@
 //! Prometheus metrics and JSON errors on the one HTTP port, a clean stop on SIGTERM, and the real
 //! `sentinel agent` process shipping this host's connections to it over 127.0.0.1.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
@@ -155,7 +156,7 @@ async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_
         ("POST", "/healthz", b"", 405, "allowed: GET"),
         ("GET", "/api/v1/analyze", b"", 405, "allowed: POST"),
         ("POST", "/api/v1/analyze", b"{not json", 400, "invalid JSON"),
-        ("POST", "/api/v1/analyze", b"{\"records\": \"many\"}", 422, "invalid type"),
+        ("POST", "/api/v1/analyze", b"{\"records\": \"many\"}", 400, "invalid type"),
         ("GET", "/ws/realtime", b"", 400, ""),
     ];
     for (method, path, body, expected, message) in cases {
@@ -179,6 +180,65 @@ async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_
     served.signal("-TERM");
     assert!(served.wait_exit(Duration::from_secs(15)).success());
     assert!(data_dir.path().join("network.db").exists());
+}
+
+/// The OpenAPI document is read from the running listener, and every operation it lists is
+/// called there: none may be answered by the router's own 404 (`no route ...`) or 405, so the
+/// document has no route the listener lacks. The converse holds by construction: services can
+/// add routes to the listener only through `sentinel_api::ServiceRoutes`, which takes nothing
+/// but `utoipa_axum::routes!` of documented handlers, so the router has no route the document
+/// lacks — an undocumented path is a 404 like any unknown one.
+#[tokio::test]
+async fn every_operation_of_the_openapi_document_is_served_and_nothing_else() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (mut served, http) = serve(data_dir.path(), "[network]\ncollect = false\n");
+    let answer = http_client::send(http, "GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(answer.status, 200);
+    let content_type = answer.content_type.as_deref().unwrap_or_default();
+    assert!(content_type.starts_with("application/json"), "{answer:?}");
+    let document = answer.json();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."), "{document:#}");
+    let paths = document["paths"].as_object().unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item[method].is_object() {
+                // Path parameters get a value of the documented kind (all are numbers here).
+                let concrete = path.split('/').map(|part| if part.starts_with('{') { "1" } else { part });
+                operations.push((method.to_ascii_uppercase(), concrete.collect::<Vec<_>>().join("/")));
+            }
+        }
+    }
+    for (method, path) in &operations {
+        let answer = http_client::send(http, method, path, None).await;
+        let (status, body) = (answer.status, answer.body);
+        let routed = status != 405 && !(status == 404 && body.contains("no route"));
+        assert!(routed, "{method} {path} is documented but not served: {status} {body}");
+    }
+    let served_paths: Vec<&str> = paths.keys().map(String::as_str).collect();
+    for expected in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/openapi.json",
+        "/status",
+        "/admin/reload",
+        "/api/v1/analyze",
+        "/api/v1/train/{job}",
+        "/ws/realtime",
+    ] {
+        assert!(served_paths.contains(&expected), "{expected} is not in {served_paths:?}");
+    }
+    assert_eq!(operations.len(), 15, "{operations:?}");
+    let (status, body) = json_exchange(http, "GET", "/api/v1/undocumented", b"").await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("no route /api/v1/undocumented")));
+    // The network API's feature vector is described from the feature schema itself.
+    let vector = &document["components"]["schemas"]["FeatureVector"]["properties"];
+    for name in ["bytes_sent_delta", "rtt_ms", "protocol", "remote_port_class", "process_name"] {
+        assert!(vector[name].is_object(), "feature {name} is not described: {vector:#}");
+    }
+    served.signal("-TERM");
+    assert!(served.wait_exit(Duration::from_secs(15)).success());
 }
 
 #[tokio::test]
@@ -548,4 +608,40 @@ async fn the_agent_binary_ships_this_hosts_connections_to_serve() {
 
     agent.signal("-TERM");
     assert!(agent.wait_exit(Duration::from_secs(10)).success(), "the agent stops cleanly on SIGTERM");
+}
+
+/// `[http] listen` sets the HTTP address; the former `[server] http_listen` is still read, and
+/// `[http] listen` wins when both are written.
+#[test]
+fn the_http_address_comes_from_http_listen_or_the_former_server_key() {
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (old, new) = (free_port(), free_port());
+    let cases = [
+        (format!("[server]\nhttp_listen = \"127.0.0.1:{old}\"\n"), old),
+        (format!("[server]\nhttp_listen = \"127.0.0.1:{old}\"\n[http]\nlisten = \"127.0.0.1:{new}\"\n"), new),
+    ];
+    for (config, expected) in cases {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config_path = data_dir.path().join("sentinel.toml");
+        std::fs::write(&config_path, format!("{config}[network]\nenabled = false\n")).unwrap();
+        let mut command = Command::new(SENTINEL);
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .args(["serve", "--tcp-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("SENTINEL_HTTP_LISTEN")
+            .stdout(Stdio::piped());
+        let mut process = TestProcess::spawn(&mut command);
+        let stdout = process.stdout().expect("the child's stdout");
+        let http: SocketAddr = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("http listening on ").map(|address| address.parse().unwrap()))
+            .expect("the http listening line");
+        assert_eq!(http.port(), expected, "{config}");
+        process.signal("-TERM");
+        assert!(process.wait_exit(Duration::from_secs(15)).success());
+    }
 }

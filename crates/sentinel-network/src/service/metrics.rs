@@ -1,4 +1,5 @@
-//! The service's Prometheus metrics, appended to the server's `GET /metrics`.
+//! The service's counters as the Prometheus collector (`crate::metrics`) reads them at each
+//! scrape: one consistent read of what the pipeline, the collector and the writer counted.
 
 use std::sync::atomic::Ordering;
 
@@ -6,55 +7,38 @@ use sentinel_netmon::CollectionHandle;
 
 use super::{NetworkService, lock};
 
+/// The service's counters as `/metrics` exposes them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MetricCounts {
+    pub predictions: u64,
+    pub anomalies: u64,
+    pub events: u64,
+    pub collector_dropped: u64,
+    pub storage_dropped: u64,
+    /// Accuracy of the active model's members and ensemble on held-out rows, by model name.
+    pub accuracy: Vec<(String, f64)>,
+}
+
 impl NetworkService {
-    /// Appends the service's Prometheus metrics (text exposition format) to `out`, for the
-    /// server's `GET /metrics`.
-    pub fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let writer = self.store.writer_stats();
-        let dropped_by_collector = lock(&self.collection).as_ref().map_or(0, CollectionHandle::dropped);
-        let counters = [
-            (
-                "predictions_total",
-                "Items scored by the network model (live, agents, analyze).",
-                self.counters.predictions.load(Ordering::Relaxed),
-            ),
-            (
-                "anomalies_detected",
-                "Scored items the network model flagged as anomalous.",
-                self.counters.anomalies.load(Ordering::Relaxed),
-            ),
-            (
-                "network_events_total",
-                "Connection events from this host's collector and agents.",
-                self.counters.events.load(Ordering::Relaxed),
-            ),
-            (
-                "network_collector_dropped_total",
-                "Observations the collector dropped for a slow pipeline.",
-                dropped_by_collector,
-            ),
-            (
-                "network_storage_dropped_total",
-                "Results not stored because the writer's queue was full.",
-                writer.dropped,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP model_accuracy Accuracy of the active network model on held-out normal rows, by model.\n# TYPE model_accuracy gauge"
-        );
-        if let Some(model) = self.model.load_full() {
-            for evaluation in &model.bundle.facts.evaluations {
-                let _ = writeln!(
-                    out,
-                    "model_accuracy{{model=\"{}\"}} {}",
-                    evaluation.model_name, evaluation.accuracy
-                );
-            }
+    /// The counters `/metrics` exposes, read now.
+    pub(crate) fn metric_counts(&self) -> MetricCounts {
+        let collector_dropped = lock(&self.collection).as_ref().map_or(0, CollectionHandle::dropped);
+        let accuracy = self.model.load_full().map_or_else(Vec::new, |model| {
+            model
+                .bundle
+                .facts
+                .evaluations
+                .iter()
+                .map(|evaluation| (evaluation.model_name.clone(), evaluation.accuracy))
+                .collect()
+        });
+        MetricCounts {
+            predictions: self.counters.predictions.load(Ordering::Relaxed),
+            anomalies: self.counters.anomalies.load(Ordering::Relaxed),
+            events: self.counters.events.load(Ordering::Relaxed),
+            collector_dropped,
+            storage_dropped: self.store.writer_stats().dropped,
+            accuracy,
         }
     }
 }

@@ -7,19 +7,20 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use sentinel_api::{ApiBuilder, HttpListener, HttpSettings};
 use sentinel_network::{NetworkService, NetworkSettings, router};
 use sentinel_store::{Store, StoreSettings};
 use sentinel_testkit::http_client;
 
-/// Starts the service (its model registry in the store of `data_dir`) and serves its router on
-/// an ephemeral port of 127.0.0.1.
+/// Starts the service (its model registry in the store of `data_dir`) and serves its routes, in
+/// the process's middleware, on an ephemeral port of 127.0.0.1.
 pub async fn serve(settings: NetworkSettings, data_dir: &Path) -> (Arc<NetworkService>, SocketAddr) {
     let store = Store::open(data_dir, StoreSettings::default()).expect("store opens");
     let service = NetworkService::start(settings, data_dir, Arc::new(store)).expect("service starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let app = router(Arc::clone(&service));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let api = ApiBuilder::new(HttpSettings::default()).service(router(Arc::clone(&service))).build();
+    let listener = HttpListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let address = listener.local_addr();
+    tokio::spawn(async move { listener.serve(&api, std::future::pending()).await.unwrap() });
     (service, address)
 }
 

@@ -10,12 +10,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sentinel_api::{ApiBuilder, HttpListener, HttpSettings};
 use sentinel_protocol::{Command, Request};
 use sentinel_sandbox::{CapeClient, SandboxSettings};
 use sentinel_server::{Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
 use sentinel_store::{Store, StoreSettings};
 use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub struct TestServer {
@@ -24,8 +25,9 @@ pub struct TestServer {
     pub models: Arc<ModelsInService>,
     pub store: Arc<Store>,
     pub data_dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), sentinel_server::ServerError>>>,
+    stop: Option<watch::Sender<bool>>,
+    /// The protocol server and the HTTP listener serving its routes, as `sentinel serve` runs them.
+    task: Option<JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -63,7 +65,6 @@ impl TestServer {
     ) -> TestServer {
         let mut settings = ServerSettings {
             tcp_listen: "127.0.0.1:0".parse().unwrap(),
-            http_listen: "127.0.0.1:0".parse().unwrap(),
             analysis_workers: 2,
             ..ServerSettings::default()
         };
@@ -84,11 +85,20 @@ impl TestServer {
         )
         .await
         .unwrap();
-        let (tcp, http) = (server.tcp_addr(), server.http_addr());
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
+        let api = server.contribute(ApiBuilder::new(HttpSettings::default())).build();
+        let listener = HttpListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (tcp, http) = (server.tcp_addr(), listener.local_addr());
+        let (stop, _) = watch::channel(false);
+        let stopped = |mut receiver: watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stopping| *stopping).await;
+        };
+        let (server_stopped, http_stopped) = (stopped(stop.subscribe()), stopped(stop.subscribe()));
+        let task = tokio::spawn(async move {
+            let (served, listened) =
+                tokio::join!(server.run(server_stopped), listener.serve(&api, http_stopped));
+            served.unwrap();
+            listened.unwrap();
+        });
         TestServer { tcp, http, models, store, data_dir, stop: Some(stop), task: Some(task) }
     }
 
@@ -96,10 +106,10 @@ impl TestServer {
     /// directory for a restart.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
+            task.await.unwrap();
         }
         self.data_dir
     }

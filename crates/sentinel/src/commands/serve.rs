@@ -1,7 +1,7 @@
-//! `sentinel serve`: the malware AI server — the TCP protocol for central
-//! servers and the HTTP listener for health, status, metrics and model reloads —
-//! and the network AI service (`[network]`, on by default), whose API is served
-//! on the same HTTP listener.
+//! `sentinel serve`: the malware AI server (the TCP protocol for central
+//! servers), the network AI service (`[network]`, on by default) and the one
+//! HTTP listener (`sentinel-api`, `[http]`) to which both contribute their
+//! routes, readiness checks and metrics.
 //!
 //! On start it prints `tcp listening on ADDR` and `http listening on ADDR` to
 //! stdout (the bound addresses, so port 0 works; tests and the benchmark read
@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use sentinel_api::{ApiBuilder, HttpListener, HttpSettings};
 use sentinel_network::{NetworkService, NetworkSettings};
 use sentinel_sandbox::{ApiToken, CapeClient, SandboxSettings};
 use sentinel_server::{Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
 use sentinel_store::{Store, StoreSettings};
 use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use crate::config::Config;
 
@@ -32,7 +34,8 @@ pub struct Args {
     /// Protocol listener (overrides `[server] tcp_listen`, default 0.0.0.0:9500).
     #[arg(long, env = "SENTINEL_TCP_LISTEN")]
     tcp_listen: Option<SocketAddr>,
-    /// HTTP listener (overrides `[server] http_listen`, default 127.0.0.1:9501).
+    /// HTTP listener (overrides `[http] listen`, formerly `[server] http_listen`;
+    /// default 127.0.0.1:9501).
     #[arg(long, env = "SENTINEL_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
     /// VirusTotal API base URL (overrides `[virustotal] base_url`, default
@@ -50,14 +53,25 @@ pub struct Args {
 /// The environment variable holding the CAPE API token.
 const CAPE_TOKEN_ENV: &str = "SENTINEL_CAPE_TOKEN";
 
+/// `[http] listen` as written, to tell it from its default: the former
+/// `[server] http_listen` applies only when `[http] listen` is not set.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct WrittenListen {
+    listen: Option<SocketAddr>,
+}
+
 pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     let mut settings: ServerSettings = config.section("server")?;
     if let Some(address) = args.tcp_listen {
         settings.tcp_listen = address;
     }
-    if let Some(address) = args.http_listen {
-        settings.http_listen = address;
+    let mut http_settings: HttpSettings = config.section("http")?;
+    let written: WrittenListen = config.section("http")?;
+    if let Some(address) = args.http_listen.or(written.listen).or(settings.http_listen) {
+        http_settings.listen = address;
     }
+    http_settings.validate()?;
     let store_settings: StoreSettings = config.section("store")?;
     let mut vt_settings: VirusTotalSettings = config.section("virustotal")?;
     if let Some(base_url) = args.vt_base_url {
@@ -85,6 +99,7 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
     runtime.block_on(serve(
         settings,
+        http_settings,
         store_settings,
         vt_settings,
         sandbox_settings,
@@ -95,6 +110,7 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
 
 async fn serve(
     settings: ServerSettings,
+    http_settings: HttpSettings,
     store_settings: StoreSettings,
     vt_settings: VirusTotalSettings,
     sandbox_settings: SandboxSettings,
@@ -136,28 +152,13 @@ async fn serve(
     let network = start_network(network_settings, &data_dir, &store)?;
     let models = Arc::new(ModelsInService::new(models));
     let server = Server::bind(settings, data_dir, models, store, virustotal, sandbox).await?;
-
-    let server = match &network {
-        Some(network) => {
-            let metrics = Arc::clone(network);
-            server
-                .merge_http_routes(sentinel_network::router(Arc::clone(network)))
-                .add_metrics(move |out| metrics.write_metrics(out))
-        }
-        None => server,
-    };
-
-    // Whoever started the server may have stopped reading its stdout (a
-    // closed pipe): that must not stop a server that is already listening.
-    let announced = {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "tcp listening on {}", server.tcp_addr())
-            .and_then(|()| writeln!(stdout, "http listening on {}", server.http_addr()))
-            .and_then(|()| stdout.flush())
-    };
-    if let Err(error) = announced {
-        tracing::warn!(%error, "cannot print the listening addresses on stdout");
+    let http = HttpListener::bind(http_settings.listen).await?;
+    let mut api = server.contribute(ApiBuilder::new(http_settings));
+    if let Some(network) = &network {
+        sentinel_network::register_metrics(network, api.metrics());
+        api = api.service(sentinel_network::router(Arc::clone(network)));
     }
+    let api = api.build();
 
     let reloader = server.reloader();
     let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
@@ -172,20 +173,42 @@ async fn serve(
 
     let mut interrupts = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut terminations = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let shutdown = async move {
+    // Announced once the signals are handled: whoever reads the addresses may stop the server
+    // at once, and must get a graceful stop. Whoever started the server may have stopped
+    // reading its stdout (a closed pipe): that must not stop a server that is already listening.
+    let announced = {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "tcp listening on {}", server.tcp_addr())
+            .and_then(|()| writeln!(stdout, "http listening on {}", http.local_addr()))
+            .and_then(|()| stdout.flush())
+    };
+    if let Err(error) = announced {
+        tracing::warn!(%error, "cannot print the listening addresses on stdout");
+    }
+
+    let (stop, _) = watch::channel(false);
+    let stopping = |mut receiver: watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stopping| *stopping).await;
+    };
+    let (server_stopping, http_stopping) = (stopping(stop.subscribe()), stopping(stop.subscribe()));
+    let signalled = async move {
         tokio::select! {
             _ = interrupts.recv() => {}
             _ = terminations.recv() => {}
         }
         tracing::info!("shutdown requested");
+        let _ = stop.send(true);
     };
-    let served = server.run(shutdown).await;
+    // Both listeners stop accepting on the signal and finish the requests in flight.
+    let ((), served, listened) =
+        tokio::join!(signalled, server.run(server_stopping), http.serve(&api, http_stopping));
     // After the listeners: requests in flight finish with the service they started with. Its
     // shutdown stops the collector and writes what is queued.
     if let Some(network) = network {
         network.shutdown().await;
     }
     served?;
+    listened?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,317 @@
+//! The HTTP and WebSocket API of the network service: the routes it contributes to the
+//! process's listener (`sentinel-api`), each documented in the OpenAPI document by its
+//! `#[utoipa::path]`.
+//!
+//! Bodies are read and parsed here rather than by axum's extractors so that every client error
+//! is JSON `{"error": "..."}` naming what was wrong, by one rule on every route:
+//! 400 for a body that is not JSON, not the documented shape (a wrong type, an unknown or
+//! missing field) or holds a value out of range (naming the item: `records[3]: ...`); 413 for a
+//! body over `api.max_body_bytes` or a batch over `api.max_batch_items`; 503 when the service
+//! is at capacity (`api.max_items_in_flight` items being analysed, a full ingestion queue).
+//!
+//! `analyze` holds the batch route; this module the others, the shared state and body reading.
+
+mod analyze;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sentinel_api::{ApiError, ErrorBody, ServiceRoutes};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
+
+use crate::saved_model::ModelVersion;
+use crate::service::{DetectionResult, NetworkService, StorageError, TrainError};
+
+/// What the handlers share: the service, and one permit per item of the analyses in flight.
+#[derive(Clone)]
+struct NetworkApi {
+    service: Arc<NetworkService>,
+    items_in_flight: Arc<Semaphore>,
+}
+
+/// The routes of the network service, for the process's HTTP listener.
+pub fn router(service: Arc<NetworkService>) -> ServiceRoutes {
+    let items_in_flight = Arc::new(Semaphore::new(service.settings().api.max_items_in_flight));
+    ServiceRoutes::new()
+        .routes(routes!(analyze::analyze))
+        .routes(routes!(ingest))
+        .routes(routes!(train))
+        .routes(routes!(job, cancel_job))
+        .routes(routes!(status))
+        .routes(routes!(rollback))
+        .routes(routes!(recent))
+        .routes(routes!(realtime))
+        .with_state(NetworkApi { service, items_in_flight })
+}
+
+fn store_error(error: StorageError) -> ApiError {
+    match error {
+        StorageError::NoSuchVersion(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+        _ => {
+            tracing::error!(%error, "network store");
+            ApiError::internal(error.to_string())
+        }
+    }
+}
+
+fn train_error(error: TrainError) -> ApiError {
+    let status = match error {
+        TrainError::AlreadyRunning(_) | TrainError::Finished(_) => StatusCode::CONFLICT,
+        TrainError::NoSuchJob(_) => StatusCode::NOT_FOUND,
+    };
+    ApiError::new(status, error.to_string())
+}
+
+/// Reads the whole body up to the configured limit.
+async fn read_body(service: &NetworkService, body: Body) -> Result<Bytes, ApiError> {
+    let limit = service.settings().api.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {limit} bytes"))
+    })
+}
+
+/// A body that is not JSON or not the documented shape: 400, with serde's message (which names
+/// the field, the line and the column).
+fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))
+}
+
+/// An empty or blank body, which the routes whose body is optional read as `{}`.
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The answer of an accepted snapshot.
+#[derive(Serialize, ToSchema)]
+struct Accepted {
+    accepted_connections: usize,
+}
+
+/// Posts a snapshot from a remote agent (`sentinel agent`, the Windows endpoint application):
+/// its connections are tracked per host, scored, streamed and stored.
+#[utoipa::path(post, path = "/api/v1/ingest", tag = "network",
+    request_body(content = Object, description = "a Snapshot: {schema_version, host, timestamp, connections: [ConnectionRecord…]}"),
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, description = "not JSON, not a snapshot, or a record out of range: fix it, do not resend", body = ErrorBody),
+        (status = 413, description = "body over api.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "the ingestion queue is full: retry later", body = ErrorBody),
+))]
+async fn ingest(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
+    let service = api.service;
+    let bytes = read_body(&service, body).await?;
+    let limits = service.settings().api.validation_limits();
+    let snapshot = sentinel_netmon::Snapshot::from_json(&bytes, &limits)
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    let connections = snapshot.connections.len();
+    let accepting = Arc::clone(&service);
+    let accepted = tokio::task::spawn_blocking(move || accepting.ingest(snapshot, &bytes))
+        .await
+        .map_err(|error| ApiError::internal(format!("ingestion failed: {error}")))?
+        .map_err(store_error)?;
+    if !accepted {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the analysis pipeline is busy: retry the snapshot later",
+        ));
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(Accepted { accepted_connections: connections })).into_response())
+}
+
+/// Starts a training job from stored history. The body is optional; when present it must be a
+/// JSON object (no options yet).
+#[utoipa::path(post, path = "/api/v1/train", tag = "network",
+    request_body(content = Option<Object>, description = "optional, `{}`"),
+    responses(
+        (status = 202, description = "the job: id, state, stage, progress", content_type = "application/json", body = Object),
+        (status = 400, description = "the body is not a JSON object", body = ErrorBody),
+        (status = 409, description = "a training job is already running", body = ErrorBody),
+))]
+async fn train(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&api.service, body).await?;
+    if !is_blank(&bytes) {
+        let _: serde_json::Map<String, serde_json::Value> = parse_json(&bytes)?;
+    }
+    let job = api.service.train("api").map_err(train_error)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job.report())).into_response())
+}
+
+fn job_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| ApiError::bad_request(format!("job id {raw:?} is not a number")))
+}
+
+/// Progress of a training job.
+#[utoipa::path(get, path = "/api/v1/train/{job}", tag = "network",
+    params(("job" = u64, Path, description = "the job's id")),
+    responses(
+        (status = 200, description = "the job: id, state, stage, progress", content_type = "application/json", body = Object),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody),
+))]
+async fn job(State(api): State<NetworkApi>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    Ok(axum::Json(api.service.job(job_id(&raw)?).map_err(train_error)?).into_response())
+}
+
+/// Cancels a running training job (it stops at its next stage).
+#[utoipa::path(delete, path = "/api/v1/train/{job}", tag = "network",
+    params(("job" = u64, Path, description = "the job's id")),
+    responses(
+        (status = 202, description = "the job, cancelling", content_type = "application/json", body = Object),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody),
+        (status = 409, description = "the job has finished", body = ErrorBody),
+))]
+async fn cancel_job(State(api): State<NetworkApi>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let job = api.service.cancel_job(job_id(&raw)?).map_err(train_error)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
+}
+
+/// Model status: learning / training / ready, the active version, when and on how much data it
+/// was trained, metrics, thresholds, warm-up progress, stored versions, collector and storage
+/// counters.
+#[utoipa::path(get, path = "/api/v1/models/status", tag = "network", responses(
+    (status = 200, content_type = "application/json", body = Object),
+))]
+async fn status(State(api): State<NetworkApi>) -> Result<Response, ApiError> {
+    Ok(axum::Json(api.service.status().await.map_err(store_error)?).into_response())
+}
+
+/// The body of a rollback; empty means the version before the active one.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// The stored version to make active.
+    version: Option<i64>,
+}
+
+/// The version active after a rollback.
+#[derive(Serialize, ToSchema)]
+struct Active {
+    /// The stored version now active: its number, when and on how many rows it was trained.
+    #[schema(value_type = Object)]
+    active: ModelVersion,
+}
+
+/// Makes a stored model version active (default: the version before the active one).
+#[utoipa::path(post, path = "/api/v1/models/rollback", tag = "network",
+    request_body(content = Option<RollbackRequest>),
+    responses(
+        (status = 200, body = Active),
+        (status = 400, description = "not JSON or not the documented shape", body = ErrorBody),
+        (status = 404, description = "no such version", body = ErrorBody),
+))]
+async fn rollback(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&api.service, body).await?;
+    let request: RollbackRequest =
+        if is_blank(&bytes) { RollbackRequest::default() } else { parse_json(&bytes)? };
+    let version = api.service.rollback(request.version).await.map_err(store_error)?;
+    Ok(axum::Json(Active { active: version }).into_response())
+}
+
+/// Filters of `/ws/realtime` and `/api/v1/predictions/recent`.
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ResultFilter {
+    /// Only results of this process name.
+    process: Option<String>,
+    /// Only results whose ensemble score is at least this.
+    min_score: Option<f64>,
+    /// Only anomalies.
+    #[serde(default)]
+    anomalies_only: bool,
+    /// At most this many results (recent only; the newest; default 100).
+    limit: Option<usize>,
+}
+
+impl ResultFilter {
+    fn accepts(&self, result: &DetectionResult) -> bool {
+        self.process.as_deref().is_none_or(|process| result.process_name() == Some(process))
+            && self.min_score.is_none_or(|min| result.verdict.score >= min)
+            && (!self.anomalies_only || result.verdict.is_anomaly)
+    }
+}
+
+fn filter_from(
+    query: Result<Query<ResultFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<ResultFilter, ApiError> {
+    let Query(filter) = query
+        .map_err(|rejection| ApiError::bad_request(format!("invalid query: {}", rejection.body_text())))?;
+    if filter.min_score.is_some_and(|min| !min.is_finite()) {
+        return Err(ApiError::bad_request("min_score must be a finite number"));
+    }
+    Ok(filter)
+}
+
+/// Recent results of live and ingested connections, kept in memory (newest last).
+#[utoipa::path(get, path = "/api/v1/predictions/recent", tag = "network", params(ResultFilter), responses(
+    (status = 200, description = "`{\"results\": [Result…]}`; a Result is the verdict with `source`, `observed_at`, `model_version` and `connection`", content_type = "application/json", body = Object),
+    (status = 400, description = "an invalid query", body = ErrorBody),
+))]
+async fn recent(
+    State(api): State<NetworkApi>,
+    query: Result<Query<ResultFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let filter = filter_from(query)?;
+    let limit = filter.limit.unwrap_or(100);
+    let mut results: Vec<Arc<DetectionResult>> =
+        api.service.recent().into_iter().rev().filter(|result| filter.accepts(result)).take(limit).collect();
+    results.reverse();
+    let results: Vec<&DetectionResult> = results.iter().map(|result| &**result).collect();
+    Ok(axum::Json(json!({ "results": results })).into_response())
+}
+
+/// WebSocket: one JSON text message per result of live and ingested connections, or
+/// `{"lagged": n}` when the client was too slow and missed n results.
+#[utoipa::path(get, path = "/ws/realtime", tag = "network", params(ResultFilter), responses(
+    (status = 101, description = "the stream of results"),
+    (status = 400, description = "not a WebSocket upgrade, or an invalid query", body = ErrorBody),
+))]
+async fn realtime(
+    State(api): State<NetworkApi>,
+    query: Result<Query<ResultFilter>, axum::extract::rejection::QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let filter = filter_from(query)?;
+    let results = api.service.subscribe();
+    Ok(upgrade.on_upgrade(move |socket| stream_results(socket, results, filter)))
+}
+async fn stream_results(
+    mut socket: WebSocket,
+    mut results: tokio::sync::broadcast::Receiver<Arc<DetectionResult>>,
+    filter: ResultFilter,
+) {
+    loop {
+        tokio::select! {
+            received = results.recv() => {
+                let text = match received {
+                    Ok(result) if filter.accepts(&result) => match serde_json::to_string(&*result) {
+                        Ok(text) => text,
+                        Err(_) => continue,
+                    },
+                    Ok(_) => continue,
+                    // A client too slow for the stream is told how much it missed.
+                    Err(RecvError::Lagged(skipped)) => json!({ "lagged": skipped }).to_string(),
+                    Err(RecvError::Closed) => return,
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
