@@ -98,7 +98,7 @@ pub async fn run(
         let snapshot = collector.collect();
         (collector, snapshot)
     };
-    run_loop(url, collector, collect, collector_settings.interval_ms, settings, shutdown).await;
+    run_loop(url, collector, collect, collector_settings.interval, settings, shutdown).await;
     Ok(())
 }
 
@@ -106,14 +106,14 @@ async fn run_loop<C: Send + 'static, E: std::fmt::Display + Send + 'static>(
     url: ServerUrl,
     collector: C,
     collect: impl Fn(C) -> (C, Result<Snapshot, E>) + Send + Sync + Copy + 'static,
-    interval_ms: u64,
+    interval: Duration,
     settings: &AgentSettings,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
-    let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms));
+    let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    let timeout = settings.request_timeout;
     let mut collector = Some(collector);
     tokio::pin!(shutdown);
     loop {
@@ -267,7 +267,7 @@ mod tests {
         let settings = AgentSettings::default();
         let stop = tokio::time::sleep(Duration::from_millis(900));
         tokio::select! {
-            _ = run_loop(url, Arc::clone(&counter), collect, 100, &settings, stop) => {}
+            _ = run_loop(url, Arc::clone(&counter), collect, Duration::from_millis(100), &settings, stop) => {}
             _ = server => {}
         }
         let received = received.lock().unwrap().clone();

@@ -262,9 +262,9 @@ impl NetworkService {
             &db_path,
             WriterSettings {
                 batch: settings.storage.write_batch,
-                flush_interval: Duration::from_millis(settings.storage.flush_interval_ms),
+                flush_interval: settings.storage.flush_interval,
                 queue: settings.storage.write_queue,
-                retention: Duration::from_secs(settings.storage.retention_days * 86_400),
+                retention: settings.storage.retention,
             },
         )?;
         let journal = Journal::open(&db_path)?;
@@ -379,7 +379,7 @@ impl NetworkService {
 
     fn window_settings(&self) -> WindowSettings {
         WindowSettings {
-            window_secs: self.settings.features.window_secs,
+            window_secs: self.settings.features.window.as_secs_f64(),
             max_entries_per_key: self.settings.features.max_events_per_key,
             max_keys: self.settings.features.max_keys,
         }
@@ -786,14 +786,14 @@ impl NetworkService {
                 "metrics": model.bundle.facts.evaluations,
             })),
             "warmup": {
-                "required_secs": warmup.warmup_secs,
+                "required_secs": warmup.warmup.as_secs(),
                 "collected_secs": collected_secs,
                 "rows": extent.rows,
                 "required_rows": self.settings.model.min_training_rows,
-                "complete": model.is_some() || (collected_secs >= warmup.warmup_secs
+                "complete": model.is_some() || (collected_secs >= warmup.warmup.as_secs()
                     && extent.rows >= self.settings.model.min_training_rows as u64),
             },
-            "retrain_every_hours": warmup.retrain_every_hours,
+            "retrain_every_hours": warmup.retrain_every.as_secs() / 3600,
             "training_job": job,
             "versions": versions,
             "collector": {
@@ -877,7 +877,7 @@ impl NetworkService {
             let due = match self.model.load_full() {
                 None => {
                     let path = self.db_path.clone();
-                    let warmup = Duration::from_secs(self.settings.training.warmup_secs);
+                    let warmup = self.settings.training.warmup;
                     let min_rows = self.settings.model.min_training_rows as u64;
                     tokio::task::spawn_blocking(move || {
                         let extent =
@@ -894,13 +894,11 @@ impl NetworkService {
                     .then_some("warm-up complete")
                 }
                 Some(model) => {
-                    let every = self.settings.training.retrain_every_hours;
+                    let every = self.settings.training.retrain_every;
                     let trained = humantime::parse_rfc3339(&model.info.created_at).ok();
-                    (every > 0
+                    (!every.is_zero()
                         && trained.is_some_and(|trained| {
-                            SystemTime::now()
-                                .duration_since(trained)
-                                .is_ok_and(|age| age >= Duration::from_secs(every * 3600))
+                            SystemTime::now().duration_since(trained).is_ok_and(|age| age >= every)
                         }))
                     .then_some("schedule")
                 }

@@ -65,8 +65,11 @@ async fn a_server_error_is_unavailable() {
 #[tokio::test]
 async fn a_task_that_never_finishes_times_out() {
     let (url, _) = fake_cape(SMALL_REPORT.as_bytes()).await;
-    let client =
-        CapeClient::new(SandboxSettings { analysis_timeout_secs: 1, ..client_settings(&url) }).unwrap();
+    let client = CapeClient::new(SandboxSettings {
+        analysis_timeout: Duration::from_secs(1),
+        ..client_settings(&url)
+    })
+    .unwrap();
     let started = std::time::Instant::now();
     let error = client.analyse(b"MZ", "slow.exe").await.unwrap_err();
     assert!(matches!(error, SandboxError::Timeout { task_id: Some(1), seconds: 1 }), "{error}");

@@ -28,9 +28,9 @@ const OTHER_KEY: &str = "0f0e0d0c0b0a09080706050403020100ffeeddccbbaa99887766554
 fn vt_settings(fake: &FakeVt) -> VirusTotalSettings {
     VirusTotalSettings {
         base_url: fake.base_url.clone(),
-        request_timeout_secs: 5.0,
-        retry_base_delay_secs: 0.01,
-        analysis_poll_interval_secs: 0.02,
+        request_timeout: Duration::from_secs(5),
+        retry_base_delay: Duration::from_millis(10),
+        analysis_poll_interval: Duration::from_millis(20),
         // Generous limits unless a test is about them.
         default_tier: TierLimits { requests_per_minute: 10_000, requests_per_day: 100_000 },
         ..VirusTotalSettings::default()

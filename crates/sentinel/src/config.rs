@@ -171,7 +171,9 @@ mod tests {
     }
 
     /// Runs `test` in figment's jail, which restores the environment after it
-    /// and serialises the tests that change it.
+    /// and serialises the tests that change it. (Its closure's error type is
+    /// figment's, large by clippy's measure; it is only built on failure.)
+    #[allow(clippy::result_large_err)]
     fn with_env(vars: &[(&str, &str)], test: impl FnOnce() -> anyhow::Result<()>) {
         Jail::expect_with(|jail| {
             for (name, value) in vars {

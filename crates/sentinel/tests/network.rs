@@ -21,7 +21,7 @@ lof_max_rows = 300
 svm_max_rows = 300
 
 [network.storage]
-flush_interval_ms = 50
+flush_interval = \"50ms\"
 ";
 
 /// A child process killed when the test ends, however it ends.
@@ -384,7 +384,7 @@ async fn where_netlink_is_refused_serve_says_why_and_still_serves_agents_and_ana
 async fn snapshots_accepted_before_a_crash_are_stored_after_the_restart() {
     let data_dir = tempfile::tempdir().unwrap();
     // Results wait ten minutes in the writer's queue: at the crash, none is on disk.
-    let slow_writer = "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 600000\n";
+    let slow_writer = "[network]\ncollect = false\n[network.storage]\nflush_interval = \"10m\"\n";
     let (mut served, http) = serve(data_dir.path(), slow_writer);
     let now = SystemTime::now();
     for agent in 0..4u16 {
@@ -402,7 +402,7 @@ async fn snapshots_accepted_before_a_crash_are_stored_after_the_restart() {
 
     // After the restart every accepted snapshot's connections are stored, once each.
     let (mut served, http) =
-        serve(data_dir.path(), "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 50\n");
+        serve(data_dir.path(), "[network]\ncollect = false\n[network.storage]\nflush_interval = \"50ms\"\n");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, status) = get(http, "/api/v1/models/status").await;

@@ -25,7 +25,7 @@ async fn serve_runs_dynamic_analysis_through_the_configured_cape_without_logging
         .arg(dir.path().join("data"))
         .args(["--cape-base-url", &cape.url])
         .env("SENTINEL_CAPE_TOKEN", TOKEN)
-        .env("SENTINEL_SANDBOX__POLL_INTERVAL_MS", "20")
+        .env("SENTINEL_SANDBOX__POLL_INTERVAL", "20ms")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log_path).unwrap())

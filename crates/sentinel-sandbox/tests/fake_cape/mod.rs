@@ -40,9 +40,9 @@ pub fn client_settings(url: &str) -> SandboxSettings {
     SandboxSettings {
         base_url: url.to_owned(),
         token: ApiToken::new(TOKEN),
-        poll_interval_ms: 20,
-        analysis_timeout_secs: 10,
-        request_timeout_secs: 5,
+        poll_interval: Duration::from_millis(20),
+        analysis_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(5),
         ..SandboxSettings::default()
     }
 }

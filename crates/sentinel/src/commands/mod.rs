@@ -9,6 +9,7 @@ mod eval;
 mod labels;
 mod scan;
 mod serve;
+mod table;
 mod train;
 mod vt_results;
 
