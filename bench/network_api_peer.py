@@ -1,4 +1,4 @@
-"""Peer of Sentinel's network API for `analyze_load` (docs/benchmarks.md, "Network service").
+"""Peer of Sentinel's network API for `analyze_load` (docs/benchmarks.md, "Network API").
 
 The stack the first design named: a FastAPI service (served by uvicorn) scoring network feature
 rows with scikit-learn's Isolation Forest, One-Class SVM and LOF. It does the work Sentinel's

@@ -1,5 +1,5 @@
 //! Network API benchmark: Sentinel's `/api/v1/analyze` against a peer, side by side, from one
-//! run (figures in `docs/benchmarks.md`, "Network service").
+//! run (figures in `docs/benchmarks.md`, "Network API").
 //!
 //! `cargo run --release -p sentinel-network --example analyze_load [-- --json] [--no-peer]
 //! [--python python3]` starts, on 127.0.0.1 only:
