@@ -22,6 +22,10 @@ use crate::{
     PreprocessParams, Preprocessor, RandomFeatureOneClassSvm, RandomFeatureParams, Scaling, Value,
 };
 
+mod npz;
+
+pub use npz::load_npz;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("{path}: {message}")]
@@ -43,31 +47,6 @@ pub struct Labelled {
     pub name: String,
     pub x: Matrix,
     pub y: Vec<bool>,
-}
-
-/// Reads an ADBench `.npz` file (`X` as float64, int16 or uint8 and `y`).
-pub fn load_npz(path: &Path) -> Result<Labelled> {
-    let data_error = |message: String| BenchError::Data { path: path.to_owned(), message };
-    let file = std::fs::File::open(path)?;
-    let mut npz = ndarray_npy::NpzReader::new(file).map_err(|e| data_error(e.to_string()))?;
-    let x: Array2<f64> = match npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::Ix2>("X") {
-        Ok(x) => x,
-        Err(_) => match npz.by_name::<ndarray::OwnedRepr<i16>, ndarray::Ix2>("X") {
-            Ok(x) => x.mapv(f64::from),
-            Err(_) => npz
-                .by_name::<ndarray::OwnedRepr<u8>, ndarray::Ix2>("X")
-                .map_err(|e| data_error(format!("X: {e}")))?
-                .mapv(f64::from),
-        },
-    };
-    let y: Array1<i64> = npz.by_name("y").map_err(|e| data_error(format!("y: {e}")))?;
-    if y.len() != x.nrows() {
-        return Err(data_error(format!("{} rows in X but {} labels", x.nrows(), y.len())));
-    }
-    let cols = x.ncols();
-    let x = Matrix::new(x.iter().copied().collect(), cols).map_err(|e| data_error(e.to_string()))?;
-    let name = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-    Ok(Labelled { name, x, y: y.iter().map(|&v| v != 0).collect() })
 }
 
 /// NSL-KDD prepared for the unsupervised protocol: the training matrix holds the
@@ -258,7 +237,15 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<Vec<Bench
     std::fs::create_dir_all(&scratch)?;
     let outcome = (|| -> Result<()> {
         for path in &plan.npz_files {
-            let data = load_npz(path)?;
+            // A file that cannot be read (another format, damaged) is reported and
+            // skipped: the other data sets still run.
+            let data = match load_npz(path) {
+                Ok(data) => data,
+                Err(error) => {
+                    progress(&format!("skipped: {error}"));
+                    continue;
+                }
+            };
             for &seed in &plan.seeds {
                 let (train_rows, test_rows) = stratified_split(&data.y, seed);
                 let test = data.x.select_rows(&test_rows)?;

@@ -26,8 +26,9 @@ use crate::record::{InterfaceRecord, ProcessInfo, ProcessNetworkRecord, Snapshot
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorSettings {
-    /// Time between two collections, in milliseconds, 100 to 3,600,000. Default: 1000.
-    pub interval_ms: u64,
+    /// Time between two collections (`interval = "1s"`), 100 ms to 1 hour. Default: 1 s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
     /// Observations buffered for a slow consumer before new ones are dropped, at least 1.
     /// Default: 1000.
     pub buffer_capacity: usize,
@@ -38,15 +39,15 @@ pub struct CollectorSettings {
 
 impl Default for CollectorSettings {
     fn default() -> CollectorSettings {
-        CollectorSettings { interval_ms: 1000, buffer_capacity: 1000, host: None }
+        CollectorSettings { interval: Duration::from_secs(1), buffer_capacity: 1000, host: None }
     }
 }
 
 /// Settings that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
-    #[error("interval_ms {0} is not in 100..=3600000")]
-    Interval(u64),
+    #[error("interval {} is not in 100ms..=1h", humantime::format_duration(*.0))]
+    Interval(Duration),
     #[error("buffer_capacity must be at least 1")]
     BufferCapacity,
     #[error("host must not be empty")]
@@ -55,8 +56,8 @@ pub enum SettingsError {
 
 impl CollectorSettings {
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if !(100..=3_600_000).contains(&self.interval_ms) {
-            return Err(SettingsError::Interval(self.interval_ms));
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.interval) {
+            return Err(SettingsError::Interval(self.interval));
         }
         if self.buffer_capacity == 0 {
             return Err(SettingsError::BufferCapacity);
@@ -133,7 +134,7 @@ pub fn spawn_collection<C: Collector>(
     settings.validate()?;
     let (sender, receiver) = mpsc::channel(settings.buffer_capacity);
     let counters = Arc::new(Counters::default());
-    let period = Duration::from_millis(settings.interval_ms);
+    let period = settings.interval;
     let task = tokio::spawn(run(collector, period, sender, Arc::clone(&counters)));
     Ok((CollectionHandle { counters, task }, receiver))
 }

@@ -61,7 +61,8 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_does_not_read_makes_the_loop_drop_and_count() {
-    let settings = CollectorSettings { interval_ms: 100, buffer_capacity: 10, host: None };
+    let settings =
+        CollectorSettings { interval: Duration::from_millis(100), buffer_capacity: 10, host: None };
     let (handle, mut receiver) = spawn_collection(&settings, FixedConnections(25)).unwrap();
     // The first collection yields 25 new connections: 10 fit, 15 are dropped once the next
     // collection is due. Later collections see no change and yield nothing.
@@ -82,13 +83,16 @@ async fn a_consumer_that_does_not_read_makes_the_loop_drop_and_count() {
 #[test]
 fn settings_default_to_one_second_and_a_thousand_records_and_reject_nonsense() {
     let settings: CollectorSettings = serde_json::from_str("{}").unwrap();
-    assert_eq!((settings.interval_ms, settings.buffer_capacity, settings.host), (1000, 1000, None));
+    assert_eq!(
+        (settings.interval, settings.buffer_capacity, settings.host),
+        (Duration::from_secs(1), 1000, None)
+    );
     assert!(
         serde_json::from_str::<CollectorSettings>(r#"{"interval": 5}"#).is_err(),
         "unknown keys are refused"
     );
-    let too_fast = CollectorSettings { interval_ms: 10, ..CollectorSettings::default() };
-    assert_eq!(too_fast.validate(), Err(SettingsError::Interval(10)));
+    let too_fast = CollectorSettings { interval: Duration::from_millis(10), ..CollectorSettings::default() };
+    assert_eq!(too_fast.validate(), Err(SettingsError::Interval(Duration::from_millis(10))));
     let no_buffer = CollectorSettings { buffer_capacity: 0, ..CollectorSettings::default() };
     assert_eq!(no_buffer.validate(), Err(SettingsError::BufferCapacity));
 }
@@ -123,7 +127,7 @@ async fn the_linux_loop_streams_a_connection_from_opening_to_closing() {
     use sentinel_netmon::LinuxCollector;
 
     let settings = CollectorSettings {
-        interval_ms: 250,
+        interval: Duration::from_millis(250),
         host: Some("loop-host".into()),
         ..CollectorSettings::default()
     };

@@ -69,7 +69,7 @@ impl Uploader {
     fn new(server: &str, ca_file: Option<&Path>, settings: &AgentSettings) -> Result<Uploader, AgentError> {
         let url = ingest_url(server)?;
         let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.request_timeout_ms))
+            .timeout(settings.request_timeout)
             // A redirect could carry the Authorization header to another host.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("sentinel-agent/", env!("CARGO_PKG_VERSION")));
@@ -173,7 +173,7 @@ pub async fn run(
         let snapshot = collector.collect();
         (collector, snapshot)
     };
-    run_loop(uploader, collector, collect, collector_settings.interval_ms, settings, shutdown).await;
+    run_loop(uploader, collector, collect, collector_settings.interval, settings, shutdown).await;
     Ok(())
 }
 
@@ -181,12 +181,12 @@ async fn run_loop<C: Send + 'static, E: std::fmt::Display + Send + 'static>(
     uploader: Uploader,
     collector: C,
     collect: impl Fn(C) -> (C, Result<Snapshot, E>) + Send + Sync + Copy + 'static,
-    interval_ms: u64,
+    interval: Duration,
     settings: &AgentSettings,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut queue: VecDeque<Bytes> = VecDeque::new();
-    let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms));
+    let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut collector = Some(collector);
     tokio::pin!(shutdown);
@@ -304,7 +304,7 @@ mod tests {
         let settings = AgentSettings::default();
         let stop = tokio::time::sleep(Duration::from_millis(900));
         tokio::select! {
-            _ = run_loop(uploader, Arc::clone(&counter), collect, 100, &settings, stop) => {}
+            _ = run_loop(uploader, Arc::clone(&counter), collect, Duration::from_millis(100), &settings, stop) => {}
             _ = server => {}
         }
         let received = received.lock().unwrap().clone();

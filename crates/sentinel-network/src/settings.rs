@@ -5,6 +5,7 @@
 use sentinel_anomaly::Combination;
 use sentinel_netmon::{CollectorSettings, ValidationLimits};
 use serde::Deserialize;
+use std::time::Duration;
 
 /// Everything the network service can be told.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,8 +43,9 @@ impl Default for NetworkSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeatureSettings {
-    /// Length of the sliding windows, seconds.
-    pub window_secs: f64,
+    /// Length of the sliding windows (`window = "10s"`), 100 ms to 1 day.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
     /// Events remembered per process or remote host within a window.
     pub max_events_per_key: usize,
     /// Processes plus remote hosts followed at once.
@@ -52,7 +54,7 @@ pub struct FeatureSettings {
 
 impl Default for FeatureSettings {
     fn default() -> FeatureSettings {
-        FeatureSettings { window_secs: 10.0, max_events_per_key: 10_000, max_keys: 100_000 }
+        FeatureSettings { window: Duration::from_secs(10), max_events_per_key: 10_000, max_keys: 100_000 }
     }
 }
 
@@ -101,28 +103,36 @@ impl Default for ModelSettings {
 pub struct TrainingSettings {
     /// A fresh install collects this long (and at least `model.min_training_rows` rows) before it
     /// trains its first model; until then it raises no alert.
-    pub warmup_secs: u64,
-    /// Hours between scheduled retrainings from stored history (24: daily); 0 disables.
-    pub retrain_every_hours: u64,
+    #[serde(with = "humantime_serde")]
+    pub warmup: Duration,
+    /// Time between scheduled retrainings from stored history (`"24h"`: daily); `"0s"` disables.
+    #[serde(with = "humantime_serde")]
+    pub retrain_every: Duration,
     /// Model versions kept for rollback.
     pub versions_kept: usize,
 }
 
 impl Default for TrainingSettings {
     fn default() -> TrainingSettings {
-        TrainingSettings { warmup_secs: 3600, retrain_every_hours: 24, versions_kept: 10 }
+        TrainingSettings {
+            warmup: Duration::from_secs(3600),
+            retrain_every: Duration::from_secs(24 * 3600),
+            versions_kept: 10,
+        }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
-    /// Rows older than this are deleted (connections, features, predictions).
-    pub retention_days: u64,
+    /// Rows older than this are deleted (connections, features, predictions): `retention = "30days"`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
     /// Rows written in one transaction at most.
     pub write_batch: usize,
-    /// Longest time a row waits before being written, milliseconds.
-    pub flush_interval_ms: u64,
+    /// Longest time a row waits before being written.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
     /// Items waiting for the writer; beyond, new items are dropped and counted.
     pub write_queue: usize,
     /// Store the results of `/api/v1/analyze` too (ingested and live results always are).
@@ -132,9 +142,9 @@ pub struct StorageSettings {
 impl Default for StorageSettings {
     fn default() -> StorageSettings {
         StorageSettings {
-            retention_days: 30,
+            retention: Duration::from_secs(30 * 86_400),
             write_batch: 5000,
-            flush_interval_ms: 500,
+            flush_interval: Duration::from_millis(500),
             write_queue: 100_000,
             store_analyze_requests: false,
         }
@@ -156,8 +166,9 @@ pub struct ApiSettings {
     pub max_ingest_records: usize,
     /// Ingested snapshots waiting for the pipeline; beyond, `/api/v1/ingest` answers 503.
     pub ingest_queue: usize,
-    /// How far ahead of the server's clock a record may be, seconds.
-    pub max_clock_skew_secs: u64,
+    /// How far ahead of the server's clock a record may be.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// Results buffered per WebSocket client before it misses some.
     pub websocket_buffer: usize,
     /// Recent results kept in memory for `/api/v1/predictions/recent`.
@@ -172,7 +183,7 @@ impl Default for ApiSettings {
             max_items_in_flight: 100_000,
             max_ingest_records: 100_000,
             ingest_queue: 64,
-            max_clock_skew_secs: 300,
+            max_clock_skew: Duration::from_secs(300),
             websocket_buffer: 4096,
             recent_predictions: 10_000,
         }
@@ -184,7 +195,7 @@ impl ApiSettings {
         ValidationLimits {
             max_body_bytes: self.max_body_bytes,
             max_records: self.max_ingest_records,
-            max_clock_skew_secs: self.max_clock_skew_secs,
+            max_clock_skew_secs: self.max_clock_skew.as_secs(),
             ..ValidationLimits::default()
         }
     }
@@ -196,15 +207,20 @@ impl ApiSettings {
 pub struct AgentSettings {
     /// Snapshots kept while the server is unreachable; the oldest are dropped beyond.
     pub max_queued_snapshots: usize,
-    /// Time allowed for one upload, milliseconds.
-    pub request_timeout_ms: u64,
+    /// Time allowed for one upload.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Value of the `Authorization` header sent with each upload (e.g. `Bearer …`), if any.
     pub authorization: Option<String>,
 }
 
 impl Default for AgentSettings {
     fn default() -> AgentSettings {
-        AgentSettings { max_queued_snapshots: 600, request_timeout_ms: 10_000, authorization: None }
+        AgentSettings {
+            max_queued_snapshots: 600,
+            request_timeout: Duration::from_secs(10),
+            authorization: None,
+        }
     }
 }
 
@@ -223,8 +239,8 @@ impl NetworkSettings {
         self.collector
             .validate()
             .map_err(|error| SettingsError { name: "collector", reason: error.to_string() })?;
-        if !(self.features.window_secs >= 0.1 && self.features.window_secs <= 86_400.0) {
-            return fail("features.window_secs", "must be in 0.1..=86400");
+        if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&self.features.window) {
+            return fail("features.window", "must be in 100ms..=1day");
         }
         if self.features.max_events_per_key == 0 || self.features.max_keys == 0 {
             return fail("features.max_events_per_key / max_keys", "must be at least 1");
@@ -249,8 +265,8 @@ impl NetworkSettings {
             return fail("training.versions_kept", "must be at least 1");
         }
         let storage = &self.storage;
-        if storage.retention_days == 0 || storage.write_batch == 0 || storage.write_queue == 0 {
-            return fail("storage", "retention_days, write_batch and write_queue must be at least 1");
+        if storage.retention.is_zero() || storage.write_batch == 0 || storage.write_queue == 0 {
+            return fail("storage", "retention, write_batch and write_queue must not be zero");
         }
         let api = &self.api;
         if api.max_body_bytes == 0

@@ -236,14 +236,14 @@ async fn port_scan_and_bulk_transfer_are_flagged_within_two_seconds() {
 
     let mut settings = common::quiet_settings();
     settings.collect = true;
-    settings.collector.interval_ms = 250;
+    settings.collector.interval = Duration::from_millis(250);
     settings.collector.buffer_capacity = 50_000;
-    settings.features.window_secs = 5.0;
+    settings.features.window = Duration::from_secs(5);
     settings.model.min_training_rows = 300;
     settings.model.lof_max_rows = 1000;
     settings.model.svm_max_rows = 1000;
-    settings.training.warmup_secs = 20;
-    settings.training.retrain_every_hours = 0;
+    settings.training.warmup = Duration::from_secs(20);
+    settings.training.retrain_every = Duration::ZERO;
     let (service, address) = common::serve(settings, dir.path()).await;
 
     let (mut webapp, _) = spawn_role(dir.path(), "webapp", &[]).await;

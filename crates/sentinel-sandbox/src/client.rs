@@ -145,16 +145,16 @@ impl CapeClient {
             )));
         }
         if settings.max_in_flight == 0
-            || settings.poll_interval_ms == 0
-            || settings.analysis_timeout_secs == 0
+            || settings.poll_interval.is_zero()
+            || settings.analysis_timeout.is_zero()
         {
             return Err(SandboxError::Settings(
-                "max_in_flight, poll_interval_ms and analysis_timeout_secs must be positive".into(),
+                "max_in_flight, poll_interval and analysis_timeout must be positive".into(),
             ));
         }
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(settings.request_timeout_secs.max(1)))
-            .connect_timeout(Duration::from_secs(settings.request_timeout_secs.clamp(1, 10)))
+            .timeout(settings.request_timeout.max(Duration::from_secs(1)))
+            .connect_timeout(settings.request_timeout.clamp(Duration::from_secs(1), Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SandboxError::Settings(format!("cannot build the HTTP client: {e}")))?;
@@ -176,8 +176,8 @@ impl CapeClient {
         }
         let _slot =
             self.slots.acquire().await.map_err(|_| SandboxError::Settings("the client is closed".into()))?;
-        let seconds = self.settings.analysis_timeout_secs;
-        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let seconds = self.settings.analysis_timeout.as_secs();
+        let deadline = Instant::now() + self.settings.analysis_timeout;
         let task_id = tokio::time::timeout_at(deadline, self.submit(file, file_name))
             .await
             .map_err(|_| SandboxError::Timeout { task_id: None, seconds })??;
@@ -207,8 +207,8 @@ impl CapeClient {
             .mime_str("application/octet-stream")
             .map_err(|e| SandboxError::Settings(e.to_string()))?;
         let mut form = reqwest::multipart::Form::new().part("file", part);
-        if self.settings.run_seconds > 0 {
-            form = form.text("timeout", self.settings.run_seconds.to_string());
+        if self.settings.run_time.as_secs() > 0 {
+            form = form.text("timeout", self.settings.run_time.as_secs().to_string());
         }
         if !self.settings.options.is_empty() {
             form = form.text("options", self.settings.options.clone());
@@ -245,7 +245,7 @@ impl CapeClient {
     }
 
     async fn wait_until_reported(&self, task_id: u64) -> Result<(), SandboxError> {
-        let interval = Duration::from_millis(self.settings.poll_interval_ms);
+        let interval = self.settings.poll_interval;
         loop {
             match self.status(task_id).await? {
                 TaskStatus::Reported => return Ok(()),

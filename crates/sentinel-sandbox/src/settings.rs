@@ -1,6 +1,7 @@
 //! Settings of the CAPE client (the `[sandbox]` section of the configuration).
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,12 +40,15 @@ pub struct SandboxSettings {
     /// API token, sent as `Authorization: Token <token>`; empty when CAPE runs
     /// without authentication.
     pub token: ApiToken,
-    /// Longest wait for one analysis, from submission to report (seconds).
-    pub analysis_timeout_secs: u64,
-    /// Pause between two status requests (milliseconds).
-    pub poll_interval_ms: u64,
-    /// Longest wait for one HTTP request (seconds).
-    pub request_timeout_secs: u64,
+    /// Longest wait for one analysis, from submission to report.
+    #[serde(with = "humantime_serde")]
+    pub analysis_timeout: Duration,
+    /// Pause between two status requests.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest wait for one HTTP request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Analyses running at once; further ones wait for a slot.
     pub max_in_flight: usize,
     /// Largest file submitted (bytes).
@@ -54,8 +58,9 @@ pub struct SandboxSettings {
     /// Calls kept from a report.
     pub max_calls: usize,
     /// CAPE's `timeout` form field: how long the sample runs in the VM
-    /// (seconds); `0` leaves CAPE's default.
-    pub run_seconds: u64,
+    /// (sent in whole seconds); `"0s"` leaves CAPE's default.
+    #[serde(with = "humantime_serde")]
+    pub run_time: Duration,
     /// CAPE's `options` form field (e.g. `procmemdump=1`); empty for none.
     pub options: String,
 }
@@ -65,14 +70,14 @@ impl Default for SandboxSettings {
         SandboxSettings {
             base_url: String::new(),
             token: ApiToken::default(),
-            analysis_timeout_secs: 300,
-            poll_interval_ms: 5_000,
-            request_timeout_secs: 30,
+            analysis_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
             max_in_flight: 4,
             max_upload_bytes: 64 << 20,
             max_report_bytes: 256 << 20,
             max_calls: sentinel_behaviour::MAX_CALLS,
-            run_seconds: 0,
+            run_time: Duration::ZERO,
             options: String::new(),
         }
     }
@@ -91,7 +96,13 @@ mod tests {
     #[test]
     fn unknown_settings_are_rejected_and_missing_ones_defaulted() {
         let parsed: SandboxSettings = serde_json::from_str(r#"{"base_url": "http://cape:8000"}"#).unwrap();
-        assert_eq!(parsed.analysis_timeout_secs, 300);
+        assert_eq!(parsed.analysis_timeout, Duration::from_secs(300));
+        let parsed: SandboxSettings =
+            serde_json::from_str(r#"{"poll_interval": "250ms", "run_time": "2m"}"#).unwrap();
+        assert_eq!(
+            (parsed.poll_interval, parsed.run_time),
+            (Duration::from_millis(250), Duration::from_secs(120))
+        );
         assert!(serde_json::from_str::<SandboxSettings>(r#"{"base_ur": "x"}"#).is_err());
     }
 }

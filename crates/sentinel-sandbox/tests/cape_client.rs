@@ -14,9 +14,9 @@ fn client_settings(url: &str) -> SandboxSettings {
     SandboxSettings {
         base_url: url.to_owned(),
         token: ApiToken::new(TOKEN),
-        poll_interval_ms: 20,
-        analysis_timeout_secs: 10,
-        request_timeout_secs: 5,
+        poll_interval: Duration::from_millis(20),
+        analysis_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(5),
         ..SandboxSettings::default()
     }
 }
@@ -74,8 +74,11 @@ async fn a_server_error_is_unavailable() {
 #[tokio::test]
 async fn a_task_that_never_finishes_times_out() {
     let (url, _) = fake_cape(SMALL_REPORT.as_bytes()).await;
-    let client =
-        CapeClient::new(SandboxSettings { analysis_timeout_secs: 1, ..client_settings(&url) }).unwrap();
+    let client = CapeClient::new(SandboxSettings {
+        analysis_timeout: Duration::from_secs(1),
+        ..client_settings(&url)
+    })
+    .unwrap();
     let started = std::time::Instant::now();
     let error = client.analyse(b"MZ", "slow.exe").await.unwrap_err();
     assert!(matches!(error, SandboxError::Timeout { task_id: Some(1), seconds: 1 }), "{error}");

@@ -3,8 +3,8 @@
 //! `[http]` (`sentinel-api`); `http_listen` is still read here for the
 //! configurations written before.
 //!
-//! Durations are written as seconds (`30`, `0.5`) or as a number with a unit
-//! (`"500ms"`, `"30s"`, `"5m"`, `"1h"`), the forms operators write by hand.
+//! Durations are written with a unit (`"500ms"`, `"30s"`, `"5m"`, `"1h 30m"`),
+//! as everywhere in the configuration.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,23 +30,23 @@ pub struct ServerSettings {
     /// Largest request frame in bytes. Default 80 MiB.
     pub max_frame_size: u64,
     /// Time to receive one request from its first byte to its last. Default 60 s.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "humantime_serde")]
     pub frame_timeout: Duration,
     /// Time a connection may wait between requests. Default 300 s.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Most open protocol connections; extra connections are closed at once. Default 1024.
     pub max_connections: usize,
     /// Analyses running at once (CPU-bound work). Default: the number of cores.
     pub analysis_workers: usize,
     /// How long a request waits for a free analysis worker before `No` (busy). Default 10 s.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "humantime_serde")]
     pub analysis_queue_wait: Duration,
     /// Time allowed for all the analyses of one request. Default 120 s.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "humantime_serde")]
     pub analysis_timeout: Duration,
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish. Default 30 s.
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// `[server.fusion]`: step weights of the combined verdict (commands 4, 5, 6).
     pub fusion: FusionSettings,
@@ -111,82 +111,14 @@ impl ServerSettings {
     }
 }
 
-/// Durations as seconds or as `<number><unit>` strings.
-mod duration {
-    use std::fmt;
-    use std::time::Duration;
-
-    use serde::de::{self, Deserializer, Visitor};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        deserializer.deserialize_any(DurationVisitor)
-    }
-
-    struct DurationVisitor;
-
-    impl Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("seconds, or a duration such as \"500ms\", \"30s\", \"5m\", \"1h\"")
-        }
-
-        fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(seconds))
-        }
-
-        fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<Duration, E> {
-            u64::try_from(seconds)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom("a duration cannot be negative"))
-        }
-
-        fn visit_f64<E: de::Error>(self, seconds: f64) -> Result<Duration, E> {
-            Duration::try_from_secs_f64(seconds)
-                .map_err(|_| E::custom(format!("{seconds} is not a valid duration")))
-        }
-
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
-            parse(text).ok_or_else(|| E::invalid_value(de::Unexpected::Str(text), &self))
-        }
-    }
-
-    pub(super) fn parse(text: &str) -> Option<Duration> {
-        let text = text.trim();
-        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: f64 = number.parse().ok()?;
-        let scale = match unit.trim() {
-            "" | "s" | "sec" | "secs" => 1.0,
-            "ms" => 0.001,
-            "m" | "min" | "mins" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        Duration::try_from_secs_f64(number * scale).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_take_seconds_or_units() {
-        assert_eq!(duration::parse("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(duration::parse("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(duration::parse("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(duration::parse("1.5"), Some(Duration::from_millis(1500)));
-        assert_eq!(duration::parse("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(duration::parse("soon"), None);
-        assert_eq!(duration::parse("5 weeks"), None);
-        assert_eq!(duration::parse("-1s"), None);
-    }
-
-    #[test]
     fn settings_read_from_toml_with_defaults_and_reject_unknown_keys() {
         let settings: ServerSettings =
-            toml::from_str("frame_timeout = \"2s\"\nidle_timeout = 7\nmax_connections = 3\n").unwrap();
+            toml::from_str("frame_timeout = \"2s\"\nidle_timeout = \"7s\"\nmax_connections = 3\n").unwrap();
         assert_eq!(settings.frame_timeout, Duration::from_secs(2));
         assert_eq!(settings.idle_timeout, Duration::from_secs(7));
         assert_eq!(settings.max_connections, 3);
@@ -194,6 +126,8 @@ mod tests {
         assert!(settings.validate().is_ok());
         assert!(toml::from_str::<ServerSettings>("max_conections = 3\n").is_err());
         assert!(toml::from_str::<ServerSettings>("frame_timeout = \"later\"\n").is_err());
+        // One form for durations: a bare number has no unit and is refused.
+        assert!(toml::from_str::<ServerSettings>("frame_timeout = 30\n").is_err());
         let zero_workers = ServerSettings { analysis_workers: 0, ..ServerSettings::default() };
         assert!(zero_workers.validate().is_err());
     }

@@ -22,9 +22,9 @@ fn client_settings(url: &str) -> SandboxSettings {
     SandboxSettings {
         base_url: url.to_owned(),
         token: ApiToken::new(TOKEN),
-        poll_interval_ms: 20,
-        analysis_timeout_secs: 10,
-        request_timeout_secs: 5,
+        poll_interval: Duration::from_millis(20),
+        analysis_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(5),
         ..SandboxSettings::default()
     }
 }
@@ -187,7 +187,7 @@ async fn sandbox_failures_map_to_protocol_reasons() {
     let cases: Vec<(SandboxSettings, Reason, &str)> = vec![
         (client_settings(&failing.url), Reason::AnalysisFailed, "failed_analysis"),
         (
-            SandboxSettings { analysis_timeout_secs: 1, ..client_settings(&never_ends.url) },
+            SandboxSettings { analysis_timeout: Duration::from_secs(1), ..client_settings(&never_ends.url) },
             Reason::Timeout,
             "no report after 1 s",
         ),
@@ -235,8 +235,11 @@ async fn sandbox_runs_get_their_own_time_and_are_limited_in_flight() {
     // about a second, over the server's 500 ms analysis timeout, which the
     // sandbox's own timeout extends.
     let cape = FakeCape::new(SMALL_REPORT.as_bytes()).delay(Duration::from_millis(150)).start().await;
-    let settings =
-        SandboxSettings { max_in_flight: 1, analysis_timeout_secs: 20, ..client_settings(&cape.url) };
+    let settings = SandboxSettings {
+        max_in_flight: 1,
+        analysis_timeout: Duration::from_secs(20),
+        ..client_settings(&cape.url)
+    };
     let server =
         TestServer::start_with_sandbox(|s| s.analysis_timeout = Duration::from_millis(500), settings).await;
     let runs: Vec<_> = (0..3)

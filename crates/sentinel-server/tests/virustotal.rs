@@ -23,9 +23,9 @@ const OTHER_KEY: &str = "0f0e0d0c0b0a09080706050403020100ffeeddccbbaa99887766554
 fn vt_settings(fake: &FakeVt) -> VirusTotalSettings {
     VirusTotalSettings {
         base_url: fake.base_url.clone(),
-        request_timeout_secs: 5.0,
-        retry_base_delay_secs: 0.01,
-        analysis_poll_interval_secs: 0.02,
+        request_timeout: Duration::from_secs(5),
+        retry_base_delay: Duration::from_millis(10),
+        analysis_poll_interval: Duration::from_millis(20),
         // Generous limits unless a test is about them.
         default_tier: TierLimits { requests_per_minute: 10_000, requests_per_day: 100_000 },
         ..VirusTotalSettings::default()
@@ -203,7 +203,7 @@ async fn an_unreachable_virustotal_is_unavailable_not_quota_exceeded() {
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let settings = VirusTotalSettings {
         base_url: format!("http://{}", socket.local_addr().unwrap()),
-        retry_base_delay_secs: 0.01,
+        retry_base_delay: Duration::from_millis(10),
         // A public key's minute: the retries of one request would spend it all.
         default_tier: TierLimits { requests_per_minute: 4, requests_per_day: 500 },
         ..VirusTotalSettings::default()

@@ -38,7 +38,7 @@ use std::fmt;
 use std::fs::DirBuilder;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use database::WriteStats;
 pub use dataset_csv::{ImportReport, RowError};
@@ -93,7 +93,7 @@ impl Store {
         create_private_dir(data_dir)?;
 
         let vault = Arc::new(Vault::open(data_dir, settings.compression_level)?);
-        let busy_timeout = Duration::from_millis(settings.busy_timeout_ms);
+        let busy_timeout = settings.busy_timeout;
         let database = Database::open(
             &data_dir.join(DATABASE_FILE),
             &migrations::MALWARE,

@@ -1,5 +1,5 @@
 //! Sample retention: deletes the vault files of samples not seen for
-//! `sample_retention_days`, keeping their rows (hash, size, dates) and verdicts, which are small
+//! `sample_retention`, keeping their rows (hash, size, dates) and verdicts, which are small
 //! and are the history the models learn from.
 //!
 //! Each file is deleted and its directory fsynced before the row that lists it is updated, so a
@@ -16,8 +16,6 @@ use crate::{Store, StoreError};
 
 /// Rows handled per write, so a large run does not hold up other writers for long.
 const BATCH_SIZE: usize = 256;
-
-const SECONDS_PER_DAY: i64 = 86_400;
 
 /// What a retention run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,14 +35,14 @@ const CLEAR_STORED_PATH: &str = "UPDATE samples SET stored_path = NULL WHERE sha
 
 impl Store {
     /// Deletes the vault files of samples whose `last_seen` is more than
-    /// `sample_retention_days` ago. Does nothing when retention is off. Run it periodically
+    /// `sample_retention` ago. Does nothing when retention is off. Run it periodically
     /// (for example daily); it is safe to run concurrently with every other call.
     pub fn apply_retention(&self) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
-        let Some(days) = self.settings.sample_retention_days else {
+        let Some(retention) = self.settings.sample_retention else {
             return Ok(report);
         };
-        let cutoff = self.now().saturating_sub(i64::from(days) * SECONDS_PER_DAY);
+        let cutoff = self.now().saturating_sub(i64::try_from(retention.as_secs()).unwrap_or(i64::MAX));
         loop {
             let vault = Arc::clone(&self.vault);
             let batch = self.database.write(move |connection| {
@@ -93,7 +91,7 @@ mod tests {
     use super::*;
     use crate::StoreSettings;
 
-    const DAY: i64 = SECONDS_PER_DAY;
+    const DAY: i64 = 86_400;
     static NOW: AtomicI64 = AtomicI64::new(0);
 
     fn test_clock() -> i64 {
@@ -107,7 +105,10 @@ mod tests {
     #[test]
     fn deletes_files_unseen_for_the_retention_period_and_keeps_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings { sample_retention_days: Some(30), ..StoreSettings::default() };
+        let settings = StoreSettings {
+            sample_retention: Some(std::time::Duration::from_secs(30 * DAY as u64)),
+            ..StoreSettings::default()
+        };
         let store = Store::open_with_clock(dir.path(), settings, test_clock).unwrap();
         let (old, refreshed, recent) =
             (b"old sample".as_slice(), b"seen again".as_slice(), b"new".as_slice());
@@ -143,7 +144,10 @@ mod tests {
     #[test]
     fn repairs_rows_whose_file_vanished_and_processes_many_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings { sample_retention_days: Some(1), ..StoreSettings::default() };
+        let settings = StoreSettings {
+            sample_retention: Some(std::time::Duration::from_secs(DAY as u64)),
+            ..StoreSettings::default()
+        };
         // This test keeps the system clock and runs retention from a store whose clock is far
         // in the future; the shared test clock belongs to the other test.
         let store = Store::open_with_clock(dir.path(), settings.clone(), crate::system_clock).unwrap();

@@ -1,6 +1,8 @@
 //! Operator settings of the store, read from the server's configuration file. Unknown keys are
 //! rejected so that a misspelt retention setting fails loudly instead of keeping samples forever.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
@@ -14,10 +16,12 @@ pub struct StoreSettings {
     /// Default: true.
     pub keep_samples: bool,
 
-    /// Delete vault files of samples not seen for this many days ([`crate::Store::apply_retention`]);
-    /// the database rows and verdicts are kept. `None` keeps files forever. Must be at least 1:
-    /// use `keep_samples = false` to keep none. Default: `None`.
-    pub sample_retention_days: Option<u32>,
+    /// Delete vault files of samples not seen for this long (`sample_retention = "90days"`,
+    /// [`crate::Store::apply_retention`]); the database rows and verdicts are kept. `None` keeps
+    /// files forever. Must be at least a day: use `keep_samples = false` to keep none.
+    /// Default: `None`.
+    #[serde(with = "humantime_serde")]
+    pub sample_retention: Option<Duration>,
 
     /// Samples larger than this many bytes are recorded but their bytes are not kept in the vault.
     /// Default: 64 MiB.
@@ -31,20 +35,21 @@ pub struct StoreSettings {
     /// Default: 4.
     pub read_connections: usize,
 
-    /// How long a database call waits for a lock held by another process before failing, in
-    /// milliseconds. Default: 5000.
-    pub busy_timeout_ms: u64,
+    /// How long a database call waits for a lock held by another process before failing.
+    /// Default: 5 s.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
 }
 
 impl Default for StoreSettings {
     fn default() -> StoreSettings {
         StoreSettings {
             keep_samples: true,
-            sample_retention_days: None,
+            sample_retention: None,
             max_sample_size: 64 * 1024 * 1024,
             compression_level: 3,
             read_connections: 4,
-            busy_timeout_ms: 5000,
+            busy_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -52,8 +57,8 @@ impl Default for StoreSettings {
 impl StoreSettings {
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
         let invalid = |reason: String| Err(StoreError::InvalidSettings(reason));
-        if self.sample_retention_days == Some(0) {
-            return invalid("sample_retention_days must be at least 1 (use keep_samples = false)".into());
+        if self.sample_retention.is_some_and(|retention| retention < Duration::from_secs(86_400)) {
+            return invalid("sample_retention must be at least 1day (use keep_samples = false)".into());
         }
         if !(1..=19).contains(&self.compression_level) {
             return invalid(format!("compression_level {} is not in 1..=19", self.compression_level));

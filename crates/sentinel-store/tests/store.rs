@@ -276,14 +276,20 @@ fn readiness_probe_succeeds_on_a_healthy_store() {
 
 #[test]
 fn settings_reject_unknown_keys_and_impossible_values() {
-    let settings: StoreSettings = serde_json::from_str(r#"{"sample_retention_days": 90}"#).unwrap();
-    assert_eq!(settings, StoreSettings { sample_retention_days: Some(90), ..StoreSettings::default() });
+    let settings: StoreSettings = serde_json::from_str(r#"{"sample_retention": "90days"}"#).unwrap();
+    assert_eq!(
+        settings,
+        StoreSettings {
+            sample_retention: Some(std::time::Duration::from_secs(90 * 86_400)),
+            ..StoreSettings::default()
+        }
+    );
     assert!(settings.keep_samples);
     assert!(serde_json::from_str::<StoreSettings>(r#"{"sample_retention_day": 90}"#).is_err());
 
     let dir = tempfile::tempdir().unwrap();
     for bad in [
-        StoreSettings { sample_retention_days: Some(0), ..StoreSettings::default() },
+        StoreSettings { sample_retention: Some(std::time::Duration::ZERO), ..StoreSettings::default() },
         StoreSettings { compression_level: 0, ..StoreSettings::default() },
         StoreSettings { compression_level: 23, ..StoreSettings::default() },
     ] {

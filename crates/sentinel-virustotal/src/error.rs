@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaOrigin {
     /// This server's rate limiter: the key's tier limits would be exceeded and
-    /// the wait is longer than `max_queue_wait_secs`. Nothing was sent.
+    /// the wait is longer than `max_queue_wait`. Nothing was sent.
     LocalLimit,
     /// VirusTotal answered 429 `QuotaExceededError` (or `TooManyRequestsError`).
     VirusTotal,

@@ -2,8 +2,8 @@
 //! whether files may be uploaded, how stale a stored report may be, the request
 //! limits of each key tier, and the rule that turns a report into a score.
 //!
-//! Durations are seconds as floating-point numbers (`request_timeout_secs =
-//! 30`, `0.5` allowed), the convention of the other sections.
+//! Durations are written with a unit (`request_timeout = "30s"`,
+//! `freshness = "7days"`), as everywhere in the configuration.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,9 +25,11 @@ pub struct VirusTotalSettings {
     /// Scheme and host of the API (`/api/v3/...` is appended).
     pub base_url: String,
     /// Limit on one request (connection, sending and receiving), uploads excepted.
-    pub request_timeout_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Limit on one upload request, which sends up to `max_upload_bytes`.
-    pub upload_timeout_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub upload_timeout: Duration,
     /// Uploading a file VirusTotal does not know shares it with VirusTotal's
     /// users (partners can download it): off unless the operator decides so.
     pub upload_enabled: bool,
@@ -39,19 +41,25 @@ pub struct VirusTotalSettings {
     /// number of attempts is `max_retries + 1`.
     pub max_retries: u32,
     /// First back-off delay; it doubles with each retry, with random jitter.
-    pub retry_base_delay_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
     /// Longest back-off delay.
-    pub retry_max_delay_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
     /// A stored report younger than this is answered without calling VirusTotal.
-    pub freshness_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub freshness: Duration,
     /// Interval between polls of an upload's analysis. Each poll is a request
     /// counted against the uploading key's quota.
-    pub analysis_poll_interval_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub analysis_poll_interval: Duration,
     /// How long to wait for an upload's analysis to complete.
-    pub analysis_timeout_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub analysis_timeout: Duration,
     /// A request that the rate limiter can admit within this wait is queued;
     /// beyond it, it fails with a quota error at once.
-    pub max_queue_wait_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub max_queue_wait: Duration,
     /// Limits of keys without a tier in `key_tiers`: VirusTotal's public API.
     pub default_tier: TierLimits,
     /// Named tiers (`premium`…) with their limits.
@@ -83,18 +91,18 @@ impl Default for VirusTotalSettings {
         VirusTotalSettings {
             enabled: true,
             base_url: "https://www.virustotal.com".to_owned(),
-            request_timeout_secs: 30.0,
-            upload_timeout_secs: 600.0,
+            request_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(600),
             upload_enabled: false,
             max_upload_bytes: 650 * 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             max_retries: 3,
-            retry_base_delay_secs: 1.0,
-            retry_max_delay_secs: 30.0,
-            freshness_secs: 7.0 * 86_400.0,
-            analysis_poll_interval_secs: 30.0,
-            analysis_timeout_secs: 900.0,
-            max_queue_wait_secs: 20.0,
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(30),
+            freshness: Duration::from_secs(7 * 86_400),
+            analysis_poll_interval: Duration::from_secs(30),
+            analysis_timeout: Duration::from_secs(900),
+            max_queue_wait: Duration::from_secs(20),
             default_tier: TierLimits::default(),
             tiers: BTreeMap::new(),
             key_tiers: BTreeMap::new(),
@@ -170,21 +178,18 @@ impl VirusTotalSettings {
         self.verdict.check()?;
         Ok(CheckedSettings {
             base_url,
-            request_timeout: positive("request_timeout_secs", self.request_timeout_secs)?,
-            upload_timeout: positive("upload_timeout_secs", self.upload_timeout_secs)?,
+            request_timeout: positive("request_timeout", self.request_timeout)?,
+            upload_timeout: positive("upload_timeout", self.upload_timeout)?,
             upload_enabled: self.upload_enabled,
             max_upload_bytes: self.max_upload_bytes,
             max_response_bytes: self.max_response_bytes,
             max_retries: self.max_retries,
-            retry_base_delay: non_negative("retry_base_delay_secs", self.retry_base_delay_secs)?,
-            retry_max_delay: non_negative("retry_max_delay_secs", self.retry_max_delay_secs)?,
-            freshness: non_negative("freshness_secs", self.freshness_secs)?,
-            analysis_poll_interval: non_negative(
-                "analysis_poll_interval_secs",
-                self.analysis_poll_interval_secs,
-            )?,
-            analysis_timeout: positive("analysis_timeout_secs", self.analysis_timeout_secs)?,
-            max_queue_wait: non_negative("max_queue_wait_secs", self.max_queue_wait_secs)?,
+            retry_base_delay: self.retry_base_delay,
+            retry_max_delay: self.retry_max_delay,
+            freshness: self.freshness,
+            analysis_poll_interval: self.analysis_poll_interval,
+            analysis_timeout: positive("analysis_timeout", self.analysis_timeout)?,
+            max_queue_wait: self.max_queue_wait,
             default_tier: self.default_tier,
             key_limits,
             verdict: self.verdict.clone(),
@@ -192,13 +197,8 @@ impl VirusTotalSettings {
     }
 }
 
-fn non_negative(name: &str, secs: f64) -> Result<Duration, SettingsError> {
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| SettingsError::new(format!("{name} must be a finite number of seconds ≥ 0")))
-}
-
-fn positive(name: &str, secs: f64) -> Result<Duration, SettingsError> {
-    match non_negative(name, secs)? {
+fn positive(name: &str, duration: Duration) -> Result<Duration, SettingsError> {
+    match duration {
         Duration::ZERO => Err(SettingsError::new(format!("{name} must be positive"))),
         duration => Ok(duration),
     }
@@ -222,8 +222,7 @@ mod tests {
         let invalid = [
             VirusTotalSettings { base_url: "ftp://example.com".into(), ..Default::default() },
             VirusTotalSettings { base_url: "https://user:pw@example.com".into(), ..Default::default() },
-            VirusTotalSettings { request_timeout_secs: 0.0, ..Default::default() },
-            VirusTotalSettings { freshness_secs: f64::NAN, ..Default::default() },
+            VirusTotalSettings { request_timeout: Duration::ZERO, ..Default::default() },
             VirusTotalSettings { max_retries: 1000, ..Default::default() },
             VirusTotalSettings {
                 key_tiers: [("ab".to_owned(), "premium".to_owned())].into(),
@@ -237,6 +236,15 @@ mod tests {
         for settings in invalid {
             assert!(settings.check().is_err(), "{settings:?}");
         }
+    }
+
+    #[test]
+    fn durations_are_read_with_their_unit() {
+        let settings: VirusTotalSettings =
+            serde_json::from_str(r#"{"freshness": "2days", "max_queue_wait": "500ms"}"#).unwrap();
+        assert_eq!(settings.freshness, Duration::from_secs(2 * 86_400));
+        assert_eq!(settings.max_queue_wait, Duration::from_millis(500));
+        assert!(serde_json::from_str::<VirusTotalSettings>(r#"{"freshness": 3600}"#).is_err());
     }
 
     #[test]

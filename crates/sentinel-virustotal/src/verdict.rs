@@ -179,7 +179,7 @@ impl Verdict {
         // file first seen minutes before the analysis proves little.
         let seen_long_enough = match (self.first_submission_date, self.last_analysis_date) {
             (Some(first), Some(last)) => {
-                last.saturating_sub(first) >= rule.benign_min_age_secs.max(0.0).min(i64::MAX as f64) as i64
+                last.saturating_sub(first) >= i64::try_from(rule.benign_min_age.as_secs()).unwrap_or(i64::MAX)
             }
             _ => false,
         };
@@ -228,7 +228,8 @@ pub struct VerdictRule {
     pub malicious_min_score: f64,
     /// For the benign label, the file must have been known to VirusTotal for at
     /// least this long when it was analysed.
-    pub benign_min_age_secs: f64,
+    #[serde(with = "humantime_serde")]
+    pub benign_min_age: Duration,
 }
 
 impl Default for VerdictRule {
@@ -240,7 +241,7 @@ impl Default for VerdictRule {
             steepness: 2.0,
             malicious_min_engines: 5,
             malicious_min_score: 0.8,
-            benign_min_age_secs: 14.0 * 86_400.0,
+            benign_min_age: Duration::from_secs(14 * 86_400),
         }
     }
 }
@@ -254,13 +255,11 @@ impl VerdictRule {
             && self.half_score_ratio < 1.0
             && self.steepness > 0.0
             && self.steepness.is_finite()
-            && in_unit(self.malicious_min_score)
-            && self.benign_min_age_secs >= 0.0
-            && self.benign_min_age_secs.is_finite();
+            && in_unit(self.malicious_min_score);
         if !valid {
             return Err(SettingsError::new(
                 "verdict: suspicious_weight and malicious_min_score must be in [0, 1], half_score_ratio \
-                 in (0, 1), steepness positive, benign_min_age_secs ≥ 0"
+                 in (0, 1), steepness positive"
                     .to_owned(),
             ));
         }

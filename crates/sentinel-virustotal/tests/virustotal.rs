@@ -26,9 +26,9 @@ struct Harness {
 fn test_settings(base_url: &str) -> VirusTotalSettings {
     VirusTotalSettings {
         base_url: base_url.to_owned(),
-        request_timeout_secs: 10.0,
-        retry_base_delay_secs: 1.0,
-        analysis_poll_interval_secs: 15.0,
+        request_timeout: Duration::from_secs(10),
+        retry_base_delay: Duration::from_secs(1),
+        analysis_poll_interval: Duration::from_secs(15),
         // Generous limits unless a test is about them.
         default_tier: TierLimits { requests_per_minute: 1000, requests_per_day: 100_000 },
         ..VirusTotalSettings::default()
@@ -251,7 +251,7 @@ async fn a_leader_with_a_bad_key_does_not_fail_the_requests_waiting_on_it() {
 async fn the_rate_limiter_queues_short_waits_and_refuses_long_ones() {
     let h = harness(|settings| {
         settings.default_tier = TierLimits { requests_per_minute: 4, requests_per_day: 500 };
-        settings.max_queue_wait_secs = 20.0;
+        settings.max_queue_wait = Duration::from_secs(20);
     })
     .await;
     for n in 10..20 {
@@ -375,7 +375,7 @@ async fn unknown_files_are_uploaded_and_the_analysis_polled_when_enabled() {
 async fn an_analysis_that_never_completes_times_out() {
     let h = harness(|settings| {
         settings.upload_enabled = true;
-        settings.analysis_timeout_secs = 60.0;
+        settings.analysis_timeout = Duration::from_secs(60);
     })
     .await;
     h.fake.state.polls_before_completion.store(1000, std::sync::atomic::Ordering::SeqCst);

@@ -22,7 +22,7 @@ lof_max_rows = 300
 svm_max_rows = 300
 
 [network.storage]
-flush_interval_ms = 50
+flush_interval = \"50ms\"
 ";
 
 const SENTINEL: &str = env!("CARGO_BIN_EXE_sentinel");
@@ -411,7 +411,7 @@ async fn rows_per_snapshot_after_restart(
     marker: usize,
 ) -> std::collections::HashMap<usize, usize> {
     let (mut served, http) =
-        serve(data_dir, "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 50\n");
+        serve(data_dir, "[network]\ncollect = false\n[network.storage]\nflush_interval = \"50ms\"\n");
     // New snapshots are refused (503) while the journal is replayed: the marker goes in after.
     ingest(http, &crash_snapshot(marker)).await;
     let store = sentinel_store::NetworkStore::open(data_dir, writer_settings()).unwrap();
@@ -453,7 +453,7 @@ fn writer_settings() -> sentinel_store::WriterSettings {
 async fn snapshots_accepted_before_a_crash_are_stored_once_each_after_the_restart() {
     let data_dir = tempfile::tempdir().unwrap();
     // Results wait ten minutes in the writer's queue: at the crash, none is on disk.
-    let slow_writer = "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 600000\n";
+    let slow_writer = "[network]\ncollect = false\n[network.storage]\nflush_interval = \"10m\"\n";
     let (mut served, http) = serve(data_dir.path(), slow_writer);
     for index in 0..4 {
         ingest(http, &crash_snapshot(index)).await;
@@ -498,7 +498,7 @@ async fn a_kill_during_ingest_neither_loses_nor_duplicates_a_snapshot() {
     // Batches of two items and a 5 ms flush: the writer commits while snapshots of five
     // connections arrive, so the kill falls between and inside its transactions.
     let busy_writer =
-        "[network]\ncollect = false\n[network.storage]\nflush_interval_ms = 5\nwrite_batch = 2\n";
+        "[network]\ncollect = false\n[network.storage]\nflush_interval = \"5ms\"\nwrite_batch = 2\n";
     let (mut served, http) = serve(data_dir.path(), busy_writer);
     const POSTERS: usize = 4;
     const ACCEPTED_BEFORE_KILL: usize = 40;

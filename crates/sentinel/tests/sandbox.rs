@@ -17,7 +17,7 @@ async fn serve_runs_dynamic_analysis_through_the_configured_cape_without_logging
     let served = ServeCommand::new(env!("CARGO_BIN_EXE_sentinel"), dir.path().join("data"))
         .args(["--cape-base-url", &cape.url])
         .env("SENTINEL_CAPE_TOKEN", TOKEN)
-        .env("SENTINEL_SANDBOX__POLL_INTERVAL_MS", "20")
+        .env("SENTINEL_SANDBOX__POLL_INTERVAL", "20ms")
         .log_to(&log_path)
         .start();
 

@@ -25,7 +25,6 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use sentinel_netmon::{CollectionHandle, Observation};
@@ -105,9 +104,9 @@ impl NetworkService {
             data_dir,
             WriterSettings {
                 batch: settings.storage.write_batch,
-                flush_interval: Duration::from_millis(settings.storage.flush_interval_ms),
+                flush_interval: settings.storage.flush_interval,
                 queue: settings.storage.write_queue,
-                retention: Duration::from_secs(settings.storage.retention_days.saturating_mul(86_400)),
+                retention: settings.storage.retention,
             },
         )?;
         saved_model::adopt_legacy(&registry, &store)?;

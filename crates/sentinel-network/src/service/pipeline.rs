@@ -28,7 +28,7 @@ pub(super) enum PipelineInput {
 impl NetworkService {
     fn window_settings(&self) -> WindowSettings {
         WindowSettings {
-            window_secs: self.settings.features.window_secs,
+            window_secs: self.settings.features.window.as_secs_f64(),
             max_entries_per_key: self.settings.features.max_events_per_key,
             max_keys: self.settings.features.max_keys,
         }

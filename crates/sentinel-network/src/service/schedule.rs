@@ -18,12 +18,10 @@ pub(super) fn warmed_up(extent: &HistoryExtent, warmup: Duration, min_rows: u64,
         && extent.oldest.is_some_and(|oldest| now.duration_since(oldest).is_ok_and(|age| age >= warmup))
 }
 
-/// Whether a model trained at `trained` is due for retraining every `every_hours` (0: never).
-fn retraining_due(trained: Option<SystemTime>, every_hours: u64, now: SystemTime) -> bool {
-    every_hours > 0
-        && trained.is_some_and(|trained| {
-            now.duration_since(trained).is_ok_and(|age| age >= Duration::from_secs(every_hours * 3600))
-        })
+/// Whether a model trained at `trained` is due for retraining `every` period (zero: never).
+fn retraining_due(trained: Option<SystemTime>, every: Duration, now: SystemTime) -> bool {
+    !every.is_zero()
+        && trained.is_some_and(|trained| now.duration_since(trained).is_ok_and(|age| age >= every))
 }
 
 impl NetworkService {
@@ -38,7 +36,7 @@ impl NetworkService {
             let due = match self.model.load_full() {
                 None => {
                     let service = Arc::clone(&self);
-                    let warmup = Duration::from_secs(self.settings.training.warmup_secs);
+                    let warmup = self.settings.training.warmup;
                     let min_rows = self.settings.model.min_training_rows as u64;
                     tokio::task::spawn_blocking(move || {
                         service
@@ -52,7 +50,7 @@ impl NetworkService {
                 }
                 Some(model) => retraining_due(
                     model.info.created(),
-                    self.settings.training.retrain_every_hours,
+                    self.settings.training.retrain_every,
                     SystemTime::now(),
                 )
                 .then_some("schedule"),
@@ -86,9 +84,9 @@ mod tests {
     fn retraining_is_due_a_period_after_the_last_training_unless_disabled() {
         let now = SystemTime::now();
         let hours = |n: u64| Duration::from_secs(n * 3600);
-        assert!(retraining_due(Some(now - hours(25)), 24, now));
-        assert!(!retraining_due(Some(now - hours(23)), 24, now));
-        assert!(!retraining_due(Some(now - hours(1000)), 0, now), "0 disables");
-        assert!(!retraining_due(None, 24, now), "an unknown training time is not a reason to retrain");
+        assert!(retraining_due(Some(now - hours(25)), hours(24), now));
+        assert!(!retraining_due(Some(now - hours(23)), hours(24), now));
+        assert!(!retraining_due(Some(now - hours(1000)), Duration::ZERO, now), "zero disables");
+        assert!(!retraining_due(None, hours(24), now), "an unknown training time is not a reason to retrain");
     }
 }

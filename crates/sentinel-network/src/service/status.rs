@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::jobs::JobState;
 use super::{NetworkService, StorageError, lock, schedule};
@@ -56,14 +56,14 @@ impl NetworkService {
                 "metrics": model.bundle.facts.evaluations,
             })),
             "warmup": {
-                "required_secs": warmup.warmup_secs,
+                "required_secs": warmup.warmup.as_secs(),
                 "collected_secs": collected_secs,
                 "rows": extent.rows,
                 "required_rows": min_rows,
                 "complete": model.is_some()
-                    || schedule::warmed_up(&extent, Duration::from_secs(warmup.warmup_secs), min_rows, now),
+                    || schedule::warmed_up(&extent, warmup.warmup, min_rows, now),
             },
-            "retrain_every_hours": warmup.retrain_every_hours,
+            "retrain_every_hours": warmup.retrain_every.as_secs() / 3600,
             "training_job": job,
             "versions": versions,
             "collector": {

@@ -31,8 +31,8 @@ pub fn quiet_settings() -> NetworkSettings {
     settings.model.isolation_forest_trees = 50;
     settings.model.lof_max_rows = 300;
     settings.model.svm_max_rows = 300;
-    settings.training.warmup_secs = 3600;
-    settings.storage.flush_interval_ms = 50;
+    settings.training.warmup = std::time::Duration::from_secs(3600);
+    settings.storage.flush_interval = std::time::Duration::from_millis(50);
     settings
 }
 

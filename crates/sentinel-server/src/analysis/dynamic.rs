@@ -51,7 +51,7 @@ pub(crate) fn extra_time(sandbox: Option<&CapeClient>, request: &Request) -> Dur
             if request.command().analyses().contains(&Analysis::Dynamic)
                 && sent_report(request).is_none() =>
         {
-            Duration::from_secs(sandbox.settings().analysis_timeout_secs)
+            sandbox.settings().analysis_timeout
         }
         _ => Duration::ZERO,
     }

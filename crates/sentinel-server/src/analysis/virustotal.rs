@@ -65,11 +65,10 @@ impl VirusTotalStep {
     ) -> Result<VirusTotalStep, SettingsError> {
         let dataset = Arc::new(StoreDataset { store, rule: settings.verdict.clone() });
         let client = VirusTotal::new(settings, hasher, dataset)?;
-        // The client has checked both durations; only their sum can overflow.
-        let upload_time = settings.upload_enabled.then(|| {
-            Duration::try_from_secs_f64(settings.upload_timeout_secs + settings.analysis_timeout_secs)
-                .unwrap_or(Duration::MAX)
-        });
+        // Only the sum of the two durations can overflow.
+        let upload_time = settings
+            .upload_enabled
+            .then(|| settings.upload_timeout.checked_add(settings.analysis_timeout).unwrap_or(Duration::MAX));
         Ok(VirusTotalStep { client, upload_time })
     }
 

@@ -19,7 +19,7 @@ pub struct Args {
     /// system trusts (a private CA); trusted in addition to the system's roots.
     #[arg(long, env = "SENTINEL_AGENT_CA_FILE")]
     ca_file: Option<std::path::PathBuf>,
-    /// Milliseconds between two snapshots (overrides `[network.collector] interval_ms`).
+    /// Milliseconds between two snapshots (overrides `[network.collector] interval`).
     #[arg(long)]
     interval_ms: Option<u64>,
     /// Agent id written in every record (overrides `[network.collector] host`; default: the
@@ -31,7 +31,7 @@ pub struct Args {
 pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     let mut settings: NetworkSettings = config.section("network")?;
     if let Some(interval_ms) = args.interval_ms {
-        settings.collector.interval_ms = interval_ms;
+        settings.collector.interval = std::time::Duration::from_millis(interval_ms);
     }
     if args.host.is_some() {
         settings.collector.host = args.host;

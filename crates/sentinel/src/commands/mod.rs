@@ -10,6 +10,7 @@ mod labels;
 mod models;
 mod scan;
 mod serve;
+mod table;
 mod train;
 mod vt_results;
 

@@ -14,6 +14,7 @@ use sentinel_static::StaticModel;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::commands::table::{self, Style};
 use crate::config::Config;
 
 /// Directories with more files than this get a progress bar (on a terminal).
@@ -169,9 +170,10 @@ fn read_bounded(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// One row per file; a file's explanation (`--explain`) follows it, one row per
+/// feature, its contribution in the score column and `feature = value` in the last.
 fn print_table(out: &mut impl Write, verdicts: &[FileVerdict], model_version: &str) -> std::io::Result<()> {
-    let width = verdicts.iter().map(|v| v.path.display().to_string().len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:<width$}  {:>6}  {:<9}  SHA-256", "FILE", "SCORE", "VERDICT")?;
+    let mut table = table::new(Style::Columns, &["FILE", "SCORE", "VERDICT", "SHA-256"], &[1]);
     let (mut malicious, mut errors) = (0, 0);
     for verdict in verdicts {
         let path = verdict.path.display().to_string();
@@ -180,23 +182,23 @@ fn print_table(out: &mut impl Write, verdicts: &[FileVerdict], model_version: &s
                 let label = if verdict.malicious { "MALICIOUS" } else { "clean" };
                 malicious += usize::from(verdict.malicious);
                 let sha = verdict.sha256.as_deref().unwrap_or("");
-                writeln!(out, "{path:<width$}  {score:>6.4}  {label:<9}  {sha}")?;
+                table.add_row([path, format!("{score:.4}"), label.to_owned(), sha.to_owned()]);
             }
             (None, error) => {
                 errors += 1;
-                writeln!(
-                    out,
-                    "{path:<width$}  {:>6}  {:<9}  {}",
-                    "-",
-                    "error",
-                    error.as_deref().unwrap_or("")
-                )?;
+                table.add_row([path, "-".to_owned(), "error".to_owned(), error.clone().unwrap_or_default()]);
             }
         }
         for c in verdict.explanation.iter().flatten() {
-            writeln!(out, "{:<width$}    {:+.4}  {} = {}", "", c.contribution, c.feature, c.value)?;
+            table.add_row([
+                String::new(),
+                format!("{:+.4}", c.contribution),
+                String::new(),
+                format!("{} = {}", c.feature, c.value),
+            ]);
         }
     }
+    writeln!(out, "{table}")?;
     writeln!(
         out,
         "{} files, {malicious} malicious, {errors} not scored (model {model_version})",

@@ -146,7 +146,7 @@ async fn serve(
     } else {
         let client = CapeClient::new(sandbox_settings).context("invalid [sandbox] settings")?;
         let settings = client.settings();
-        tracing::info!(base_url = %settings.base_url, timeout_secs = settings.analysis_timeout_secs, max_in_flight = settings.max_in_flight, "CAPE sandbox configured");
+        tracing::info!(base_url = %settings.base_url, timeout = ?settings.analysis_timeout, max_in_flight = settings.max_in_flight, "CAPE sandbox configured");
         Some(client)
     };
     let network = start_network(network_settings, &data_dir, &store)?;

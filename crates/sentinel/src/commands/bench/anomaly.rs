@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use sentinel_anomaly::bench::{BenchPlan, BenchRecord, MODELS, Peer};
 
+use crate::commands::table::{self, Style};
 use crate::config::Config;
 
 /// The scikit-learn peer, written to a temporary file and run with `--python`.
@@ -114,21 +115,11 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
 /// A peer without threads (libsvm, SGD) is compared at every thread count. The AUC
 /// difference carries its standard error over the seeds when there are several.
 fn print_table(records: &[BenchRecord]) {
-    println!(
-        "{:<14} {:<18} {:>3} | {:>7} {:>7} {:>15} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
-        "dataset",
-        "model",
-        "thr",
-        "AUC",
-        "sk AUC",
-        "ΔAUC",
-        "fit s",
-        "sk fit",
+    let header = [
+        "dataset", "model", "thr", "AUC", "sk AUC", "ΔAUC", "fit s", "sk fit", "×", "score s", "sk score",
         "×",
-        "score s",
-        "sk score",
-        "×"
-    );
+    ];
+    let mut table = table::new(Style::Markdown, &header, &[2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     for ours in records.iter().filter(|r| r.implementation == "sentinel") {
         let peer = records
             .iter()
@@ -146,12 +137,11 @@ fn print_table(records: &[BenchRecord]) {
         };
         let ratio =
             |theirs: Option<f64>, mine: f64| theirs.map_or("-".into(), |t| format!("{:.1}", t / mine));
-        println!(
-            "{:<14} {:<18} {:>3} | {:>7.4} {:>7} {:>15} | {:>8.3} {:>8} {:>6} | {:>8.3} {:>8} {:>6}",
-            ours.dataset,
-            ours.model,
-            ours.threads,
-            ours.roc_auc,
+        table.add_row([
+            ours.dataset.clone(),
+            ours.model.clone(),
+            ours.threads.to_string(),
+            format!("{:.4}", ours.roc_auc),
             auc,
             peer.map_or("-".into(), |p| {
                 let difference = format!("{:+.4}", ours.roc_auc - p.roc_auc);
@@ -160,12 +150,13 @@ fn print_table(records: &[BenchRecord]) {
                     None => difference,
                 }
             }),
-            ours.fit_seconds,
+            format!("{:.3}", ours.fit_seconds),
             fit,
             ratio(peer.map(|p| p.fit_seconds), ours.fit_seconds),
-            ours.score_seconds,
+            format!("{:.3}", ours.score_seconds),
             score,
             ratio(peer.map(|p| p.score_seconds), ours.score_seconds),
-        );
+        ]);
     }
+    println!("{table}");
 }

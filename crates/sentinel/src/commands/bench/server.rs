@@ -19,12 +19,13 @@ use sentinel_testkit::synthetic_pe;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use crate::commands::table::{self, Style};
 use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// File sizes for the latency table, in KiB.
-    #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1024, 5 * 1024, 20 * 1024])]
+    /// File sizes for the latency table, in KiB, separated by commas.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1024,5120,20480")]
     sizes_kib: Vec<usize>,
     /// Concurrent clients for the throughput run.
     #[arg(long, default_value_t = 64)]
@@ -222,17 +223,19 @@ async fn throughput(args: &Args, address: SocketAddr) -> anyhow::Result<serde_js
 
 fn print_table(report: &serde_json::Value) {
     println!("Malware server over TCP (sentinel serve in a separate process), static analysis");
-    println!("{:>10} {:>9} {:>9} {:>9} {:>9}", "size KiB", "requests", "p50 ms", "p99 ms", "MiB/s");
+    let mut table =
+        table::new(Style::Markdown, &["size KiB", "requests", "p50 ms", "p99 ms", "MiB/s"], &[0, 1, 2, 3, 4]);
     for row in report["latency"].as_array().into_iter().flatten() {
-        println!(
-            "{:>10} {:>9} {:>9.2} {:>9.2} {:>9.1}",
-            row["size_kib"],
-            row["requests"],
-            row["p50_ms"].as_f64().unwrap_or(0.0),
-            row["p99_ms"].as_f64().unwrap_or(0.0),
-            row["mib_per_s"].as_f64().unwrap_or(0.0)
-        );
+        let number = |key: &str, digits: usize| format!("{:.digits$}", row[key].as_f64().unwrap_or(0.0));
+        table.add_row([
+            row["size_kib"].to_string(),
+            row["requests"].to_string(),
+            number("p50_ms", 2),
+            number("p99_ms", 2),
+            number("mib_per_s", 1),
+        ]);
     }
+    println!("{table}");
     let t = &report["throughput"];
     println!(
         "throughput: {} clients, {} KiB files: {:.0} requests/s ({} answered, {} failed, {:.1} s)",

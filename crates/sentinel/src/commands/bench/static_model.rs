@@ -19,6 +19,7 @@ use sentinel_static::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::commands::table::{self, Style};
 use crate::config::Config;
 
 #[derive(clap::Args)]
@@ -240,16 +241,27 @@ fn compare(args: &Args) -> anyhow::Result<()> {
         args.seed,
         args.threads.map_or_else(|| "all".to_owned(), |t| t.to_string())
     );
-    println!("{:<30} {:>14} {:>14} {:>10}", "", "sentinel-gbdt", "sklearn HGB", "ratio");
-    let line = |name: &str, a: f64, b: f64, digits: usize| {
-        println!("{name:<30} {a:>14.digits$} {b:>14.digits$} {:>10.3}", a / b);
+    let mut table = table::new(Style::Markdown, &["", "sentinel-gbdt", "sklearn HGB", "ratio"], &[1, 2, 3]);
+    let mut line = |name: &str, a: f64, b: f64, digits: usize| {
+        table.add_row([
+            name.to_owned(),
+            format!("{a:.digits$}"),
+            format!("{b:.digits$}"),
+            format!("{:.3}", a / b),
+        ]);
     };
     line("ROC AUC", ours.roc_auc, peer.roc_auc, 4);
     line("detection at 1 % FPR", ours.tpr_at_1pct_fpr, peer.tpr_at_1pct_fpr, 4);
     line("training time (s)", ours.train_seconds, peer.train_seconds, 3);
     line("score one row per call (µs)", ours.single_row_score_us, peer.single_row_score_us, 2);
     line("score in batch (µs per row)", ours.batch_score_us_per_row, peer.batch_score_us_per_row, 3);
-    println!("{:<30} {:>14} {:>14}", "iterations (trees)", ours.iterations, peer.iterations);
+    table.add_row([
+        "iterations (trees)".to_owned(),
+        ours.iterations.to_string(),
+        peer.iterations.to_string(),
+        String::new(),
+    ]);
+    println!("{table}");
     if let Some(micros) = result.analyse_us_per_file {
         println!("whole static analysis of a corpus file (parse + score + explain): {micros:.1} µs");
     }

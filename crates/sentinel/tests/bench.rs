@@ -1,0 +1,72 @@
+//! `sentinel bench`: the anomaly bench reads ADBench files in the element types
+//! users have (int32 labels, as ADBench ships), reports and skips a file it
+//! cannot read and runs the others; the server bench's help shows its defaults
+//! in the form the option accepts.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::Command;
+
+use ndarray::{Array1, Array2};
+use ndarray_npy::NpzWriter;
+
+fn sentinel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sentinel"))
+}
+
+/// 300 normal rows near the origin and 15 anomalies far from it, X as float32
+/// and y as int32.
+fn write_adbench_file(path: &Path) {
+    let rows = 315;
+    let x = Array2::from_shape_fn((rows, 3), |(row, col)| {
+        let spread = ((row * 7 + col * 13) % 17) as f32 / 17.0;
+        if row < 300 { spread } else { 20.0 + spread }
+    });
+    let y = Array1::from_shape_fn(rows, |row| i32::from(row >= 300));
+    let mut npz = NpzWriter::new_compressed(File::create(path).unwrap());
+    npz.add_array("X", &x).unwrap();
+    npz.add_array("y", &y).unwrap();
+    npz.finish().unwrap();
+}
+
+#[test]
+fn an_unreadable_file_is_reported_and_the_others_still_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_adbench_file(&dir.path().join("1_good.npz"));
+    std::fs::write(dir.path().join("0_broken.npz"), b"PK\x03\x04 not really a zip archive").unwrap();
+    let output = sentinel()
+        .args([
+            "bench",
+            "anomaly",
+            "--models",
+            "iforest",
+            "--seeds",
+            "0",
+            "--threads",
+            "1",
+            "--no-peer",
+            "--json",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .arg("--nsl-kdd")
+        .arg(dir.path().join("no-nsl-kdd"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped") && stderr.contains("0_broken.npz"), "{stderr}");
+    let records: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["dataset"], "1_good");
+    // The anomalies are far from every normal row: the forest finds them.
+    assert!(records[0]["roc_auc"].as_f64().unwrap() > 0.9, "{records:?}");
+}
+
+#[test]
+fn the_server_bench_shows_its_default_sizes_in_the_form_it_accepts() {
+    let output = sentinel().args(["bench", "server", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("[default: 10,100,1024,5120,20480]"), "{help}");
+}
