@@ -4,10 +4,11 @@
 //!
 //! Snapshots are queued while the server is unreachable (at most `max_queued_snapshots`, the
 //! oldest dropped first) and sent in order, since the server follows connections from one
-//! snapshot to the next. A snapshot the server refuses as invalid (4xx other than 429) is
-//! dropped and logged: sending it again would not help. Uploads go through reqwest over http or
-//! https (rustls); a server whose certificate a private CA signed is trusted through that CA's
-//! PEM file (`--ca-file`), in addition to the system's roots.
+//! snapshot to the next. A snapshot the server refuses as invalid (a 4xx other than 408 and 429,
+//! which say the request timed out or was throttled, and are sent again) is dropped and logged:
+//! sending it again would not help. Uploads go through reqwest over http or https (rustls); a
+//! server whose certificate a private CA signed is trusted through that CA's PEM file
+//! (`--ca-file`), in addition to the system's roots.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -46,7 +47,8 @@ impl UploadError {
     /// Whether sending the same snapshot again may succeed.
     fn is_transient(&self) -> bool {
         match self {
-            UploadError::Status { status, .. } => *status == 429 || *status >= 500,
+            // 408: the server's request timeout ran out (a slow link), not a bad snapshot.
+            UploadError::Status { status, .. } => matches!(*status, 408 | 429) || *status >= 500,
             UploadError::Transport(_) => true,
         }
     }
@@ -250,6 +252,18 @@ mod tests {
         {
             assert!(url(refused).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn timeouts_throttling_and_server_errors_are_retried_other_refusals_are_not() {
+        let status = |status| UploadError::Status { status, body: String::new() };
+        for retried in [408, 429, 500, 503] {
+            assert!(status(retried).is_transient(), "{retried}");
+        }
+        for dropped in [400, 401, 403, 404, 413] {
+            assert!(!status(dropped).is_transient(), "{dropped}");
+        }
+        assert!(UploadError::Transport("connection refused".into()).is_transient());
     }
 
     #[test]
