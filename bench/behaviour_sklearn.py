@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""scikit-learn peer of Sentinel's behaviour detector, run by `sentinel bench dynamic`.
+"""scikit-learn peer of Sentinel's behaviour model, run by `sentinel bench dynamic`.
 
-Reads the train and test CSVs that Sentinel wrote (MalBehavD schema: sha256, labels, API
-calls), fits TfidfVectorizer(1-3-grams, sublinear tf, min_df=2) + LogisticRegression (L2,
-lbfgs) with C chosen by grouped 5-fold cross-validation over the same grid as Sentinel, and
-prints one JSON object: the test scores (Sentinel computes every figure from them with its
-own metric code) and the timings.
+Both tasks fit TfidfVectorizer(1-3-grams, sublinear tf, min_df=2) + LogisticRegression (L2,
+lbfgs) with C chosen by grouped 5-fold cross-validation over the same grid as Sentinel, on
+the training file Sentinel wrote for one split, and print one JSON object with the outputs
+on the test file (Sentinel computes every figure from them with its own metric code):
+
+* `--task detector`: MalBehavD-schema CSVs (sha256, labels, API calls); the test scores
+  (probability of malware) and the timings.
+* `--task families`: JSON lines `{"family": ..., "calls": "a b c ..."}`; the predicted
+  family of each test line.
 """
 import argparse
 import csv
@@ -34,12 +38,48 @@ def read(path):
     return docs, np.array(labels)
 
 
+def read_families(path):
+    docs, labels = [], []
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            docs.append(row["calls"])
+            labels.append(row["family"])
+    return docs, np.array(labels)
+
+
+def families(args):
+    train_docs, train_y = read_families(args.train)
+    test_docs, _ = read_families(args.test)
+    groups = np.unique(train_docs, return_inverse=True)[1]
+    pipeline = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 3), token_pattern=r"\S+", lowercase=True, sublinear_tf=True, min_df=2),
+        LogisticRegression(max_iter=2000),
+    )
+    search = GridSearchCV(
+        pipeline,
+        {"logisticregression__C": C_GRID},
+        scoring="accuracy",
+        cv=StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=args.seed),
+        n_jobs=1,
+    )
+    search.fit(train_docs, train_y, groups=groups)
+    print(json.dumps({
+        "predictions": search.best_estimator_.predict(test_docs).tolist(),
+        "c": search.best_params_["logisticregression__C"],
+    }))
+
+
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--task", choices=["detector", "families"], default="detector")
     parser.add_argument("--train", required=True)
     parser.add_argument("--test", required=True)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
+    if args.task == "families":
+        families(args)
+        return
     train_docs, train_y = read(args.train)
     test_docs, _ = read(args.test)
     groups = np.unique(train_docs, return_inverse=True)[1]

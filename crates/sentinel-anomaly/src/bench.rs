@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ColumnKind, Combination, Detector, Ensemble, EnsembleParams, IsolationForest, IsolationForestParams,
     LocalOutlierFactor, LofParams, Matrix, MissingPolicy, Model, OneClassSvm, OneClassSvmParams,
-    PreprocessParams, Preprocessor, RandomFeatureOneClassSvm, RandomFeatureParams, Scaling, Value,
+    PreprocessParams, Preprocessor, RandomFeatureOneClassSvm, RandomFeatureParams, Scaling, Value, Weighting,
 };
 
 mod npz;
@@ -54,10 +54,13 @@ pub struct Labelled {
 }
 
 /// NSL-KDD prepared for the unsupervised protocol: the training matrix holds the
-/// normal rows of KDDTrain+ only; all of KDDTest+ is scored.
+/// normal rows of KDDTrain+ only; all of KDDTest+ is scored, and apart its harder subset.
 pub struct NslKdd {
     pub train: Matrix,
     pub test: Labelled,
+    /// KDDTest-21: the rows of KDDTest+ whose difficulty (the number of 21 classifiers of the
+    /// data set's authors that got the row right) is below 21.
+    pub test_21: Labelled,
     /// A labelled sample of KDDTrain+ (normal and attacks), the "analyst
     /// feedback" the stacking ensemble learns from.
     pub feedback: Labelled,
@@ -66,6 +69,8 @@ pub struct NslKdd {
 /// Positions of the symbolic columns of NSL-KDD's 41 features.
 const NSL_KDD_CATEGORICAL: [usize; 3] = [1, 2, 3];
 const NSL_KDD_FEATURES: usize = 41;
+/// KDDTest-21 keeps the rows of KDDTest+ whose difficulty column is below this.
+const KDD_TEST_21_DIFFICULTY: u32 = 21;
 /// Size of the labelled feedback sample drawn from KDDTrain+.
 const FEEDBACK_ROWS: usize = 2000;
 
@@ -88,40 +93,60 @@ pub fn load_nsl_kdd(dir: &Path) -> Result<NslKdd> {
             })
             .collect();
     let normal: Vec<Vec<Value<'_>>> =
-        train.iter().filter(|(_, attack)| !attack).map(|(r, _)| r.clone()).collect();
+        train.iter().filter(|row| !row.attack).map(|row| row.values.clone()).collect();
     let params = PreprocessParams { scaling: Scaling::MinMax, missing: MissingPolicy::Reject };
     let preprocessor = Preprocessor::fit(&schema, &normal, &params)?;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
     let picked = sample(&mut rng, train.len(), FEEDBACK_ROWS.min(train.len())).into_vec();
-    let feedback_rows: Vec<Vec<Value<'_>>> = picked.iter().map(|&i| train[i].0.clone()).collect();
-    let test_rows: Vec<Vec<Value<'_>>> = test.iter().map(|(r, _)| r.clone()).collect();
+    let feedback_rows: Vec<Vec<Value<'_>>> = picked.iter().map(|&i| train[i].values.clone()).collect();
+    let test_rows: Vec<Vec<Value<'_>>> = test.iter().map(|row| row.values.clone()).collect();
+    let hard: Vec<usize> = (0..test.len()).filter(|&i| test[i].difficulty < KDD_TEST_21_DIFFICULTY).collect();
+    let test_x = preprocessor.transform(&test_rows)?;
     Ok(NslKdd {
         train: preprocessor.transform(&normal)?,
+        test_21: Labelled {
+            name: NslKddTest::Hard.name().into(),
+            x: test_x.select_rows(&hard)?,
+            y: hard.iter().map(|&i| test[i].attack).collect(),
+        },
         test: Labelled {
-            name: "nsl-kdd".into(),
-            x: preprocessor.transform(&test_rows)?,
-            y: test.iter().map(|(_, attack)| *attack).collect(),
+            name: NslKddTest::All.name().into(),
+            x: test_x,
+            y: test.iter().map(|row| row.attack).collect(),
         },
         feedback: Labelled {
             name: "nsl-kdd feedback".into(),
             x: preprocessor.transform(&feedback_rows)?,
-            y: picked.iter().map(|&i| train[i].1).collect(),
+            y: picked.iter().map(|&i| train[i].attack).collect(),
         },
     })
 }
 
-type NslKddRow<'a> = (Vec<Value<'a>>, bool);
+/// One line of an NSL-KDD file: the 41 features, whether it is an attack, its difficulty.
+struct NslKddRow<'a> {
+    values: Vec<Value<'a>>,
+    attack: bool,
+    difficulty: u32,
+}
 
 fn parse_nsl_kdd<'a>(text: &'a str, path: &Path) -> Result<Vec<NslKddRow<'a>>> {
     let mut rows = Vec::new();
     for (line_number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.trim().split(',').collect();
-        if fields.len() < NSL_KDD_FEATURES + 1 {
+        if fields.len() != NSL_KDD_FEATURES + 2 {
             return Err(BenchError::Data {
                 path: path.to_owned(),
-                message: format!("line {}: {} fields, expected at least 42", line_number + 1, fields.len()),
+                message: format!(
+                    "line {}: {} fields, expected 43 (41 features, label, difficulty)",
+                    line_number + 1,
+                    fields.len()
+                ),
             });
         }
+        let difficulty = fields[NSL_KDD_FEATURES + 1].parse().map_err(|_| BenchError::Data {
+            path: path.to_owned(),
+            message: format!("line {}: the difficulty is not a whole number", line_number + 1),
+        })?;
         let mut values = Vec::with_capacity(NSL_KDD_FEATURES);
         for (column, field) in fields[..NSL_KDD_FEATURES].iter().enumerate() {
             values.push(if NSL_KDD_CATEGORICAL.contains(&column) {
@@ -133,7 +158,7 @@ fn parse_nsl_kdd<'a>(text: &'a str, path: &Path) -> Result<Vec<NslKddRow<'a>>> {
                 })?)
             });
         }
-        rows.push((values, fields[NSL_KDD_FEATURES] != "normal"));
+        rows.push(NslKddRow { values, attack: fields[NSL_KDD_FEATURES] != "normal", difficulty });
     }
     Ok(rows)
 }
@@ -161,8 +186,8 @@ pub const MODELS: [&str; 5] = ["iforest", "lof", "ocsvm", "ocsvm-rff", "ensemble
 pub struct BenchPlan {
     /// `.npz` files to run, each with ADBench's protocol.
     pub npz_files: Vec<PathBuf>,
-    /// The NSL-KDD folder, when it is to be run.
-    pub nsl_kdd: Option<PathBuf>,
+    /// The NSL-KDD folder and the test sets to score, when it is to be run.
+    pub nsl_kdd: Option<(PathBuf, Vec<NslKddTest>)>,
     pub models: Vec<String>,
     pub seeds: Vec<u64>,
     /// Thread counts to time Sentinel with (1 = single-threaded).
@@ -171,6 +196,27 @@ pub struct BenchPlan {
     pub ocsvm_max_rows: usize,
     /// The scikit-learn peer, unless skipped.
     pub peer: Option<Peer>,
+}
+
+/// The NSL-KDD test sets, each a data set of the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NslKddTest {
+    /// All of KDDTest+.
+    All,
+    /// KDDTest-21, its rows with difficulty below 21.
+    Hard,
+}
+
+impl NslKddTest {
+    pub const ALL: [NslKddTest; 2] = [NslKddTest::All, NslKddTest::Hard];
+
+    /// The data set's name in the bench's output and `--datasets`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NslKddTest::All => "nsl-kdd",
+            NslKddTest::Hard => "nsl-kdd-21",
+        }
+    }
 }
 
 /// How to run the scikit-learn peer script.
@@ -268,20 +314,26 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<Vec<Bench
                 run_split(plan, &split, &scratch, &mut runs, &mut progress)?;
             }
         }
-        if let Some(dir) = &plan.nsl_kdd {
+        if let Some((dir, tests)) = &plan.nsl_kdd {
             let data = load_nsl_kdd(dir)?;
             // The NSL-KDD split is fixed; seeds vary the models' randomness and the SVM sample.
-            for &seed in &plan.seeds {
-                let split = Split {
-                    dataset: "nsl-kdd",
-                    seed,
-                    train: data.train.clone(),
-                    test: &data.test.x,
-                    labels: &data.test.y,
-                    ocsvm_rows: subsample_rows(data.train.rows(), plan.ocsvm_max_rows, seed),
-                    feedback: Some(&data.feedback),
+            for test in tests {
+                let test = match test {
+                    NslKddTest::All => &data.test,
+                    NslKddTest::Hard => &data.test_21,
                 };
-                run_split(plan, &split, &scratch, &mut runs, &mut progress)?;
+                for &seed in &plan.seeds {
+                    let split = Split {
+                        dataset: &test.name,
+                        seed,
+                        train: data.train.clone(),
+                        test: &test.x,
+                        labels: &test.y,
+                        ocsvm_rows: subsample_rows(data.train.rows(), plan.ocsvm_max_rows, seed),
+                        feedback: Some(&data.feedback),
+                    };
+                    run_split(plan, &split, &scratch, &mut runs, &mut progress)?;
+                }
             }
         }
         Ok(())
@@ -400,25 +452,23 @@ fn run_ensembles(members: Vec<Model>, split: &Split<'_>, threads: usize) -> Resu
     let calibration =
         split.train.select_rows(&subsample_rows(split.train.rows(), CALIBRATION_ROWS, split.seed))?;
     let mut runs = Vec::new();
-    // Unsupervised everywhere: the plain average, and the average weighted by the members'
-    // agreement; with labelled feedback (NSL-KDD), the average weighted by each member's
-    // measured AUC, and stacking.
+    // Unsupervised everywhere: the default (the central members), and the plain average of
+    // all members; with labelled feedback (NSL-KDD), the default then weighted by each
+    // member's measured AUC, and stacking.
     let mut variants = vec![
-        (Combination::Average, Weights::Equal, "ensemble-average"),
-        (Combination::Average, Weights::Agreement, "ensemble-agreement"),
+        (Combination::Average, Weighting::Central, None, "ensemble"),
+        (Combination::Average, Weighting::Equal, None, "ensemble-average"),
     ];
     if let Some(feedback) = split.feedback {
-        variants.push((Combination::Average, Weights::Feedback(feedback), "ensemble-weighted"));
-        variants.push((Combination::Stacking, Weights::Feedback(feedback), "ensemble-stacking"));
+        variants.push((Combination::Average, Weighting::Central, Some(feedback), "ensemble-weighted"));
+        variants.push((Combination::Stacking, Weighting::Central, Some(feedback), "ensemble-stacking"));
     }
-    for (combination, weights, name) in variants {
+    for (combination, weighting, feedback, name) in variants {
         let start = Instant::now();
-        let params = EnsembleParams { combination, ..EnsembleParams::default() };
+        let params = EnsembleParams { combination, weighting, ..EnsembleParams::default() };
         let mut ensemble = Ensemble::new(members.clone(), &calibration, params)?;
-        match weights {
-            Weights::Equal => {}
-            Weights::Agreement => ensemble.weigh_by_agreement()?,
-            Weights::Feedback(feedback) => ensemble.learn_from_feedback(&feedback.x, &feedback.y)?,
+        if let Some(feedback) = feedback {
+            ensemble.learn_from_feedback(&feedback.x, &feedback.y)?;
         }
         let fit_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
@@ -436,13 +486,6 @@ fn run_ensembles(members: Vec<Model>, split: &Split<'_>, threads: usize) -> Resu
         )?);
     }
     Ok(runs)
-}
-
-/// Where an ensemble variant's member weights come from.
-enum Weights<'a> {
-    Equal,
-    Agreement,
-    Feedback(&'a Labelled),
 }
 
 #[allow(clippy::too_many_arguments)]

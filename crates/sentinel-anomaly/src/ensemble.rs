@@ -10,10 +10,12 @@
 //! - voting (each member votes at its own false-positive-rate threshold), or
 //! - stacking, a logistic regression learned from labelled feedback.
 //!
-//! Labelled feedback (analyst verdicts) also sets the members' weights from
-//! their measured ROC AUC, blended with the previous weights so that one small
-//! batch of feedback cannot swing the ensemble. Without labels, weights can
-//! come from the members' agreement on the calibration rows.
+//! Without labels, the members that count are chosen by their agreement with one another on
+//! the calibration rows ([`Weighting::Central`], the default): a member the others contradict
+//! (LOF blind to clustered anomalies, say) would otherwise drag the average below the best
+//! member. Labelled feedback (analyst verdicts) then sets the members' weights from their
+//! measured ROC AUC, blended with the previous weights so that one small batch of feedback
+//! cannot swing the ensemble.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,31 @@ pub enum BeyondRange {
     Linear,
 }
 
+/// How the members' weights are set when the ensemble is built, before any feedback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// Every member weighs the same.
+    Equal,
+    /// The central members share the weight equally, the others get none. A member's
+    /// agreement is its ROC AUC on the calibration rows against pseudo-labels: the tenth of
+    /// the rows that the other members, on average, rank highest. The members within 0.02
+    /// of the highest agreement are central. Unsupervised model
+    /// selection by centrality (Ma, Zhao & Akoglu 2023, "The need for unsupervised outlier
+    /// model selection"), keeping every member about as central as the best so that
+    /// complementary members are still averaged. Measured against the other rules in
+    /// docs/benchmarks.md ("Choosing the ensemble's rule").
+    #[default]
+    Central,
+}
+
+/// The agreement (pseudo-label ROC AUC) a member may lose to the most central member and
+/// still count, chosen by measurement (docs/benchmarks.md).
+const CENTRAL_TOLERANCE: f64 = 0.02;
+
+/// Share of the calibration rows taken as pseudo-anomalies when measuring agreement.
+const PSEUDO_ANOMALY_SHARE: f64 = 0.1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EnsembleParams {
     pub combination: Combination,
@@ -62,10 +89,18 @@ pub struct EnsembleParams {
     /// before this setting existed used [`BeyondRange::Linear`].
     #[serde(default = "linear")]
     pub beyond_range: BeyondRange,
+    /// How the members' weights are set. Ensembles saved before this setting existed were
+    /// built with [`Weighting::Equal`] (their weights are stored; this only records how).
+    #[serde(default = "equal")]
+    pub weighting: Weighting,
 }
 
 fn linear() -> BeyondRange {
     BeyondRange::Linear
+}
+
+fn equal() -> Weighting {
+    Weighting::Equal
 }
 
 impl Default for EnsembleParams {
@@ -75,6 +110,7 @@ impl Default for EnsembleParams {
             false_positive_rate: 0.01,
             feedback_rate: 0.5,
             beyond_range: BeyondRange::Saturating,
+            weighting: Weighting::Central,
         }
     }
 }
@@ -139,6 +175,9 @@ impl Ensemble {
         let step = calibration.rows().div_ceil(CALIBRATION_ROWS);
         let sample: Vec<usize> = (0..calibration.rows()).step_by(step).collect();
         ensemble.calibration = ensemble.normalised_matrix(&calibration.select_rows(&sample)?)?;
+        if params.weighting == Weighting::Central {
+            ensemble.weights = ensemble.central_weights();
+        }
         ensemble.recalibrate()?;
         Ok(ensemble)
     }
@@ -218,40 +257,30 @@ impl Ensemble {
         self.recalibrate()
     }
 
-    /// Sets each member's weight from how far the other members agree with it, for training
-    /// data that may hold unlabelled anomalies (ADBench's protocol, a first model on unvetted
-    /// traffic). Among the calibration rows the other members, on average, rank in their top
-    /// tenth, a member's mean normalised score s is about 0.5 if it is independent of them and 1
-    /// if it agrees; its weight is 2s − 1, or 0 below. A member that ranks as ordinary what the
-    /// others find unusual (LOF on clustered anomalies) drops out. With clean normal training
-    /// rows there is less to agree on, and a member with its own, useful view can be weighed
-    /// down (NSL-KDD: docs/benchmarks.md). Weights stay as they were if every one would be 0 or
-    /// the ensemble has a single member.
-    pub fn weigh_by_agreement(&mut self) -> Result<()> {
+    /// Equal weights for the central members ([`Weighting::Central`]), none for the others.
+    fn central_weights(&self) -> Vec<f64> {
         let k = self.members.len();
-        if k < 2 {
-            return Ok(());
-        }
         let rows: Vec<&[f64]> = self.calibration.chunks_exact(k).collect();
-        let mut agreement = Vec::with_capacity(k);
-        for m in 0..k {
-            let others: Vec<f64> =
-                rows.iter().map(|row| (row.iter().sum::<f64>() - row[m]) / (k - 1) as f64).collect();
-            let mut sorted = others.clone();
-            sorted.sort_by(f64::total_cmp);
-            let top_tenth = percentile_of_sorted(&sorted, 90.0);
-            let (sum, count) = rows
-                .iter()
-                .zip(&others)
-                .filter(|(_, other)| **other >= top_tenth)
-                .fold((0.0, 0usize), |(sum, count), (row, _)| (sum + row[m].min(1.0), count + 1));
-            agreement.push((2.0 * sum / count.max(1) as f64 - 1.0).max(0.0));
-        }
-        let total: f64 = agreement.iter().sum();
-        if total > 0.0 {
-            self.weights = agreement.iter().map(|a| a / total).collect();
-        }
-        self.recalibrate()
+        let agreement: Vec<f64> = (0..k)
+            .map(|m| {
+                if k == 1 {
+                    return 1.0;
+                }
+                let others: Vec<f64> =
+                    rows.iter().map(|row| (row.iter().sum::<f64>() - row[m]) / (k - 1) as f64).collect();
+                let mut sorted = others.clone();
+                sorted.sort_by(f64::total_cmp);
+                let cut = percentile_of_sorted(&sorted, 100.0 * (1.0 - PSEUDO_ANOMALY_SHARE));
+                let pseudo_labels: Vec<bool> = others.iter().map(|&other| other >= cut).collect();
+                let own: Vec<f64> = rows.iter().map(|row| row[m]).collect();
+                // The others' scores all tied: no pseudo-anomalies, so no evidence either way.
+                sentinel_metrics::roc_auc(&own, &pseudo_labels).unwrap_or(0.5)
+            })
+            .collect();
+        let best = agreement.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let central: Vec<bool> = agreement.iter().map(|&a| a >= best - CENTRAL_TOLERANCE).collect();
+        let count = central.iter().filter(|&&c| c).count() as f64;
+        central.iter().map(|&c| if c { 1.0 / count } else { 0.0 }).collect()
     }
 
     pub fn weights(&self) -> &[f64] {

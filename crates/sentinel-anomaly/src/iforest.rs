@@ -582,6 +582,47 @@ mod tests {
         }
     }
 
+    /// One-hot data: in a node, most columns are constant (all 0 or all 1). A split is never
+    /// spent on such a column; the feature drawn is always one that varies in the node, and a
+    /// node where nothing varies is a leaf, as scikit-learn's random splitter does.
+    #[test]
+    fn splits_skip_features_constant_in_the_node() {
+        let (rows, cols, informative) = (64, 120, 77);
+        let values: Vec<f64> = (0..rows * cols)
+            .map(|i| {
+                let (row, col) = (i / cols, i % cols);
+                match col {
+                    c if c == informative => row as f64,
+                    // Half the columns are 1 in every row, half 0: constant in any node.
+                    c => (c % 2) as f64,
+                }
+            })
+            .collect();
+        let data = Matrix::new(values, cols).unwrap();
+        let all_rows: Vec<usize> = (0..rows).collect();
+        for seed in 0..200 {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            let mut candidates: Vec<usize> = (0..cols).collect();
+            let (feature, threshold) = choose_split(&data, &all_rows, &mut candidates, &mut rng).unwrap();
+            assert_eq!(feature, informative, "seed {seed}");
+            assert!((0.0..63.0).contains(&threshold), "seed {seed}: {threshold}");
+        }
+        // Rows equal in every feature: nothing to split on.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let mut candidates: Vec<usize> = (0..cols).collect();
+        assert_eq!(choose_split(&data, &[5, 5, 5], &mut candidates, &mut rng), None);
+
+        // Every split of a grown forest is on the informative column (pass-through nodes
+        // have an infinite threshold).
+        let params = IsolationForestParams { n_trees: 10, max_samples: 64, ..Default::default() };
+        let forest = IsolationForest::fit(&data, &params).unwrap();
+        let splits = forest.thresholds.iter().filter(|t| t.is_finite()).count();
+        assert!(splits >= 10 * 20, "{splits} splits");
+        for (&feature, &threshold) in forest.features.iter().zip(&forest.thresholds) {
+            assert!(threshold == f32::INFINITY || feature as usize == informative);
+        }
+    }
+
     #[test]
     fn average_path_length_is_scikit_learns() {
         // sklearn.ensemble._iforest._average_path_length (tests/fixtures/make_fixtures.py).

@@ -10,7 +10,8 @@
 //!   training data.
 //! - [`threshold`]: thresholds by contamination, by false-positive rate, and
 //!   [`threshold::AdaptiveThreshold`] that follows drift.
-//! - [`Ensemble`]: averaging, voting, stacking and feedback-driven weights.
+//! - [`Ensemble`]: averaging, voting, stacking; members chosen by their agreement without labels,
+//!   weighted by feedback with them.
 //! - [`save`] / [`load`]: a versioned file format for all of the above.
 //!
 //! Input is validated once, at the boundary: [`Matrix`] refuses NaN and
@@ -36,7 +37,7 @@ pub mod threshold;
 pub mod bench;
 
 pub use detector::{Contamination, Detector};
-pub use ensemble::{BeyondRange, Combination, Ensemble, EnsembleParams};
+pub use ensemble::{BeyondRange, Combination, Ensemble, EnsembleParams, Weighting};
 pub use error::{AnomalyError, Result};
 pub use iforest::{IsolationForest, IsolationForestParams};
 pub use kdtree::Neighbours;

@@ -1,7 +1,8 @@
 //! Assembles the listener's router from what each service contributes: documented routes
 //! ([`ServiceRoutes`]), readiness checks and metrics, plus this crate's own routes (`/healthz`,
 //! `/readyz`, `/metrics`, `/api/v1/openapi.json`), all inside the middleware stack of
-//! `middleware`. The OpenAPI document is built from the same routes as the router.
+//! `middleware`, guarded as [`Access`] says. The OpenAPI document is built from the same routes
+//! as the router, and so is the table of the scope each route needs.
 
 use std::sync::{Arc, OnceLock};
 
@@ -10,46 +11,65 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::registry::Registry;
+use sentinel_transport::AccessLog;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::access::{Access, Guard};
 use crate::health::{self, ReadinessCheck};
 use crate::metrics;
 use crate::middleware;
-use crate::routes::ServiceRoutes;
+use crate::routes::{BEARER_SCHEME, RouteScope, ServiceRoutes};
 use crate::settings::HttpSettings;
 
 /// Collects the services' contributions before the listener serves.
 pub struct ApiBuilder {
     settings: HttpSettings,
+    access: Access,
     services: OpenApiRouter,
+    scopes: Vec<RouteScope>,
     checks: Vec<Box<dyn ReadinessCheck>>,
     registry: Registry,
+    access_log: AccessLog,
 }
 
 /// The assembled router and the OpenAPI document describing it.
 pub struct Api {
     router: Router,
     openapi: OpenApi,
+    scopes: Vec<RouteScope>,
 }
 
 /// The document as served, written once when the router is built.
 type OpenApiJson = Arc<OnceLock<String>>;
 
 impl ApiBuilder {
-    pub fn new(settings: HttpSettings) -> ApiBuilder {
+    /// A builder for a listener with `settings`, letting callers in as `access` says.
+    pub fn new(settings: HttpSettings, access: Access) -> ApiBuilder {
         ApiBuilder {
             settings,
+            access,
             services: OpenApiRouter::default(),
+            scopes: Vec::new(),
             checks: Vec::new(),
             registry: Registry::default(),
+            access_log: AccessLog::off(),
         }
+    }
+
+    /// Writes one line per request to `log` (default: no access log).
+    pub fn access_log(mut self, log: AccessLog) -> ApiBuilder {
+        self.access_log = log;
+        self
     }
 
     /// Adds a service's routes. Paths must not clash with another service's (axum panics).
     pub fn service(mut self, routes: ServiceRoutes) -> ApiBuilder {
-        self.services = self.services.merge(routes.into_inner());
+        let (router, scopes) = routes.into_parts();
+        self.services = self.services.merge(router);
+        self.scopes.extend(scopes);
         self
     }
 
@@ -66,7 +86,7 @@ impl ApiBuilder {
 
     /// The router with every route inside the middleware stack, and its OpenAPI document.
     pub fn build(self) -> Api {
-        let ApiBuilder { settings, services, checks, mut registry } = self;
+        let ApiBuilder { settings, access, services, scopes, checks, mut registry, access_log } = self;
         let durations = metrics::register_own(&mut registry);
         let openapi_json: OpenApiJson = Arc::default();
         let own = OpenApiRouter::default()
@@ -81,15 +101,32 @@ impl ApiBuilder {
             .description(Some(
                 "The HTTP API of one `sentinel serve` process: health, metrics, the malware \
                  server's status and reloads, and the network AI service. Every error is \
-                 JSON `{\"error\": \"...\"}`.",
+                 JSON `{\"error\": \"...\"}`. Every route but /healthz, /readyz, this document \
+                 and (when open) /metrics needs a bearer token holding the one scope the \
+                 route's `security` names (`admin` holds them all); see docs/security.md.",
             ))
             .build();
+        let bearer = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API token (`sentinel token create`) or a JWT of the configured identity provider.",
+            ))
+            .build();
+        document
+            .components
+            .get_or_insert_default()
+            .add_security_scheme(BEARER_SCHEME, SecurityScheme::Http(bearer));
         let text = document.to_json().unwrap_or_else(|error| {
             tracing::error!(%error, "the OpenAPI document could not be written");
             "{}".to_owned()
         });
         let _ = openapi_json.set(text);
-        Api { router: middleware::stack(routes, &settings, durations), openapi: document }
+        let guard = Guard::new(access, &scopes, &settings.server_names, settings.listen.ip().is_loopback());
+        Api {
+            router: middleware::stack(routes, &settings, durations, guard, access_log),
+            openapi: document,
+            scopes,
+        }
     }
 }
 
@@ -102,6 +139,12 @@ impl Api {
     /// The OpenAPI document of every route of [`Api::router`].
     pub fn openapi(&self) -> &OpenApi {
         &self.openapi
+    }
+
+    /// The scope each service route needs (this crate's own routes are not listed: they are
+    /// open, but `/metrics`, which needs `metrics:read` unless open).
+    pub fn route_scopes(&self) -> &[RouteScope] {
+        &self.scopes
     }
 }
 

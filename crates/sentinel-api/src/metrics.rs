@@ -89,7 +89,7 @@ fn resident_memory_bytes() -> Option<u64> {
 pub(crate) type SharedRegistry = Arc<Registry>;
 
 /// The Prometheus text exposition of every registered metric.
-#[utoipa::path(get, path = "/metrics", tag = "metrics", responses(
+#[utoipa::path(get, path = "/metrics", tag = "metrics", security((), ("bearer" = ["metrics:read"])), responses(
     (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
      content_type = "text/plain; version=0.0.4"),
 ))]

@@ -3,21 +3,23 @@
 //! A request goes through, from the socket inwards:
 //!
 //! ```text
-//! json_errors                 every error answer becomes {"error": "..."} (404, 405 + Allow,
+//! log_requests                the access log: one line per request, routed or not, with the
+//!  │                          status and body the client gets (request_log)
+//!  │ json_errors              every error answer becomes {"error": "..."} (404, 405 + Allow,
 //!  │                          408, 413, axum's rejections), whatever produced it
-//!  │  [access log]            next issue: one line per request (method, path, status,
-//!  │                          duration, identity); here it sees every request, routed or not,
-//!  │                          with the status the client gets
 //!  ├─ routing                 picks the route (or the 404 fallback); what follows runs per route
+//!  │   note_route             leaves the matched route's template for the access log
 //!  │   time_request           request_duration_seconds{route}: the matched route, or "unmatched"
-//!  │    │ [authentication]    next issue: rejects unauthenticated requests here, after the
-//!  │    │                     route is known (per-route permissions) and inside the timing
+//!  │    │ access::guard       421 for a foreign Host, 403 for a foreign WebSocket Origin,
+//!  │    │                     401/403 by the route's scope (the route is known here),
+//!  │    │                     415 for a cross-site form's body; adds the Principal
 //!  │    │ timeout             408 when the answer takes longer than [http] request_timeout
 //!  │    │  body limit         413 when the body is larger than [http] max_body_bytes
 //!  │    │   handler
 //! ```
 //!
-//! The two slots are where the next layers go; nothing stands in them yet.
+//! The guard leaves the principal and the reason of a refusal in the response for the access
+//! log.
 
 use std::time::Duration;
 
@@ -28,26 +30,40 @@ use axum::http::StatusCode;
 use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use sentinel_transport::AccessLog;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::access::{Guard, guard};
 use crate::error::ErrorBody;
 use crate::metrics::{RequestDurations, time_request};
+use crate::request_log::{log_requests, note_route};
 use crate::settings::HttpSettings;
 
 /// Wraps `routes` in the stack drawn above.
-pub(crate) fn stack(routes: Router, settings: &HttpSettings, durations: RequestDurations) -> Router {
+pub(crate) fn stack(
+    routes: Router,
+    settings: &HttpSettings,
+    durations: RequestDurations,
+    access: Guard,
+    access_log: AccessLog,
+) -> Router {
     // `Router::layer` wraps each route and the fallback, innermost first; there the matched
     // route is known.
     let routes = routes
         .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
-        .layer(middleware::from_fn_with_state(durations, time_request));
+        .layer(middleware::from_fn_with_state(access, guard))
+        .layer(middleware::from_fn_with_state(durations, time_request))
+        .layer(middleware::from_fn(note_route));
     let limits =
         Limits { max_body_bytes: settings.max_body_bytes, request_timeout: settings.request_timeout };
     // The JSON errors wrap the whole router instead: a 405's `Allow` header is added after the
-    // route's layers have run.
-    Router::new().fallback_service(routes).layer(middleware::from_fn_with_state(limits, json_errors))
+    // route's layers have run. The access log wraps them: it counts the body the client gets.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn_with_state(limits, json_errors))
+        .layer(middleware::from_fn_with_state(access_log, log_requests))
 }
 
 /// The limits named in the messages of 408 and 413.

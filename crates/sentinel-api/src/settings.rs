@@ -2,6 +2,7 @@
 //! crosses, with the defaults documented in `docs/network.md` ("HTTP listener").
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,8 +11,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Listening address. Default `127.0.0.1:9501`: `/admin/reload` and the network API have no
-    /// authentication yet, so the listener is local only by default.
+    /// Listening address. Default `127.0.0.1:9501`: local only until an operator decides to
+    /// expose it (then with `[auth]` on, as it is by default).
     pub listen: SocketAddr,
     /// Largest request body any route accepts, bytes; a route may set a lower limit of its own.
     /// Default 64 MiB (the network API's `api.max_body_bytes`).
@@ -20,6 +21,30 @@ pub struct HttpSettings {
     /// not limited once upgraded. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+
+    // What the listener's sockets face (issue #12): TLS and the limits per connection.
+    /// Certificate chain (PEM, leaf first) and its private key: with both, the listener speaks
+    /// HTTPS only (TLS 1.3) and rereads them on SIGHUP. Default none: plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Connections open at once, all clients together; lowered at start to half the process's
+    /// descriptor limit (RLIMIT_NOFILE) if above it. Default 1024.
+    pub max_connections: usize,
+    /// Connections open at once from one client address. Default 64.
+    pub max_connections_per_client: usize,
+    /// Time for a request's headers to arrive, counted from the connection's start (after the
+    /// TLS handshake) or from the previous answer: it is also how long an idle keep-alive
+    /// connection stays open. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time for a TLS handshake to complete. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    // Authentication (docs/security.md).
+    /// Host names clients reach this listener by (`sentinel.example`); a request whose `Host` is
+    /// none of them, nor an IP literal nor `localhost`, is refused with 421 (DNS-rebinding
+    /// defence). Default empty: IP literals and `localhost` only.
+    pub server_names: Vec<String>,
 }
 
 /// The address the listener binds when nothing says otherwise.
@@ -32,6 +57,13 @@ impl Default for HttpSettings {
             listen: DEFAULT_LISTEN,
             max_body_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(60),
+            tls_cert: None,
+            tls_key: None,
+            max_connections: 1024,
+            max_connections_per_client: 64,
+            header_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            server_names: Vec::new(),
         }
     }
 }
@@ -41,6 +73,8 @@ impl Default for HttpSettings {
 pub enum SettingsError {
     #[error("[http] {0} must be more than 0")]
     Zero(&'static str),
+    #[error("[http] tls_cert and tls_key go together: {0} is missing")]
+    HalfTls(&'static str),
 }
 
 impl HttpSettings {
@@ -48,10 +82,21 @@ impl HttpSettings {
         if self.max_body_bytes == 0 {
             return Err(SettingsError::Zero("max_body_bytes"));
         }
-        if self.request_timeout.is_zero() {
-            return Err(SettingsError::Zero("request_timeout"));
+        let zeros = [
+            ("request_timeout", self.request_timeout.is_zero()),
+            ("max_connections", self.max_connections == 0),
+            ("max_connections_per_client", self.max_connections_per_client == 0),
+            ("header_timeout", self.header_timeout.is_zero()),
+            ("tls_handshake_timeout", self.tls_handshake_timeout.is_zero()),
+        ];
+        if let Some((name, _)) = zeros.into_iter().find(|(_, zero)| *zero) {
+            return Err(SettingsError::Zero(name));
         }
-        Ok(())
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(SettingsError::HalfTls("tls_key")),
+            (None, Some(_)) => Err(SettingsError::HalfTls("tls_cert")),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -69,5 +114,23 @@ mod tests {
         assert!(toml::from_str::<HttpSettings>("request_timeout = \"soon\"\n").is_err());
         let zero = HttpSettings { max_body_bytes: 0, ..HttpSettings::default() };
         assert!(zero.validate().is_err());
+        let zero = HttpSettings { max_connections_per_client: 0, ..HttpSettings::default() };
+        assert!(zero.validate().unwrap_err().to_string().contains("max_connections_per_client"));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_limits_read_as_written() {
+        let settings: HttpSettings = toml::from_str(
+            "tls_cert = \"/etc/sentinel/cert.pem\"\ntls_key = \"/etc/sentinel/key.pem\"\n\
+             max_connections = 200\nmax_connections_per_client = 8\nheader_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        assert!(settings.validate().is_ok());
+        assert_eq!(settings.tls_cert, Some(PathBuf::from("/etc/sentinel/cert.pem")));
+        assert_eq!((settings.max_connections, settings.max_connections_per_client), (200, 8));
+        assert_eq!(settings.header_timeout, Duration::from_secs(5));
+        assert_eq!(settings.tls_handshake_timeout, Duration::from_secs(10));
+        let half = HttpSettings { tls_cert: Some("cert.pem".into()), ..HttpSettings::default() };
+        assert!(half.validate().unwrap_err().to_string().contains("tls_key is missing"));
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use axum::extract::State;
 use sentinel_api::prometheus_client::metrics::counter::Counter;
-use sentinel_api::{ApiBuilder, ApiError, HttpListener, HttpSettings, Readiness, ServiceRoutes};
+use sentinel_api::sentinel_auth::AuthSettings;
+use sentinel_api::{Access, ApiBuilder, ApiError, HttpListener, HttpSettings, Readiness, ServiceRoutes};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,21 +23,21 @@ struct Echo {
 }
 
 /// Answers the body it was sent.
-#[utoipa::path(post, path = "/echo", responses((status = 200, body = String)))]
+#[utoipa::path(post, path = "/echo", security(("bearer" = ["network:ingest"])), responses((status = 200, body = String)))]
 async fn echo(State(echo): State<Echo>, body: String) -> String {
     echo.echoed.inc();
     body
 }
 
 /// Answers after two seconds.
-#[utoipa::path(get, path = "/slow", responses((status = 200, body = String)))]
+#[utoipa::path(get, path = "/slow", security(("bearer" = ["network:read"])), responses((status = 200, body = String)))]
 async fn slow() -> &'static str {
     tokio::time::sleep(Duration::from_secs(2)).await;
     "late"
 }
 
 /// Always fails, as a handler does.
-#[utoipa::path(get, path = "/teapot", responses((status = 418, body = sentinel_api::ErrorBody)))]
+#[utoipa::path(get, path = "/teapot", security(("bearer" = ["network:read"])), responses((status = 418, body = sentinel_api::ErrorBody)))]
 async fn teapot() -> Result<(), ApiError> {
     Err(ApiError::new(axum::http::StatusCode::IM_A_TEAPOT, "short and stout"))
 }
@@ -44,7 +45,7 @@ async fn teapot() -> Result<(), ApiError> {
 async fn start(settings: HttpSettings) -> (SocketAddr, Arc<AtomicBool>) {
     let ready = Arc::new(AtomicBool::new(true));
     let state = Echo { echoed: Counter::default() };
-    let mut api = ApiBuilder::new(settings);
+    let mut api = ApiBuilder::new(settings, Access::unauthenticated(&AuthSettings::default()));
     api.metrics().register("echoes", "Bodies echoed.", state.echoed.clone());
     let flag = Arc::clone(&ready);
     let api = api
@@ -74,7 +75,7 @@ async fn start(settings: HttpSettings) -> (SocketAddr, Arc<AtomicBool>) {
 async fn exchange(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
     let mut stream = TcpStream::connect(address).await.unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -186,4 +187,23 @@ async fn the_document_lists_every_route_of_the_router() {
             assert!(status != 405 && !body.contains("no route"), "{method} {path}: {status} {body}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_body_sent_slower_than_the_request_timeout_is_answered_408() {
+    let settings = HttpSettings { request_timeout: Duration::from_millis(500), ..HttpSettings::default() };
+    let (address, _) = start(settings).await;
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // One byte of the hundred announced, then nothing: the request timeout covers the body.
+    stream.write_all(b"x").await.unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    assert!(read.is_ok(), "no answer to a stalled body");
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("no answer within 500ms"), "{response}");
 }

@@ -5,7 +5,8 @@
 //!   then the API names in order, padded with empty cells. Any CSV in that
 //!   schema can be evaluated.
 //! * Mal-API-2019 subset: `100_calls.zip` (one line of comma-separated API
-//!   index numbers per sample) and `ApiIndex.txt` (`name=number` lines).
+//!   index numbers per sample), `ApiIndex.txt` (`name=number` lines) and a
+//!   family labels file (`row,family`, row = 0-based line of the calls text).
 //!
 //! All readers are bounded (file size, rows, columns) because `sentinel eval`
 //! runs on files from anywhere.
@@ -23,13 +24,6 @@ const MAX_FILE_BYTES: u64 = 1 << 30;
 const MAX_ROWS: usize = 2_000_000;
 /// Longest `sha256` cell kept (anything longer is not a hash).
 const MAX_ID_LEN: usize = 128;
-
-/// The eight Mal-API-2019 families.
-pub const MAL_API_FAMILIES: [&str; 8] =
-    ["Adware", "Backdoor", "Downloader", "Dropper", "Spyware", "Trojan", "Virus", "Worms"];
-
-/// Samples per family in the `100_calls` subset.
-const MAL_API_BLOCK: usize = 101;
 
 /// One labelled sequence of a MalBehavD-style CSV.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,18 +116,11 @@ pub fn write_labelled_csv(path: &Path, rows: &[&LabelledSequence]) -> Result<(),
     Ok(())
 }
 
-/// Reads the Mal-API-2019 subset.
-///
-/// `labels`, when given, is a text file with one family name per line, in the
-/// order of the sequences (the upstream `100_types` file). Without it the
-/// families are assigned as the data set describes the subset: 8 blocks of 101
-/// consecutive sequences, families in alphabetical order (see
-/// docs/dynamic-analysis.md for why this is an assumption).
-pub fn load_mal_api(
-    calls_zip: &Path,
-    api_index: &Path,
-    labels: Option<&Path>,
-) -> Result<Vec<FamilySample>, DatasetError> {
+/// Longest family name accepted in a labels file.
+const MAX_FAMILY_NAME_LEN: usize = 64;
+
+/// Reads Mal-API-2019's API index: `name=number` lines.
+fn read_api_index(api_index: &Path) -> Result<HashMap<u32, String>, DatasetError> {
     let mut index_text = String::new();
     open_bounded(api_index)?
         .read_to_string(&mut index_text)
@@ -154,76 +141,163 @@ pub fn load_mal_api(
         })?;
         names.insert(id, name.trim().to_owned());
     }
+    Ok(names)
+}
 
-    let file = std::fs::File::open(calls_zip)
-        .map_err(|source| DatasetError::Io { path: calls_zip.into(), source })?;
-    let mut archive = zip::ZipArchive::new(file)?;
-    if archive.len() != 1 {
-        return Err(DatasetError::Invalid(format!(
-            "expected one file in the archive, found {}",
-            archive.len()
-        )));
-    }
+/// The text of the calls file: `100_calls.zip` (one member, inflated with a
+/// bound, since the declared size can lie) or the text inside it.
+fn read_calls_text(calls: &Path) -> Result<String, DatasetError> {
+    let io = |source| DatasetError::Io { path: calls.into(), source };
+    let mut file = open_bounded(calls)?;
+    let mut magic = [0u8; 4];
+    let read = file.read(&mut magic).map_err(io)?;
     let mut text = String::new();
-    let entry = archive.by_index(0)?;
-    // The declared size can lie; `take` bounds what is actually inflated.
-    let mut limited = entry.take(MAX_FILE_BYTES + 1);
-    limited
-        .read_to_string(&mut text)
-        .map_err(|source| DatasetError::Io { path: calls_zip.into(), source })?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(DatasetError::TooLarge { what: "the archive's content".into(), limit: MAX_FILE_BYTES });
+    if read == 4 && magic == *b"PK\x03\x04" {
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(calls).map_err(io)?)?;
+        if archive.len() != 1 {
+            return Err(DatasetError::Invalid(format!(
+                "expected one file in the archive, found {}",
+                archive.len()
+            )));
+        }
+        let entry = archive.by_index(0)?;
+        entry.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(io)?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(DatasetError::TooLarge {
+                what: "the archive's content".into(),
+                limit: MAX_FILE_BYTES,
+            });
+        }
+    } else {
+        let mut bytes = magic[..read].to_vec();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        text = String::from_utf8(bytes).map_err(|_| {
+            DatasetError::Invalid(format!("{} is neither a zip archive nor text", calls.display()))
+        })?;
     }
+    Ok(text)
+}
 
+/// Reads the Mal-API-2019 call sequences: `calls` is `100_calls.zip` or the
+/// text inside it (one line of comma-separated API index numbers per sample),
+/// `api_index` is `ApiIndex.txt`. Element `i` is line `i` (0-based) of the
+/// text, the row number the labels files use; an empty line is an empty
+/// sequence, so the numbering never shifts.
+pub fn load_mal_api_calls(calls: &Path, api_index: &Path) -> Result<Vec<ApiCallSequence>, DatasetError> {
+    let names = read_api_index(api_index)?;
+    let text = read_calls_text(calls)?;
     let mut sequences = Vec::new();
     for (number, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+        if sequences.len() >= MAX_ROWS {
+            return Err(DatasetError::Invalid(format!("more than {MAX_ROWS} sequences")));
         }
-        let mut calls = ApiCallSequence::new();
+        let mut sequence = ApiCallSequence::new();
         for id in line.split(',').filter(|s| !s.trim().is_empty()) {
             let id: u32 = id.trim().parse().map_err(|_| DatasetError::Malformed {
                 line: number as u64 + 1,
-                message: format!("`{id}` is not an API index"),
+                message: format!("`{}` is not an API index", id.chars().take(32).collect::<String>()),
             })?;
             let name = names.get(&id).ok_or_else(|| DatasetError::Malformed {
                 line: number as u64 + 1,
                 message: format!("API index {id} is not in the index file"),
             })?;
-            if !calls.push(name) {
+            if !sequence.push(name) {
                 break;
             }
         }
-        sequences.push(calls);
+        sequences.push(sequence);
     }
+    if sequences.is_empty() {
+        return Err(DatasetError::Invalid(format!("{} holds no sequence", calls.display())));
+    }
+    Ok(sequences)
+}
 
-    let families: Vec<String> = match labels {
-        Some(path) => {
-            let mut text = String::new();
-            open_bounded(path)?
-                .read_to_string(&mut text)
-                .map_err(|source| DatasetError::Io { path: path.into(), source })?;
-            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
-        }
-        None => {
-            if sequences.len() != MAL_API_BLOCK * MAL_API_FAMILIES.len() {
-                return Err(DatasetError::Invalid(format!(
-                    "without a labels file the subset must hold {} sequences, found {}",
-                    MAL_API_BLOCK * MAL_API_FAMILIES.len(),
-                    sequences.len()
-                )));
-            }
-            (0..sequences.len()).map(|i| MAL_API_FAMILIES[i / MAL_API_BLOCK].to_owned()).collect()
-        }
-    };
-    if families.len() != sequences.len() {
+/// One line of a family labels file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyLabel {
+    /// 0-based line number of the sequence in the calls text.
+    pub row: usize,
+    pub family: String,
+}
+
+/// Reads a family labels file (`families.csv`): a `row,family` header, then
+/// one labelled row per line. Rows must be distinct; family names 1 to 64
+/// bytes.
+pub fn read_family_labels(path: &Path) -> Result<Vec<FamilyLabel>, DatasetError> {
+    let mut csv = csv::ReaderBuilder::new().has_headers(true).from_reader(open_bounded(path)?);
+    let headers = csv.headers()?.clone();
+    let header: Vec<String> = headers.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+    if header != ["row", "family"] {
         return Err(DatasetError::Invalid(format!(
-            "{} labels for {} sequences",
-            families.len(),
-            sequences.len()
+            "{}: expected the header `row,family`, found `{}`",
+            path.display(),
+            headers.iter().collect::<Vec<_>>().join(",").chars().take(80).collect::<String>()
         )));
     }
-    Ok(families.into_iter().zip(sequences).map(|(family, calls)| FamilySample { family, calls }).collect())
+    let mut labels = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut record = csv::StringRecord::new();
+    while csv.read_record(&mut record)? {
+        let line = record.position().map_or(0, |p| p.line());
+        if labels.len() >= MAX_ROWS {
+            return Err(DatasetError::Invalid(format!("more than {MAX_ROWS} labels")));
+        }
+        let cell = record.get(0).unwrap_or("").trim();
+        let row: usize = cell.parse().map_err(|_| DatasetError::Malformed {
+            line,
+            message: format!("`{}` is not a row number", cell.chars().take(32).collect::<String>()),
+        })?;
+        let family = record.get(1).unwrap_or("").trim();
+        if family.is_empty() || family.len() > MAX_FAMILY_NAME_LEN {
+            return Err(DatasetError::Malformed {
+                line,
+                message: format!("the family name must be 1 to {MAX_FAMILY_NAME_LEN} bytes"),
+            });
+        }
+        if !seen.insert(row) {
+            return Err(DatasetError::Malformed { line, message: format!("row {row} is labelled twice") });
+        }
+        labels.push(FamilyLabel { row, family: family.to_owned() });
+    }
+    if labels.is_empty() {
+        return Err(DatasetError::Invalid(format!("{} has no labelled row", path.display())));
+    }
+    Ok(labels)
+}
+
+/// The labelled samples: each label joined with its sequence. A label whose
+/// row is not in `sequences` is an error (the files do not belong together).
+pub fn label_sequences(
+    sequences: &[ApiCallSequence],
+    labels: &[FamilyLabel],
+) -> Result<Vec<FamilySample>, DatasetError> {
+    labels
+        .iter()
+        .map(|label| {
+            let calls = sequences.get(label.row).ok_or_else(|| {
+                DatasetError::Invalid(format!(
+                    "the labels name row {} but the calls file has {} rows (0 to {})",
+                    label.row,
+                    sequences.len(),
+                    sequences.len().saturating_sub(1)
+                ))
+            })?;
+            Ok(FamilySample { family: label.family.clone(), calls: calls.clone() })
+        })
+        .collect()
+}
+
+/// Reads the labelled Mal-API-2019 samples: the sequences of `calls` (zip or
+/// text) named by `labels` (`row,family`), in the order of the labels file.
+/// Unlabelled sequences are left out.
+pub fn load_mal_api(
+    calls: &Path,
+    api_index: &Path,
+    labels: &Path,
+) -> Result<Vec<FamilySample>, DatasetError> {
+    let sequences = load_mal_api_calls(calls, api_index)?;
+    label_sequences(&sequences, &read_family_labels(labels)?)
 }
 
 /// A small deterministic generator (SplitMix64) for shuffles: splits must be
@@ -353,6 +427,63 @@ mod tests {
         assert!(empty.to_string().contains("no data rows"), "{empty}");
         let long_id = format!("sha256,labels,0\n{},1,NtClose\n", "a".repeat(500));
         assert!(read_labelled_csv(long_id.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn mal_api_calls_keep_line_numbers_from_zip_or_text_and_join_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("ApiIndex.txt");
+        std::fs::write(&index, "ntclose=0\nldrloaddll=1\nregopenkeyexw=2\n").unwrap();
+        // Line 1 is empty: it stays row 1, so row 2 keeps its number.
+        let text = "0,1,1\n\n2,0\n";
+        let text_path = dir.path().join("calls.txt");
+        std::fs::write(&text_path, text).unwrap();
+        let zip_path = dir.path().join("calls.zip");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        zip.start_file("calls.txt", zip::write::SimpleFileOptions::default()).unwrap();
+        std::io::Write::write_all(&mut zip, text.as_bytes()).unwrap();
+        zip.finish().unwrap();
+        for path in [&text_path, &zip_path] {
+            let sequences = load_mal_api_calls(path, &index).unwrap();
+            assert_eq!(sequences.len(), 3);
+            assert_eq!(sequences[0].calls(), ["ntclose", "ldrloaddll", "ldrloaddll"]);
+            assert!(sequences[1].is_empty());
+            assert_eq!(sequences[2].calls(), ["regopenkeyexw", "ntclose"]);
+        }
+        let labels_path = dir.path().join("families.csv");
+        std::fs::write(&labels_path, "row,family\n2,Worms\n0,Adware\n").unwrap();
+        let samples = load_mal_api(&zip_path, &index, &labels_path).unwrap();
+        assert_eq!(samples.len(), 2);
+        assert_eq!((samples[0].family.as_str(), samples[0].calls.len()), ("Worms", 2));
+        assert_eq!((samples[1].family.as_str(), samples[1].calls.len()), ("Adware", 3));
+
+        std::fs::write(&labels_path, "row,family\n3,Worms\n").unwrap();
+        let error = load_mal_api(&zip_path, &index, &labels_path).unwrap_err().to_string();
+        assert!(error.contains("row 3 but the calls file has 3 rows"), "{error}");
+        std::fs::write(&text_path, "0,9\n").unwrap();
+        let error = load_mal_api_calls(&text_path, &index).unwrap_err().to_string();
+        assert!(error.contains("line 1: API index 9 is not in the index file"), "{error}");
+    }
+
+    #[test]
+    fn family_labels_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.csv");
+        let read = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            read_family_labels(&path).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            read(" Row , Family \n4, Trojan \n").unwrap(),
+            [FamilyLabel { row: 4, family: "Trojan".into() }]
+        );
+        assert!(read("row,label\n4,Trojan\n").unwrap_err().contains("expected the header `row,family`"));
+        assert!(read("row,family\n-1,Trojan\n").unwrap_err().contains("`-1` is not a row number"));
+        assert!(read("row,family\n4,Trojan\n4,Worms\n").unwrap_err().contains("row 4 is labelled twice"));
+        let long = format!("row,family\n4,{}\n", "x".repeat(65));
+        assert!(read(&long).unwrap_err().contains("1 to 64 bytes"));
+        assert!(read("row,family\n").unwrap_err().contains("no labelled row"));
+        assert!(read("row,family\n1,a,b\n").is_err(), "a third column is a CSV error");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ModelError;
 
 /// Longest n-gram supported.
-pub(crate) const MAX_NGRAM: usize = 3;
+pub(crate) const MAX_NGRAM: usize = 5;
 
 /// Number of dense features appended after the n-gram features.
 pub(crate) const DENSE_FEATURES: usize = 1;

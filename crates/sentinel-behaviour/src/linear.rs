@@ -1,5 +1,6 @@
 //! L2-regularised logistic regression (binary and multinomial) trained with
-//! L-BFGS, and Platt scaling.
+//! L-BFGS, and the stacking (Platt scaling of two models at once) that
+//! combines and calibrates the detector's parts.
 //!
 //! The objective is scikit-learn's: `C * Σ loss_i + ½‖w‖²` (the intercept is
 //! not penalised), so `C` means the same thing on both sides of the benchmark.
@@ -240,31 +241,32 @@ pub(crate) fn fit_multinomial(
     MultinomialModel { weights, biases }
 }
 
-/// Platt scaling: `p = sigmoid(a * z + b)` fitted to out-of-fold decision
-/// values with Platt's smoothed targets, which keep probabilities off 0 and 1
-/// when the folds separate perfectly.
-pub(crate) fn fit_platt(decisions: &[f64], labels: &[bool]) -> (f64, f64) {
+/// Stacking with Platt scaling: `p = sigmoid(w0 * z0 + w1 * z1 + b)` fitted
+/// to two models' out-of-fold decision values with Platt's smoothed targets,
+/// which keep probabilities off 0 and 1 when the folds separate perfectly.
+/// With one model's values in both columns this is plain Platt scaling.
+pub(crate) fn fit_stacking(decisions: &[[f64; 2]], labels: &[bool]) -> [f64; 3] {
     let positives = labels.iter().filter(|&&l| l).count() as f64;
     let negatives = labels.len() as f64 - positives;
     let high = (positives + 1.0) / (positives + 2.0);
     let low = 1.0 / (negatives + 2.0);
     let targets: Vec<f64> = labels.iter().map(|&l| if l { high } else { low }).collect();
-    let params = minimise(vec![1.0, 0.0], Solver { max_iterations: 200, tolerance: 1e-9 }, |p, grad| {
-        let (a, b) = (p[0], p[1]);
-        grad[0] = 0.0;
-        grad[1] = 0.0;
+    let start = vec![0.5, 0.5, 0.0];
+    let params = minimise(start, Solver { max_iterations: 300, tolerance: 1e-9 }, |p, grad| {
+        grad.iter_mut().for_each(|g| *g = 0.0);
         let mut loss = 0.0;
-        for (&z, &t) in decisions.iter().zip(&targets) {
-            let u = a * z + b;
+        for (z, &t) in decisions.iter().zip(&targets) {
+            let u = p[0] * z[0] + p[1] * z[1] + p[2];
             // Cross-entropy of sigmoid(u) against the soft target t.
             loss += t * softplus(-u) + (1.0 - t) * softplus(u);
             let d = sigmoid(u) - t;
-            grad[0] += d * z;
-            grad[1] += d;
+            grad[0] += d * z[0];
+            grad[1] += d * z[1];
+            grad[2] += d;
         }
         loss
     });
-    (params[0], params[1])
+    [params[0], params[1], params[2]]
 }
 
 #[cfg(test)]
@@ -301,12 +303,19 @@ mod tests {
     }
 
     #[test]
-    fn platt_scaling_is_monotone_and_calibrates() {
-        let decisions = [-3.0, -2.0, -1.0, 0.5, 1.0, 2.0, 3.0, -0.5];
-        let labels = [false, false, false, true, true, true, true, true];
-        let (a, b) = fit_platt(&decisions, &labels);
-        assert!(a > 0.0);
-        let p = |z: f64| sigmoid(a * z + b);
-        assert!(p(-3.0) < 0.2 && p(3.0) > 0.8);
+    fn stacking_calibrates_and_weights_the_informative_model() {
+        // The first model ranks the rows well, the second is noise.
+        let first = [-3.0, -2.0, -1.0, 0.5, 1.0, 2.0, 3.0, -0.5, -2.5, 2.5];
+        let noise = [1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.5, -0.5, 0.0, 0.0];
+        let labels = [false, false, false, true, true, true, true, true, false, true];
+        let inputs: Vec<[f64; 2]> = first.iter().zip(&noise).map(|(&a, &b)| [a, b]).collect();
+        let w = fit_stacking(&inputs, &labels);
+        assert!(w[0] > 0.0 && w[0] > 3.0 * w[1].abs(), "{w:?}");
+        let p = |z: [f64; 2]| sigmoid(w[0] * z[0] + w[1] * z[1] + w[2]);
+        assert!(p([-3.0, 0.0]) < 0.2 && p([3.0, 0.0]) > 0.8);
+        // The same values in both columns: plain Platt scaling, monotone in the value.
+        let same: Vec<[f64; 2]> = first.iter().map(|&a| [a, a]).collect();
+        let w = fit_stacking(&same, &labels);
+        assert!(w[0] + w[1] > 0.0);
     }
 }

@@ -2,23 +2,32 @@
 //! optional family classifier, stored together in one JSON file.
 //!
 //! The detector sees each API once, in order of first call, at most 175 of
-//! them — the shape of MalBehavD, on which it is trained — and answers a
-//! Platt-calibrated probability. The family classifier sees the calls with
-//! runs collapsed (the shape of Mal-API-2019) and answers the most likely of
-//! its families with a softmax probability.
+//! them — the shape of MalBehavD, on which it is trained. A linear model over
+//! TF-IDF n-grams and boosted trees over the behaviour profile (order,
+//! bigrams, call categories, statistics) each give a decision value; a
+//! logistic combination of the two, fitted on out-of-fold values, gives the
+//! calibrated probability. The family classifier sees the calls with runs
+//! collapsed (the shape of Mal-API-2019) and answers every family's softmax
+//! probability.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use sentinel_gbdt::Booster;
+
 use crate::error::ModelError;
 use crate::features::{NgramSpace, SparseVector};
 use crate::linear::{sigmoid, softmax};
+use crate::profile::{FamilyProfile, ProfileSpace};
 use crate::sequence::ApiCallSequence;
 
 pub(crate) const MODEL_FORMAT: &str = "sentinel-behaviour";
-pub(crate) const MODEL_FORMAT_VERSION: u32 = 1;
+/// Version 2: the detector stacks boosted trees over the behaviour profile
+/// with the linear n-gram model; family guesses carry every probability.
+pub(crate) const MODEL_FORMAT_VERSION: u32 = 2;
 
 /// Largest model file accepted.
 const MAX_MODEL_BYTES: u64 = 64 << 20;
@@ -38,7 +47,10 @@ const EXPLAINED_NGRAMS: usize = 5;
 /// `sentinel train dynamic`).
 const BUILTIN_MODEL: &str = include_str!("../../../models/behaviour.json");
 
-/// The malware detector's parameters.
+/// The malware detector's parameters: a linear model over TF-IDF n-grams and
+/// boosted trees over the behaviour profile, stacked by a logistic
+/// combination of their two decision values that is fitted on out-of-fold
+/// values (and so is also the calibration).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Detector {
@@ -46,24 +58,44 @@ pub(crate) struct Detector {
     /// One weight per feature of `space` (n-grams, then dense features).
     pub weights: Vec<f32>,
     pub bias: f64,
-    /// Platt scaling of the decision value: `p = sigmoid(a z + b)`.
-    pub platt_a: f64,
-    pub platt_b: f64,
+    pub profile: ProfileSpace,
+    pub trees: Booster,
+    /// `p = sigmoid(stacking[0] * linear + stacking[1] * trees + stacking[2])`.
+    pub stacking: [f64; 3],
     /// Probability at or above which a sequence is called malicious.
     pub threshold: f64,
     #[serde(skip)]
     dense_weights: Vec<f64>,
 }
 
+/// The detector's view of one sequence.
+pub(crate) struct DetectorFeatures {
+    pub tokens: Vec<String>,
+    pub vector: SparseVector,
+    /// Position and length of each n-gram feature's first occurrence.
+    pub spans: Vec<(usize, usize)>,
+    pub profile: Vec<f64>,
+}
+
 impl Detector {
-    pub fn new(space: NgramSpace, weights: &[f64], bias: f64, platt: (f64, f64), threshold: f64) -> Self {
-        let weights: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+    pub fn new(parts: DetectorParts, stacking: [f64; 3], threshold: f64) -> Self {
+        let weights: Vec<f32> = parts.weights.iter().map(|&w| w as f32).collect();
         let dense_weights = weights.iter().map(|&w| f64::from(w)).collect();
-        Detector { space, weights, bias, platt_a: platt.0, platt_b: platt.1, threshold, dense_weights }
+        Detector {
+            space: parts.space,
+            weights,
+            bias: parts.bias,
+            profile: parts.profile,
+            trees: parts.trees,
+            stacking,
+            threshold,
+            dense_weights,
+        }
     }
 
     fn validate(&mut self) -> Result<(), ModelError> {
         self.space.validate("detector")?;
+        self.profile.validate()?;
         if self.weights.len() != self.space.dimension() {
             return Err(ModelError::Invalid(format!(
                 "detector: {} weights for {} features",
@@ -71,8 +103,15 @@ impl Detector {
                 self.space.dimension()
             )));
         }
+        if self.trees.n_features() != self.profile.dimension() {
+            return Err(ModelError::Invalid(format!(
+                "detector: the trees read {} features, the profile has {}",
+                self.trees.n_features(),
+                self.profile.dimension()
+            )));
+        }
         let finite = self.weights.iter().all(|w| w.is_finite())
-            && [self.bias, self.platt_a, self.platt_b, self.threshold].iter().all(|v| v.is_finite());
+            && self.stacking.iter().chain([&self.bias, &self.threshold]).all(|v| v.is_finite());
         if !finite || !(0.0..=1.0).contains(&self.threshold) {
             return Err(ModelError::Invalid(
                 "detector: non-finite parameter or threshold outside [0, 1]".into(),
@@ -82,40 +121,65 @@ impl Detector {
         Ok(())
     }
 
-    pub fn features(&self, calls: &ApiCallSequence) -> (Vec<String>, SparseVector, Vec<(usize, usize)>) {
+    pub fn features(&self, calls: &ApiCallSequence) -> DetectorFeatures {
         let tokens = calls.distinct_in_order(MAX_DISTINCT_APIS);
         let (vector, spans) = self.space.transform(&tokens);
-        (tokens.into_iter().map(str::to_owned).collect(), vector, spans)
+        let profile = self.profile.transform(&tokens);
+        DetectorFeatures { tokens: tokens.into_iter().map(str::to_owned).collect(), vector, spans, profile }
     }
 
-    pub fn decision(&self, vector: &SparseVector) -> f64 {
-        vector.dot(&self.dense_weights) + self.bias
+    /// The linear and the trees' decision values.
+    pub fn decisions(&self, features: &DetectorFeatures) -> (f64, f64) {
+        let linear = features.vector.dot(&self.dense_weights) + self.bias;
+        // The profile always has the trees' width (checked on load).
+        let trees = self.trees.predict_margin(&features.profile).unwrap_or(0.0);
+        (linear, trees)
     }
 
-    pub fn probability(&self, decision: f64) -> f64 {
-        sigmoid(self.platt_a * decision + self.platt_b)
+    pub fn probability(&self, (linear, trees): (f64, f64)) -> f64 {
+        sigmoid(self.stacking[0] * linear + self.stacking[1] * trees + self.stacking[2])
     }
 }
 
-/// The family classifier's parameters.
+/// The fitted parts of a detector, before stacking.
+pub(crate) struct DetectorParts {
+    pub space: NgramSpace,
+    pub weights: Vec<f64>,
+    pub bias: f64,
+    pub profile: ProfileSpace,
+    pub trees: Booster,
+}
+
+/// The family classifier: a multinomial logistic regression over TF-IDF
+/// n-grams of the calls with runs collapsed, averaged with one-against-the-rest
+/// boosted trees over the family profile (call counts, shares, first calls).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FamilyClassifier {
-    pub space: NgramSpace,
-    pub classes: Vec<String>,
+pub struct FamilyClassifier {
+    pub(crate) space: NgramSpace,
+    pub(crate) classes: Vec<String>,
     /// One weight row per class, each with one weight per feature of `space`.
-    pub weights: Vec<Vec<f32>>,
-    pub biases: Vec<f64>,
+    pub(crate) weights: Vec<Vec<f32>>,
+    pub(crate) biases: Vec<f64>,
+    pub(crate) profile: FamilyProfile,
+    /// One booster per class (that class against the others), over `profile`.
+    pub(crate) trees: Vec<Booster>,
     #[serde(skip)]
     dense_weights: Vec<Vec<f64>>,
 }
 
 impl FamilyClassifier {
-    pub fn new(space: NgramSpace, classes: Vec<String>, weights: &[Vec<f64>], biases: Vec<f64>) -> Self {
+    pub(crate) fn new(
+        space: NgramSpace,
+        classes: Vec<String>,
+        linear: (&[Vec<f64>], Vec<f64>),
+        profile: FamilyProfile,
+        trees: Vec<Booster>,
+    ) -> Self {
         let weights: Vec<Vec<f32>> =
-            weights.iter().map(|row| row.iter().map(|&w| w as f32).collect()).collect();
+            linear.0.iter().map(|row| row.iter().map(|&w| w as f32).collect()).collect();
         let dense_weights = weights.iter().map(|row| row.iter().map(|&w| f64::from(w)).collect()).collect();
-        FamilyClassifier { space, classes, weights, biases, dense_weights }
+        FamilyClassifier { space, classes, weights, biases: linear.1, profile, trees, dense_weights }
     }
 
     fn validate(&mut self) -> Result<(), ModelError> {
@@ -137,23 +201,53 @@ impl FamilyClassifier {
                 "families: weight rows must match the features and be finite".into(),
             ));
         }
+        self.profile.validate()?;
+        if self.trees.len() != k || self.trees.iter().any(|t| t.n_features() != self.profile.dimension()) {
+            return Err(ModelError::Invalid(
+                "families: need one booster per class, each reading the family profile".into(),
+            ));
+        }
         self.dense_weights =
             self.weights.iter().map(|row| row.iter().map(|&w| f64::from(w)).collect()).collect();
         Ok(())
     }
 
-    pub fn vector(&self, calls: &ApiCallSequence) -> SparseVector {
-        let collapsed = calls.collapsed();
-        let tokens = &collapsed[..collapsed.len().min(MAX_FAMILY_CALLS)];
-        self.space.transform(tokens).0
+    /// The families it knows, sorted.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
     }
 
-    /// Class probabilities of one feature vector.
-    pub fn probabilities(&self, vector: &SparseVector) -> Vec<f64> {
-        let mut z: Vec<f64> =
+    /// The most likely family of a non-empty sequence, with every family's
+    /// probability.
+    pub fn guess(&self, calls: &ApiCallSequence) -> Option<FamilyGuess> {
+        if calls.is_empty() {
+            return None;
+        }
+        let mut collapsed = calls.collapsed();
+        collapsed.truncate(MAX_FAMILY_CALLS);
+        let probabilities = self.probabilities(&collapsed, calls.calls());
+        let best = crate::training::argmax(&probabilities);
+        Some(FamilyGuess {
+            family: self.classes[best].clone(),
+            confidence: probabilities[best],
+            probabilities: self.classes.iter().cloned().zip(probabilities).collect(),
+        })
+    }
+
+    /// Class probabilities of a sequence (`collapsed`: the classifier's view,
+    /// `all`: every call): the mean of the linear model's softmax and the
+    /// trees' one-against-the-rest probabilities normalised to sum to 1.
+    pub(crate) fn probabilities(&self, collapsed: &[&str], all: &[String]) -> Vec<f64> {
+        let vector = self.space.transform(collapsed).0;
+        let mut linear: Vec<f64> =
             self.dense_weights.iter().zip(&self.biases).map(|(w, b)| vector.dot(w) + b).collect();
-        softmax(&mut z);
-        z
+        softmax(&mut linear);
+        let row = self.profile.transform(all, collapsed);
+        // The profile always has the trees' width (checked on load).
+        let trees: Vec<f64> =
+            self.trees.iter().map(|t| sigmoid(t.predict_margin(&row).unwrap_or(0.0))).collect();
+        let total: f64 = trees.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        linear.iter().zip(&trees).map(|(l, t)| 0.5 * l + 0.5 * t / total).collect()
     }
 }
 
@@ -171,8 +265,10 @@ pub struct TrainingRecord {
     pub holdout_tpr_at_1pct_fpr: Option<f64>,
     /// Regularisation chosen for the family classifier.
     pub families_c: Option<f64>,
-    /// Family accuracy on the held-out split and by cross-validation.
+    /// Family accuracy and macro F1 on the held-out split, accuracy by
+    /// cross-validation.
     pub families_holdout_accuracy: Option<f64>,
+    pub families_holdout_macro_f1: Option<f64>,
     pub families_cv_accuracy: Option<f64>,
 }
 
@@ -194,18 +290,24 @@ pub struct BehaviourModel {
     file: ModelFile,
 }
 
-/// The most likely family of a sequence and its probability.
+/// The most likely family of a sequence, its probability, and the
+/// probability of every family the classifier knows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FamilyGuess {
     pub family: String,
+    /// `probabilities[family]`.
     pub confidence: f64,
+    /// Softmax probability of each family, by name (they sum to 1).
+    pub probabilities: BTreeMap<String, f64>,
 }
 
-/// One n-gram of the scored sequence and its contribution to the decision
-/// value (positive: towards malicious).
+/// One feature of the scored sequence and its contribution to the stacked
+/// log-odds (positive: towards malicious).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NgramContribution {
-    /// The calls of the n-gram, joined by ` > `.
+    /// An n-gram of the linear model (calls joined by ` > `), or a feature of
+    /// the trees' behaviour profile: a bigram, `api [first-call position]`,
+    /// or a bracketed category or statistic such as `[share of network calls]`.
     pub ngram: String,
     pub contribution: f64,
 }
@@ -337,52 +439,52 @@ impl BehaviourModel {
     /// the fast path for bulk scoring.
     pub fn probability(&self, calls: &ApiCallSequence) -> f64 {
         let detector = &self.file.detector;
-        let (_, vector, _) = detector.features(calls);
-        detector.probability(detector.decision(&vector))
+        detector.probability(detector.decisions(&detector.features(calls)))
     }
 
     /// Scores one sequence.
     pub fn score(&self, calls: &ApiCallSequence) -> BehaviourVerdict {
         let detector = &self.file.detector;
-        let (tokens, vector, spans) = detector.features(calls);
-        let score = detector.probability(detector.decision(&vector));
-        let ngram_features = vector.indices.len().saturating_sub(crate::features::DENSE_FEATURES);
-        let mut contributions: Vec<NgramContribution> = vector.indices[..ngram_features]
+        let features = detector.features(calls);
+        let score = detector.probability(detector.decisions(&features));
+        let ngram_features = features.vector.indices.len().saturating_sub(crate::features::DENSE_FEATURES);
+        // Each part's share of the stacked log-odds: the linear n-gram terms
+        // and the trees' per-feature contributions, both scaled by their
+        // stacking weight, so they compare on one scale.
+        let mut contributions: Vec<NgramContribution> = features.vector.indices[..ngram_features]
             .iter()
-            .zip(&vector.values)
-            .zip(&spans)
+            .zip(&features.vector.values)
+            .zip(&features.spans)
             .map(|((&index, &value), &(start, len))| NgramContribution {
-                ngram: tokens[start..start + len].join(" > "),
-                contribution: f64::from(detector.weights[index as usize]) * value,
+                ngram: features.tokens[start..start + len].join(" > "),
+                contribution: detector.stacking[0] * f64::from(detector.weights[index as usize]) * value,
             })
             .collect();
+        if let Ok(shares) = detector.trees.contributions(&features.profile) {
+            contributions.extend(shares.per_feature.iter().enumerate().filter(|(_, c)| **c != 0.0).map(
+                |(index, &c)| NgramContribution {
+                    ngram: detector.profile.feature_name(index),
+                    contribution: detector.stacking[1] * c,
+                },
+            ));
+        }
         contributions.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
         contributions.truncate(EXPLAINED_NGRAMS);
-        let family = match &self.file.families {
-            Some(families) if !calls.is_empty() => {
-                let probabilities = families.probabilities(&families.vector(calls));
-                probabilities
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(k, &p)| FamilyGuess { family: families.classes[k].clone(), confidence: p })
-            }
-            _ => None,
-        };
+        let family = self.family(calls);
         BehaviourVerdict {
             score,
             malicious: score >= detector.threshold,
             family,
             top_ngrams: contributions,
             calls: calls.len(),
-            distinct_apis: tokens.len(),
+            distinct_apis: features.tokens.len(),
             known_ngrams: ngram_features,
         }
     }
 
-    /// The family classifier's probabilities for each of [`families`](Self::families).
-    pub fn family_probabilities(&self, calls: &ApiCallSequence) -> Option<Vec<f64>> {
-        let families = self.file.families.as_ref()?;
-        Some(families.probabilities(&families.vector(calls)))
+    /// The most likely family of a non-empty sequence with every family's
+    /// probability (no detector work): `None` without a family classifier.
+    pub fn family(&self, calls: &ApiCallSequence) -> Option<FamilyGuess> {
+        self.file.families.as_ref()?.guess(calls)
     }
 }

@@ -20,7 +20,14 @@ fn shared(path: &str) -> Option<PathBuf> {
 
 /// A quick configuration for tests: the real pipeline with a small search.
 fn quick() -> TrainingOptions {
-    TrainingOptions { c_grid: vec![1.0, 10.0], folds: 3, max_iterations: 150, ..TrainingOptions::default() }
+    let defaults = TrainingOptions::default();
+    TrainingOptions {
+        c_grid: vec![1.0, 10.0],
+        folds: 3,
+        max_iterations: 150,
+        trees: sentinel_gbdt::Params { max_iter: 100, learning_rate: 0.1, ..defaults.trees.clone() },
+        ..defaults
+    }
 }
 
 /// Every third row of MalBehavD: a small but real slice.
@@ -84,6 +91,11 @@ fn bad_model_files_are_clear_errors() {
     check(b"\x00\xff garbage", "not valid JSON");
     check(br#"{"format": "sentinel-static", "format_version": 1}"#, "not a behaviour model");
     check(br#"{"format": "sentinel-behaviour", "format_version": 99}"#, "not a behaviour model");
+    // A model of the previous format (linear detector only) is refused by version, with both versions named.
+    check(
+        br#"{"format": "sentinel-behaviour", "format_version": 1}"#,
+        "version 1); expected \"sentinel-behaviour\" version 2",
+    );
 
     let mut json = valid_model_json();
     let text = json.to_string();
@@ -105,6 +117,18 @@ fn bad_model_files_are_clear_errors() {
     check(json.to_string().as_bytes(), "unknown field");
 
     let mut json = valid_model_json();
+    json["detector"]["profile"]["apis"].as_array_mut().unwrap().pop();
+    check(json.to_string().as_bytes(), "the trees read");
+
+    let mut json = valid_model_json();
+    json["detector"]["stacking"] = serde_json::json!([1.0, 1.0]);
+    check(json.to_string().as_bytes(), "not valid JSON");
+
+    let mut json = valid_model_json();
+    json["detector"]["trees"]["version"] = serde_json::json!(7);
+    check(json.to_string().as_bytes(), "format version 7 is not supported");
+
+    let mut json = valid_model_json();
     if json["families"].is_object() {
         json["families"]["classes"] = serde_json::json!(["only-one"]);
         check(json.to_string().as_bytes(), "at least 2 classes");
@@ -122,8 +146,12 @@ fn the_committed_model_scores_real_reports_and_edge_cases() {
     let model = BehaviourModel::builtin().unwrap();
     assert!(model.version().starts_with("behaviour-"));
     assert!(model.training().holdout_roc_auc.unwrap() > 0.97);
-    // The shared family data carries no labels: the committed model has no family classifier.
-    assert!(model.families().is_empty());
+    // The committed model has the family classifier trained on families.csv.
+    assert_eq!(
+        model.families(),
+        ["Adware", "Backdoor", "Downloader", "Dropper", "Spyware", "Trojan", "Virus", "Worms"]
+    );
+    assert!(model.training().families_holdout_macro_f1.unwrap() > 0.3);
 
     let empty = model.score(&ApiCallSequence::new());
     assert!(empty.family.is_none() && empty.known_ngrams == 0 && empty.score.is_finite());
@@ -140,6 +168,13 @@ fn the_committed_model_scores_real_reports_and_edge_cases() {
         let verdict = model.score(&behaviour.sequence);
         assert!((0.0..=1.0).contains(&verdict.score), "{}", path.display());
         assert!(verdict.known_ngrams > 5, "{}: the CAPE names should hit the vocabulary", path.display());
-        assert!(verdict.family.is_none(), "{}", path.display());
+        let family = verdict.family.unwrap();
+        assert_eq!(family.probabilities.len(), 8);
+        assert!((family.probabilities.values().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert_eq!(family.probabilities[&family.family], family.confidence);
+        assert!(family.probabilities.values().all(|&p| p <= family.confidence));
+        // The explanation names n-grams or profile features, strongest first.
+        assert!(!verdict.top_ngrams.is_empty() && verdict.top_ngrams.len() <= 5);
+        assert!(verdict.top_ngrams.windows(2).all(|w| w[0].contribution.abs() >= w[1].contribution.abs()));
     }
 }

@@ -106,7 +106,10 @@ impl ConnectionTracker {
                 });
                 let closed = record.state.is_terminal();
                 if closed {
-                    events.push(closed_event(record.clone(), Some(0), Some(0), Some(0)));
+                    // The `new` event carries every byte known; nothing more moved, as far as
+                    // the counters tell (none at all in TIME_WAIT: then nothing is known).
+                    let (sent, received) = (record.bytes_sent.map(|_| 0), record.bytes_received.map(|_| 0));
+                    events.push(closed_event(record.clone(), sent, received, Some(0)));
                 }
                 self.live.insert(key, Tracked { record: record.clone(), closed });
                 continue;
@@ -116,8 +119,11 @@ impl ConnectionTracker {
             if tracked.closed {
                 continue;
             }
-            let sent = delta(current.bytes_sent, previous.bytes_sent);
-            let received = delta(current.bytes_received, previous.bytes_received);
+            // From this observation's own counters, not the inherited ones: a socket that reached
+            // TIME_WAIT carries none, and what it moved since the previous collection is
+            // unknown, not 0 (a 0 would describe every closing connection as idle at its end).
+            let sent = delta(record.bytes_sent, previous.bytes_sent);
+            let received = delta(record.bytes_received, previous.bytes_received);
             let interval_ms = current
                 .timestamp
                 .duration_since(previous.timestamp)
@@ -244,7 +250,10 @@ mod tests {
         assert_eq!(events[0].change, ConnectionChange::Closed);
         assert_eq!(events[0].record.pid, Some(5), "the owner is kept after TIME_WAIT");
         assert_eq!(events[0].record.bytes_sent, Some(350));
-        assert_eq!(events[0].bytes_sent_delta, Some(0));
+        assert_eq!(
+            events[0].bytes_sent_delta, None,
+            "TIME_WAIT carries no counters: the last bytes are unknown"
+        );
 
         assert!(tracker.update(at(5), &[record(5, SocketState::TimeWait, None, None)]).is_empty());
         assert!(tracker.update(at(6), &[]).is_empty(), "closed once only");
@@ -264,5 +273,12 @@ mod tests {
         let events = tracker.update(at(3), &[record(3, SocketState::TimeWait, None, None)]);
         let changes: Vec<_> = events.iter().map(|event| event.change).collect();
         assert_eq!(changes, [ConnectionChange::New, ConnectionChange::Closed]);
+        assert_eq!(events[1].bytes_sent_delta, None);
+
+        let mut short = record(4, SocketState::Close, Some(70), None);
+        (short.local_port, short.socket_id) = (40001, Some(8));
+        let events = tracker.update(at(4), &[short]);
+        assert_eq!(events[0].bytes_sent_delta, Some(70), "a short connection's bytes are on its `new` event");
+        assert_eq!(events[1].bytes_sent_delta, Some(0));
     }
 }

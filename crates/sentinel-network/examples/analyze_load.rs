@@ -333,7 +333,10 @@ fn serve() -> Result<(), String> {
             .await
             .map_err(|error| error.to_string())?;
         let address = listener.local_addr();
-        let api = sentinel_api::ApiBuilder::new(sentinel_api::HttpSettings::default())
+        let api = sentinel_api::ApiBuilder::new(
+            sentinel_api::HttpSettings::default(),
+            sentinel_api::Access::unauthenticated(&sentinel_api::sentinel_auth::AuthSettings::default()),
+        )
             .service(sentinel_network::router(Arc::clone(&service)))
             .build();
         tokio::spawn(async move { listener.serve(&api, std::future::pending()).await });

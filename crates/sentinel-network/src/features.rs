@@ -232,9 +232,7 @@ impl FeatureExtractor {
         let max_entries = self.settings.max_entries_per_key;
         self.evict_idle(at);
         let new_connection = event.change == ConnectionChange::New && is_connection(record);
-        // A connection attempt nobody answered yet. A polling collector sees an attempt only
-        // while it waits: a refused connect to a local port is over in microseconds.
-        let failed = new_connection && record.state == SocketState::SynSent;
+        let failed = new_connection && is_failed_attempt(record);
         let sent = event.bytes_sent_delta.unwrap_or(0) as f64;
         let received = event.bytes_received_delta.unwrap_or(0) as f64;
 
@@ -256,12 +254,12 @@ impl FeatureExtractor {
             process.push(entry(), window, max_entries);
         }
         let process_numbers = [
-            f64::from(process.new_connections) / window,
-            process.ports.len() as f64,
-            process.hosts.len() as f64,
-            f64::from(process.failed),
-            process.sent / window,
-            process.received / window,
+            Some(f64::from(process.new_connections) / window),
+            Some(process.ports.len() as f64),
+            Some(process.hosts.len() as f64),
+            Some(f64::from(process.failed)),
+            Some(process.sent / window),
+            Some(process.received / window),
         ];
 
         // Loopback is this host itself, shared by every local process: one process's burst to it
@@ -274,13 +272,13 @@ impl FeatureExtractor {
             remote.push(entry(), window, max_entries);
         }
         let host_numbers = [
-            f64::from(remote.new_connections) / window,
-            remote.ports.len() as f64,
-            f64::from(remote.failed),
-            remote.sent / window,
-            remote.received / window,
+            Some(f64::from(remote.new_connections) / window),
+            Some(remote.ports.len() as f64),
+            Some(f64::from(remote.failed)),
+            Some(remote.sent / window),
+            Some(remote.received / window),
         ];
-        connection_features(event, Some(process_numbers), Some(host_numbers))
+        connection_features(event, WindowValues { process: process_numbers, host: host_numbers })
     }
 
     /// Drops keys whose windows went quiet, so that memory follows the active keys; when there
@@ -301,6 +299,19 @@ impl FeatureExtractor {
     }
 }
 
+/// A connection attempt nobody answered yet (SYN_SENT), or one refused: closed having received
+/// no payload and at most one segment, the peer's reset (the Linux collector reports refused
+/// attempts from the kernel's destroyed-socket notifications, as no snapshot catches them).
+fn is_failed_attempt(record: &ConnectionRecord) -> bool {
+    match record.state {
+        SocketState::SynSent => true,
+        SocketState::Close => {
+            record.bytes_received == Some(0) && record.segs_in.is_some_and(|segments| segments <= 1)
+        }
+        _ => false,
+    }
+}
+
 /// Whether the socket is a connection (not a listener or an unconnected UDP socket).
 fn is_connection(record: &ConnectionRecord) -> bool {
     !matches!(record.state, SocketState::Listen | SocketState::Unconn)
@@ -313,14 +324,23 @@ fn seconds(time: SystemTime) -> f64 {
 /// The features of a record judged on its own, outside any stream: the window features are
 /// missing (the model fills them with their training medians).
 pub(crate) fn standalone_features(event: &ConnectionEvent) -> RawFeatures {
-    connection_features(event, None, None)
+    connection_features(event, WindowValues::default())
 }
 
-fn connection_features(
-    event: &ConnectionEvent,
-    process: Option<[f64; 6]>,
-    host: Option<[f64; 5]>,
-) -> RawFeatures {
+/// The temporal features of one event, in the order of [`NUMERIC_FEATURES`]: the six
+/// `process_*` ones, then the five `host_*` ones; `None` where not measured. The sliding windows
+/// fill them; a data set that measured its own windows (NSL-KDD's two-second counts) gives them
+/// to `evaluation` directly.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowValues {
+    pub process: [Option<f64>; 6],
+    pub host: [Option<f64>; 5],
+}
+
+/// The feature vector of an event with the given window features: the code every path (live,
+/// ingested, analysed, evaluated) shares.
+pub(crate) fn connection_features(event: &ConnectionEvent, windows: WindowValues) -> RawFeatures {
+    let WindowValues { process, host } = windows;
     let record = &event.record;
     let interval = event.interval_ms.filter(|&ms| ms > 0).map(|ms| ms as f64 / 1000.0);
     let rate = |delta: Option<u64>| Some(delta? as f64 / interval?);
@@ -334,17 +354,17 @@ fn connection_features(
         record.rtt_us.map(|us| f64::from(us) / 1000.0),
         record.retransmits.map(f64::from),
         Some(f64::from(u8::from(is_loopback(record.remote_ip)))),
-        process.map(|p| p[0]),
-        process.map(|p| p[1]),
-        process.map(|p| p[2]),
-        process.map(|p| p[3]),
-        process.map(|p| p[4]),
-        process.map(|p| p[5]),
-        host.map(|h| h[0]),
-        host.map(|h| h[1]),
-        host.map(|h| h[2]),
-        host.map(|h| h[3]),
-        host.map(|h| h[4]),
+        process[0],
+        process[1],
+        process[2],
+        process[3],
+        process[4],
+        process[5],
+        host[0],
+        host[1],
+        host[2],
+        host[3],
+        host[4],
     ];
     let protocol = match record.protocol {
         Protocol::Tcp => "tcp",

@@ -1,6 +1,7 @@
 //! The network service's Prometheus metrics, read from its counters at each scrape:
 //! `predictions_total`, `anomalies_detected`, `network_events_total`,
-//! `network_collector_dropped_total`, `network_storage_dropped_total` and
+//! `network_collector_dropped_total`, `network_storage_dropped_total`,
+//! `network_websocket_dropped_total` and
 //! `model_accuracy{model}`.
 //!
 //! Counters are registered without `_total`, which the encoder appends. `anomalies_detected`
@@ -46,6 +47,11 @@ impl Collector for NetworkMetrics {
                 "network_storage_dropped",
                 "Results not stored because the writer's queue was full.",
                 counts.storage_dropped,
+            ),
+            (
+                "network_websocket_dropped",
+                "WebSocket subscribers closed for falling behind the stream of results.",
+                counts.websocket_dropped,
             ),
         ] {
             ConstCounter::new(value).encode(encoder.encode_descriptor(

@@ -5,6 +5,7 @@
 use sentinel_anomaly::Combination;
 use sentinel_netmon::{CollectorSettings, ValidationLimits};
 use serde::Deserialize;
+use std::fmt;
 use std::time::Duration;
 
 /// Everything the network service can be told.
@@ -169,8 +170,12 @@ pub struct ApiSettings {
     /// How far ahead of the server's clock a record may be.
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
-    /// Results buffered per WebSocket client before it misses some.
+    /// Results buffered per WebSocket client; a client that falls further behind is told how
+    /// many it missed and disconnected (counted in `network_websocket_dropped_total`).
     pub websocket_buffer: usize,
+    /// WebSocket clients of `/ws/realtime` at once; beyond, the upgrade is answered 503.
+    /// Default 64.
+    pub max_websocket_subscribers: usize,
     /// Recent results kept in memory for `/api/v1/predictions/recent`.
     pub recent_predictions: usize,
 }
@@ -185,6 +190,7 @@ impl Default for ApiSettings {
             ingest_queue: 64,
             max_clock_skew: Duration::from_secs(300),
             websocket_buffer: 4096,
+            max_websocket_subscribers: 64,
             recent_predictions: 10_000,
         }
     }
@@ -201,8 +207,9 @@ impl ApiSettings {
     }
 }
 
-/// Settings of `sentinel agent` (the collector settings are `[network.collector]`).
-#[derive(Debug, Clone, Deserialize)]
+/// Settings of `sentinel agent` (the collector settings are `[network.collector]`). `Debug`
+/// does not show the authorization, a secret.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSettings {
     /// Snapshots kept while the server is unreachable; the oldest are dropped beyond.
@@ -212,6 +219,17 @@ pub struct AgentSettings {
     pub request_timeout: Duration,
     /// Value of the `Authorization` header sent with each upload (e.g. `Bearer …`), if any.
     pub authorization: Option<String>,
+}
+
+impl fmt::Debug for AgentSettings {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("AgentSettings")
+            .field("max_queued_snapshots", &self.max_queued_snapshots)
+            .field("request_timeout", &self.request_timeout)
+            .field("authorization", &self.authorization.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl Default for AgentSettings {
@@ -273,6 +291,7 @@ impl NetworkSettings {
             || api.max_batch_items == 0
             || api.ingest_queue == 0
             || api.websocket_buffer == 0
+            || api.max_websocket_subscribers == 0
             || api.recent_predictions == 0
         {
             return fail("api", "limits must be at least 1");

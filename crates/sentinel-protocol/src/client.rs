@@ -1,15 +1,18 @@
-//! An async client for the protocol: one TCP connection, requests answered in
-//! order, optionally with error details turned on.
+//! An async client for the protocol: one TCP connection, plain or inside TLS,
+//! requests answered in order, optionally with error details turned on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::BufWriter;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::frame::FrameError;
 use crate::limits::Limits;
-use crate::request::{OPTION_ERROR_DETAIL, Request};
+use crate::request::{OPTION_ERROR_DETAIL, OPTION_LIST_DETAIL, Request};
 use crate::response::Response;
 use crate::stream::{FrameReader, write_request};
 
@@ -37,6 +40,8 @@ fn response_limits(response_timeout: Duration) -> Limits {
 pub enum ClientError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
     #[error("cannot send the request: {0}")]
     Send(std::io::Error),
     #[error("invalid response: {0}")]
@@ -45,12 +50,22 @@ pub enum ClientError {
     Closed,
 }
 
+/// The read half of a connection, plain or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a connection, plain or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A connection to a protocol server.
-#[derive(Debug)]
 pub struct Client {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: FrameReader<ReadHalf>,
+    writer: BufWriter<WriteHalf>,
     error_detail: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("error_detail", &self.error_detail).finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -60,11 +75,36 @@ impl Client {
         Ok(Client::from_stream(stream))
     }
 
+    /// Connects to `address` and speaks the protocol inside TLS, checking the
+    /// server's certificate against `server_name` with `config` (which holds the
+    /// trusted roots and, for mutual TLS, the client's certificate).
+    pub async fn connect_tls(
+        address: impl ToSocketAddrs,
+        server_name: ServerName<'static>,
+        config: Arc<ClientConfig>,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(address).await.map_err(ClientError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let tls =
+            TlsConnector::from(config).connect(server_name, stream).await.map_err(ClientError::Handshake)?;
+        Ok(Client::from_io(tls))
+    }
+
     /// Uses an already connected stream.
     pub fn from_stream(stream: TcpStream) -> Client {
         // Requests are written in one burst and answered once: Nagle would only add latency.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
+        Client::from_halves(Box::new(read), Box::new(write))
+    }
+
+    /// Uses any connected byte stream (a TLS stream, say).
+    pub fn from_io(stream: impl AsyncRead + AsyncWrite + Send + 'static) -> Client {
+        let (read, write) = tokio::io::split(stream);
+        Client::from_halves(Box::new(read), Box::new(write))
+    }
+
+    fn from_halves(read: ReadHalf, write: WriteHalf) -> Client {
         Client {
             reader: FrameReader::new(read, response_limits(DEFAULT_RESPONSE_TIMEOUT)),
             writer: BufWriter::with_capacity(WRITE_BUFFER, write),
@@ -85,6 +125,14 @@ impl Client {
         let response = self.request(&Request::options(&[OPTION_ERROR_DETAIL])).await?;
         self.error_detail = matches!(response, Response::Yes(ref accepted) if accepted.first() == Some(&1.0));
         Ok(self.error_detail)
+    }
+
+    /// Asks the server to say, in a `Yes` answered from its safelist or badlist, which list
+    /// and why ([`Response::Listed`]). `Ok(false)` when the server does not know the option:
+    /// its answers stay plain `Yes` and `No`.
+    pub async fn enable_list_detail(&mut self) -> Result<bool, ClientError> {
+        let response = self.request(&Request::options(&[OPTION_LIST_DETAIL])).await?;
+        Ok(matches!(response, Response::Yes(ref accepted) if accepted.first() == Some(&1.0)))
     }
 
     /// Whether `No` responses on this connection carry details.

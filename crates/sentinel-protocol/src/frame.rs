@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::command::Command;
 use crate::limits::Limits;
 use crate::request::Request;
-use crate::response::{ErrorDetail, Reason, Response};
+use crate::response::{ErrorDetail, ListDetail, Reason, Response};
 
 /// The 4 bytes that end a frame's fields.
 pub const TERMINATOR: &[u8; 4] = b"_END";
@@ -44,12 +44,19 @@ pub enum FrameError {
     BadScore(usize),
     #[error("a malformed error detail")]
     BadErrorDetail,
+    #[error("a malformed list detail")]
+    BadListDetail,
     #[error("the connection closed in the middle of a frame")]
     Truncated,
     #[error("the frame was not complete within {0:?}")]
     FrameTimeout(Duration),
     #[error("no frame within {0:?}")]
     IdleTimeout(Duration),
+    /// The memory budget of frames being read cannot cover this frame now.
+    #[error(
+        "the server cannot take a frame of {wanted} bytes now: the memory for frames being read is in use"
+    )]
+    MemoryBudget { wanted: u64 },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,9 +76,11 @@ impl FrameError {
             | FrameError::FrameTooLarge { .. } => Reason::TooLarge,
             FrameError::UnknownCommand { .. } => Reason::UnknownCommand,
             FrameError::FrameTimeout(_) | FrameError::IdleTimeout(_) => Reason::Timeout,
+            FrameError::MemoryBudget { .. } => Reason::Busy,
             FrameError::UnknownStatus(_)
             | FrameError::BadScore(_)
             | FrameError::BadErrorDetail
+            | FrameError::BadListDetail
             | FrameError::Truncated => Reason::Malformed,
             FrameError::Io(_) => Reason::Internal,
         }
@@ -162,14 +171,27 @@ pub(crate) fn request_from(layout: FrameLayout, frame: &Bytes) -> Result<Request
 pub(crate) fn response_from(layout: FrameLayout, frame: &[u8]) -> Result<Response, FrameError> {
     let fields = layout.fields.into_iter().map(|range| &frame[range]);
     if layout.head == STATUS_YES {
-        let scores = fields
+        let fields: Vec<&[u8]> = fields.collect();
+        // An empty field is no score: it opens the list detail.
+        let (scores, detail) = match fields.iter().position(|field| field.is_empty()) {
+            Some(at) => (&fields[..at], Some(&fields[at + 1..])),
+            None => (&fields[..], None),
+        };
+        let scores = scores
+            .iter()
             .map(|field| {
-                <[u8; 4]>::try_from(field)
+                <[u8; 4]>::try_from(*field)
                     .map(f32::from_le_bytes)
                     .map_err(|_| FrameError::BadScore(field.len()))
             })
             .collect::<Result<Vec<f32>, FrameError>>()?;
-        return Ok(Response::Yes(scores));
+        let Some(detail) = detail else { return Ok(Response::Yes(scores)) };
+        // list, reason, source; later fields are for future use.
+        let text = |index: usize| detail.get(index).map(|field| String::from_utf8_lossy(field).into_owned());
+        let (Some(list), Some(reason), Some(source)) = (text(0), text(1), text(2)) else {
+            return Err(FrameError::BadListDetail);
+        };
+        return Ok(Response::Listed(scores, ListDetail { list, reason, source }));
     }
     let fields: Vec<&[u8]> = fields.collect();
     if fields.is_empty() && layout.len == 4 {
@@ -233,16 +255,40 @@ pub fn encode_request(request: &Request, out: &mut BytesMut) {
     out.put_slice(TERMINATOR);
 }
 
+/// What a connection turned on with the options request: it changes how answers are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerOptions {
+    /// Every `No` carries an error detail.
+    pub error_detail: bool,
+    /// A `Yes` answered from a list carries which list, and why.
+    pub list_detail: bool,
+}
+
 /// Appends the frame of `response` to `out`. `error_detail` tells whether the
 /// connection opted in: without it a `No` is the bare status, whatever detail
 /// the response holds. With it every `No` carries a detail (`internal` when the
 /// response has none), so the client can always read the fields it expects.
+/// A [`Response::Listed`] is written as a plain `Yes`.
 pub fn encode_response(response: &Response, error_detail: bool, out: &mut BytesMut) {
+    encode_answer(response, AnswerOptions { error_detail, list_detail: false }, out);
+}
+
+/// Appends the frame of `response` to `out` as a connection with `options` expects it: as
+/// [`encode_response`] does, and with `list_detail` a [`Response::Listed`] carries its detail
+/// after its scores: an empty field, then the list, the reason and the source.
+pub fn encode_answer(response: &Response, options: AnswerOptions, out: &mut BytesMut) {
+    let error_detail = options.error_detail;
     match response {
-        Response::Yes(scores) => {
+        Response::Yes(scores) | Response::Listed(scores, _) => {
             out.put_u32_le(STATUS_YES);
             for score in scores {
                 put_field(out, &score.to_le_bytes());
+            }
+            if let (Response::Listed(_, detail), true) = (response, options.list_detail) {
+                put_field(out, &[]);
+                put_field(out, detail.list.as_bytes());
+                put_field(out, detail.reason.as_bytes());
+                put_field(out, detail.source.as_bytes());
             }
             out.put_slice(TERMINATOR);
         }
@@ -290,6 +336,28 @@ mod tests {
             let (decoded, len) = decode_response(&out, &Limits::default(), error_detail).unwrap().unwrap();
             assert_eq!((decoded, len), (response, out.len()));
         }
+    }
+
+    #[test]
+    fn a_listed_yes_carries_its_detail_only_when_asked() {
+        let detail = ListDetail::new("badlist", "ransomware, ticket 42", "soc");
+        let listed = Response::Listed(vec![1.0, 1.0], detail);
+        let mut plain = BytesMut::new();
+        encode_response(&listed, true, &mut plain);
+        let (decoded, _) = decode_response(&plain, &Limits::default(), true).unwrap().unwrap();
+        assert_eq!(decoded, Response::Yes(vec![1.0, 1.0]));
+        let mut detailed = BytesMut::new();
+        encode_answer(&listed, AnswerOptions { error_detail: false, list_detail: true }, &mut detailed);
+        let (decoded, len) = decode_response(&detailed, &Limits::default(), false).unwrap().unwrap();
+        assert_eq!((decoded, len), (listed, detailed.len()));
+        // An empty field without the three texts after it is not a detail.
+        let mut short = BytesMut::new();
+        short.put_u32_le(STATUS_YES);
+        put_field(&mut short, &1.0f32.to_le_bytes());
+        put_field(&mut short, &[]);
+        put_field(&mut short, b"badlist");
+        short.put_slice(TERMINATOR);
+        assert!(matches!(decode_response(&short, &Limits::default(), false), Err(FrameError::BadListDetail)));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const FIRST_EXTRA_FIELD: usize = 3;
 /// The option name that turns on error details for a connection.
 pub const OPTION_ERROR_DETAIL: &str = "error_detail";
 
+/// The option name that makes a `Yes` answered from the safelist or badlist say so, and why.
+pub const OPTION_LIST_DETAIL: &str = "list_detail";
+
 /// One request.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Request {
@@ -176,17 +179,24 @@ impl Request {
     /// `[1]` as sent. Hashing is CPU work proportional to the executable's size:
     /// servers call this off their I/O threads.
     pub fn verified_sha256(&self) -> Result<Option<Sha256Hash>, RequestError> {
-        let claimed = self.sha256()?;
-        match self.executable() {
-            Some(executable) if !executable.is_empty() => {
-                let actual = Sha256Hash::of(executable);
-                match claimed {
-                    Some(claimed) if claimed != actual => Err(RequestError::HashMismatch { claimed, actual }),
-                    _ => Ok(Some(actual)),
-                }
-            }
-            _ => Ok(claimed),
-        }
+        verified_sha256(self.sha256()?, self.executable().map_or(&[][..], |executable| &executable[..]))
+    }
+}
+
+/// A sample's SHA-256, checked: with a non-empty `executable`, its digest (which must equal
+/// `claimed` when that is given); without one, `claimed` as sent. The rule of
+/// [`Request::verified_sha256`], for servers that take samples in other forms too (HTTP).
+pub fn verified_sha256(
+    claimed: Option<Sha256Hash>,
+    executable: &[u8],
+) -> Result<Option<Sha256Hash>, RequestError> {
+    if executable.is_empty() {
+        return Ok(claimed);
+    }
+    let actual = Sha256Hash::of(executable);
+    match claimed {
+        Some(claimed) if claimed != actual => Err(RequestError::HashMismatch { claimed, actual }),
+        _ => Ok(Some(actual)),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Responses: `Yes` with its f32 scores, `No`, and the opt-in error detail a
-//! `No` carries on connections that asked for it.
+//! Responses: `Yes` with its f32 scores, `No`, the opt-in error detail a
+//! `No` carries on connections that asked for it, and the opt-in list detail of
+//! a `Yes` answered from the safelist or badlist.
 
 use std::fmt;
 
@@ -14,6 +15,12 @@ pub enum Response {
     ///
     /// [`Command::Options`]: crate::Command::Options
     Yes(Vec<f32>),
+    /// Status 1029 answered from the safelist or badlist, without analysis: the
+    /// scores of a `Yes` (the list's verdict in every place) and the entry that
+    /// gave them. Written as a plain `Yes` unless the connection turned on
+    /// `list_detail`; then the scores are followed by an empty field and the
+    /// detail's fields.
+    Listed(Vec<f32>, ListDetail),
     /// Status 1030. The detail is written only on connections that opted in;
     /// elsewhere a `No` is exactly the 4 status bytes whatever it holds here.
     No(Option<ErrorDetail>),
@@ -28,10 +35,53 @@ impl Response {
     /// The combined verdict of a `Yes`.
     pub fn verdict(&self) -> Option<f32> {
         match self {
-            Response::Yes(scores) => scores.first().copied(),
+            Response::Yes(scores) | Response::Listed(scores, _) => scores.first().copied(),
             Response::No(_) => None,
         }
     }
+
+    /// The scores of a `Yes`, listed or not.
+    pub fn scores(&self) -> Option<&[f32]> {
+        match self {
+            Response::Yes(scores) | Response::Listed(scores, _) => Some(scores),
+            Response::No(_) => None,
+        }
+    }
+}
+
+/// Which list answered a `Yes`, and why: sent after the scores on connections
+/// that turned on `list_detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListDetail {
+    /// `safelist` or `badlist`.
+    pub list: String,
+    /// Why the hash is listed, at most [`MAX_MESSAGE_LEN`] bytes.
+    pub reason: String,
+    /// Where the decision comes from (a ticket, a feed, an analyst).
+    pub source: String,
+}
+
+impl ListDetail {
+    /// A detail with the texts cut to [`MAX_MESSAGE_LEN`] bytes.
+    pub fn new(list: impl Into<String>, reason: impl Into<String>, source: impl Into<String>) -> ListDetail {
+        ListDetail {
+            list: truncated(list.into()),
+            reason: truncated(reason.into()),
+            source: truncated(source.into()),
+        }
+    }
+}
+
+/// `text` cut to [`MAX_MESSAGE_LEN`] bytes on a character boundary.
+fn truncated(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE_LEN {
+        let mut end = MAX_MESSAGE_LEN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// Why a request failed: a stable numeric code (what programs should match on)
@@ -56,7 +106,8 @@ pub enum Reason {
     NotPe,
     /// 8: the analysis is not available on this server (not configured, no model).
     Unavailable,
-    /// 9: the server is saturated; retry later.
+    /// 9: the server is saturated (no analysis worker free, or the memory budget of
+    /// frames being read is spent); retry later.
     Busy,
     /// 10: the server failed (storage, a bug); the request may be retried.
     Internal,
@@ -69,11 +120,14 @@ pub enum Reason {
     /// 14: the analysis ran but gave nothing to score: the sandbox's analysis of the
     /// executable failed, or its report was unusable or held no API call.
     AnalysisFailed,
+    /// 15: this client is over its own limits (request rate, requests in flight);
+    /// retry later. Other clients are not affected (that would be `busy`).
+    RateLimited,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Malformed,
         Reason::UnknownCommand,
         Reason::TooLarge,
@@ -88,6 +142,7 @@ impl Reason {
         Reason::WrongCredentials,
         Reason::NotFound,
         Reason::AnalysisFailed,
+        Reason::RateLimited,
     ];
 
     /// The stable numeric code.
@@ -107,6 +162,7 @@ impl Reason {
             Reason::WrongCredentials => 12,
             Reason::NotFound => 13,
             Reason::AnalysisFailed => 14,
+            Reason::RateLimited => 15,
         }
     }
 
@@ -127,6 +183,7 @@ impl Reason {
             Reason::WrongCredentials => "wrong_credentials",
             Reason::NotFound => "not_found",
             Reason::AnalysisFailed => "analysis_failed",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -178,15 +235,7 @@ impl ErrorDetail {
 
     /// Adds a message for people, cut to [`MAX_MESSAGE_LEN`] bytes.
     pub fn with_message(mut self, message: impl Into<String>) -> ErrorDetail {
-        let mut message = message.into();
-        if message.len() > MAX_MESSAGE_LEN {
-            let mut end = MAX_MESSAGE_LEN;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
-        self.message = message;
+        self.message = truncated(message.into());
         self
     }
 
@@ -240,12 +289,13 @@ mod tests {
     #[test]
     fn reason_codes_are_stable_and_distinct() {
         let codes: Vec<u32> = Reason::ALL.iter().map(|r| r.code()).collect();
-        assert_eq!(codes, (1..=14).collect::<Vec<u32>>());
+        assert_eq!(codes, (1..=15).collect::<Vec<u32>>());
         for reason in Reason::ALL {
             assert_eq!(Reason::from_code(reason.code()), Some(reason));
         }
         assert_eq!(Reason::from_code(0), None);
         assert_eq!(Reason::NotPe.name(), "not_pe");
+        assert_eq!((Reason::RateLimited.code(), Reason::RateLimited.name()), (15, "rate_limited"));
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! decoder of [`frame`](crate::frame) until a frame is complete, so limits are
 //! enforced by the same code the fuzzer exercises. It also owns the two
 //! timeouts: the idle timeout runs while no frame has started, the frame
-//! timeout from a frame's first byte to its last.
+//! timeout from a frame's first byte to its last. Given a [`MemoryBudget`], it
+//! reserves each frame's announced bytes before reading them.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::budget::{MemoryBudget, Reservation, UNCOUNTED_FRAME_BYTES};
 use crate::frame::{self, FrameError, FrameLayout, Scan, TERMINATOR};
 use crate::limits::Limits;
 use crate::request::Request;
@@ -29,11 +31,22 @@ pub struct FrameReader<R> {
     limits: Limits,
     /// When the frame being read got its first byte; `None` between frames.
     frame_started: Option<Instant>,
+    /// What the frame being read (or the request last read) holds of the
+    /// server's memory budget; `None` without a budget.
+    reservation: Option<Reservation>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, limits: Limits) -> FrameReader<R> {
-        FrameReader { inner, buffer: BytesMut::new(), limits, frame_started: None }
+        FrameReader { inner, buffer: BytesMut::new(), limits, frame_started: None, reservation: None }
+    }
+
+    /// Counts the frames read from now on against `budget`: a frame over
+    /// [`UNCOUNTED_FRAME_BYTES`] is read only while the budget covers it. The
+    /// bytes of a frame stay reserved until the next read starts (the request
+    /// they became has been handled by then) or the reader is dropped.
+    pub fn set_memory_budget(&mut self, budget: &MemoryBudget) {
+        self.reservation = Some(budget.reservation());
     }
 
     pub fn limits(&self) -> &Limits {
@@ -69,6 +82,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self,
         scan: impl Fn(&[u8]) -> Result<Scan, FrameError>,
     ) -> Result<Option<(FrameLayout, Bytes)>, FrameError> {
+        if let Some(reservation) = &mut self.reservation {
+            reservation.clear();
+        }
         loop {
             let at_least = match scan(&self.buffer)? {
                 Scan::Complete(layout) => {
@@ -80,6 +96,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 Scan::Incomplete { at_least } => at_least,
             };
+            self.reserve(at_least)?;
             let (deadline, timeout_error) = match self.frame_started {
                 Some(started) => {
                     (started + self.limits.frame_timeout, FrameError::FrameTimeout(self.limits.frame_timeout))
@@ -99,6 +116,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             self.frame_started.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Reserves `frame_bytes` for the frame being read, before its body is read.
+    fn reserve(&mut self, frame_bytes: usize) -> Result<(), FrameError> {
+        let Some(reservation) = &mut self.reservation else { return Ok(()) };
+        if frame_bytes <= UNCOUNTED_FRAME_BYTES || reservation.grow_to(frame_bytes as u64) {
+            return Ok(());
+        }
+        Err(FrameError::MemoryBudget { wanted: frame_bytes as u64 })
     }
 
     pub fn into_inner(self) -> R {

@@ -54,6 +54,12 @@ fn show_request(request: &Request) -> String {
 fn show_response(response: &Response) -> String {
     match response {
         Response::Yes(scores) => format!("Yes {scores:?}"),
+        Response::Listed(scores, detail) => {
+            format!(
+                "Yes {scores:?} list={} reason={:?} source={:?}",
+                detail.list, detail.reason, detail.source
+            )
+        }
         Response::No(None) => "No".to_owned(),
         Response::No(Some(detail)) => format!(
             "No code={} name={} step={} message={:?}",

@@ -1,7 +1,10 @@
 //! The malware AI server: the TCP protocol of SPEC §1.1 (framing in
 //! `sentinel-protocol`) served to many central servers at once. It contributes
-//! `/status`, `/admin/reload`, a readiness check and its metrics to the
-//! process's HTTP listener (`sentinel-api`) through [`Server::contribute`].
+//! `/status`, `/admin/reload`, the analysis of files over HTTP
+//! (`/api/v1/files`), the safelist and badlist (`/api/v1/lists`), a readiness
+//! check and its metrics to the process's HTTP listener (`sentinel-api`)
+//! through [`Server::contribute`]. Both the protocol and HTTP go through one
+//! analysis pipeline (`analysis`).
 //!
 //! Connections are tokio tasks; CPU-bound analysis runs on a bounded set of
 //! blocking workers (`workers`) so slow analyses never stall the reactor;
@@ -10,8 +13,12 @@
 //! the answer is sent. `docs/protocol.md` documents the protocol and settings.
 
 mod analysis;
+mod client_limits;
 mod connection;
+mod exposure;
+mod file_api;
 mod http;
+mod list_api;
 mod metrics;
 mod models;
 mod server;
@@ -21,8 +28,9 @@ mod status;
 mod workers;
 
 pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTotalStep, label_from_report};
+pub use exposure::ExposureError;
 pub use models::{BEHAVIOUR_MODEL_PATH, ModelLoadError, Models, ModelsInService, STATIC_MODEL_PATH};
-pub use server::{Server, ServerError};
+pub use server::{ClientRecords, Server, ServerError};
 pub use settings::{ServerSettings, SettingsError};
 pub use state::{ReloadError, Reloader};
 pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};

@@ -1,6 +1,8 @@
 //! The malware server's Prometheus metrics, read from its status counters at each scrape (no
 //! second copy of any counter): `malware_connections_open`, `malware_connections_total{result}`,
-//! `malware_requests_total{command,outcome}`, `malware_model_reloads_total{result}` and, when
+//! `malware_requests_total{command,outcome}`, `malware_model_reloads_total{result}`,
+//! `malware_refusals_total{reason}` (connections and requests refused by the listeners' limits,
+//! counted by the refusal log) and, when
 //! the VirusTotal step is on, `virustotal_calls_total`, `virustotal_cache_hits_total`,
 //! `virustotal_calls_saved_total` and `virustotal_errors_total{kind}`.
 //!
@@ -20,6 +22,13 @@ use crate::state::Shared;
 /// Registers the server's metrics in the process's registry.
 pub(crate) fn register(shared: &Arc<Shared>, registry: &mut Registry) {
     registry.register_collector(Box::new(ServerMetrics(Arc::clone(shared))));
+    registry.register(
+        "malware_refusals",
+        "Protocol connections closed before being served (not_allowed, max_connections, \
+         max_connections_per_client, tls_handshake, first_byte_timeout) and requests refused \
+         (max_requests_per_client, client_request_rate, frame_memory_budget), by reason.",
+        shared.refusals.counter(),
+    );
 }
 
 #[derive(Debug)]
@@ -52,7 +61,7 @@ impl Collector for ServerMetrics {
         counters(
             &mut encoder,
             "malware_connections",
-            "Protocol connections, accepted or refused at max_connections.",
+            "Protocol connections, accepted or closed before being served (malware_refusals has why).",
             [
                 (vec![("result", "accepted")], report.connections.accepted),
                 (vec![("result", "refused")], report.connections.refused),

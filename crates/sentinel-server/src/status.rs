@@ -46,7 +46,8 @@ pub struct StatusReport {
 pub struct ConnectionCounts {
     pub open: u64,
     pub accepted: u64,
-    /// Closed at once because `max_connections` were open.
+    /// Closed before being served: from outside `allowed_clients`, over a connection cap,
+    /// a failed TLS handshake or nothing sent within `first_byte_timeout`.
     pub refused: u64,
 }
 

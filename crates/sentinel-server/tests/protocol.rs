@@ -124,8 +124,13 @@ async fn bad_requests_get_their_reason_and_the_connection_goes_on() {
     raw.read_exact(&mut status).await.unwrap();
     assert_eq!(u32::from_le_bytes(status), sentinel_protocol::STATUS_YES);
 
-    // The mismatching sample was not stored; the good one is.
+    // The mismatching sample was not stored; the good one is. The one that is not a PE is
+    // recorded all the same (its row committed before the No), without a verdict.
     assert!(server.store.sample(&other_hash).unwrap().is_none());
+    let text_hash = sha256_hex(b"just text");
+    assert!(server.store.sample(&text_hash).unwrap().unwrap().stored_path.is_some());
+    assert_eq!(server.store.read_sample(&text_hash).unwrap().as_deref(), Some(&b"just text"[..]));
+    assert!(server.store.verdicts(&text_hash).unwrap().is_empty());
     let counts = status_counts(&server).await;
     assert_eq!(counts["Static_analyse"]["not_pe"], 1);
     assert_eq!(counts["Static_analyse"]["hash_mismatch"], 1);

@@ -26,6 +26,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::StoreError;
 use crate::migrations::{self, Schema};
+use crate::sqlcipher::{self, DatabaseKey};
 
 /// Prepared statements cached per connection; the store uses a few dozen.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
@@ -54,6 +55,8 @@ pub(crate) struct Database {
     stats: Arc<Counters>,
     idle_readers: Mutex<Vec<Connection>>,
     max_idle_readers: usize,
+    /// Keys every connection when the store is encrypted.
+    key: Option<DatabaseKey>,
 }
 
 #[derive(Default)]
@@ -63,16 +66,21 @@ struct Counters {
 }
 
 impl Database {
-    /// Opens (creating if needed) the database at `path`, migrates it to the latest schema and
-    /// starts the writer thread.
+    /// Opens (creating if needed) the database at `path`, encrypted under `key` if one is
+    /// given, migrates it to the latest schema and starts the writer thread. A file that `key`
+    /// does not open (a plain file with a key, an encrypted one without or with another key) is
+    /// refused before anything is written to it.
     pub(crate) fn open(
         path: &Path,
         schema: &Schema,
         busy_timeout: Duration,
         max_idle_readers: usize,
+        key: Option<DatabaseKey>,
     ) -> Result<Database, StoreError> {
+        sqlcipher::probe(path, key.as_ref())?;
         create_private_file(path)?;
         let mut writer = Connection::open(path)?;
+        sqlcipher::apply_key(&writer, key.as_ref(), path)?;
         configure(&writer, busy_timeout)?;
         let journal_mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         if !journal_mode.eq_ignore_ascii_case("wal") {
@@ -98,6 +106,7 @@ impl Database {
             stats,
             idle_readers: Mutex::new(Vec::new()),
             max_idle_readers,
+            key,
         })
     }
 
@@ -150,6 +159,7 @@ impl Database {
         // `query_only` then makes any write attempt on it an error.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let reader = Connection::open_with_flags(&self.path, flags)?;
+        sqlcipher::apply_key(&reader, self.key.as_ref(), &self.path)?;
         configure(&reader, self.busy_timeout)?;
         reader.pragma_update(None, "query_only", true)?;
         Ok(reader)
@@ -313,7 +323,8 @@ mod tests {
         const WRITERS: usize = 24;
         let dir = tempfile::tempdir().unwrap();
         let database = Arc::new(
-            Database::open(&dir.path().join("db"), &migrations::MALWARE, Duration::from_secs(5), 2).unwrap(),
+            Database::open(&dir.path().join("db"), &migrations::MALWARE, Duration::from_secs(5), 2, None)
+                .unwrap(),
         );
 
         // Hold the writer thread inside a write until every other writer has queued.

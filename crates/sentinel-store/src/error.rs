@@ -53,6 +53,11 @@ pub enum StoreError {
     #[error("invalid label: {0}")]
     InvalidLabel(String),
 
+    /// A safelist or badlist entry that cannot be stored: a blank or too long reason or source;
+    /// the reason says which.
+    #[error("invalid list entry: {0}")]
+    InvalidListEntry(String),
+
     /// A VirusTotal report row that cannot be stored; the reason names the field.
     #[error("invalid VirusTotal report: {0}")]
     InvalidVtReport(String),
@@ -98,6 +103,77 @@ pub enum StoreError {
     /// A model version or decision that cannot be stored or read; the reason says which part.
     #[error("invalid model registry entry: {0}")]
     InvalidModel(String),
+
+    /// An API token that cannot be stored: an empty or too long name, a hash of the wrong
+    /// length; the reason says which.
+    #[error("invalid API token: {0}")]
+    InvalidApiToken(String),
+
+    /// An API token's name is already taken (names are unique, so `revoke NAME` is unambiguous).
+    #[error("an API token named {0:?} already exists")]
+    ApiTokenNameTaken(String),
+
+    /// An audit event that cannot be stored: an action that is not a word, a text too long, too
+    /// many details; the reason says which.
+    #[error("invalid audit event: {0}")]
+    InvalidAuditEvent(String),
+
+    /// YARA matches that cannot be stored: a name or a value too long; the reason says which.
+    #[error("invalid YARA match: {0}")]
+    InvalidYaraMatch(String),
+
+    /// A store key that cannot be used (not 64 hexadecimal characters, unreadable). The reason
+    /// never includes the key's text.
+    #[error("invalid store key: {0}")]
+    InvalidStoreKey(String),
+
+    /// The cryptography library failed (no randomness from the system): nothing was written.
+    #[error("encryption failed: {0}")]
+    Encryption(&'static str),
+
+    /// A key file that users other than its owner may read or write.
+    #[error(
+        "the store key file {} has mode {mode:04o}: it must be private to its owner (chmod 600 {})",
+        path.display(),
+        path.display()
+    )]
+    KeyFileNotPrivate { path: PathBuf, mode: u32 },
+
+    /// Both `SENTINEL_STORE_KEY` and `[store] key_file` are set.
+    #[error(
+        "both SENTINEL_STORE_KEY and [store] key_file ({}) give a store key: set only one",
+        key_file.display()
+    )]
+    StoreKeyConflict { key_file: PathBuf },
+
+    /// A store key is configured but the database file is plain SQLite.
+    #[error(
+        "{} is not encrypted, but a store key is configured: encrypt the store first \
+         (`sentinel store encrypt --key-file FILE`), or start without a key",
+        path.display()
+    )]
+    NotEncrypted { path: PathBuf },
+
+    /// The database file is encrypted (or is not SQLite at all) and no store key is configured.
+    #[error(
+        "{} is encrypted (or is not a SQLite database) and no store key is configured: \
+         set SENTINEL_STORE_KEY or [store] key_file",
+        path.display()
+    )]
+    StoreKeyMissing { path: PathBuf },
+
+    /// The configured key does not decrypt the database file.
+    #[error(
+        "{} cannot be decrypted with the configured store key (fingerprint {fingerprint}): wrong key, \
+         or the file is damaged",
+        path.display()
+    )]
+    WrongStoreKey { path: PathBuf, fingerprint: String },
+
+    /// Another process has the store open (or is changing its encryption), so the store's
+    /// encryption cannot be changed now, or the store cannot be opened while it is.
+    #[error("the store in {} is in use by another process: {activity}", data_dir.display())]
+    StoreInUse { data_dir: PathBuf, activity: &'static str },
 
     /// SQLite failed.
     #[error("database error: {0}")]

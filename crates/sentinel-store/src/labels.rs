@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::dataset_csv::{self, ImportReport, preview};
 use crate::sample_hash::SampleHash;
-use crate::vault::{self, Vault};
+use crate::vault::Vault;
 use crate::{Store, StoreError};
 
 /// Longest note accepted, in bytes.
@@ -174,9 +174,8 @@ impl Store {
                 Ok(Some(bytes)) => {
                     self.import_labels(std::mem::take(&mut labels_only), report)?;
                     let (now, hash) = (self.now(), label.hash.clone());
-                    let written = self.record_sample_with(hash.as_str(), &bytes, move |connection| {
-                        label.upsert(connection, now)
-                    });
+                    let written = self
+                        .record_sample_with(&hash, &bytes, move |connection| label.upsert(connection, now));
                     match written {
                         Ok((_, applied)) => {
                             report.samples_stored += 1;
@@ -208,7 +207,7 @@ impl Store {
         if !self.settings.keep_samples || metadata.len() > self.settings.max_sample_size {
             return Ok(None);
         }
-        let bytes = vault::read_external(path, hash)?;
+        let bytes = self.vault.read_external(path, hash)?;
         SampleHash::verify(hash.as_str(), &bytes)?;
         Ok(Some(bytes))
     }

@@ -3,7 +3,10 @@
 //!
 //! - [`Store`]: a SQLite database in WAL mode (`<data_dir>/sentinel.db`) for samples, verdicts,
 //!   the two datasets (VirusTotal results, labelled samples) and the model registry of every
-//!   model kind (`model_registry.rs`), and a content-addressed vault of defanged sample files
+//!   model kind (`model_registry.rs`), the HTTP API's tokens, kept as hashes (`api_tokens.rs`),
+//!   the audit table of administrative actions (`audit.rs`), the safelist and badlist
+//!   (`hash_lists.rs`),
+//!   and a content-addressed vault of defanged sample files
 //!   (`<data_dir>/samples/`);
 //! - [`NetworkStore`]: the network service's tables (SPEC §2.3) and ingest journal in
 //!   `<data_dir>/network.db`, with its batched results writer (`network/`).
@@ -16,23 +19,38 @@
 //! so many clients share each fsync. Methods block on disk I/O, so async callers run them on
 //! `spawn_blocking`; a [`Store`] is `Send + Sync` and is shared behind an `Arc`.
 //!
+//! With a store key (`SENTINEL_STORE_KEY` or `[store] key_file`, [`StoreKey`]) both databases are
+//! encrypted with SQLCipher and the vault's files with AES-256-GCM, each under its own subkey
+//! (`store_key.rs`, `sqlcipher.rs`, `vault_cipher.rs`); [`encrypt_store`] and [`rekey_store`]
+//! change a store's encryption (`reencryption.rs`). docs/security.md, "Encryption at rest".
+//!
 //! Each dataset lives in its own module with its own `impl Store` block and its own schema
 //! migration, so new datasets are new modules. `docs/storage.md` describes the tables and files.
 
+mod api_tokens;
+mod audit;
 mod database;
 mod dataset_csv;
 mod error;
+mod hash_lists;
 mod labels;
 mod migrations;
 mod model_registry;
 mod network;
+mod reencryption;
 mod retention;
 mod sample_hash;
 mod samples;
 mod settings;
+mod sqlcipher;
+mod store_key;
+mod store_lock;
 mod vault;
+mod vault_cipher;
+mod vault_compaction;
 mod verdicts;
 mod vt_reports;
+mod yara_matches;
 
 use std::fmt;
 use std::fs::DirBuilder;
@@ -40,9 +58,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use api_tokens::{ApiTokenRecord, NewApiToken};
+pub use audit::{AuditEvent, AuditQuery, MAX_AUDIT_PAGE, NewAuditEvent, local_user_principal};
 pub use database::WriteStats;
 pub use dataset_csv::{ImportReport, RowError};
 pub use error::StoreError;
+pub use hash_lists::{HashList, ListEntry, ListQuery, MAX_LIST_PAGE, NewListEntry, UnknownList};
 pub use labels::{LabelSource, LabelledSample};
 pub use model_registry::{
     DecisionOutcome, DecisionRecord, ModelKind, ModelVersionInfo, NewDecision, NewModelVersion, Provenance,
@@ -52,14 +73,22 @@ pub use network::{
     ConnectionRow, HistoryExtent, HistoryRow, LegacyNetworkModel, ModelMetricsRow, NETWORK_DATABASE_FILE,
     NetworkRowCounts, NetworkStore, PredictionRow, ScoredItem, WriterSettings, WriterStats,
 };
+pub use reencryption::{ReencryptionReport, encrypt_store, rekey_store};
 pub use retention::RetentionReport;
-pub use samples::SampleRecord;
-pub use settings::StoreSettings;
+pub use samples::{SampleRecord, VerifiedSample};
+pub use settings::{StoreSettings, VaultCompression};
+pub use store_key::{STORE_KEY_ENV, StoreKey};
 pub use verdicts::{NewVerdict, VerdictRecord};
 pub use vt_reports::VtReportRow;
+pub use yara_matches::YaraMatchRecord;
 
 use database::Database;
-use vault::Vault;
+use sqlcipher::DatabaseKey;
+use store_key::KeyPurpose;
+use store_lock::StoreLock;
+use vault::{Codec, Vault};
+use vault_cipher::VaultCipher;
+use vault_compaction::VaultCompaction;
 
 /// Name of the database file inside the data directory.
 const DATABASE_FILE: &str = "sentinel.db";
@@ -75,34 +104,85 @@ pub struct Store {
     /// Shared with the writer thread, which checks and deletes vault files inside transactions.
     vault: Arc<Vault>,
     clock: Clock,
+    /// The store key, when the store is encrypted: the network store beside it uses it too.
+    key: Option<StoreKey>,
+    /// Compresses masked vault files in the background (`vault_compression = "background"`);
+    /// stopped when the store is dropped.
+    _compaction: Option<VaultCompaction>,
+    /// Held while the store is open, so its encryption is not changed under it.
+    _lock: StoreLock,
 }
 
 impl Store {
     /// Opens the store in `data_dir`, creating the directory (mode 0700), the database
-    /// (`sentinel.db`, mode 0600) and the vault if missing, and migrating the schema.
+    /// (`sentinel.db`, mode 0600) and the vault if missing, and migrating the schema. The store is
+    /// encrypted when a key is configured ([`StoreKey::configured`]: `SENTINEL_STORE_KEY` or
+    /// `[store] key_file`).
     pub fn open(data_dir: &Path, settings: StoreSettings) -> Result<Store, StoreError> {
-        Store::open_with_clock(data_dir, settings, system_clock)
+        let key = StoreKey::configured(&settings)?;
+        Store::open_with_key(data_dir, settings, key)
+    }
+
+    /// Opens the store with the given key (`None`: a plain store), whatever the settings and
+    /// the environment say. A store that the key does not open (a plain store with a key, an
+    /// encrypted one without one or with another key) is refused before anything in it changes.
+    pub fn open_with_key(
+        data_dir: &Path,
+        settings: StoreSettings,
+        key: Option<StoreKey>,
+    ) -> Result<Store, StoreError> {
+        Store::open_with_clock(data_dir, settings, key, system_clock)
     }
 
     pub(crate) fn open_with_clock(
         data_dir: &Path,
         settings: StoreSettings,
+        key: Option<StoreKey>,
         clock: Clock,
     ) -> Result<Store, StoreError> {
         settings.validate()?;
         create_private_dir(data_dir)?;
+        let database_path = data_dir.join(DATABASE_FILE);
+        let database_key = key.as_ref().map(|key| DatabaseKey::new(key, KeyPurpose::MalwareDatabase));
+        // Before the lock file, the vault's directories or the database are touched.
+        sqlcipher::probe(&database_path, database_key.as_ref())?;
+        let lock = StoreLock::shared(data_dir)?;
 
-        let vault = Arc::new(Vault::open(data_dir, settings.compression_level)?);
         let busy_timeout = settings.busy_timeout;
         let database = Database::open(
-            &data_dir.join(DATABASE_FILE),
+            &database_path,
             &migrations::MALWARE,
             busy_timeout,
             settings.read_connections,
+            database_key,
         )?;
+        let cipher = key.as_ref().map(VaultCipher::new);
+        let codec = match settings.vault_compression {
+            VaultCompression::Background => Codec::Masked,
+            VaultCompression::Inline => Codec::Zstd,
+        };
+        let vault = Arc::new(Vault::open(data_dir, settings.compression_level, codec, cipher)?);
+        let compaction = match settings.vault_compression {
+            VaultCompression::Background => Some(VaultCompaction::start(Arc::clone(&vault))?),
+            VaultCompression::Inline => None,
+        };
         // Makes the entries of a newly created database and its WAL durable.
         vault::sync_dir(data_dir)?;
-        Ok(Store { data_dir: data_dir.to_owned(), settings, database, vault, clock })
+        Ok(Store {
+            data_dir: data_dir.to_owned(),
+            settings,
+            database,
+            vault,
+            clock,
+            key,
+            _compaction: compaction,
+            _lock: lock,
+        })
+    }
+
+    /// The store key the store was opened with; `None` for a plain store.
+    pub fn store_key(&self) -> Option<&StoreKey> {
+        self.key.as_ref()
     }
 
     /// Succeeds if the database can take its write lock and the vault's file system accepts a

@@ -4,8 +4,9 @@
 //! transaction, so a crash leaves the schema at either the old or the new version. New tables
 //! are added by appending to a [`Schema`]'s list, never by editing an applied migration.
 //!
-//! Two schemas exist: [`MALWARE`] (`sentinel.db`: samples, verdicts, the two datasets and the
-//! model registry) and the network schema (`network.db`, in [`crate::network`]).
+//! Two schemas exist: [`MALWARE`] (`sentinel.db`: samples, verdicts, the two datasets, the
+//! model registry, API tokens, the audit table, the safelist and badlist) and the network schema
+//! (`network.db`, in [`crate::network`]).
 
 use std::path::Path;
 
@@ -105,6 +106,73 @@ const MALWARE_MIGRATIONS: &[&str] = &[
         version_id   INTEGER NOT NULL REFERENCES model_versions (id),
         activated_at INTEGER NOT NULL
     ) STRICT;",
+    // 5: API tokens of the HTTP API (`api_tokens.rs`): only the SHA-256 of each token is kept.
+    "CREATE TABLE api_tokens (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT    NOT NULL UNIQUE,
+        hash       BLOB    NOT NULL UNIQUE CHECK (length(hash) = 32),
+        scopes     TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        last_used  INTEGER,
+        revoked_at INTEGER
+    ) STRICT;",
+    // 6: the audit table (`audit.rs`): administrative actions, only ever added to.
+    "CREATE TABLE audit_events (
+        id        INTEGER PRIMARY KEY,
+        time      INTEGER NOT NULL,
+        principal TEXT    NOT NULL,
+        action    TEXT    NOT NULL,
+        target    TEXT,
+        outcome   TEXT    NOT NULL,
+        details   TEXT    NOT NULL CHECK (json_valid(details)),
+        client    TEXT
+    ) STRICT;
+    CREATE INDEX audit_events_by_action ON audit_events (action, id);",
+    // 7: the safelist and the badlist (`hash_lists.rs`): one entry per hash, on one list. A
+    // listed hash is answered from its list and that answer recorded as a verdict of analysis
+    // `list`, which the CHECK of `verdicts` did not admit: the table is rebuilt with the new
+    // CHECK (SQLite cannot alter one), keeping every row, its id and the id sequence, so ids
+    // are still never reused.
+    "CREATE TABLE hash_lists (
+        sha256   TEXT    PRIMARY KEY NOT NULL CHECK (length(sha256) = 64),
+        list     TEXT    NOT NULL CHECK (list IN ('safe', 'bad')),
+        reason   TEXT    NOT NULL,
+        source   TEXT    NOT NULL,
+        added_at INTEGER NOT NULL,
+        added_by TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX hash_lists_by_list ON hash_lists (list, sha256);
+    CREATE TABLE verdicts_with_lists (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        sha256        TEXT    NOT NULL CHECK (length(sha256) = 64),
+        analysis      TEXT    NOT NULL
+                      CHECK (analysis IN ('static', 'dynamic', 'virustotal', 'combined', 'list')),
+        model_version TEXT    NOT NULL,
+        score         REAL    NOT NULL CHECK (score >= 0.0 AND score <= 1.0),
+        created_at    INTEGER NOT NULL,
+        client        TEXT    NOT NULL
+    ) STRICT;
+    INSERT INTO verdicts_with_lists (id, sha256, analysis, model_version, score, created_at, client)
+        SELECT id, sha256, analysis, model_version, score, created_at, client FROM verdicts;
+    DELETE FROM sqlite_sequence WHERE name = 'verdicts_with_lists';
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'verdicts_with_lists', seq FROM sqlite_sequence WHERE name = 'verdicts';
+    DROP TABLE verdicts;
+    ALTER TABLE verdicts_with_lists RENAME TO verdicts;
+    CREATE INDEX verdicts_by_sha256 ON verdicts (sha256, id);",
+    // 8: YARA matches (`yara_matches.rs`): the rules of a rule set that matched a sample, one row
+    // per rule, replaced when the same set scans the sample again.
+    "CREATE TABLE yara_matches (
+        sha256     TEXT    NOT NULL,
+        ruleset    TEXT    NOT NULL,
+        namespace  TEXT    NOT NULL,
+        rule       TEXT    NOT NULL,
+        tags       TEXT    NOT NULL CHECK (json_valid(tags)),
+        metadata   TEXT    NOT NULL CHECK (json_valid(metadata)),
+        matched_at INTEGER NOT NULL,
+        PRIMARY KEY (sha256, ruleset, namespace, rule)
+    ) STRICT;",
 ];
 
 /// Brings the database at `path` (open on `connection`) to the latest version of `schema`.
@@ -179,6 +247,39 @@ mod tests {
         let versions: i64 =
             connection.query_row("SELECT count(*) FROM model_versions", [], |row| row.get(0)).unwrap();
         assert_eq!((labels, versions), (1, 0));
+    }
+
+    #[test]
+    fn the_verdicts_table_rebuilt_for_list_verdicts_keeps_its_rows_and_never_reuses_an_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut connection = Connection::open(&path).unwrap();
+        for migration in &MALWARE.migrations[..6] {
+            connection.execute_batch(migration).unwrap();
+        }
+        connection.pragma_update(None, "application_id", MALWARE.application_id).unwrap();
+        connection.pragma_update(None, "user_version", 6).unwrap();
+        let insert = "INSERT INTO verdicts (sha256, analysis, model_version, score, created_at, client)
+            VALUES (?1, 'static', 'v1', 0.5, 0, 'c')";
+        for _ in 0..3 {
+            connection.execute(insert, ["a".repeat(64)]).unwrap();
+        }
+        // The newest verdict was deleted: its id must still not come back.
+        connection.execute("DELETE FROM verdicts WHERE id = 3", []).unwrap();
+        migrate(&mut connection, &path, &MALWARE).unwrap();
+        let ids: Vec<i64> = connection
+            .prepare("SELECT id FROM verdicts ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, [1, 2]);
+        let list = insert.replace("'static'", "'list'");
+        connection.execute(&list, ["a".repeat(64)]).unwrap();
+        let newest: i64 = connection.query_row("SELECT max(id) FROM verdicts", [], |row| row.get(0)).unwrap();
+        assert_eq!(newest, 4);
+        assert!(connection.execute(&insert.replace("'static'", "'other'"), ["a".repeat(64)]).is_err());
     }
 
     #[test]

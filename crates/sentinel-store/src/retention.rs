@@ -109,7 +109,7 @@ mod tests {
             sample_retention: Some(std::time::Duration::from_secs(30 * DAY as u64)),
             ..StoreSettings::default()
         };
-        let store = Store::open_with_clock(dir.path(), settings, test_clock).unwrap();
+        let store = Store::open_with_clock(dir.path(), settings, None, test_clock).unwrap();
         let (old, refreshed, recent) =
             (b"old sample".as_slice(), b"seen again".as_slice(), b"new".as_slice());
 
@@ -150,7 +150,7 @@ mod tests {
         };
         // This test keeps the system clock and runs retention from a store whose clock is far
         // in the future; the shared test clock belongs to the other test.
-        let store = Store::open_with_clock(dir.path(), settings.clone(), crate::system_clock).unwrap();
+        let store = Store::open_with_clock(dir.path(), settings.clone(), None, crate::system_clock).unwrap();
         let (kept, vanished) = (b"kept until expiry".as_slice(), b"deleted by hand".as_slice());
         store.record_sample(&sha256(kept), kept).unwrap();
         let vanished_path = store.record_sample(&sha256(vanished), vanished).unwrap().stored_path.unwrap();
@@ -172,7 +172,7 @@ mod tests {
             })
             .unwrap();
 
-        let later = Store::open_with_clock(dir.path(), settings, || i64::MAX / 2).unwrap();
+        let later = Store::open_with_clock(dir.path(), settings, None, || i64::MAX / 2).unwrap();
         let report = later.apply_retention().unwrap();
         assert_eq!(report.samples_expired, listed_without_file as u64 + 2);
         assert_eq!(report.files_deleted, 1);

@@ -2,9 +2,11 @@
 //! holds a copy. Recording a sample stores the vault file before the row, so a row never claims
 //! a file that was not durably written.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::sample_hash::SampleHash;
@@ -25,6 +27,46 @@ pub struct SampleRecord {
     /// The defanged vault file, if the vault holds one (absent when `keep_samples` is off, the
     /// sample exceeded `max_sample_size`, or retention deleted it).
     pub stored_path: Option<PathBuf>,
+}
+
+/// A sample's bytes with their SHA-256, computed once when it is made (and checked against the
+/// hash its sender claimed), so recording it and its verdicts in several steps hashes a large
+/// sample once. Cloning shares the bytes.
+#[derive(Clone)]
+pub struct VerifiedSample {
+    pub(crate) hash: SampleHash,
+    pub(crate) bytes: Bytes,
+}
+
+impl VerifiedSample {
+    /// Hashes `bytes`; with `claimed` (64 hexadecimal characters, either case), fails with
+    /// [`StoreError::InvalidSha256`] or [`StoreError::HashMismatch`] unless they hash to it.
+    pub fn new(bytes: Bytes, claimed: Option<&str>) -> Result<VerifiedSample, StoreError> {
+        let hash = match claimed {
+            Some(claimed) => SampleHash::verify(claimed, &bytes)?,
+            None => SampleHash::of(&bytes),
+        };
+        Ok(VerifiedSample { hash, bytes })
+    }
+
+    /// The SHA-256, 64 lowercase hexadecimal characters.
+    pub fn sha256(&self) -> &str {
+        self.hash.as_str()
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for VerifiedSample {
+    /// The hash and size only: the bytes are a sample, possibly live malware.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedSample")
+            .field("sha256", &self.sha256())
+            .field("size", &self.bytes.len())
+            .finish()
+    }
 }
 
 const UPSERT: &str = "INSERT INTO samples (sha256, size, first_seen, last_seen, stored_path)
@@ -48,19 +90,37 @@ impl Store {
     /// say so. Fails with [`StoreError::HashMismatch`] if the bytes do not hash to the hash.
     /// Both the row and the file are durable when this returns.
     pub fn record_sample(&self, sha256_hex: &str, bytes: &[u8]) -> Result<SampleRecord, StoreError> {
-        self.record_sample_with(sha256_hex, bytes, |_| Ok(())).map(|(record, ())| record)
+        let hash = SampleHash::verify(sha256_hex, bytes)?;
+        self.record_sample_with(&hash, bytes, |_| Ok(())).map(|(record, ())| record)
     }
 
-    /// Records a sample as [`Store::record_sample`] does and, in the same transaction, whatever
-    /// `also` writes; nothing is committed if `also` fails. `also` is cloned for each attempt.
+    /// Writes the sample's vault file now, durably, without its row (a no-op when the settings
+    /// keep no copy of it, or the file is there). A caller that records the row later, with its
+    /// verdicts ([`Store::record_verified`]), thereby does the sample's disk work while it
+    /// analyses it, and commits one transaction. A crash in between leaves a file without a row,
+    /// which the next record of that sample adopts; a row never lists a file that is not durable.
+    pub fn keep_sample_file(&self, sample: &VerifiedSample) -> Result<(), StoreError> {
+        match self.keeps(&sample.bytes) {
+            true => self.vault.store(&sample.hash, &sample.bytes),
+            false => Ok(()),
+        }
+    }
+
+    /// Whether the settings keep a copy of these bytes in the vault.
+    fn keeps(&self, bytes: &[u8]) -> bool {
+        self.settings.keep_samples && bytes.len() as u64 <= self.settings.max_sample_size
+    }
+
+    /// Records a sample, whose bytes the caller has checked hash to `hash`, as
+    /// [`Store::record_sample`] does and, in the same transaction, whatever `also` writes;
+    /// nothing is committed if `also` fails. `also` is cloned for each attempt.
     pub(crate) fn record_sample_with<T: Send + 'static>(
         &self,
-        sha256_hex: &str,
+        hash: &SampleHash,
         bytes: &[u8],
         also: impl FnOnce(&Connection) -> Result<T, StoreError> + Clone + Send + 'static,
     ) -> Result<(SampleRecord, T), StoreError> {
-        let hash = SampleHash::verify(sha256_hex, bytes)?;
-        let keep = self.settings.keep_samples && bytes.len() as u64 <= self.settings.max_sample_size;
+        let keep = self.keeps(bytes);
         // A slice holds at most isize::MAX bytes, which fits an i64.
         let size = bytes.len() as i64;
         let now = self.now();
@@ -69,7 +129,7 @@ impl Store {
                 // Compressed and fsynced on the caller's thread, before the write is queued, so
                 // the writer thread never waits on a sample's disk I/O. A no-op if the file is
                 // already there.
-                self.vault.store(&hash, bytes)?;
+                self.vault.store(hash, bytes)?;
             }
             let (vault, hash, also) = (Arc::clone(&self.vault), hash.clone(), also.clone());
             let written = self.database.write(move |connection| {
@@ -91,7 +151,7 @@ impl Store {
                 return Ok(written);
             }
         }
-        Err(StoreError::VaultFileVanished { path: self.vault.path_of(&hash) })
+        Err(StoreError::VaultFileVanished { path: self.vault.path_of(hash) })
     }
 
     /// The record of a sample, or `None` if it was never recorded.

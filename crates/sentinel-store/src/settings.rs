@@ -1,6 +1,7 @@
 //! Operator settings of the store, read from the server's configuration file. Unknown keys are
 //! rejected so that a misspelt retention setting fails loudly instead of keeping samples forever.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,11 @@ pub struct StoreSettings {
     /// zstd level for vault files, 1 (fastest) to 19 (smallest). Default: 3.
     pub compression_level: i32,
 
+    /// When vault files are compressed: in the background after the answer (a new sample's file
+    /// is first written masked, uncompressed), or inline, before the answer. Either way the file
+    /// is durable before the request is answered. Default: background.
+    pub vault_compression: VaultCompression,
+
     /// Idle read-only database connections kept open for reuse. More concurrent readers than
     /// this still work; the extra connections are opened on demand and closed after use.
     /// Default: 4.
@@ -39,6 +45,11 @@ pub struct StoreSettings {
     /// Default: 5 s.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+
+    /// File holding the store key (64 hexadecimal characters, mode 0600): the databases and the
+    /// vault are then encrypted at rest. `SENTINEL_STORE_KEY` gives the key instead; setting
+    /// both is an error. Default: none (a plain store).
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for StoreSettings {
@@ -48,8 +59,33 @@ impl Default for StoreSettings {
             sample_retention: None,
             max_sample_size: 64 * 1024 * 1024,
             compression_level: 3,
+            vault_compression: VaultCompression::Background,
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
+            key_file: None,
+        }
+    }
+}
+
+/// When a new sample's vault file is compressed (`[store] vault_compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultCompression {
+    /// The file is written masked (uncompressed, each byte XORed with the sample's SHA-256) and
+    /// fsynced before the answer; a background thread then replaces it by its zstd form when
+    /// that saves at least an eighth. A request waits for the write, not for zstd.
+    Background,
+    /// The file is written zstd-compressed before the answer, as Sentinel did before
+    /// `vault_compression` existed: the request waits for zstd too.
+    Inline,
+}
+
+impl VaultCompression {
+    /// The setting's value in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            VaultCompression::Background => "background",
+            VaultCompression::Inline => "inline",
         }
     }
 }

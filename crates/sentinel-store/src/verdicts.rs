@@ -6,10 +6,10 @@
 use rusqlite::{Connection, Row, params};
 
 use crate::sample_hash::SampleHash;
-use crate::{SampleRecord, Store, StoreError};
+use crate::{SampleRecord, Store, StoreError, VerifiedSample};
 
-/// The analyses a verdict can come from.
-const ANALYSES: [&str; 4] = ["static", "dynamic", "virustotal", "combined"];
+/// The analyses a verdict can come from; `list` is an answer from the safelist or badlist.
+const ANALYSES: [&str; 5] = ["static", "dynamic", "virustotal", "combined", "list"];
 
 /// Longest accepted `model_version` or `client`, in bytes: they are labels, and the limit
 /// keeps a hostile client from filling the database through them.
@@ -20,7 +20,7 @@ const MAX_LABEL_LEN: usize = 256;
 pub struct NewVerdict<'a> {
     /// SHA-256 of the sample, 64 hexadecimal characters in either case.
     pub sha256: &'a str,
-    /// `"static"`, `"dynamic"`, `"virustotal"` or `"combined"`.
+    /// `"static"`, `"dynamic"`, `"virustotal"`, `"combined"` or `"list"`.
     pub analysis: &'a str,
     /// Version of the model (or source) that gave the score; 1 to 256 bytes.
     pub model_version: &'a str,
@@ -50,6 +50,9 @@ const INSERT: &str = "INSERT INTO verdicts (sha256, analysis, model_version, sco
 
 const SELECT_BY_SHA256: &str = "SELECT id, sha256, analysis, model_version, score, created_at, client
     FROM verdicts WHERE sha256 = ?1 ORDER BY id";
+
+const SELECT_LATEST_BY_SHA256: &str = "SELECT id, sha256, analysis, model_version, score, created_at, client
+    FROM verdicts WHERE sha256 = ?1 ORDER BY id DESC LIMIT ?2";
 
 /// A verdict checked and copied, so the writer thread can insert it after the caller's
 /// borrowed [`NewVerdict`] is out of reach.
@@ -111,11 +114,29 @@ impl Store {
             verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect::<Result<Vec<_>, _>>()
         };
         match sample {
-            Some((sha256_hex, bytes)) => self
-                .record_sample_with(sha256_hex, bytes, insert_verdicts)
-                .map(|(record, ids)| (Some(record), ids)),
+            Some((sha256_hex, bytes)) => {
+                let hash = SampleHash::verify(sha256_hex, bytes)?;
+                self.record_sample_with(&hash, bytes, insert_verdicts)
+                    .map(|(record, ids)| (Some(record), ids))
+            }
             None => self.database.write(insert_verdicts).map(|ids| (None, ids)),
         }
+    }
+
+    /// Records a sample hashed once already, and its verdicts (none is fine), in one
+    /// transaction, as [`Store::record_analysis`] does; its vault file is written first unless
+    /// [`Store::keep_sample_file`] wrote it. Either everything is durable when this returns, or
+    /// nothing was recorded.
+    pub fn record_verified(
+        &self,
+        sample: &VerifiedSample,
+        verdicts: &[NewVerdict<'_>],
+    ) -> Result<(SampleRecord, Vec<i64>), StoreError> {
+        let verdicts = verdicts.iter().map(ValidVerdict::new).collect::<Result<Vec<_>, _>>()?;
+        let now = self.now();
+        self.record_sample_with(&sample.hash, &sample.bytes, move |connection: &Connection| {
+            verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect::<Result<Vec<_>, _>>()
+        })
     }
 
     /// All verdicts on a sample, oldest first.
@@ -124,6 +145,18 @@ impl Store {
         self.database.read(|connection| {
             let mut statement = connection.prepare_cached(SELECT_BY_SHA256)?;
             let rows = statement.query_map([hash.as_str()], verdict_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The newest `limit` verdicts on a sample, newest first: a sample asked about every day
+    /// has more verdicts than one answer should carry.
+    pub fn latest_verdicts(&self, sha256_hex: &str, limit: usize) -> Result<Vec<VerdictRecord>, StoreError> {
+        let hash = SampleHash::parse(sha256_hex)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.database.read(|connection| {
+            let mut statement = connection.prepare_cached(SELECT_LATEST_BY_SHA256)?;
+            let rows = statement.query_map(params![hash.as_str(), limit], verdict_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

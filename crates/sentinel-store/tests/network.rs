@@ -2,7 +2,6 @@
 //! and its versioning (including adopting a file written before it was versioned), the journal,
 //! the results writer, retention, history, and the files' permissions.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -27,9 +26,9 @@ fn item(observed: SystemTime, process: &str, session: &str, scored: bool) -> Sco
             timestamp: observed,
             process_id: Some(42),
             process_name: Some(process.to_owned()),
-            local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+            local_ip: "10.0.0.5".to_owned(),
             local_port: 40_000,
-            remote_ip: IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34)),
+            remote_ip: "h:8f14e45fceea167a5a36dedd4bea2543".to_owned(),
             remote_port: 443,
             protocol: Some("tcp".to_owned()),
             state: Some("ESTABLISHED".to_owned()),

@@ -3,7 +3,8 @@
 use std::fs;
 use std::sync::Arc;
 
-use sentinel_store::{NewVerdict, Store, StoreError, StoreSettings};
+use bytes::Bytes;
+use sentinel_store::{NewVerdict, Store, StoreError, StoreSettings, VaultCompression, VerifiedSample};
 use sha2::{Digest, Sha256};
 
 fn sha256(bytes: &[u8]) -> String {
@@ -16,6 +17,12 @@ fn fake_executable(seed: u32) -> Vec<u8> {
     bytes.extend((0..4096u32).map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8));
     bytes.extend(seed.to_le_bytes());
     bytes
+}
+
+/// Vault files compressed before the answer: for tests that inspect a file, which background
+/// compression would otherwise replace while they look.
+fn inline() -> StoreSettings {
+    StoreSettings { vault_compression: VaultCompression::Inline, ..StoreSettings::default() }
 }
 
 fn verdict<'a>(sha256: &'a str, analysis: &'a str, score: f64) -> NewVerdict<'a> {
@@ -52,7 +59,7 @@ fn sample_round_trip_and_reopen() {
 #[test]
 fn recording_the_same_sample_twice_writes_the_file_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let store = Store::open(dir.path(), inline()).unwrap();
     let sample = fake_executable(2);
     let first = store.record_sample(&sha256(&sample), &sample).unwrap();
     let path = first.stored_path.clone().unwrap();
@@ -72,22 +79,32 @@ fn recording_the_same_sample_twice_writes_the_file_once() {
 fn vault_files_are_defanged() {
     use std::os::unix::fs::PermissionsExt;
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("data"), StoreSettings::default()).unwrap();
-    let sample = fake_executable(3);
-    let path = store.record_sample(&sha256(&sample), &sample).unwrap().stored_path.unwrap();
+    for compression in [VaultCompression::Inline, VaultCompression::Background] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings { vault_compression: compression, ..StoreSettings::default() };
+        let store = Store::open(&dir.path().join("data"), settings).unwrap();
+        let sample = fake_executable(3);
+        let path = store.record_sample(&sha256(&sample), &sample).unwrap().stored_path.unwrap();
 
-    let mode = fs::metadata(&path).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
-    let contents = fs::read(&path).unwrap();
-    assert!(contents.starts_with(b"SENTINEL-SAMPLE\0"));
-    assert!(!contents.starts_with(b"MZ"));
-    assert!(!contents.windows(sample.len()).any(|window| window == sample), "stored uncompressed");
-    for private in
-        [dir.path().join("data"), dir.path().join("data/samples"), dir.path().join("data/sentinel.db")]
-    {
-        let mode = fs::metadata(&private).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", private.display());
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        let contents = fs::read(&path).unwrap();
+        assert!(contents.starts_with(b"SENTINEL-SAMPLE\0"));
+        assert!(!contents.starts_with(b"MZ"));
+        assert!(!contents.windows(sample.len()).any(|window| window == sample), "stored as it is");
+        if compression == VaultCompression::Background {
+            // Masked: not even 16 bytes of the sample in a row (zstd keeps literals as they are).
+            assert!(
+                !contents.windows(16).any(|window| sample.windows(16).any(|part| part == window)),
+                "the sample's bytes are in its masked vault file"
+            );
+        }
+        for private in
+            [dir.path().join("data"), dir.path().join("data/samples"), dir.path().join("data/sentinel.db")]
+        {
+            let mode = fs::metadata(&private).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", private.display());
+        }
     }
 }
 
@@ -174,7 +191,7 @@ fn samples_are_not_kept_when_disabled_or_too_large() {
 #[test]
 fn corrupt_vault_files_are_detected_on_read() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let store = Store::open(dir.path(), inline()).unwrap();
     let sample = fake_executable(6);
     let hash = sha256(&sample);
     let path = store.record_sample(&hash, &sample).unwrap().stored_path.unwrap();
@@ -257,6 +274,8 @@ fn concurrent_writers_and_readers_lose_nothing() {
             assert_eq!(store.verdicts(&hash).unwrap().len(), 1);
         }
     }
+    // Closed first: background compression may be writing a file of its own in incoming/.
+    drop(store);
     assert!(fs::read_dir(dir.path().join("samples/incoming")).unwrap().next().is_none());
 }
 
@@ -402,4 +421,98 @@ fn concurrent_writes_are_grouped_and_none_is_lost() {
     let (transactions, writes) = (stats.transactions - before.transactions, stats.writes - before.writes);
     assert_eq!(writes, THREADS * PER_THREAD);
     assert!(transactions < writes, "{transactions} transactions for {writes} concurrent writes");
+}
+
+/// Bytes zstd shrinks to a fraction, as an unpacked executable's.
+fn compressible_executable(seed: u8) -> Vec<u8> {
+    let mut bytes = b"MZ\x90\x00".to_vec();
+    bytes.extend((0..100_000u32).map(|i| if i % 101 == 0 { seed } else { (i % 5) as u8 }));
+    bytes
+}
+
+#[test]
+fn a_verified_sample_is_hashed_once_and_recorded_with_its_verdicts_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let bytes = fake_executable(40);
+    let hash = sha256(&bytes);
+
+    let unclaimed = VerifiedSample::new(Bytes::from(bytes.clone()), None).unwrap();
+    assert_eq!(unclaimed.sha256(), hash);
+    let claimed = VerifiedSample::new(Bytes::from(bytes.clone()), Some(&hash.to_uppercase())).unwrap();
+    assert_eq!(claimed.sha256(), hash);
+    assert!(matches!(
+        VerifiedSample::new(Bytes::from(bytes.clone()), Some(&sha256(b"other"))),
+        Err(StoreError::HashMismatch { .. })
+    ));
+    assert!(matches!(
+        VerifiedSample::new(Bytes::from(bytes.clone()), Some("12")),
+        Err(StoreError::InvalidSha256(_))
+    ));
+    assert!(!format!("{claimed:?}").contains("MZ"), "Debug shows the hash and size, not the bytes");
+
+    // The file first, durably, without a row; then the row with the verdicts.
+    store.keep_sample_file(&claimed).unwrap();
+    assert_eq!(store.sample(&hash).unwrap(), None);
+    let before = store.write_stats();
+    let (record, ids) = store
+        .record_verified(&claimed, &[verdict(&hash, "static", 0.25), verdict(&hash, "combined", 0.5)])
+        .unwrap();
+    let after = store.write_stats();
+    assert_eq!(after.transactions - before.transactions, 1, "row and verdicts in one transaction");
+    assert_eq!(ids.len(), 2);
+    assert!(record.stored_path.is_some());
+    assert_eq!(store.verdicts(&hash).unwrap().len(), 2);
+    assert_eq!(store.read_sample(&hash).unwrap(), Some(bytes.clone()));
+
+    // Without keep_sample_file, record_verified writes the file itself; an invalid verdict
+    // records nothing, not even the sample.
+    let other = VerifiedSample::new(Bytes::from(fake_executable(41)), None).unwrap();
+    let other_hash = other.sha256().to_owned();
+    assert!(store.record_verified(&other, &[verdict(&other_hash, "static", 2.0)]).is_err());
+    assert_eq!(store.sample(&other_hash).unwrap(), None);
+    store.record_verified(&other, &[]).unwrap();
+    assert_eq!(store.read_sample(&other_hash).unwrap(), Some(fake_executable(41)));
+}
+
+#[test]
+fn background_compression_replaces_masked_files_and_every_read_succeeds_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
+    let samples: Vec<Vec<u8>> = (0..8).map(compressible_executable).collect();
+    let paths: Vec<_> = samples
+        .iter()
+        .map(|sample| store.record_sample(&sha256(sample), sample).unwrap().stored_path.unwrap())
+        .collect();
+    let masked_len = samples[0].len() as u64 + 60;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // Reads never fail, whichever form each file is in at the moment.
+        for sample in &samples {
+            assert_eq!(store.read_sample(&sha256(sample)).unwrap().as_ref(), Some(sample));
+        }
+        if paths.iter().all(|path| fs::metadata(path).unwrap().len() < masked_len / 4) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the files were never compressed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(store);
+    assert!(fs::read_dir(dir.path().join("samples/incoming")).unwrap().next().is_none());
+
+    // Reopened inline, the store reads files of both forms.
+    let store = Store::open(dir.path(), inline()).unwrap();
+    let late = compressible_executable(99);
+    store.record_sample(&sha256(&late), &late).unwrap();
+    for sample in samples.iter().chain([&late]) {
+        assert_eq!(store.read_sample(&sha256(sample)).unwrap().as_ref(), Some(sample));
+    }
+}
+
+#[test]
+fn vault_compression_setting_is_read_from_configuration() {
+    let settings: StoreSettings = serde_json::from_str(r#"{"vault_compression": "inline"}"#).unwrap();
+    assert_eq!(settings.vault_compression, VaultCompression::Inline);
+    assert_eq!(StoreSettings::default().vault_compression, VaultCompression::Background);
+    assert!(serde_json::from_str::<StoreSettings>(r#"{"vault_compression": "later"}"#).is_err());
 }

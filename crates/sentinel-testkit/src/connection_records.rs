@@ -53,6 +53,25 @@ pub fn snapshot(host: &str, at: SystemTime, connections: Vec<Value>) -> Value {
     json!({"schema_version": 1, "host": host, "timestamp": rfc3339(at), "connections": connections})
 }
 
+/// `seconds` snapshots of host `host`, one a second from `start`, of an ordinary web client:
+/// ten HTTPS connections at a time, each living three seconds and sending 400 and receiving
+/// 2,500 bytes a second, then replaced by a new one (a new local port).
+pub fn web_client_history(host: &str, start: SystemTime, seconds: u64) -> Vec<Value> {
+    (0..seconds)
+        .map(|second| {
+            let at = start + std::time::Duration::from_secs(second);
+            let connections = (0..10u64)
+                .map(|slot| {
+                    let age = (second + slot) % 3 + 1;
+                    let local_port = 40_000 + (slot * 100 + (second + slot) / 3) as u16;
+                    connection_record(host, "webclient", 443, local_port, age * 400, age * 2500, at)
+                })
+                .collect();
+            snapshot(host, at, connections)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

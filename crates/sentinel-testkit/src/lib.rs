@@ -1,6 +1,7 @@
 //! What Sentinel's tests and benchmarks share, and nothing the service runs: generated
-//! fixtures (PE files of any size, connection records and snapshots), local fakes of the
-//! services Sentinel talks to (VirusTotal API v3, CAPE v2) as real HTTP servers on 127.0.0.1,
+//! fixtures (PE files of any size, connection records and snapshots, certificates of a private
+//! CA), local fakes of the services Sentinel talks to (VirusTotal API v3, CAPE v2) as real HTTP
+//! servers on 127.0.0.1,
 //! `sentinel serve` as a child process, the one HTTP client of the tests, and the rule for a
 //! test whose corpus, data or Python peer is missing ([`Prerequisite`]).
 //!
@@ -9,6 +10,7 @@
 //! without a dependency cycle.
 
 pub mod cape_fixtures;
+pub mod certificates;
 pub mod connection_records;
 pub mod fake_cape;
 pub mod fake_virustotal;

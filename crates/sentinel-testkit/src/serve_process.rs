@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::http_client;
+use crate::http_client::ApiClient;
 
 /// A child process killed (and reaped) when dropped.
 #[derive(Debug)]
@@ -143,14 +143,15 @@ impl ServeCommand {
         }
         let mut process = TestProcess::spawn(&mut command);
         let stdout = process.0.stdout.take().expect("piped stdout");
-        let (mut tcp, mut http) = (None, None);
+        let (mut tcp, mut tcp_tls, mut http) = (None, None, None);
+        // The HTTP address comes last.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(address) = line.strip_prefix("tcp listening on ") {
                 tcp = Some(address.parse().expect("the tcp address"));
+            } else if let Some(address) = line.strip_prefix("tcp tls listening on ") {
+                tcp_tls = Some(address.parse().expect("the tcp tls address"));
             } else if let Some(address) = line.strip_prefix("http listening on ") {
                 http = Some(address.parse().expect("the http address"));
-            }
-            if tcp.is_some() && http.is_some() {
                 break;
             }
         }
@@ -158,17 +159,20 @@ impl ServeCommand {
             let status = process.wait_exit(Duration::from_secs(10));
             panic!("sentinel serve ended ({status}) before printing both addresses");
         };
-        ServeProcess { process, tcp, http }
+        ServeProcess { process, tcp, tcp_tls, http, data_dir: self.data_dir }
     }
 }
 
 /// A running `sentinel serve`.
 pub struct ServeProcess {
     pub process: TestProcess,
-    /// The malware protocol's listener.
+    /// The malware protocol's plain listener.
     pub tcp: SocketAddr,
+    /// The malware protocol's TLS listener, when `--tcp-tls-listen` was given.
+    pub tcp_tls: Option<SocketAddr>,
     /// The HTTP listener (status, metrics, network API).
     pub http: SocketAddr,
+    pub data_dir: PathBuf,
 }
 
 impl ServeProcess {
@@ -185,9 +189,23 @@ impl ServeProcess {
         self.process.wait_exit(within)
     }
 
-    /// `GET /status` as JSON; panics unless it answers 200.
+    /// The token `serve` wrote to `DATA_DIR/admin.token` when it made the first admin token;
+    /// panics when there is none.
+    pub fn admin_token(&self) -> String {
+        let path = self.data_dir.join("admin.token");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+        text.trim().to_owned()
+    }
+
+    /// A client of the HTTP listener sending the admin token.
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(self.http, Some(self.admin_token()))
+    }
+
+    /// `GET /status` as JSON, with the admin token; panics unless it answers 200.
     pub async fn status(&self) -> serde_json::Value {
-        let answer = http_client::send(self.http, "GET", "/status", None).await;
+        let answer = self.api().send("GET", "/status", None).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         answer.json()
     }

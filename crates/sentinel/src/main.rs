@@ -21,6 +21,8 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any TLS: the one rustls crypto provider of the process.
+    sentinel_transport::install_crypto_provider();
     let cli = Cli::parse();
     let result = config::Config::load(cli.config.as_deref()).and_then(|config| cli.command.run(&config));
     match result {

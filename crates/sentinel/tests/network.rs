@@ -13,10 +13,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use sentinel_testkit::connection_records::{connection_record as record, rfc3339 as timestamp};
-use sentinel_testkit::http_client;
+use sentinel_testkit::connection_records::{
+    connection_record as record, rfc3339 as timestamp, web_client_history,
+};
+use sentinel_testkit::http_client::ApiClient;
 use sentinel_testkit::serve_process::{ServeCommand, ServeProcess, TestProcess};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Small models and fast flushes, so that a test trains in seconds.
 const QUICK_MODEL: &str = "
@@ -33,8 +36,8 @@ flush_interval = \"50ms\"
 const SENTINEL: &str = env!("CARGO_BIN_EXE_sentinel");
 
 /// Starts `sentinel serve` on ephemeral ports of 127.0.0.1 with `config` (TOML) and returns it
-/// with its HTTP address.
-fn serve(data_dir: &Path, config: &str) -> (ServeProcess, SocketAddr) {
+/// with a client of its HTTP listener holding the admin token.
+fn serve(data_dir: &Path, config: &str) -> (ServeProcess, ApiClient) {
     serve_with(data_dir, config, |_| {})
 }
 
@@ -43,58 +46,33 @@ fn serve_with(
     data_dir: &Path,
     config: &str,
     prepare: impl FnOnce(&mut Command) + 'static,
-) -> (ServeProcess, SocketAddr) {
+) -> (ServeProcess, ApiClient) {
     let served = ServeCommand::new(SENTINEL, data_dir).config(config).prepare(prepare).start();
-    let http = served.http;
-    (served, http)
+    let api = served.api();
+    (served, api)
 }
 
 /// One request whose answer must be JSON: its status and body.
-async fn json_exchange(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let answer = http_client::send(address, method, path, Some(body)).await;
+async fn json_exchange(address: &ApiClient, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let answer = address.send(method, path, Some(body)).await;
     let content_type = answer.content_type.as_deref().unwrap_or_default();
     assert!(content_type.starts_with("application/json"), "{method} {path}: not JSON: {answer:?}");
     (answer.status, answer.json())
 }
 
-async fn get(address: SocketAddr, path: &str) -> (u16, Value) {
+async fn get(address: &ApiClient, path: &str) -> (u16, Value) {
     json_exchange(address, "GET", path, b"").await
 }
 
-async fn post(address: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+async fn post(address: &ApiClient, path: &str, body: &Value) -> (u16, Value) {
     json_exchange(address, "POST", path, body.to_string().as_bytes()).await
-}
-
-/// Posts a snapshot as an agent does: 503 (the pipeline is busy, for instance with the live
-/// collector's first sighting of every socket of the host) means try again shortly.
-async fn ingest(http: SocketAddr, snapshot: &Value) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = post(http, "/api/v1/ingest", snapshot).await;
-        if status == 202 {
-            return;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(Instant::now() < deadline, "the pipeline stayed busy: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Two minutes of an ordinary web client's history, posted as an agent's snapshots with past
 /// timestamps, then a model trained on it.
-async fn train_on_history(http: SocketAddr) {
-    let start = SystemTime::now() - Duration::from_secs(125);
-    for second in 0..120u64 {
-        let at = start + Duration::from_secs(second);
-        let connections: Vec<Value> = (0..10u64)
-            .map(|slot| {
-                let age = (second + slot) % 3 + 1;
-                let local_port = 40_000 + (slot * 100 + (second + slot) / 3) as u16;
-                record("history", "webclient", 443, local_port, age * 400, age * 2500, at)
-            })
-            .collect();
-        let snapshot = json!({"schema_version": 1, "host": "history", "timestamp": timestamp(at), "connections": connections});
-        ingest(http, &snapshot).await;
+async fn train_on_history(http: &ApiClient) {
+    for snapshot in web_client_history("history", SystemTime::now() - Duration::from_secs(125), 120) {
+        http.ingest(&snapshot).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -124,7 +102,8 @@ async fn train_on_history(http: SocketAddr) {
 #[tokio::test]
 async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_port() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut served, http) = serve(data_dir.path(), QUICK_MODEL);
+    let (mut served, api) = serve(data_dir.path(), QUICK_MODEL);
+    let http = &api;
 
     // On by default, with this host's collector.
     let (status, body) = get(http, "/api/v1/models/status").await;
@@ -155,7 +134,7 @@ async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_
         assert!(error.contains(message), "{method} {path}: {error:?} lacks {message:?}");
     }
     // Each of those requests is timed, the unrouted one under its own label.
-    let answer = http_client::send(http, "GET", "/metrics", None).await;
+    let answer = http.send("GET", "/metrics", None).await;
     let (status, metrics) = (answer.status, answer.body);
     assert_eq!(status, 200);
     for (series, at_least) in [("route=\"/api/v1/analyze\"", 4), ("route=\"unmatched\"", 1)] {
@@ -180,8 +159,9 @@ async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_
 #[tokio::test]
 async fn every_operation_of_the_openapi_document_is_served_and_nothing_else() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut served, http) = serve(data_dir.path(), "[network]\ncollect = false\n");
-    let answer = http_client::send(http, "GET", "/api/v1/openapi.json", None).await;
+    let (mut served, api) = serve(data_dir.path(), "[network]\ncollect = false\n");
+    let http = &api;
+    let answer = http.send("GET", "/api/v1/openapi.json", None).await;
     assert_eq!(answer.status, 200);
     let content_type = answer.content_type.as_deref().unwrap_or_default();
     assert!(content_type.starts_with("application/json"), "{answer:?}");
@@ -199,7 +179,7 @@ async fn every_operation_of_the_openapi_document_is_served_and_nothing_else() {
         }
     }
     for (method, path) in &operations {
-        let answer = http_client::send(http, method, path, None).await;
+        let answer = http.send(method, path, None).await;
         let (status, body) = (answer.status, answer.body);
         let routed = status != 405 && !(status == 404 && body.contains("no route"));
         assert!(routed, "{method} {path} is documented but not served: {status} {body}");
@@ -214,11 +194,16 @@ async fn every_operation_of_the_openapi_document_is_served_and_nothing_else() {
         "/admin/reload",
         "/api/v1/analyze",
         "/api/v1/train/{job}",
+        "/api/v1/audit",
+        "/api/v1/files",
+        "/api/v1/files/{sha256}",
+        "/api/v1/lists/{list}",
+        "/api/v1/lists/{list}/{sha256}",
         "/ws/realtime",
     ] {
         assert!(served_paths.contains(&expected), "{expected} is not in {served_paths:?}");
     }
-    assert_eq!(operations.len(), 15, "{operations:?}");
+    assert_eq!(operations.len(), 21, "{operations:?}");
     let (status, body) = json_exchange(http, "GET", "/api/v1/undocumented", b"").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("no route /api/v1/undocumented")));
     // The network API's feature vector is described from the feature schema itself.
@@ -235,7 +220,8 @@ async fn a_trained_service_scores_streams_and_counts_on_its_http_port() {
     let data_dir = tempfile::tempdir().unwrap();
     // This host's own traffic (other tests, builds) stays out of the baseline, so what the model
     // learns is the history below and nothing else.
-    let (mut served, http) = serve(data_dir.path(), &format!("[network]\ncollect = false\n{QUICK_MODEL}"));
+    let (mut served, api) = serve(data_dir.path(), &format!("[network]\ncollect = false\n{QUICK_MODEL}"));
+    let http = &api;
     train_on_history(http).await;
     let (status, body) = get(http, "/api/v1/models/status").await;
     assert_eq!((status, &body["state"]), (200, &json!("ready")), "{body:#}");
@@ -247,14 +233,16 @@ async fn a_trained_service_scores_streams_and_counts_on_its_http_port() {
     assert!(body["results"][0]["score"].is_number(), "{body:#}");
 
     // An agent's snapshot is scored and streamed on the WebSocket of the same port.
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(format!("ws://{http}/ws/realtime?process=dropper")).await.unwrap();
+    let mut request =
+        format!("ws://{}/ws/realtime?process=dropper", http.address).into_client_request().unwrap();
+    request.headers_mut().insert("authorization", http.authorization().unwrap().parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let now = SystemTime::now();
     let snapshot = json!({
         "schema_version": 1, "host": "history", "timestamp": timestamp(now),
         "connections": [record("history", "dropper", 4444, 51_000, 900_000_000, 10, now)],
     });
-    ingest(http, &snapshot).await;
+    http.ingest(&snapshot).await;
     let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
         .await
         .expect("a result within 5 s")
@@ -268,7 +256,7 @@ async fn a_trained_service_scores_streams_and_counts_on_its_http_port() {
     assert_eq!(result["is_anomaly"], true, "{result:#}");
 
     // Prometheus scrapes the same port.
-    let answer = http_client::send(http, "GET", "/metrics", None).await;
+    let answer = http.send("GET", "/metrics", None).await;
     assert_eq!(answer.status, 200);
     let content_type = answer.content_type.as_deref().unwrap_or_default();
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
@@ -352,7 +340,8 @@ fn refuse_netlink(command: &mut Command) {
 #[tokio::test]
 async fn where_netlink_is_refused_serve_says_why_and_still_serves_agents_and_analysis() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut served, http) = serve_with(data_dir.path(), QUICK_MODEL, refuse_netlink);
+    let (mut served, api) = serve_with(data_dir.path(), QUICK_MODEL, refuse_netlink);
+    let http = &api;
 
     // The collector is asked for (the default) but cannot watch this host, and says why.
     let (status, body) = get(http, "/api/v1/models/status").await;
@@ -387,9 +376,9 @@ fn crash_snapshot(index: usize) -> Value {
 }
 
 /// Posts a snapshot; the status, or `None` when the server is gone (killed mid-request).
-async fn try_ingest(http: SocketAddr, snapshot: &Value) -> Option<u16> {
+async fn try_ingest(http: &ApiClient, snapshot: &Value) -> Option<u16> {
     let body = snapshot.to_string();
-    let answer = http_client::try_send(http, "POST", "/api/v1/ingest", Some(body.as_bytes())).await.ok()?;
+    let answer = http.try_send("POST", "/api/v1/ingest", Some(body.as_bytes())).await.ok()?;
     Some(answer.status)
 }
 
@@ -399,10 +388,11 @@ async fn rows_per_snapshot_after_restart(
     data_dir: &Path,
     marker: usize,
 ) -> std::collections::HashMap<usize, usize> {
-    let (mut served, http) =
+    let (mut served, api) =
         serve(data_dir, "[network]\ncollect = false\n[network.storage]\nflush_interval = \"50ms\"\n");
+    let http = &api;
     // New snapshots are refused (503) while the journal is replayed: the marker goes in after.
-    ingest(http, &crash_snapshot(marker)).await;
+    http.ingest(&crash_snapshot(marker)).await;
     let store = sentinel_store::NetworkStore::open(data_dir, writer_settings()).unwrap();
     let marker_process = format!("proc-{marker}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -443,9 +433,10 @@ async fn snapshots_accepted_before_a_crash_are_stored_once_each_after_the_restar
     let data_dir = tempfile::tempdir().unwrap();
     // Results wait ten minutes in the writer's queue: at the crash, none is on disk.
     let slow_writer = "[network]\ncollect = false\n[network.storage]\nflush_interval = \"10m\"\n";
-    let (mut served, http) = serve(data_dir.path(), slow_writer);
+    let (mut served, api) = serve(data_dir.path(), slow_writer);
+    let http = &api;
     for index in 0..4 {
-        ingest(http, &crash_snapshot(index)).await;
+        http.ingest(&crash_snapshot(index)).await;
     }
     let (_, status) = get(http, "/api/v1/models/status").await;
     assert_eq!(status["warmup"]["rows"], 0, "nothing stored yet: {status:#}");
@@ -488,18 +479,20 @@ async fn a_kill_during_ingest_neither_loses_nor_duplicates_a_snapshot() {
     // connections arrive, so the kill falls between and inside its transactions.
     let busy_writer =
         "[network]\ncollect = false\n[network.storage]\nflush_interval = \"5ms\"\nwrite_batch = 2\n";
-    let (mut served, http) = serve(data_dir.path(), busy_writer);
+    let (mut served, api) = serve(data_dir.path(), busy_writer);
+    let http = &api;
     const POSTERS: usize = 4;
     const ACCEPTED_BEFORE_KILL: usize = 40;
     let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let posters: Vec<_> = (0..POSTERS)
         .map(|poster| {
             let accepted = std::sync::Arc::clone(&accepted);
+            let http = http.clone();
             tokio::spawn(async move {
                 let mut attempted = Vec::new();
                 for index in (poster..10_000).step_by(POSTERS) {
                     attempted.push(index);
-                    match try_ingest(http, &crash_snapshot(index)).await {
+                    match try_ingest(&http, &crash_snapshot(index)).await {
                         Some(202) => accepted.lock().unwrap().push(index),
                         Some(503) => tokio::time::sleep(Duration::from_millis(5)).await,
                         Some(status) => panic!("snapshot {index}: status {status}"),
@@ -538,10 +531,11 @@ async fn a_kill_during_ingest_neither_loses_nor_duplicates_a_snapshot() {
 #[tokio::test]
 async fn the_network_service_can_be_turned_off() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (_served, http) = serve(data_dir.path(), "[network]\nenabled = false\n");
+    let (_served, api) = serve(data_dir.path(), "[network]\nenabled = false\n");
+    let http = &api;
     let (status, body) = get(http, "/api/v1/models/status").await;
     assert_eq!(status, 404, "{body}");
-    let answer = http_client::send(http, "GET", "/metrics", None).await;
+    let answer = http.send("GET", "/metrics", None).await;
     let (status, metrics) = (answer.status, answer.body);
     assert_eq!(status, 200);
     assert!(
@@ -555,7 +549,8 @@ async fn the_network_service_can_be_turned_off() {
 async fn the_agent_binary_ships_this_hosts_connections_to_serve() {
     let data_dir = tempfile::tempdir().unwrap();
     // The server watches nothing itself: every result comes from the agent.
-    let (_served, http) = serve(data_dir.path(), &format!("[network]\ncollect = false\n{QUICK_MODEL}"));
+    let (_served, api) = serve(data_dir.path(), &format!("[network]\ncollect = false\n{QUICK_MODEL}"));
+    let http = &api;
     train_on_history(http).await;
 
     // A connection of this test process for the agent to see.
@@ -569,12 +564,14 @@ async fn the_agent_binary_ships_this_hosts_connections_to_serve() {
             .args([
                 "agent",
                 "--server",
-                &format!("http://{http}"),
+                &format!("http://{}", http.address),
                 "--interval-ms",
                 "200",
                 "--host",
                 "agent-under-test",
             ])
+            // The token the agent sends as bearer, from the environment as deployments pass it.
+            .env("SENTINEL_TOKEN", http.token.as_deref().unwrap())
             .env("RUST_LOG", "warn"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);

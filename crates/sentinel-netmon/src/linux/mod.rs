@@ -1,10 +1,13 @@
 //! The Linux collector: what `ss -tuanpi` and `/proc` show, as one [`Snapshot`].
 //!
-//! Sockets come from netlink sock_diag (TCP and UDP, IPv4 and IPv6, every state), owners from
+//! Sockets come from netlink sock_diag (TCP and UDP, IPv4 and IPv6, every state), plus the
+//! failed connection attempts the kernel announced since the previous collection
+//! (`failed_attempts.rs`: refused connects are over before any snapshot sees them), owners from
 //! the cached socket-inode map of `/proc/<pid>/fd`, process details from `/proc/<pid>`, interface
 //! counters from `/proc/net/dev`. It sees the network namespace it runs in; run as root (or with
 //! CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH) to see the owners of other users' sockets.
 
+mod failed_attempts;
 mod interfaces;
 mod processes;
 mod sock_diag;
@@ -18,6 +21,7 @@ use crate::record::{
     ConnectionRecord, Family, ProcessInfo, ProcessNetworkRecord, Protocol, SCHEMA_VERSION, Snapshot,
     SocketState,
 };
+use failed_attempts::FailedAttempts;
 use processes::{ProcessTable, SocketOwners};
 use sock_diag::{DiagSocket, SockDiag};
 
@@ -25,6 +29,8 @@ use sock_diag::{DiagSocket, SockDiag};
 pub struct LinuxCollector {
     host: String,
     sock_diag: SockDiag,
+    /// `None` where the kernel offers no destroy notifications: refused attempts go unseen.
+    failed_attempts: Option<FailedAttempts>,
     owners: SocketOwners,
     processes: ProcessTable,
     /// Reused from one collection to the next to avoid reallocating thousands of entries.
@@ -34,9 +40,13 @@ pub struct LinuxCollector {
 impl LinuxCollector {
     /// A collector whose records carry `host` as their agent id.
     pub fn new(host: impl Into<String>) -> Result<LinuxCollector, CollectError> {
+        let failed_attempts = FailedAttempts::subscribe()
+            .inspect_err(|error| tracing::warn!(%error, "refused connection attempts will not be seen"))
+            .ok();
         Ok(LinuxCollector {
             host: host.into(),
             sock_diag: SockDiag::open()?,
+            failed_attempts,
             owners: SocketOwners::default(),
             processes: ProcessTable::new(),
             sockets: Vec::new(),
@@ -72,6 +82,11 @@ impl LinuxCollector {
                     Err(error) => return Err(error),
                 }
             }
+        }
+        if let Some(failed_attempts) = &mut self.failed_attempts
+            && let Err(error) = failed_attempts.drain(&mut self.sockets)
+        {
+            tracing::warn!(%error, "refused connection attempts could not be read");
         }
         Ok(())
     }

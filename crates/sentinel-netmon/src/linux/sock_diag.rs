@@ -16,10 +16,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::collector::CollectError;
 use crate::record::{Family, Protocol, SocketState};
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub(super) const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLMSG_HEADER_LEN: usize = 16;
+pub(super) const NLMSG_HEADER_LEN: usize = 16;
 /// `struct inet_diag_msg`.
 const INET_DIAG_MSG_LEN: usize = 72;
 /// `struct inet_diag_req_v2`.
@@ -225,7 +225,7 @@ fn parse_datagram(
 
 /// Parses one `inet_diag_msg` and its attributes; `None` for a message too short or of an
 /// unknown family, which is skipped rather than failing the whole dump.
-fn parse_socket(message: &[u8], protocol: Protocol) -> Option<DiagSocket> {
+pub(super) fn parse_socket(message: &[u8], protocol: Protocol) -> Option<DiagSocket> {
     if message.len() < INET_DIAG_MSG_LEN {
         return None;
     }
@@ -325,15 +325,15 @@ fn tcp_counters(info: &[u8], state: SocketState) -> TcpCounters {
     }
 }
 
-fn align4(length: usize) -> usize {
+pub(super) fn align4(length: usize) -> usize {
     (length + 3) & !3
 }
 
-fn read_u16(bytes: &[u8], offset: usize) -> Option<u16> {
+pub(super) fn read_u16(bytes: &[u8], offset: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(bytes.get(offset..offset + 2)?.try_into().ok()?))
 }
 
-fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
+pub(super) fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes.get(offset..offset + 4)?.try_into().ok()?))
 }
 

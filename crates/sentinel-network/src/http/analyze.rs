@@ -102,7 +102,7 @@ fn read_records(
 const RESPONSE_CHUNK: usize = 2048;
 
 /// Scores a batch of connection records and/or raw feature vectors.
-#[utoipa::path(post, path = "/api/v1/analyze", tag = "network", request_body = AnalyzeBody, responses(
+#[utoipa::path(post, path = "/api/v1/analyze", tag = "network", security(("bearer" = ["network:analyze"])), request_body = AnalyzeBody, responses(
     (status = 200, content_type = "application/json", body = Object, description = "`{\"model_version\": n, \"results\": [...]}`: one result per item, records first then feature vectors, in the order posted; each the verdict alone: `score`, `threshold`, `is_anomaly`, `confidence`, `models` (each member's score, threshold and decision) and `explanation` (up to three features furthest from training)"),
     (status = 400, description = "not JSON, not the documented shape, or an item out of range", body = ErrorBody),
     (status = 409, description = "no model yet", body = ErrorBody),

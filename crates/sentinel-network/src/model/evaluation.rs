@@ -7,7 +7,7 @@ use sentinel_anomaly::{Detector, Matrix, Value};
 use super::{Evaluation, FitError, ModelBundle, TrainingRow, confirmed};
 
 impl ModelBundle {
-    pub(super) fn labelled_matrix(&self, rows: &[&TrainingRow]) -> Result<(Matrix, Vec<bool>), FitError> {
+    pub(crate) fn labelled_matrix(&self, rows: &[&TrainingRow]) -> Result<(Matrix, Vec<bool>), FitError> {
         let inputs: Vec<Vec<Value<'_>>> =
             rows.iter().map(|row| self.facts.input_row(&row.features, row.process_name.as_deref())).collect();
         let matrix = self.preprocessor.transform(&inputs)?;

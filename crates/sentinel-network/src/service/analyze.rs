@@ -99,6 +99,7 @@ impl NetworkService {
                     &item.features,
                     Source::Analyze,
                     Some(&result.verdict),
+                    &self.addresses,
                 ));
             }
         }

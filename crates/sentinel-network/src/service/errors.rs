@@ -19,6 +19,8 @@ pub enum NetworkError {
     Collector(String),
     #[error("the pipeline thread could not start: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Privacy(#[from] sentinel_privacy::PrivacyError),
 }
 
 impl From<StoreError> for NetworkError {
@@ -38,6 +40,8 @@ pub enum StorageError {
     NoSuchVersion(i64),
     #[error("the storage task failed: {0}")]
     Task(String),
+    #[error("a snapshot could not be journalled: {0}")]
+    Journal(String),
 }
 
 /// Why a training could not be started or changed.

@@ -15,6 +15,7 @@ pub(crate) struct MetricCounts {
     pub events: u64,
     pub collector_dropped: u64,
     pub storage_dropped: u64,
+    pub websocket_dropped: u64,
     /// Accuracy of the active model's members and ensemble on held-out rows, by model name.
     pub accuracy: Vec<(String, f64)>,
 }
@@ -38,6 +39,7 @@ impl NetworkService {
             events: self.counters.events.load(Ordering::Relaxed),
             collector_dropped,
             storage_dropped: self.store.writer_stats().dropped,
+            websocket_dropped: self.counters.websocket_dropped.load(Ordering::Relaxed),
             accuracy,
         }
     }

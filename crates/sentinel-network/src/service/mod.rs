@@ -6,13 +6,14 @@
 //!
 //! Models are swapped atomically (`ArcSwap`): a retraining or a rollback never blocks or
 //! disturbs a prediction in flight, which keeps the model it started with. Each concern has its
-//! module: `pipeline` (the thread and ingestion), `replay` (the journal after a restart),
-//! `analyze`, `training` (training and rollback), `jobs`, `schedule`, `status`,
+//! module: `pipeline` (the thread and ingestion), `journal` (the form of a journalled snapshot),
+//! `replay` (the journal after a restart), `analyze`, `training` (training and rollback), `jobs`, `schedule`, `status`,
 //! `metrics`, `results` (what is streamed and stored) and `errors`.
 
 mod analyze;
 mod errors;
 mod jobs;
+mod journal;
 mod metrics;
 mod pipeline;
 mod replay;
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use sentinel_netmon::{CollectionHandle, Observation};
+use sentinel_privacy::{PrivacySettings, Pseudonymiser};
 use sentinel_store::{NetworkStore, Store, WriterSettings};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -54,6 +56,8 @@ struct Counters {
     predictions: AtomicU64,
     anomalies: AtomicU64,
     events: AtomicU64,
+    /// WebSocket subscribers closed for falling behind the stream.
+    websocket_dropped: AtomicU64,
 }
 
 /// The network AI service. Start it with [`NetworkService::start`], serve [`crate::router`],
@@ -64,6 +68,9 @@ pub struct NetworkService {
     registry: Arc<Store>,
     /// The network tables (`network.db`).
     store: NetworkStore,
+    /// The form of the addresses stored and shown to callers without `network:pii`. Features
+    /// are computed from the clear addresses before any of them is pseudonymised.
+    addresses: Pseudonymiser,
     model: ArcSwapOption<ActiveModel>,
     results: broadcast::Sender<Arc<DetectionResult>>,
     recent: Mutex<VecDeque<Arc<DetectionResult>>>,
@@ -94,13 +101,29 @@ impl NetworkService {
     /// scheduler on the current tokio runtime. Where this host cannot be watched (no collector
     /// for the platform, netlink refused) it starts without the collectors, logs why and shows
     /// it in the status (`collector.unavailable`). Blocking (opens and migrates the database).
+    ///
+    /// Addresses are stored as the default `[privacy]` settings say: prefix-preserving
+    /// pseudonyms under the key of `SENTINEL_PRIVACY_KEY` or `<data_dir>/privacy.key` (created
+    /// if absent). [`NetworkService::start_with`] takes another pseudonymiser.
     pub fn start(
         settings: NetworkSettings,
         data_dir: &Path,
         registry: Arc<Store>,
     ) -> Result<Arc<NetworkService>, NetworkError> {
         settings.validate()?;
-        let store = NetworkStore::open(
+        let addresses = Pseudonymiser::open(&PrivacySettings::default(), data_dir)?;
+        NetworkService::start_with(settings, data_dir, registry, addresses)
+    }
+
+    /// [`NetworkService::start`], storing addresses in the form `addresses` gives them.
+    pub fn start_with(
+        settings: NetworkSettings,
+        data_dir: &Path,
+        registry: Arc<Store>,
+        addresses: Pseudonymiser,
+    ) -> Result<Arc<NetworkService>, NetworkError> {
+        settings.validate()?;
+        let store = NetworkStore::open_with_key(
             data_dir,
             WriterSettings {
                 batch: settings.storage.write_batch,
@@ -108,6 +131,8 @@ impl NetworkService {
                 queue: settings.storage.write_queue,
                 retention: settings.storage.retention,
             },
+            // network.db is encrypted (under its own subkey) exactly when sentinel.db is.
+            registry.store_key(),
         )?;
         saved_model::adopt_legacy(&registry, &store)?;
         let active = saved_model::active(&registry)?;
@@ -121,6 +146,7 @@ impl NetworkService {
             recent: Mutex::new(VecDeque::with_capacity(settings.api.recent_predictions)),
             registry,
             store,
+            addresses,
             replaying: AtomicBool::new(!unfinished.is_empty()),
             pipeline: Mutex::new(Some(pipeline_sender.clone())),
             pipeline_thread: Mutex::new(None),
@@ -217,6 +243,29 @@ impl NetworkService {
 
     pub(crate) fn settings(&self) -> &NetworkSettings {
         &self.settings
+    }
+
+    /// Records an administrative action in the audit table of `sentinel.db`. A failure to
+    /// record is logged: the action has happened either way.
+    pub(crate) async fn audit(&self, event: sentinel_store::NewAuditEvent) {
+        let registry = Arc::clone(&self.registry);
+        let action = event.action.clone();
+        let recorded = tokio::task::spawn_blocking(move || registry.record_audit_event(event)).await;
+        match recorded {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, action, "cannot record an audit event"),
+            Err(error) => tracing::error!(%error, action, "the audit event's writer failed"),
+        }
+    }
+
+    /// The form of stored addresses, and of those shown to callers without `network:pii`.
+    pub fn addresses(&self) -> &Pseudonymiser {
+        &self.addresses
+    }
+
+    /// Counts a WebSocket subscriber closed for falling behind the stream.
+    pub(crate) fn count_dropped_subscriber(&self) {
+        self.counters.websocket_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The stream of results of live and ingested connections.

@@ -14,6 +14,7 @@ use sentinel_netmon::{ConnectionEvent, ConnectionTracker, Snapshot};
 use sentinel_store::ScoredItem;
 use tokio::sync::mpsc;
 
+use super::journal;
 use super::results::{scored_item, summary};
 use super::{ActiveModel, DetectionResult, NetworkService, Source, StorageError, lock};
 use crate::features::{FeatureExtractor, RawFeatures, WindowSettings};
@@ -138,6 +139,7 @@ impl NetworkService {
             features,
             source,
             result.as_ref().map(|result| &result.verdict),
+            &self.addresses,
         );
         (item, result)
     }
@@ -148,14 +150,16 @@ impl NetworkService {
         let _ = self.results.send(result);
     }
 
-    /// Accepts an agent's snapshot (`json`, the body it was parsed from): journals it, then
+    /// Accepts an agent's snapshot: journals it (its addresses pseudonymised, `journal`), then
     /// queues it for the pipeline. `Ok(false)` when the queue is full or journalled snapshots
     /// are being replayed after a restart: the agent should retry. Blocking (one durable commit).
-    pub(crate) fn ingest(&self, snapshot: Snapshot, json: &[u8]) -> Result<bool, StorageError> {
+    pub(crate) fn ingest(&self, snapshot: Snapshot) -> Result<bool, StorageError> {
         if self.replaying.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let id = self.store.journal_snapshot(json.to_vec())?;
+        let entry = journal::entry(&self.addresses, &snapshot)
+            .map_err(|error| StorageError::Journal(error.to_string()))?;
+        let id = self.store.journal_snapshot(entry)?;
         let queued = lock(&self.pipeline)
             .as_ref()
             .is_some_and(|sender| sender.try_send(PipelineInput::Snapshot(Box::new(snapshot), id)).is_ok());

@@ -5,16 +5,15 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use sentinel_netmon::Snapshot;
 use tokio::sync::mpsc;
 
-use super::NetworkService;
 use super::pipeline::PipelineInput;
+use super::{NetworkService, journal};
 
 impl NetworkService {
-    /// Feeds the journalled snapshots to the pipeline, oldest first, then lets new ones in.
-    /// They were validated when accepted; one that no longer parses (a newer format) is logged
-    /// and dropped.
+    /// Feeds the journalled snapshots to the pipeline, oldest first, with their clear addresses
+    /// (`journal`), then lets new ones in. They were validated when accepted; one that no longer
+    /// parses (a newer format) or whose addresses need another privacy key is logged and dropped.
     pub(super) async fn replay(
         self: Arc<Self>,
         unfinished: Vec<(i64, Vec<u8>)>,
@@ -25,7 +24,7 @@ impl NetworkService {
             "replaying agents' snapshots accepted before the restart"
         );
         for (id, json) in unfinished {
-            match serde_json::from_slice::<Snapshot>(&json) {
+            match journal::read(&self.addresses, &json) {
                 Ok(snapshot) => {
                     if pipeline.send(PipelineInput::Snapshot(Box::new(snapshot), id)).await.is_err() {
                         return;

@@ -1,9 +1,16 @@
 //! What the service hands out and stores for each scored item: the result streamed on
 //! `/ws/realtime` and returned by the API, and the store's rows made from it.
+//!
+//! Results keep clear addresses in memory; the rows get the stored form `[privacy]` says, and
+//! a caller without `network:pii` gets a copy of a result with the same form
+//! ([`DetectionResult::shown`]).
 
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
 use sentinel_netmon::{ConnectionChange, ConnectionRecord};
+use sentinel_privacy::Pseudonymiser;
 use sentinel_store::{ConnectionRow, PredictionRow, ScoredItem};
 use serde::Serialize;
 
@@ -43,6 +50,22 @@ pub struct ConnectionSummary {
     pub protocol: sentinel_netmon::Protocol,
     pub state: sentinel_netmon::SocketState,
     pub change: Option<ConnectionChange>,
+    /// The clear ends, to show them in another form and to filter on them.
+    #[serde(skip)]
+    pub local_address: SocketAddr,
+    #[serde(skip)]
+    pub remote_address: SocketAddr,
+}
+
+impl ConnectionSummary {
+    /// Whether `query` (an address, or its stored form: a pseudonym) names the remote address.
+    pub(crate) fn remote_is(&self, query: &str, addresses: &Pseudonymiser) -> bool {
+        let remote = self.remote_address.ip();
+        match query.parse::<IpAddr>() {
+            Ok(address) if address.to_canonical() == remote.to_canonical() => true,
+            _ => addresses.display(remote) == query,
+        }
+    }
 }
 
 /// One scored item, as streamed on `/ws/realtime` and returned by the API.
@@ -60,28 +83,51 @@ impl DetectionResult {
     pub(crate) fn process_name(&self) -> Option<&str> {
         self.connection.as_ref().and_then(|connection| connection.process_name.as_deref())
     }
+
+    /// The result as a caller sees it: as it is when `clear` (the caller holds `network:pii`,
+    /// or addresses are stored in clear), else a copy with the addresses in their stored form.
+    pub(crate) fn shown(&self, addresses: &Pseudonymiser, clear: bool) -> Cow<'_, DetectionResult> {
+        match &self.connection {
+            Some(connection) if !clear && !addresses.is_clear() => {
+                let (local, remote) = (connection.local_address, connection.remote_address);
+                let connection = ConnectionSummary {
+                    local: addresses.display_socket(local.ip(), local.port()),
+                    remote: addresses.display_socket(remote.ip(), remote.port()),
+                    ..connection.clone()
+                };
+                Cow::Owned(DetectionResult { connection: Some(connection), ..self.clone() })
+            }
+            _ => Cow::Borrowed(self),
+        }
+    }
 }
 
 pub(super) fn summary(record: &ConnectionRecord, change: Option<ConnectionChange>) -> ConnectionSummary {
+    let local_address = SocketAddr::new(record.local_ip, record.local_port);
+    let remote_address = SocketAddr::new(record.remote_ip, record.remote_port);
     ConnectionSummary {
         host: record.host.clone(),
         pid: record.pid,
         process_name: record.process_name.clone(),
-        local: std::net::SocketAddr::new(record.local_ip, record.local_port).to_string(),
-        remote: std::net::SocketAddr::new(record.remote_ip, record.remote_port).to_string(),
+        local: local_address.to_string(),
+        remote: remote_address.to_string(),
         protocol: record.protocol,
         state: record.state,
         change,
+        local_address,
+        remote_address,
     }
 }
 
-/// The item to store for a connection record (or a posted feature vector, without `record`).
+/// The item to store for a connection record (or a posted feature vector, without `record`),
+/// its addresses in the form `addresses` gives them.
 pub(super) fn scored_item(
     observed: SystemTime,
     record: Option<&ConnectionRecord>,
     features: &RawFeatures,
     source: Source,
     verdict: Option<&Verdict>,
+    addresses: &Pseudonymiser,
 ) -> ScoredItem {
     let session = match (source, record) {
         (Source::Analyze, _) | (_, None) => source.as_str().to_owned(),
@@ -89,7 +135,7 @@ pub(super) fn scored_item(
     };
     ScoredItem {
         observed,
-        connection: record.map(connection_row),
+        connection: record.map(|record| connection_row(record, addresses)),
         features: match features.to_json() {
             serde_json::Value::Object(object) => object,
             _ => serde_json::Map::new(),
@@ -99,7 +145,7 @@ pub(super) fn scored_item(
     }
 }
 
-fn connection_row(record: &ConnectionRecord) -> ConnectionRow {
+fn connection_row(record: &ConnectionRecord, addresses: &Pseudonymiser) -> ConnectionRow {
     // The wire names of the protocol and state (`tcp`, `ESTABLISHED`), as agents send them.
     let name = |value: serde_json::Result<serde_json::Value>| {
         value.ok().and_then(|value| value.as_str().map(str::to_owned))
@@ -108,9 +154,9 @@ fn connection_row(record: &ConnectionRecord) -> ConnectionRow {
         timestamp: record.timestamp,
         process_id: record.pid,
         process_name: record.process_name.clone(),
-        local_ip: record.local_ip,
+        local_ip: addresses.display(record.local_ip),
         local_port: record.local_port,
-        remote_ip: record.remote_ip,
+        remote_ip: addresses.display(record.remote_ip),
         remote_port: record.remote_port,
         protocol: name(serde_json::to_value(record.protocol)),
         state: name(serde_json::to_value(record.state)),
@@ -176,6 +222,20 @@ mod tests {
         }
     }
 
+    /// The features of `record` seen as a new connection, with `bytes_sent_delta`.
+    fn new_connection_features(
+        record: &ConnectionRecord,
+        bytes_sent_delta: Option<u64>,
+    ) -> crate::features::RawFeatures {
+        crate::features::standalone_features(&sentinel_netmon::ConnectionEvent {
+            change: ConnectionChange::New,
+            record: record.clone(),
+            bytes_sent_delta,
+            bytes_received_delta: None,
+            interval_ms: None,
+        })
+    }
+
     fn verdict() -> Verdict {
         Verdict {
             models: vec![
@@ -198,14 +258,15 @@ mod tests {
     #[test]
     fn an_agent_s_item_keeps_its_connection_host_session_and_one_row_per_model_then_the_ensemble() {
         let record = record();
-        let features = crate::features::standalone_features(&sentinel_netmon::ConnectionEvent {
-            change: ConnectionChange::New,
-            record: record.clone(),
-            bytes_sent_delta: Some(10),
-            bytes_received_delta: None,
-            interval_ms: None,
-        });
-        let item = scored_item(record.timestamp, Some(&record), &features, Source::Agent, Some(&verdict()));
+        let features = new_connection_features(&record, Some(10));
+        let item = scored_item(
+            record.timestamp,
+            Some(&record),
+            &features,
+            Source::Agent,
+            Some(&verdict()),
+            &Pseudonymiser::clear(),
+        );
         assert_eq!(item.session, "agent:laptop-7");
         let connection = item.connection.unwrap();
         assert_eq!(
@@ -225,17 +286,25 @@ mod tests {
     #[test]
     fn an_unscored_item_has_no_prediction_rows_and_analyze_items_share_one_session() {
         let record = record();
-        let features = crate::features::standalone_features(&sentinel_netmon::ConnectionEvent {
-            change: ConnectionChange::New,
-            record: record.clone(),
-            bytes_sent_delta: None,
-            bytes_received_delta: None,
-            interval_ms: None,
-        });
-        let live = scored_item(record.timestamp, Some(&record), &features, Source::Live, None);
+        let features = new_connection_features(&record, None);
+        let live = scored_item(
+            record.timestamp,
+            Some(&record),
+            &features,
+            Source::Live,
+            None,
+            &Pseudonymiser::clear(),
+        );
         assert_eq!(live.session, "live:laptop-7");
         assert!(live.predictions.is_empty(), "while learning nothing is predicted");
-        let posted = scored_item(record.timestamp, None, &features, Source::Analyze, Some(&verdict()));
+        let posted = scored_item(
+            record.timestamp,
+            None,
+            &features,
+            Source::Analyze,
+            Some(&verdict()),
+            &Pseudonymiser::clear(),
+        );
         assert_eq!(posted.session, "analyze");
         assert!(posted.connection.is_none());
         let summary = summary(&record, Some(ConnectionChange::Closed));
@@ -243,5 +312,48 @@ mod tests {
             (summary.local.as_str(), summary.remote.as_str()),
             ("10.0.0.5:40000", "93.184.216.34:443")
         );
+    }
+
+    #[test]
+    fn rows_hold_pseudonyms_and_results_show_them_to_callers_without_the_pii_scope() {
+        use sentinel_privacy::{IpStorage, PrivacyKey};
+        let record = record();
+        let features = new_connection_features(&record, None);
+        let key = PrivacyKey::from_bytes([3; 32]);
+        for storage in [IpStorage::PrefixPreserving, IpStorage::Hmac] {
+            let addresses = Pseudonymiser::new(storage, &key).unwrap();
+            let item =
+                scored_item(record.timestamp, Some(&record), &features, Source::Live, None, &addresses);
+            let row = item.connection.unwrap();
+            assert_eq!(row.remote_ip, addresses.display(record.remote_ip));
+            assert_ne!(row.remote_ip, "93.184.216.34");
+            assert_eq!(row.local_ip, addresses.display(record.local_ip));
+
+            let result = DetectionResult {
+                source: Source::Live,
+                observed_at: String::new(),
+                model_version: 1,
+                connection: Some(summary(&record, None)),
+                verdict: verdict(),
+            };
+            let hidden = serde_json::to_string(&*result.shown(&addresses, false)).unwrap();
+            assert!(!hidden.contains("93.184.216.34") && !hidden.contains("10.0.0.5"), "{hidden}");
+            assert!(hidden.contains(&addresses.display_socket(record.remote_ip, 443)), "{hidden}");
+            let clear = serde_json::to_string(&*result.shown(&addresses, true)).unwrap();
+            assert!(clear.contains("\"remote\":\"93.184.216.34:443\""), "{clear}");
+            let connection = result.connection.as_ref().unwrap();
+            assert!(connection.remote_is("93.184.216.34", &addresses));
+            assert!(connection.remote_is(&addresses.display(record.remote_ip), &addresses));
+            assert!(!connection.remote_is("93.184.216.35", &addresses));
+        }
+        let result = DetectionResult {
+            source: Source::Live,
+            observed_at: String::new(),
+            model_version: 1,
+            connection: Some(summary(&record, None)),
+            verdict: verdict(),
+        };
+        let shown = serde_json::to_string(&*result.shown(&Pseudonymiser::clear(), false)).unwrap();
+        assert!(shown.contains("93.184.216.34:443"), "in clear mode everyone sees clear: {shown}");
     }
 }

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use sentinel_api::{ApiBuilder, HttpListener, HttpSettings};
+use sentinel_api::sentinel_auth::AuthSettings;
+use sentinel_api::{Access, ApiBuilder, HttpListener, HttpSettings};
 use sentinel_network::{NetworkService, NetworkSettings, router};
 use sentinel_store::{Store, StoreSettings};
 use sentinel_testkit::http_client;
@@ -17,7 +18,9 @@ use sentinel_testkit::http_client;
 pub async fn serve(settings: NetworkSettings, data_dir: &Path) -> (Arc<NetworkService>, SocketAddr) {
     let store = Store::open(data_dir, StoreSettings::default()).expect("store opens");
     let service = NetworkService::start(settings, data_dir, Arc::new(store)).expect("service starts");
-    let api = ApiBuilder::new(HttpSettings::default()).service(router(Arc::clone(&service))).build();
+    let api = ApiBuilder::new(HttpSettings::default(), Access::unauthenticated(&AuthSettings::default()))
+        .service(router(Arc::clone(&service)))
+        .build();
     let listener = HttpListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let address = listener.local_addr();
     tokio::spawn(async move { listener.serve(&api, std::future::pending()).await.unwrap() });

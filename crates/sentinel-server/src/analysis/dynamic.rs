@@ -22,7 +22,7 @@ use sentinel_behaviour::{CapeBehaviour, CapeLimits, CapeReportError, MAX_CALLS, 
 use sentinel_protocol::{Analysis, ErrorDetail, Reason, Request};
 use sentinel_sandbox::{CapeClient, SandboxError};
 
-use crate::analysis::StepScore;
+use crate::analysis::{StepDetail, StepScore, Submission};
 use crate::models::Models;
 use crate::workers::AnalysisWorkers;
 
@@ -38,18 +38,12 @@ pub(crate) fn sent_report(request: &Request) -> Option<&Bytes> {
     request.fields().get(REPORT_FIELD).filter(|field| !field.is_empty())
 }
 
-/// Whether the step can run for `request`: a report was sent or a sandbox is configured.
-pub(crate) fn available(sandbox: Option<&CapeClient>, request: &Request) -> bool {
-    sent_report(request).is_some() || sandbox.is_some()
-}
-
 /// Time the request needs on top of the server's analysis timeout: the
 /// sandbox's own timeout when this request will run the sandbox.
-pub(crate) fn extra_time(sandbox: Option<&CapeClient>, request: &Request) -> Duration {
+pub(crate) fn extra_time(sandbox: Option<&CapeClient>, submission: &Submission) -> Duration {
     match sandbox {
         Some(sandbox)
-            if request.command().analyses().contains(&Analysis::Dynamic)
-                && sent_report(request).is_none() =>
+            if submission.steps.contains(&Analysis::Dynamic) && submission.behaviour_report.is_none() =>
         {
             sandbox.settings().analysis_timeout
         }
@@ -65,7 +59,8 @@ enum Source {
     Sandbox { task_id: u64, behaviour: CapeBehaviour },
 }
 
-/// Runs the step: reads the sent report or runs the sandbox, then scores the calls.
+/// Runs the step: reads the sent report or runs the sandbox, then scores the calls (with the
+/// family and the n-grams that drove the score, for the HTTP API).
 pub(crate) async fn run(
     workers: &AnalysisWorkers,
     models: Arc<Models>,
@@ -73,7 +68,7 @@ pub(crate) async fn run(
     report: Option<Bytes>,
     executable: &Bytes,
     sha256: &str,
-) -> Result<StepScore, ErrorDetail> {
+) -> Result<(StepScore, StepDetail), ErrorDetail> {
     let source = match (report, sandbox) {
         (Some(report), _) => Source::Sent(report),
         (None, Some(sandbox)) => {
@@ -99,20 +94,21 @@ pub(crate) async fn run(
                 return Err(ErrorDetail::new(reason)
                     .with_message(format!("{origin} holds no API call to score ({})", notes.join("; "))));
             }
-            let score = models.behaviour_model.probability(&behaviour.sequence);
+            let verdict = models.behaviour_model.score(&behaviour.sequence);
             tracing::debug!(
                 task_id,
                 calls = behaviour.sequence.len(),
                 notes = behaviour.notes.len(),
-                score,
+                score = verdict.score,
                 "behaviour scored"
             );
-            Ok((score, models.behaviour_model.version().to_owned()))
+            Ok((verdict, models.behaviour_model.version().to_owned()))
         })
         .await
         .map_err(|error| crate::analysis::worker_failure(error).with_step(Analysis::Dynamic))?;
-    let (score, model_version) = scored.map_err(|detail| detail.with_step(Analysis::Dynamic))?;
-    Ok(StepScore { analysis: Analysis::Dynamic, score, model_version, support: None })
+    let (verdict, model_version) = scored.map_err(|detail| detail.with_step(Analysis::Dynamic))?;
+    let score = StepScore { analysis: Analysis::Dynamic, score: verdict.score, model_version, support: None };
+    Ok((score, StepDetail::Dynamic(Box::new(verdict))))
 }
 
 /// The `unavailable` detail of this step.

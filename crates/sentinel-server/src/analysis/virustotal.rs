@@ -15,16 +15,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use sentinel_protocol::{Analysis, ErrorDetail, Reason, Request};
 use sentinel_store::{LabelSource, Store, StoreError, VtReportRow};
 use sentinel_virustotal::{
-    ApiKey, CacheError, FileHash, KeyHasher, Label, LookupRequest, MetricsSnapshot, ReportCache,
-    SettingsError, Verdict, VerdictRule, VirusTotal, VirusTotalSettings, VtError,
+    ApiKey, CacheError, EngineCategory, FileHash, KeyHasher, Label, LookupRequest, MetricsSnapshot,
+    ReportCache, SettingsError, Source, Verdict, VerdictRule, VirusTotal, VirusTotalSettings, VtError,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use crate::analysis::StepScore;
+use crate::analysis::{StepDetail, StepScore, Submission};
 
 /// Where the key-hash secret lives inside the data directory: it keys the ids
 /// of clients' API keys (rate limits, `key_tiers`), so it must outlive restarts.
@@ -54,7 +57,98 @@ pub struct VirusTotalReport {
     pub client: MetricsSnapshot,
 }
 
+/// Detection names listed in a [`VirusTotalSummary`]: the most common ones.
+const TOP_DETECTION_NAMES: usize = 5;
+
+/// What a VirusTotal report says, in short: the engines' counts, the score and label of
+/// docs/virustotal.md, and the detection names most engines agree on.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub(crate) struct VirusTotalSummary {
+    /// Engines that gave a verdict (malicious + suspicious + undetected + harmless).
+    pub engines: u32,
+    pub malicious: u32,
+    pub suspicious: u32,
+    pub undetected: u32,
+    pub harmless: u32,
+    /// The score of docs/virustotal.md; `null` under `min_engines` engines.
+    pub score: Option<f64>,
+    /// The consensus by the label rule of docs/virustotal.md: `malicious`, `benign` or
+    /// `unlabelled` (too unclear to call).
+    #[schema(value_type = String)]
+    pub label: Label,
+    /// The detection names most engines gave (malicious or suspicious), most common first.
+    pub detection_names: Vec<DetectionName>,
+    /// When VirusTotal last analysed the file (Unix seconds).
+    pub last_analysis_date: Option<i64>,
+    /// When Sentinel obtained the report (Unix seconds).
+    pub fetched_at: i64,
+    /// Where this answer's report came from: `dataset` (stored, fresh), `stale_dataset`,
+    /// `file_report` (asked now), `upload`, `shared_flight` (another request's call); `null`
+    /// for a stored report read back.
+    #[schema(value_type = Option<String>)]
+    pub source: Option<&'static str>,
+}
+
+/// A detection name and how many engines gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub(crate) struct DetectionName {
+    pub name: String,
+    pub engines: u32,
+}
+
+impl VirusTotalSummary {
+    /// The summary of `verdict` under `rule`, fetched from `source` (when known).
+    pub fn new(verdict: &Verdict, rule: &VerdictRule, source: Option<Source>) -> VirusTotalSummary {
+        let mut names: HashMap<&str, u32> = HashMap::new();
+        for engine in &verdict.engines {
+            if matches!(engine.category, EngineCategory::Malicious | EngineCategory::Suspicious)
+                && let Some(name) = engine.result.as_deref().filter(|name| !name.is_empty())
+            {
+                *names.entry(name).or_default() += 1;
+            }
+        }
+        let mut detection_names: Vec<DetectionName> = names
+            .into_iter()
+            .map(|(name, engines)| DetectionName { name: name.to_owned(), engines })
+            .collect();
+        detection_names.sort_by(|a, b| b.engines.cmp(&a.engines).then_with(|| a.name.cmp(&b.name)));
+        detection_names.truncate(TOP_DETECTION_NAMES);
+        let stats = &verdict.stats;
+        VirusTotalSummary {
+            engines: stats.engines_with_verdict(),
+            malicious: stats.malicious,
+            suspicious: stats.suspicious,
+            undetected: stats.undetected,
+            harmless: stats.harmless,
+            score: verdict.score(rule),
+            label: verdict.label(rule),
+            detection_names,
+            last_analysis_date: verdict.last_analysis_date,
+            fetched_at: verdict.fetched_at,
+            source: source.map(|source| match source {
+                Source::Dataset => "dataset",
+                Source::StaleDataset => "stale_dataset",
+                Source::FileReport => "file_report",
+                Source::Upload => "upload",
+                Source::SharedFlight => "shared_flight",
+            }),
+        }
+    }
+
+    /// The summary of a report stored in the results dataset (`Verdict` JSON), under `rule`;
+    /// `None` when the stored JSON is in another form (imported from elsewhere).
+    pub fn of_stored(row: &VtReportRow, rule: &VerdictRule) -> Option<VirusTotalSummary> {
+        let verdict: Verdict = serde_json::from_str(&row.report_json).ok()?;
+        Some(VirusTotalSummary::new(&verdict, rule, None))
+    }
+}
+
 impl VirusTotalStep {
+    /// The rule that scores and labels reports.
+    pub(crate) fn verdict_rule(&self) -> &VerdictRule {
+        self.client.verdict_rule()
+    }
+
     /// The step over `store`'s results dataset. `hasher` turns keys into the
     /// ids rate limits are kept under; keep its secret stable across restarts
     /// (`KeyHasher::load_or_create`).
@@ -85,9 +179,8 @@ impl VirusTotalStep {
 
 /// Time the request needs on top of the server's analysis timeout: an upload's
 /// and its analysis's, when this request may upload its executable.
-pub(crate) fn extra_time(step: Option<&VirusTotalStep>, request: &Request) -> Duration {
-    let uploads = request.command().analyses().contains(&Analysis::VirusTotal)
-        && request.executable().is_some_and(|executable| !executable.is_empty());
+pub(crate) fn extra_time(step: Option<&VirusTotalStep>, submission: &Submission) -> Duration {
+    let uploads = submission.steps.contains(&Analysis::VirusTotal) && !submission.executable.is_empty();
     match step.and_then(|step| step.upload_time) {
         Some(upload_time) if uploads => upload_time,
         _ => Duration::ZERO,
@@ -106,13 +199,13 @@ pub(crate) fn api_key(request: &Request) -> Result<Option<ApiKey>, ErrorDetail> 
 
 /// Runs the step for the sample `sha256` (lower-case hex, already checked
 /// against `executable`). The executable, when sent, is what an upload would
-/// send, if the settings allow uploads.
+/// send, if the settings allow uploads. The detail is the report's summary.
 pub(crate) async fn run(
     step: &VirusTotalStep,
     sha256: &str,
     api_key: Option<ApiKey>,
     executable: Bytes,
-) -> Result<StepScore, ErrorDetail> {
+) -> Result<(StepScore, StepDetail), ErrorDetail> {
     let sha256 = FileHash::parse(sha256).map_err(|error| detail(&error))?;
     let file = Some(executable).filter(|bytes| !bytes.is_empty());
     let lookup =
@@ -127,12 +220,14 @@ pub(crate) async fn run(
             step.client.verdict_rule().min_engines
         )));
     };
-    Ok(StepScore {
+    let summary = VirusTotalSummary::new(verdict, step.client.verdict_rule(), Some(lookup.source));
+    let score = StepScore {
         analysis: Analysis::VirusTotal,
         score,
         model_version: format!("virustotal report fetched at {}", verdict.fetched_at),
         support: Some(engines),
-    })
+    };
+    Ok((score, StepDetail::VirusTotal(summary)))
 }
 
 /// The protocol's answer to a VirusTotal failure. Messages come from

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sentinel_api::{ApiBuilder, HttpListener, HttpSettings};
+use sentinel_api::sentinel_auth::AuthSettings;
+use sentinel_api::{Access, ApiBuilder, HttpListener, HttpSettings};
 use sentinel_protocol::{Command, Request};
 use sentinel_sandbox::{CapeClient, SandboxSettings};
 use sentinel_server::{Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
@@ -66,6 +67,12 @@ impl TestServer {
         let mut settings = ServerSettings {
             tcp_listen: "127.0.0.1:0".parse().unwrap(),
             analysis_workers: 2,
+            // The tests' many clients all come from 127.0.0.1: one client to the per-client
+            // limits, which tests of those limits set lower again.
+            max_connections_per_client: 1024,
+            max_requests_per_client: 1024,
+            client_request_rate: 100_000,
+            client_request_burst: 100_000,
             ..ServerSettings::default()
         };
         adjust(&mut settings);
@@ -82,12 +89,21 @@ impl TestServer {
             Arc::clone(&store),
             virustotal,
             sandbox,
+            sentinel_server::ClientRecords {
+                access_log: sentinel_transport::AccessLog::off(),
+                addresses: sentinel_privacy::Pseudonymiser::clear(),
+            },
         )
         .await
         .unwrap();
-        let api = server.contribute(ApiBuilder::new(HttpSettings::default())).build();
+        let api = server
+            .contribute(ApiBuilder::new(
+                HttpSettings::default(),
+                Access::unauthenticated(&AuthSettings::default()),
+            ))
+            .build();
         let listener = HttpListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let (tcp, http) = (server.tcp_addr(), listener.local_addr());
+        let (tcp, http) = (server.tcp_addr().expect("the plain listener"), listener.local_addr());
         let (stop, _) = watch::channel(false);
         let stopped = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|stopping| *stopping).await;

@@ -29,6 +29,9 @@ pub use writer::WriterSettings;
 
 use crate::StoreError;
 use crate::database::Database;
+use crate::sqlcipher::{self, DatabaseKey};
+use crate::store_key::{KeyPurpose, StoreKey};
+use crate::store_lock::StoreLock;
 use writer::ResultsWriter;
 
 /// Name of the network database inside the data directory.
@@ -48,19 +51,36 @@ pub struct NetworkStore {
     database: Database,
     /// Scored items, metrics and retention.
     writer: ResultsWriter,
+    /// Held while the store is open, so its encryption is not changed under it.
+    _lock: StoreLock,
 }
 
 impl NetworkStore {
     /// Opens `<data_dir>/network.db`, creating the directory (mode 0700) and the file (mode
     /// 0600, as its -wal and -shm files) if missing, migrating (or adopting) its schema, and
-    /// starts the results writer, which applies the retention at once.
+    /// starts the results writer, which applies the retention at once. A plain store: see
+    /// [`NetworkStore::open_with_key`] for an encrypted one.
     pub fn open(data_dir: &Path, settings: WriterSettings) -> Result<NetworkStore, StoreError> {
+        NetworkStore::open_with_key(data_dir, settings, None)
+    }
+
+    /// As [`NetworkStore::open`], encrypted under `key` when one is given (that of the
+    /// [`crate::Store`] beside it, [`crate::Store::store_key`]; the file has its own subkey). A
+    /// file the key does not open is refused before anything changes.
+    pub fn open_with_key(
+        data_dir: &Path,
+        settings: WriterSettings,
+        key: Option<&StoreKey>,
+    ) -> Result<NetworkStore, StoreError> {
         crate::create_private_dir(data_dir)?;
         let path = data_dir.join(NETWORK_DATABASE_FILE);
-        let database = Database::open(&path, &schema::NETWORK, BUSY_TIMEOUT, READ_CONNECTIONS)?;
-        let writer = ResultsWriter::start(&path, settings, BUSY_TIMEOUT)?;
+        let key = key.map(|key| DatabaseKey::new(key, KeyPurpose::NetworkDatabase));
+        sqlcipher::probe(&path, key.as_ref())?;
+        let lock = StoreLock::shared(data_dir)?;
+        let database = Database::open(&path, &schema::NETWORK, BUSY_TIMEOUT, READ_CONNECTIONS, key.clone())?;
+        let writer = ResultsWriter::start(&path, settings, BUSY_TIMEOUT, key.as_ref())?;
         crate::vault::sync_dir(data_dir)?;
-        Ok(NetworkStore { path, database, writer })
+        Ok(NetworkStore { path, database, writer, _lock: lock })
     }
 
     /// Where the database is.

@@ -1,19 +1,22 @@
 //! What the network part of the store takes and returns: plain values, not rows, so that the
 //! network service never sees SQL and another backend can take the same values.
 
-use std::net::IpAddr;
 use std::time::SystemTime;
 
 /// One connection as stored in `network_connections`.
+///
+/// Its addresses are text in the form `[privacy] ip_storage` gives them (a prefix-preserving
+/// pseudonym, an `h:` HMAC pseudonym, or the address itself): the caller pseudonymises them
+/// (`sentinel-privacy`), so that the store never holds more than the setting allows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionRow {
     /// When the collector or agent observed it.
     pub timestamp: SystemTime,
     pub process_id: Option<u32>,
     pub process_name: Option<String>,
-    pub local_ip: IpAddr,
+    pub local_ip: String,
     pub local_port: u16,
-    pub remote_ip: IpAddr,
+    pub remote_ip: String,
     pub remote_port: u16,
     /// `tcp`, `udp`, …, as the record names it.
     pub protocol: Option<String>,

@@ -23,6 +23,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use super::records::{ModelMetricsRow, ScoredItem, WriterStats};
 use super::timestamp;
 use crate::StoreError;
+use crate::sqlcipher::{self, DatabaseKey};
 
 /// How the writer batches and what it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +85,10 @@ impl ResultsWriter {
         path: &Path,
         settings: WriterSettings,
         busy_timeout: Duration,
+        key: Option<&DatabaseKey>,
     ) -> Result<ResultsWriter, StoreError> {
         let connection = Connection::open(path)?;
+        sqlcipher::apply_key(&connection, key, path)?;
         connection.busy_timeout(busy_timeout)?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         let (sender, receiver) = std::sync::mpsc::sync_channel(settings.queue.max(1));
@@ -254,9 +257,9 @@ fn insert_item(transaction: &Transaction<'_>, item: &ScoredItem) -> Result<(), r
                     timestamp(connection.timestamp),
                     connection.process_id,
                     connection.process_name,
-                    connection.local_ip.to_string(),
+                    connection.local_ip,
                     connection.local_port,
-                    connection.remote_ip.to_string(),
+                    connection.remote_ip,
                     connection.remote_port,
                     connection.protocol,
                     connection.state,

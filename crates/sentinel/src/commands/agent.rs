@@ -1,7 +1,8 @@
 //! `sentinel agent --server URL`: runs the network collectors on this host and posts a snapshot
 //! every collection interval to the network AI service's `/api/v1/ingest` (the JSON format of
 //! `docs/collectors.md`, the one the Windows endpoint application posts). Settings come from the
-//! `[network]` table: `collector` (interval, host id) and `agent` (queue, timeout, authorization).
+//! `[network]` table: `collector` (interval, host id) and `agent` (queue, timeout, authorization);
+//! `--token` / `SENTINEL_TOKEN` is the API token sent as bearer.
 //! SIGINT and SIGTERM stop it.
 
 use anyhow::Context;
@@ -19,6 +20,11 @@ pub struct Args {
     /// system trusts (a private CA); trusted in addition to the system's roots.
     #[arg(long, env = "SENTINEL_AGENT_CA_FILE")]
     ca_file: Option<std::path::PathBuf>,
+    /// API token (scope `network:ingest`) sent as `Authorization: Bearer TOKEN` (overrides
+    /// `[network.agent] authorization`). Prefer the environment variable to the command line,
+    /// where other local users can read it.
+    #[arg(long, env = "SENTINEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Milliseconds between two snapshots (overrides `[network.collector] interval`).
     #[arg(long)]
     interval_ms: Option<u64>,
@@ -35,6 +41,9 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     }
     if args.host.is_some() {
         settings.collector.host = args.host;
+    }
+    if let Some(token) = args.token {
+        settings.agent.authorization = Some(format!("Bearer {}", token.trim()));
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

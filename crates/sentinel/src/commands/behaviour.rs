@@ -1,13 +1,10 @@
 //! `sentinel behaviour REPORT…`: offline behaviour verdicts for CAPE v2 JSON
 //! reports or JSON lists of API names, read and scored exactly as the server's
-//! dynamic step does, plus what the wire answer has no room for: the n-grams
-//! behind each score and, when the model has a family classifier, the most
-//! likely malware family with its probability.
-//!
-//! The committed model has no family classifier (the family data in
-//! ../shared/data carries no labels, see docs/dynamic-analysis.md), so the
-//! family shows only with a model trained with `--family-labels`. A report
-//! that cannot be read gets a row with its error rather than stopping the run.
+//! dynamic step does, plus what the wire answer has no room for: the features
+//! behind each score and, when the model has a family classifier (the
+//! committed one has), the most likely malware family with every family's
+//! probability. A report that cannot be read gets a row with its error rather
+//! than stopping the run.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -106,7 +103,15 @@ fn write_text(out: &mut impl Write, row: &ReportVerdict) -> std::io::Result<()> 
         return writeln!(out, "{}: error: {}", row.path.display(), row.error.as_deref().unwrap_or("unknown"));
     };
     let family = match &verdict.family {
-        Some(guess) => format!("family {} ({:.0} %)", guess.family, 100.0 * guess.confidence),
+        Some(guess) => {
+            // The runners-up too: family probabilities on API calls are rarely decisive.
+            let mut others: Vec<(&String, &f64)> =
+                guess.probabilities.iter().filter(|(name, _)| **name != guess.family).collect();
+            others.sort_by(|a, b| b.1.total_cmp(a.1));
+            let others: Vec<String> =
+                others.iter().take(2).map(|(name, p)| format!("{name} {:.0} %", 100.0 * **p)).collect();
+            format!("family {} ({:.0} %; then {})", guess.family, 100.0 * guess.confidence, others.join(", "))
+        }
         None => "family -".to_owned(),
     };
     writeln!(

@@ -1,7 +1,10 @@
 //! `sentinel client`: sends one protocol request to a running server and
 //! prints the answer — status, verdict `y`, each analysis's score, and with
-//! `--error-detail` the reason of a `No`. For operators checking a server and
-//! for scripts (`--json`).
+//! `--error-detail` the reason of a `No` and, for a hash answered from the
+//! safelist or badlist, which list and why. For operators checking a server and
+//! for scripts (`--json`). With `--tls` it speaks to the TLS listener, trusting
+//! the CA of `--ca` and presenting `--cert`/`--key` where the server requires
+//! a client certificate.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use sentinel_protocol::{Client, Command, Request, Response};
+use sentinel_transport::TlsClientOptions;
+use sentinel_transport::tokio_rustls::rustls::pki_types::ServerName;
 use serde_json::json;
 
 use crate::config::Config;
@@ -35,7 +40,8 @@ pub struct Args {
     /// running its sandbox.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Ask the server for the reason of a failure (protocol extension).
+    /// Ask the server for the reason of a failure, and which list answered a hash on its
+    /// safelist or badlist (protocol extensions).
     #[arg(long)]
     error_detail: bool,
     /// Print the response as JSON.
@@ -44,6 +50,56 @@ pub struct Args {
     /// Seconds to wait for the response.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How to reach a TLS protocol listener.
+#[derive(clap::Args)]
+pub struct TlsArgs {
+    /// Speak TLS 1.3 (to the server's `--tcp-tls-listen` port).
+    #[arg(long)]
+    tls: bool,
+    /// CA certificate(s), PEM, that the server's certificate must chain to (implies --tls).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate, PEM, for servers that require one (mutual TLS); with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key, PEM.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// The name the server's certificate must hold; default: the host of --server.
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// Connects to `server`, in TLS when asked.
+    pub async fn connect(&self, server: &str) -> anyhow::Result<Client> {
+        if !self.tls && self.ca.is_none() && self.cert.is_none() {
+            return Client::connect(server).await.with_context(|| format!("server {server}"));
+        }
+        let Some(ca) = &self.ca else {
+            anyhow::bail!("--tls needs --ca FILE: the CA certificate the server's certificate must chain to");
+        };
+        let config = sentinel_transport::client_config(&TlsClientOptions {
+            ca_file: ca.clone(),
+            certificate_file: self.cert.clone(),
+            key_file: self.key.clone(),
+            alpn_protocols: Vec::new(),
+        })?;
+        let name = self.server_name.clone().unwrap_or_else(|| host_of(server).to_owned());
+        let name =
+            ServerName::try_from(name.clone()).with_context(|| format!("{name:?} is not a server name"))?;
+        Client::connect_tls(server, name, config).await.with_context(|| format!("server {server}"))
+    }
+}
+
+/// The host part of `HOST:PORT` or `[IPV6]:PORT`.
+fn host_of(server: &str) -> &str {
+    let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
+    host.strip_prefix('[').and_then(|host| host.strip_suffix(']')).unwrap_or(host)
 }
 
 fn parse_command(text: &str) -> Result<Command, String> {
@@ -84,12 +140,16 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (response, error_detail) = runtime.block_on(async {
-        let mut client =
-            Client::connect(&args.server).await.with_context(|| format!("server {}", args.server))?;
+        let mut client = args.tls.connect(&args.server).await?;
         client.set_response_timeout(Duration::from_secs(args.timeout));
         let error_detail = args.error_detail && client.enable_error_detail().await?;
         if args.error_detail && !error_detail {
             eprintln!("note: the server does not support error details");
+        }
+        // The same opt-in asks which list answered, if one did; a server that does not know
+        // the option keeps its `Yes` plain.
+        if error_detail {
+            client.enable_list_detail().await?;
         }
         anyhow::Ok((client.request(&request).await?, error_detail))
     })?;
@@ -99,7 +159,7 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
 
 fn print_response(command: Command, response: &Response, error_detail: bool, as_json: bool) {
     match response {
-        Response::Yes(scores) => {
+        Response::Yes(scores) | Response::Listed(scores, _) => {
             let y = scores.first().copied();
             let steps: Vec<(&str, f32)> = command
                 .analyses()
@@ -107,14 +167,28 @@ fn print_response(command: Command, response: &Response, error_detail: bool, as_
                 .map(|step| step.name())
                 .zip(scores.iter().skip(1).copied())
                 .collect();
+            let listed = match response {
+                Response::Listed(_, detail) => Some(detail),
+                _ => None,
+            };
             if as_json {
                 let scores: serde_json::Map<String, serde_json::Value> =
                     steps.iter().map(|(name, score)| ((*name).to_owned(), json!(score))).collect();
-                println!("{}", json!({ "status": "yes", "y": y, "scores": scores }));
+                let list = listed.map(
+                    |detail| json!({ "list": detail.list, "reason": detail.reason, "source": detail.source }),
+                );
+                println!("{}", json!({ "status": "yes", "y": y, "scores": scores, "list": list }));
             } else {
                 println!("status: Yes");
                 if let Some(y) = y {
                     println!("y: {y:.6}");
+                }
+                if let Some(detail) = listed {
+                    println!(
+                        "answered by the {}: {} (source: {})",
+                        detail.list, detail.reason, detail.source
+                    );
+                    return;
                 }
                 for (name, score) in steps {
                     println!("{name}: {score:.6}");
@@ -151,5 +225,12 @@ mod tests {
         assert!(parse_command("100").is_err(), "the options command is not a user command");
         assert!(parse_command("7").is_err());
         assert!(parse_command("fast").is_err());
+    }
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address() {
+        assert_eq!(host_of("127.0.0.1:9443"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:9443"), "::1");
+        assert_eq!(host_of("sentinel.example:9443"), "sentinel.example");
     }
 }

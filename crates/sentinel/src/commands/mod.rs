@@ -3,14 +3,20 @@
 mod agent;
 mod behaviour;
 mod bench;
+mod certs;
 mod client;
 mod datasets;
 mod eval;
 mod labels;
+mod lists;
 mod models;
+mod privacy;
 mod scan;
 mod serve;
+mod serve_auth;
+mod store;
 mod table;
+mod token;
 mod train;
 mod vt_results;
 
@@ -26,6 +32,9 @@ pub enum Command {
     Scan(scan::Args),
     /// Send one protocol request to a running server.
     Client(client::Args),
+    /// Certificates to try TLS and mutual TLS: a private CA, a server and a client certificate.
+    #[command(subcommand)]
+    Certs(certs::Command),
     /// Offline behaviour verdicts (and families) for CAPE reports or API-call lists.
     Behaviour(behaviour::Args),
     /// Train a model from data.
@@ -41,8 +50,16 @@ pub enum Command {
     Labels(labels::Args),
     /// The VirusTotal results dataset: CSV import and export.
     VtResults(vt_results::Args),
+    /// The safelist and the badlist: hashes answered y = 0 or 1 at once, without analysis.
+    Lists(lists::Args),
     /// The model registry: versions, decisions, activating a version (rollback).
     Models(models::Args),
+    /// The HTTP API's tokens: create (printed once), list, revoke.
+    Token(token::Args),
+    /// Stored IP addresses: pseudonymise an address, reveal a prefix-preserving pseudonym.
+    Privacy(privacy::Args),
+    /// Encryption at rest: make a store key, encrypt a plain store, change the key.
+    Store(store::Args),
 }
 
 impl Command {
@@ -52,13 +69,18 @@ impl Command {
             Command::Agent(args) => agent::run(args, config),
             Command::Scan(args) => scan::run(args, config),
             Command::Client(args) => client::run(args, config),
+            Command::Certs(command) => command.run(config),
             Command::Behaviour(args) => behaviour::run(args, config),
             Command::Train(command) => command.run(config),
             Command::Eval(command) => command.run(config),
             Command::Bench(command) => command.run(config),
             Command::Labels(args) => labels::run(args, config),
             Command::VtResults(args) => vt_results::run(args, config),
+            Command::Lists(args) => lists::run(args, config),
             Command::Models(args) => models::run(args, config),
+            Command::Token(args) => token::run(args, config),
+            Command::Privacy(args) => privacy::run(args, config),
+            Command::Store(args) => args.run(config),
         }
     }
 }

@@ -11,7 +11,8 @@ use anyhow::Context;
 use sentinel_behaviour::BehaviourModel;
 use sentinel_static::StaticModel;
 use sentinel_store::{
-    DecisionOutcome, DecisionRecord, ModelKind, ModelVersionInfo, NewDecision, NewModelVersion, Provenance,
+    DecisionOutcome, DecisionRecord, ModelKind, ModelVersionInfo, NewAuditEvent, NewDecision,
+    NewModelVersion, Provenance, Store, local_user_principal,
 };
 
 use crate::commands::datasets::DataDir;
@@ -125,13 +126,14 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
                 artifact: bytes,
             })?;
             if activate {
-                store.decide_model(NewDecision {
+                let decision = store.decide_model(NewDecision {
                     kind: kind.kind(),
                     version_id: version.id,
                     outcome: DecisionOutcome::Activated,
                     reason: format!("imported from {}", file.display()),
                     figures: serde_json::Value::Null,
                 })?;
+                record_activation(&store, &decision)?;
             }
             let version = store
                 .model_versions(kind.kind())?
@@ -155,9 +157,25 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
                     figures: serde_json::Value::Null,
                 })
                 .with_context(|| format!("cannot activate {} model version {id}", kind.kind()))?;
+            record_activation(&store, &decision)?;
             println!("{}", decision_json(&decision));
         }
     }
+    Ok(())
+}
+
+/// Records an activation by the local user in the audit table.
+fn record_activation(store: &Store, decision: &DecisionRecord) -> anyhow::Result<()> {
+    let event = NewAuditEvent::new(
+        local_user_principal(),
+        "model.activate",
+        Some(format!("{} version {}", decision.kind.as_str(), decision.version_id)),
+        "ok",
+        None,
+    )
+    .with_detail("previous", decision.previous_id)
+    .with_detail("reason", decision.reason.clone());
+    store.record_audit_event(event).context("cannot record the activation in the audit table")?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `sentinel scan FILE|DIR…`: offline static verdicts for files on disk, with
-//! the same model the server uses, for an operator triaging a folder.
+//! the same model the server uses, for an operator triaging a folder; with
+//! `--yara-rules DIR`, the matching rules too, raising the score as the server does.
 //!
 //! Files are scored in parallel; a file that is not a PE, cannot be read or is
 //! too large gets a row with its error rather than stopping the scan, because
@@ -7,10 +8,12 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use rayon::prelude::*;
 use sentinel_static::StaticModel;
+use sentinel_yara::{RuleMatch, YaraRules};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -37,7 +40,16 @@ pub struct Args {
     /// Files larger than this many bytes are not read.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     max_file_size: u64,
+    /// A directory of YARA rules (`*.yar`, `*.yara`) to run over each file: the matches are
+    /// shown and raise the score as in the server (docs/yara.md).
+    #[arg(long, env = "SENTINEL_YARA_RULES", value_name = "DIR")]
+    yara_rules: Option<PathBuf>,
 }
+
+/// The longest a YARA scan of one file may take, as the server's default.
+const YARA_SCAN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A rule whose probability raised the score to at least this makes the file malicious.
+const RULE_VERDICT_THRESHOLD: f64 = 0.5;
 
 /// One feature's share of a score, as `--explain` shows it.
 #[derive(Serialize)]
@@ -57,6 +69,12 @@ struct FileVerdict {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     explanation: Option<Vec<Contribution>>,
+    /// The matching rules, with `--yara-rules`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    yara_matches: Option<Vec<RuleMatch>>,
+    /// Why the rules could not run over this file (the score is then the model's alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    yara_error: Option<String>,
 }
 
 /// How many contributions `--explain` shows per file.
@@ -69,13 +87,19 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
         }
         None => StaticModel::builtin(),
     };
+    let yara = match &args.yara_rules {
+        Some(directory) => {
+            Some(YaraRules::load(directory, YARA_SCAN_TIMEOUT).context("cannot load the YARA rules")?)
+        }
+        None => None,
+    };
     let files = collect_files(&args.paths)?;
     let progress = (files.len() >= PROGRESS_BAR_MIN_FILES && std::io::stderr().is_terminal())
         .then(|| indicatif::ProgressBar::new(files.len() as u64));
     let verdicts: Vec<FileVerdict> = files
         .par_iter()
         .map(|path| {
-            let verdict = scan_file(&model, path, args.max_file_size, args.explain);
+            let verdict = scan_file(&model, yara.as_ref(), path, args.max_file_size, args.explain);
             if let Some(bar) = &progress {
                 bar.inc(1);
             }
@@ -118,7 +142,13 @@ fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn scan_file(model: &StaticModel, path: &Path, max_file_size: u64, explain: bool) -> FileVerdict {
+fn scan_file(
+    model: &StaticModel,
+    yara: Option<&YaraRules>,
+    path: &Path,
+    max_file_size: u64,
+    explain: bool,
+) -> FileVerdict {
     let mut verdict = FileVerdict {
         path: path.to_owned(),
         sha256: None,
@@ -126,6 +156,8 @@ fn scan_file(model: &StaticModel, path: &Path, max_file_size: u64, explain: bool
         malicious: false,
         error: None,
         explanation: None,
+        yara_matches: None,
+        yara_error: None,
     };
     let bytes = match read_bounded(path, max_file_size) {
         Ok(bytes) => bytes,
@@ -155,6 +187,19 @@ fn scan_file(model: &StaticModel, path: &Path, max_file_size: u64, explain: bool
             }
         }
         Err(error) => verdict.error = Some(error.to_string()),
+    }
+    if let (Some(rules), Some(score)) = (yara, verdict.score) {
+        match rules.scan(&bytes) {
+            Ok((matches, _)) => {
+                let raised = sentinel_yara::raised_score(score, &matches);
+                verdict.score = Some(raised);
+                // The model's threshold is set for the model's own false positives; a rule's
+                // probability is its author's word: one of at least 0.5 makes the file malicious.
+                verdict.malicious |= raised > score && raised >= RULE_VERDICT_THRESHOLD;
+                verdict.yara_matches = Some(matches);
+            }
+            Err(error) => verdict.yara_error = Some(error.to_string()),
+        }
     }
     verdict
 }
@@ -188,6 +233,18 @@ fn print_table(out: &mut impl Write, verdicts: &[FileVerdict], model_version: &s
                 errors += 1;
                 table.add_row([path, "-".to_owned(), "error".to_owned(), error.clone().unwrap_or_default()]);
             }
+        }
+        for found in verdict.yara_matches.iter().flatten() {
+            let score = found.score().map(|score| format!("{score:.2}")).unwrap_or_default();
+            table.add_row([
+                String::new(),
+                score,
+                "YARA".to_owned(),
+                format!("{}:{}", found.namespace, found.rule),
+            ]);
+        }
+        if let Some(error) = &verdict.yara_error {
+            table.add_row([String::new(), String::new(), "YARA".to_owned(), error.clone()]);
         }
         for c in verdict.explanation.iter().flatten() {
             table.add_row([

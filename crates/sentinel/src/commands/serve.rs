@@ -3,10 +3,16 @@
 //! HTTP listener (`sentinel-api`, `[http]`) to which both contribute their
 //! routes, readiness checks and metrics.
 //!
-//! On start it prints `tcp listening on ADDR` and `http listening on ADDR` to
-//! stdout (the bound addresses, so port 0 works; tests and the benchmark read
-//! them). SIGHUP reloads the models from the data directory; SIGINT and
-//! SIGTERM stop accepting and let in-flight requests finish.
+//! On start it prints `tcp listening on ADDR` (the plain protocol port, unless
+//! it is off), `tcp tls listening on ADDR` (the TLS protocol port, when asked)
+//! and `http listening on ADDR`, in that order, to stdout (the bound addresses,
+//! so port 0 works; tests and the benchmark read them). SIGHUP reloads the
+//! YARA rules, the models from the data directory and the TLS certificates (HTTPS and the
+//! protocol's TLS port) from their files;
+//! SIGINT and SIGTERM stop accepting and let in-flight requests finish.
+//!
+//! Every HTTP request, protocol request and refused connection leaves a line in the access log
+//! (`[access_log]`, by default `access.log` in the data directory), flushed at a clean stop.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,14 +21,20 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sentinel_api::{ApiBuilder, HttpListener, HttpSettings};
+use sentinel_auth::AuthSettings;
 use sentinel_network::{NetworkService, NetworkSettings};
+use sentinel_privacy::{PrivacySettings, Pseudonymiser};
 use sentinel_sandbox::{ApiToken, CapeClient, SandboxSettings};
-use sentinel_server::{Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep};
+use sentinel_server::{
+    ClientRecords, Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep,
+};
 use sentinel_store::{Store, StoreSettings};
+use sentinel_transport::{AccessLog, AccessLogSettings, TlsOptions, TlsServer};
 use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::commands::serve_auth;
 use crate::config::Config;
 
 #[derive(clap::Args)]
@@ -31,9 +43,23 @@ pub struct Args {
     /// the configuration's `data_dir`, else ./sentinel-data.
     #[arg(long, env = "SENTINEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Protocol listener (overrides `[server] tcp_listen`, default 0.0.0.0:9500).
+    /// Plain protocol listener (overrides `[server] tcp_listen`, default
+    /// 127.0.0.1:9500; another address needs `[server] allowed_clients`).
     #[arg(long, env = "SENTINEL_TCP_LISTEN")]
     tcp_listen: Option<SocketAddr>,
+    /// TLS 1.3 protocol listener, the same frames inside TLS (overrides `[server] tls_listen`).
+    #[arg(long, env = "SENTINEL_TCP_TLS_LISTEN")]
+    tcp_tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the TLS protocol listener (overrides `[server] tls_cert`).
+    #[arg(long, value_name = "FILE")]
+    tcp_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the TLS protocol listener (overrides `[server] tls_key`).
+    #[arg(long, value_name = "FILE")]
+    tcp_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM) on the TLS protocol listener
+    /// (mutual TLS; overrides `[server] client_ca`). The certificate's subject names the client.
+    #[arg(long, value_name = "FILE")]
+    tcp_client_ca: Option<PathBuf>,
     /// HTTP listener (overrides `[http] listen`, formerly `[server] http_listen`;
     /// default 127.0.0.1:9501).
     #[arg(long, env = "SENTINEL_HTTP_LISTEN")]
@@ -48,6 +74,18 @@ pub struct Args {
     /// never from the command line, where other users could read it.
     #[arg(long, env = "SENTINEL_CAPE_BASE_URL")]
     cape_base_url: Option<String>,
+    /// Serve HTTPS (TLS 1.3 only) with this certificate chain, PEM, leaf first; needs
+    /// --tls-key. Overrides `[http] tls_cert`. SIGHUP rereads both files.
+    #[arg(long, env = "SENTINEL_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM. Overrides `[http] tls_key`.
+    #[arg(long, env = "SENTINEL_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A directory of YARA rules (`*.yar`, `*.yara`) run with every static analysis; their
+    /// matches can raise the verdict (docs/yara.md). Overrides `[server] yara_rules`. SIGHUP and
+    /// `POST /admin/reload` recompile them.
+    #[arg(long, env = "SENTINEL_YARA_RULES", value_name = "DIR")]
+    yara_rules: Option<PathBuf>,
 }
 
 /// The environment variable holding the CAPE API token.
@@ -66,10 +104,20 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     if let Some(address) = args.tcp_listen {
         settings.tcp_listen = address;
     }
+    settings.tls_listen = args.tcp_tls_listen.or(settings.tls_listen);
+    settings.tls_cert = args.tcp_tls_cert.or(settings.tls_cert);
+    settings.tls_key = args.tcp_tls_key.or(settings.tls_key);
+    settings.client_ca = args.tcp_client_ca.or(settings.client_ca);
+    settings.yara_rules = args.yara_rules.or(settings.yara_rules);
+    // Said before anything is opened: a listener exposed without a way to tell clients apart.
+    settings.validate().context("invalid [server] settings")?;
     let mut http_settings: HttpSettings = config.section("http")?;
     let written: WrittenListen = config.section("http")?;
     if let Some(address) = args.http_listen.or(written.listen).or(settings.http_listen) {
         http_settings.listen = address;
+    }
+    if let (Some(certificate), Some(key)) = (args.tls_cert, args.tls_key) {
+        (http_settings.tls_cert, http_settings.tls_key) = (Some(certificate), Some(key));
     }
     http_settings.validate()?;
     let store_settings: StoreSettings = config.section("store")?;
@@ -86,6 +134,16 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     }
     let network_settings: NetworkSettings = config.section("network")?;
     let data_dir = config.resolve_data_dir(args.data_dir);
+    let auth_settings: AuthSettings = config.section("auth")?;
+    let access_log_settings: AccessLogSettings = config.section("access_log")?;
+    access_log_settings.validate()?;
+    let privacy_settings: PrivacySettings = config.section("privacy")?;
+    let listeners = [
+        Some(("HTTP", http_settings.listen)),
+        settings.tcp_plain.then_some(("protocol", settings.tcp_listen)),
+        settings.tls_listen.map(|address| ("protocol TLS", address)),
+    ];
+    serve_auth::check_listeners(&auth_settings, &listeners.into_iter().flatten().collect::<Vec<_>>())?;
 
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -97,32 +155,58 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
-    runtime.block_on(serve(
-        settings,
-        http_settings,
-        store_settings,
-        vt_settings,
-        sandbox_settings,
-        network_settings,
-        data_dir,
-    ))
+    let sections = Sections {
+        server: settings,
+        http: http_settings,
+        store: store_settings,
+        virustotal: vt_settings,
+        sandbox: sandbox_settings,
+        network: network_settings,
+        auth: auth_settings,
+        access_log: access_log_settings,
+        privacy: privacy_settings,
+    };
+    runtime.block_on(serve(sections, data_dir))
 }
 
-async fn serve(
-    settings: ServerSettings,
-    http_settings: HttpSettings,
-    store_settings: StoreSettings,
-    vt_settings: VirusTotalSettings,
-    sandbox_settings: SandboxSettings,
-    network_settings: NetworkSettings,
-    data_dir: PathBuf,
-) -> anyhow::Result<()> {
+/// Every section of the configuration `serve` reads, checked before the runtime starts.
+struct Sections {
+    server: ServerSettings,
+    http: HttpSettings,
+    store: StoreSettings,
+    virustotal: VirusTotalSettings,
+    sandbox: SandboxSettings,
+    network: NetworkSettings,
+    auth: AuthSettings,
+    access_log: AccessLogSettings,
+    privacy: PrivacySettings,
+}
+
+async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
+    let Sections {
+        server: settings,
+        http: http_settings,
+        store: store_settings,
+        virustotal: vt_settings,
+        sandbox: sandbox_settings,
+        network: network_settings,
+        auth: auth_settings,
+        access_log: access_log_settings,
+        privacy: privacy_settings,
+    } = sections;
     let store = {
         let data_dir = data_dir.clone();
         tokio::task::spawn_blocking(move || Store::open(&data_dir, store_settings)).await?
     }
     .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let store = Arc::new(store);
+    // After the store, which creates the data directory (0700) where the key file goes.
+    let addresses = {
+        let data_dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || Pseudonymiser::open(&privacy_settings, &data_dir)).await?
+    }
+    .context("cannot set up the pseudonymisation of addresses ([privacy])")?;
+    tracing::info!(ip_storage = addresses.storage().as_str(), "addresses are stored as [privacy] says");
     let virustotal = match vt_settings.enabled {
         true => {
             let hasher = KeyHasher::load_or_create(&data_dir.join(VT_KEY_SECRET_FILE))?;
@@ -149,11 +233,37 @@ async fn serve(
         tracing::info!(base_url = %settings.base_url, timeout = ?settings.analysis_timeout, max_in_flight = settings.max_in_flight, "CAPE sandbox configured");
         Some(client)
     };
-    let network = start_network(network_settings, &data_dir, &store)?;
+    let network = start_network(network_settings, &data_dir, &store, addresses.clone())?;
+    let access = serve_auth::access(&auth_settings, &store, &data_dir)?;
+    // Client addresses in the access log (and the audit table's, through it) as `[privacy]` says.
+    let (access_log, access_log_writer) =
+        AccessLog::start(&access_log_settings, &data_dir).context("cannot start the access log")?;
+    let access_log = {
+        let addresses = addresses.clone();
+        access_log.with_address_rendering(Arc::new(move |address| addresses.display(address)))
+    };
     let models = Arc::new(ModelsInService::new(models));
-    let server = Server::bind(settings, data_dir, models, store, virustotal, sandbox).await?;
-    let http = HttpListener::bind(http_settings.listen).await?;
-    let mut api = server.contribute(ApiBuilder::new(http_settings));
+    let server = Server::bind(
+        settings,
+        data_dir,
+        models,
+        store,
+        virustotal,
+        sandbox,
+        ClientRecords { access_log: access_log.clone(), addresses: addresses.clone() },
+    )
+    .await?;
+    let tls = https(&http_settings)?;
+    let mut http = HttpListener::bind(http_settings.listen)
+        .await?
+        .with_limits(&http_settings)
+        .with_access_log(access_log.clone());
+    if let Some(tls) = &tls {
+        http = http.with_tls(tls.clone());
+    }
+    let mut api = server.contribute(ApiBuilder::new(http_settings, access).access_log(access_log.clone()));
+    http.register_metrics(api.metrics());
+    access_log.register_metrics(api.metrics());
     if let Some(network) = &network {
         sentinel_network::register_metrics(network, api.metrics());
         api = api.service(sentinel_network::router(Arc::clone(network)));
@@ -161,12 +271,27 @@ async fn serve(
     let api = api.build();
 
     let reloader = server.reloader();
+    let protocol_tls = server.tls();
     let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             match reloader.reload().await {
                 Ok(version) => tracing::info!(%version, "SIGHUP: models reloaded"),
                 Err(error) => tracing::error!(%error, "SIGHUP: reload failed, the models in service stay"),
+            }
+            match tls.as_ref().map(TlsServer::reload) {
+                Some(Ok(())) => tracing::info!("SIGHUP: HTTPS certificate reloaded"),
+                Some(Err(error)) => {
+                    tracing::error!(%error, "SIGHUP: HTTPS certificate not reloaded, the one in service stays")
+                }
+                None => {}
+            }
+            match protocol_tls.as_ref().map(|tls| tls.reload()) {
+                Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate of the protocol listener reloaded"),
+                Some(Err(error)) => {
+                    tracing::error!(%error, "SIGHUP: protocol TLS certificate not reloaded, the one in service stays")
+                }
+                None => {}
             }
         }
     });
@@ -178,7 +303,9 @@ async fn serve(
     // reading its stdout (a closed pipe): that must not stop a server that is already listening.
     let announced = {
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "tcp listening on {}", server.tcp_addr())
+        let plain = server.tcp_addr().map(|address| format!("tcp listening on {address}\n"));
+        let tls = server.tls_addr().map(|address| format!("tcp tls listening on {address}\n"));
+        write!(stdout, "{}{}", plain.unwrap_or_default(), tls.unwrap_or_default())
             .and_then(|()| writeln!(stdout, "http listening on {}", http.local_addr()))
             .and_then(|()| stdout.flush())
     };
@@ -207,10 +334,26 @@ async fn serve(
     if let Some(network) = network {
         network.shutdown().await;
     }
+    // Every request has been answered: what the access log accepted is written out.
+    tokio::task::spawn_blocking(move || access_log_writer.finish()).await?;
     served?;
     listened?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTPS configuration when `[http]` names a certificate and its key.
+fn https(settings: &HttpSettings) -> anyhow::Result<Option<TlsServer>> {
+    let (Some(certificate_file), Some(key_file)) = (&settings.tls_cert, &settings.tls_key) else {
+        return Ok(None);
+    };
+    let options = TlsOptions {
+        certificate_file: certificate_file.clone(),
+        key_file: key_file.clone(),
+        client_ca_file: None,
+        alpn_protocols: vec![b"http/1.1".to_vec()],
+    };
+    Ok(Some(TlsServer::new(&options).context("cannot serve HTTPS")?))
 }
 
 /// Starts the network AI service unless `[network] enabled = false`.
@@ -218,12 +361,13 @@ fn start_network(
     settings: NetworkSettings,
     data_dir: &Path,
     store: &Arc<Store>,
+    addresses: Pseudonymiser,
 ) -> anyhow::Result<Option<Arc<NetworkService>>> {
     if !settings.enabled {
         tracing::info!("network service disabled by [network] enabled = false");
         return Ok(None);
     }
-    let service = NetworkService::start(settings, data_dir, Arc::clone(store))
+    let service = NetworkService::start_with(settings, data_dir, Arc::clone(store), addresses)
         .context("cannot start the network service")?;
     tracing::info!(database = %data_dir.join("network.db").display(), "network service started");
     Ok(Some(service))

@@ -1,12 +1,13 @@
 //! `sentinel bench anomaly`: every anomaly detector on every ADBench-format data
 //! set of a folder (ADBench's protocol: stratified 70/30 split, several seeds,
 //! unsupervised) and on NSL-KDD (fit on the normal rows of KDDTrain+, score
-//! KDDTest+), next to scikit-learn on the same matrices in the same run.
+//! KDDTest+ and its harder subset KDDTest-21), next to scikit-learn on the same matrices in the
+//! same run.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use sentinel_anomaly::bench::{BenchPlan, BenchRecord, MODELS, Peer};
+use sentinel_anomaly::bench::{BenchPlan, BenchRecord, MODELS, NslKddTest, Peer};
 
 use crate::commands::table::{self, Style};
 use crate::config::Config;
@@ -22,7 +23,8 @@ pub struct Args {
     /// The NSL-KDD folder (KDDTrain+.txt, KDDTest+.txt); skipped when absent.
     #[arg(long, default_value = "../shared/data/network/nsl-kdd")]
     nsl_kdd: PathBuf,
-    /// Only the data sets whose name contains one of these (e.g. `http,cardio,nsl-kdd`).
+    /// Only the data sets whose name contains one of these (e.g. `http,cardio,nsl-kdd`; NSL-KDD
+    /// gives two: `nsl-kdd`, all of KDDTest+, and `nsl-kdd-21`, KDDTest-21).
     #[arg(long, value_delimiter = ',')]
     datasets: Vec<String>,
     /// Only these models: iforest, lof, ocsvm, ocsvm-rff, ensemble.
@@ -58,9 +60,10 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
         .filter(|path| path.file_stem().is_some_and(|s| selected(&s.to_string_lossy())))
         .collect();
     npz_files.sort();
-    let nsl_kdd =
-        (selected("nsl-kdd") && args.nsl_kdd.join("KDDTrain+.txt").is_file()).then(|| args.nsl_kdd.clone());
-    if nsl_kdd.is_none() && selected("nsl-kdd") {
+    let nsl_kdd_tests: Vec<NslKddTest> = NslKddTest::ALL.into_iter().filter(|t| selected(t.name())).collect();
+    let nsl_kdd = (!nsl_kdd_tests.is_empty() && args.nsl_kdd.join("KDDTrain+.txt").is_file())
+        .then(|| (args.nsl_kdd.clone(), nsl_kdd_tests.clone()));
+    if nsl_kdd.is_none() && !nsl_kdd_tests.is_empty() {
         eprintln!("NSL-KDD not found in {}: skipped", args.nsl_kdd.display());
     }
     let models: Vec<String> = if args.models.is_empty() {

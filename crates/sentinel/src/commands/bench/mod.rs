@@ -3,8 +3,11 @@
 
 mod anomaly;
 mod dynamic_model;
+mod https;
 mod server;
+mod server_tls;
 mod static_model;
+mod store;
 
 use crate::config::Config;
 
@@ -14,10 +17,15 @@ pub enum Command {
     Anomaly(anomaly::Args),
     /// The TCP protocol server: latency, throughput, memory.
     Server(server::Args),
+    /// The HTTP listener over HTTPS against plain HTTP: latency, throughput, handshake cost.
+    Https(https::Args),
     /// The static classifier against scikit-learn's HistGradientBoostingClassifier.
     Static(static_model::Args),
     /// The behaviour classifier against scikit-learn's TF-IDF + logistic regression.
     Dynamic(dynamic_model::Args),
+    /// Encryption at rest: sample submission latency and network ingest throughput, plain
+    /// store against encrypted store.
+    Store(store::Args),
 }
 
 impl Command {
@@ -25,8 +33,10 @@ impl Command {
         match self {
             Command::Anomaly(args) => anomaly::run(args, config),
             Command::Server(args) => server::run(args, config),
+            Command::Https(args) => https::run(args, config),
             Command::Static(args) => static_model::run(args, config),
             Command::Dynamic(args) => dynamic_model::run(args, config),
+            Command::Store(args) => store::run(args, config),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! `sentinel eval …`: one module per model family, and the report both print.
 
 mod dynamic_model;
+mod family;
+mod network_model;
+mod nsl_kdd;
 mod static_model;
 
 use std::path::Path;
@@ -15,6 +18,10 @@ pub enum Command {
     Static(static_model::Args),
     /// The behaviour (API-call sequence) classifier.
     Dynamic(dynamic_model::Args),
+    /// The behaviour model's family classifier, on a `row,family` labels file.
+    Family(family::Args),
+    /// The network service's models, trained and tested on a public intrusion data set.
+    Network(network_model::Args),
 }
 
 impl Command {
@@ -22,6 +29,8 @@ impl Command {
         match self {
             Command::Static(args) => static_model::run(args, config),
             Command::Dynamic(args) => dynamic_model::run(args, config),
+            Command::Family(args) => family::run(args, config),
+            Command::Network(args) => network_model::run(args, config),
         }
     }
 }

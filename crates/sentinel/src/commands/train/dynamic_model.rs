@@ -1,13 +1,9 @@
 //! `sentinel train dynamic`: trains the behaviour model (malware detector on
-//! MalBehavD; a family classifier on Mal-API-2019 only when family labels are
-//! given), prints the figures measured on a split by sequence, writes them into
-//! docs/dynamic-analysis.md and writes the model file (by default
-//! `models/behaviour.json`, the model built into the binary).
-//!
-//! The Mal-API-2019 subset in ../shared/data carries no labels, so the default
-//! model has no family classifier: a family answered from guessed labels would
-//! look like information and is not. `--assume-family-blocks` measures the
-//! classifier under the "8 blocks of 101" guess, for the record.
+//! MalBehavD; family classifier on the Mal-API-2019 rows that `families.csv`
+//! labels — unlabelled rows are not used), prints the figures measured on
+//! splits by sequence, writes them into docs/dynamic-analysis.md and writes
+//! the model file (by default `models/behaviour.json`, the model built into
+//! the binary).
 
 use std::path::{Path, PathBuf};
 
@@ -30,15 +26,13 @@ pub struct Args {
     /// Mal-API-2019's API index.
     #[arg(long, default_value = "../shared/data/malware/dynamic/mal-api-2019/ApiIndex.txt")]
     api_index: PathBuf,
-    /// One family name per line, in sequence order (upstream's `100_types`
-    /// file): trains the family classifier with these labels.
+    /// Family labels of the Mal-API-2019 sequences: `row,family` (row =
+    /// 0-based line of the calls text).
+    #[arg(long, default_value = "../shared/data/malware/dynamic/mal-api-2019/families.csv")]
+    family_labels: PathBuf,
+    /// Train no family classifier.
     #[arg(long)]
-    family_labels: Option<PathBuf>,
-    /// Train the family classifier assuming 8 consecutive blocks of 101
-    /// sequences in alphabetical family order (unverified; see
-    /// docs/dynamic-analysis.md). An experiment: do not ship such a model.
-    #[arg(long, conflicts_with = "family_labels")]
-    assume_family_blocks: bool,
+    no_families: bool,
     /// Seed of every random choice (splits, folds).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -59,17 +53,16 @@ pub struct Args {
 pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
     let labelled =
         load_labelled_csv(&args.data).with_context(|| format!("cannot read {}", args.data.display()))?;
-    let families = if args.family_labels.is_some() || args.assume_family_blocks {
-        Some(
-            load_mal_api(&args.families, &args.api_index, args.family_labels.as_deref())
-                .with_context(|| format!("cannot read {}", args.families.display()))?,
-        )
-    } else {
+    let families = if args.no_families {
         None
+    } else {
+        Some(load_mal_api(&args.families, &args.api_index, &args.family_labels).with_context(|| {
+            format!("cannot read {} labelled by {}", args.families.display(), args.family_labels.display())
+        })?)
     };
     let mut data_names = vec![file_name(&args.data)];
     if families.is_some() {
-        data_names.push(file_name(&args.families));
+        data_names.push(format!("{} ({})", file_name(&args.families), file_name(&args.family_labels)));
     }
     let options = TrainingOptions { seed: args.seed, ..TrainingOptions::default() };
     let started = std::time::Instant::now();
@@ -115,15 +108,16 @@ fn summary_markdown(
     let h = &report.holdout;
     let mut out = format!(
         "Model `{version}`, `sentinel train dynamic --seed {}` ({seconds:.0} s on 2 cores).\n\n\
-         Malware detector, split by sequence ({} training rows, {} held-out rows, no sequence on both sides), \
-         C = {} chosen by grouped 5-fold cross-validation:\n\n\
+         Malware detector (linear n-gram model, C = {} chosen by grouped 5-fold cross-validation, stacked with \
+         boosted trees over the behaviour profile), split by sequence ({} training rows, {} held-out rows, \
+         no sequence on both sides):\n\n\
          | held-out figure | value |\n|---|---|\n\
          | ROC AUC | {:.4} |\n| average precision | {:.4} |\n| detection at 1 % FPR | {:.1} % |\n\
          | detection at 0.1 % FPR | {:.1} % |\n| at the model's threshold ({:.3}): detection / FPR | {:.1} % / {:.1} % |\n",
         args.seed,
+        report.detector_c,
         report.train_rows,
         report.test_rows,
-        report.detector_c,
         h.roc_auc,
         h.average_precision,
         100.0 * h.tpr_at_1pct_fpr,
@@ -136,33 +130,35 @@ fn summary_markdown(
         "\nThe committed model is refitted on all {} rows with the same settings; its threshold is {threshold:.3}.\n",
         report.train_rows + report.test_rows
     ));
-    let labels = match (&args.family_labels, args.assume_family_blocks) {
-        (Some(path), _) => format!("labels from {}", path.display()),
-        _ => "labels ASSUMED: 8 blocks of 101, unverified".to_owned(),
-    };
     match &report.families {
-        None => out.push_str("\nNo family classifier: no family labels were given.\n"),
-        Some(f) => out.push_str(&format!(
-            "\nFamily classifier ({labels}; {} families, {} training / {} held-out sequences, C = {}): \
-             held-out accuracy {:.1} %, grouped 5-fold cross-validation accuracy {:.1} % (chance: {:.1} %).\n\n",
-            f.classes.len(),
-            f.train_samples,
-            f.test_samples,
-            f.c,
-            100.0 * f.holdout_accuracy,
-            100.0 * f.cv_accuracy,
-            100.0 / f.classes.len() as f64,
-        )),
-    }
-    if let Some(f) = &report.families {
-        out.push_str(&format!(
-            "| true \\ predicted | {} |\n|---|{}\n",
-            f.classes.join(" | "),
-            "---|".repeat(f.classes.len())
-        ));
-        for (class, row) in f.classes.iter().zip(&f.confusion) {
-            let cells: Vec<String> = row.iter().map(usize::to_string).collect();
-            out.push_str(&format!("| {class} | {} |\n", cells.join(" | ")));
+        None => out.push_str("\nNo family classifier (`--no-families`).\n"),
+        Some(f) => {
+            let h = &f.holdout;
+            out.push_str(&format!(
+                "\nFamily classifier (labels from {}; {} families, split by sequence and stratified by family: \
+                 {} training / {} held-out sequences, C = {}): held-out accuracy {:.1} %, macro F1 {:.3}; \
+                 grouped 5-fold cross-validation accuracy {:.1} % on the training part (chance: {:.1} %). \
+                 The committed classifier is refitted on all {} labelled sequences.\n\n",
+                file_name(&args.family_labels),
+                h.classes.len(),
+                f.train_samples,
+                f.test_samples,
+                f.c,
+                100.0 * h.accuracy,
+                h.macro_f1,
+                100.0 * f.cv_accuracy,
+                100.0 / h.classes.len() as f64,
+                f.train_samples + f.test_samples,
+            ));
+            out.push_str(&format!(
+                "| true \\ predicted | {} |\n|---|{}\n",
+                h.classes.join(" | "),
+                "---|".repeat(h.classes.len())
+            ));
+            for (class, row) in h.classes.iter().zip(&h.confusion) {
+                let cells: Vec<String> = row.iter().map(usize::to_string).collect();
+                out.push_str(&format!("| {class} | {} |\n", cells.join(" | ")));
+            }
         }
     }
     out

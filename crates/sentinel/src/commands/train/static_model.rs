@@ -13,7 +13,10 @@ use sentinel_metrics::Report;
 use sentinel_static::{
     BenignEvaluation, LabelledRows, StaticModel, TrainingOptions, read_corpus, read_header_csv, train,
 };
-use sentinel_store::{DecisionOutcome, ModelKind, NewDecision, NewModelVersion, Provenance, Store};
+use sentinel_store::{
+    DecisionOutcome, ModelKind, NewAuditEvent, NewDecision, NewModelVersion, Provenance, Store,
+    local_user_principal,
+};
 
 use crate::commands::train::promotion;
 use crate::config::Config;
@@ -281,6 +284,15 @@ fn promote(
         reason: decision.reason.clone(),
         figures,
     })?;
+    let event = NewAuditEvent::new(
+        local_user_principal(),
+        "model.promote",
+        Some(format!("static version {}", registered.id)),
+        decision.outcome.as_str(),
+        None,
+    )
+    .with_detail("reason", decision.reason.clone());
+    store.record_audit_event(event).context("cannot record the decision in the audit table")?;
     eprintln!("{}: {}", decision.outcome.as_str(), decision.reason);
     Ok(match decision.outcome {
         DecisionOutcome::Promoted => {
