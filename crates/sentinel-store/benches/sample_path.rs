@@ -81,6 +81,32 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) {
     File::open(dir.join("leaf")).and_then(|leaf| leaf.sync_all()).expect("directory fsync");
 }
 
+/// A file allocated and written once in full, then overwritten one sample-sized slot at a time:
+/// the least a durable write of a sample's bytes can cost on this disk (one data flush, no
+/// file-system metadata to commit), the floor under any sample journal.
+struct AllocatedJournal {
+    file: File,
+    slot: usize,
+}
+
+impl AllocatedJournal {
+    fn new(dir: &Path, slot: usize) -> AllocatedJournal {
+        let mut file = File::create(dir.join("journal")).expect("journal");
+        for _ in 0..=ROUNDS {
+            file.write_all(&vec![0u8; slot]).expect("allocate");
+        }
+        file.sync_all().expect("fsync");
+        AllocatedJournal { file, slot }
+    }
+
+    fn write_durably(&self, round: u64, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let offset = (round as usize % (ROUNDS + 1) * self.slot) as u64;
+        self.file.write_all_at(bytes, offset).expect("write");
+        self.file.sync_data().expect("fdatasync");
+    }
+}
+
 fn verdict(sha256: &str) -> NewVerdict<'_> {
     NewVerdict { sha256, analysis: "static", model_version: "bench", score: 0.5, client: "bench" }
 }
@@ -131,6 +157,13 @@ fn main() {
         "what the vault does for a new file",
         |seed| (seed, random(seed)),
         |(seed, bytes)| write_durably(dir.path(), &format!("file-{seed}"), &bytes),
+    ));
+    let journal = AllocatedJournal::new(dir.path(), size);
+    timings.push(time(
+        "write into an allocated file + fdatasync",
+        "the floor of any durable sample write",
+        |seed| (seed, random(seed)),
+        |(seed, bytes)| journal.write_durably(seed, &bytes),
     ));
     for timing in &timings {
         timing.print();

@@ -78,7 +78,7 @@ pub use retention::RetentionReport;
 pub use samples::{SampleRecord, VerifiedSample};
 pub use settings::{StoreSettings, VaultCompression};
 pub use store_key::{STORE_KEY_ENV, StoreKey};
-pub use verdicts::{NewVerdict, VerdictRecord};
+pub use verdicts::{NewVerdict, NewYaraMatches, VerdictRecord};
 pub use vt_reports::VtReportRow;
 pub use yara_matches::YaraMatchRecord;
 

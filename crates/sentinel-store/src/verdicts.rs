@@ -6,7 +6,8 @@
 use rusqlite::{Connection, Row, params};
 
 use crate::sample_hash::SampleHash;
-use crate::{SampleRecord, Store, StoreError, VerifiedSample};
+use crate::yara_matches::ValidMatches;
+use crate::{SampleRecord, Store, StoreError, VerifiedSample, YaraMatchRecord};
 
 /// The analyses a verdict can come from; `list` is an answer from the safelist or badlist.
 const ANALYSES: [&str; 5] = ["static", "dynamic", "virustotal", "combined", "list"];
@@ -28,6 +29,15 @@ pub struct NewVerdict<'a> {
     pub score: f64,
     /// Who asked (the central server), at most 256 bytes.
     pub client: &'a str,
+}
+
+/// What one YARA rule set found in a request's sample, for [`Store::record_request`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewYaraMatches<'a> {
+    /// The rule set's version.
+    pub ruleset: &'a str,
+    /// The rules that matched (their `ruleset` and `matched_at` fields are ignored).
+    pub matches: &'a [YaraMatchRecord],
 }
 
 /// A recorded verdict.
@@ -137,6 +147,34 @@ impl Store {
         self.record_sample_with(&sample.hash, &sample.bytes, move |connection: &Connection| {
             verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect::<Result<Vec<_>, _>>()
         })
+    }
+
+    /// Records what a server request found, in one transaction: the sample's row when `sample`
+    /// is given (as [`Store::record_verified`] does), the verdicts, and what the YARA rules found
+    /// in sample `sha256` (replacing what the same rule set found before). Returns the verdicts'
+    /// ids in the order given. Either everything is durable when this returns, or nothing was
+    /// recorded: a crash never keeps a verdict raised by a rule without the rule's match.
+    pub fn record_request(
+        &self,
+        sha256: &str,
+        sample: Option<&VerifiedSample>,
+        verdicts: &[NewVerdict<'_>],
+        yara: Option<NewYaraMatches<'_>>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let verdicts = verdicts.iter().map(ValidVerdict::new).collect::<Result<Vec<_>, _>>()?;
+        let matches =
+            yara.map(|found| ValidMatches::new(sha256, found.ruleset, found.matches)).transpose()?;
+        let now = self.now();
+        let write = move |connection: &Connection| {
+            if let Some(matches) = &matches {
+                matches.replace(connection, now)?;
+            }
+            verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect::<Result<Vec<_>, _>>()
+        };
+        match sample {
+            Some(sample) => self.record_sample_with(&sample.hash, &sample.bytes, write).map(|(_, ids)| ids),
+            None => self.database.write(write),
+        }
     }
 
     /// All verdicts on a sample, oldest first.

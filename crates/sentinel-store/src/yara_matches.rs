@@ -3,7 +3,7 @@
 //! set replaces its rows rather than adding to them. The rules themselves live in
 //! `sentinel-yara`; the store keeps only names, tags and metadata.
 
-use rusqlite::{Row, params};
+use rusqlite::{Connection, Row, params};
 use serde_json::{Map, Value};
 
 use crate::sample_hash::SampleHash;
@@ -30,6 +30,7 @@ pub struct YaraMatchRecord {
 }
 
 /// One row checked and serialised for the writer thread.
+#[derive(Clone)]
 struct ValidRow {
     namespace: String,
     rule: String,
@@ -37,16 +38,17 @@ struct ValidRow {
     metadata: String,
 }
 
-impl Store {
-    /// Records that `matches` (their `matched_at` ignored: now is used) are what rule set
-    /// `ruleset` found in sample `sha256`, replacing what that set found before. Durable when
-    /// this returns.
-    pub fn record_yara_matches(
-        &self,
-        sha256: &str,
-        ruleset: &str,
-        matches: &[YaraMatchRecord],
-    ) -> Result<(), StoreError> {
+/// What one rule set found in one sample, checked and serialised, so that the writer thread can
+/// write it in a request's transaction ([`Store::record_request`]).
+#[derive(Clone)]
+pub(crate) struct ValidMatches {
+    hash: SampleHash,
+    ruleset: String,
+    rows: Vec<ValidRow>,
+}
+
+impl ValidMatches {
+    pub(crate) fn new(sha256: &str, ruleset: &str, matches: &[YaraMatchRecord]) -> Result<Self, StoreError> {
         let hash = SampleHash::parse(sha256)?;
         let invalid = |reason: String| Err(StoreError::InvalidYaraMatch(reason));
         if ruleset.is_empty() || ruleset.len() > MAX_NAME_LEN {
@@ -75,32 +77,36 @@ impl Store {
                 metadata,
             });
         }
-        let (ruleset, now) = (ruleset.to_owned(), self.now());
-        // One write transaction: the set's earlier rows and its new ones swap together.
-        self.database.write(move |connection| {
-            connection.execute(
-                "DELETE FROM yara_matches WHERE sha256 = ?1 AND ruleset = ?2",
-                params![hash.as_str(), ruleset],
-            )?;
-            let mut insert = connection.prepare_cached(
-                "INSERT INTO yara_matches (sha256, ruleset, namespace, rule, tags, metadata, matched_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for row in &rows {
-                insert.execute(params![
-                    hash.as_str(),
-                    ruleset,
-                    row.namespace,
-                    row.rule,
-                    row.tags,
-                    row.metadata,
-                    now
-                ])?;
-            }
-            Ok(())
-        })
+        Ok(ValidMatches { hash, ruleset: ruleset.to_owned(), rows })
     }
 
+    /// Replaces what the same rule set found in the same sample before, inside the caller's
+    /// transaction: the set's earlier rows and its new ones swap together.
+    pub(crate) fn replace(&self, connection: &Connection, now: i64) -> Result<(), StoreError> {
+        connection.execute(
+            "DELETE FROM yara_matches WHERE sha256 = ?1 AND ruleset = ?2",
+            params![self.hash.as_str(), self.ruleset],
+        )?;
+        let mut insert = connection.prepare_cached(
+            "INSERT INTO yara_matches (sha256, ruleset, namespace, rule, tags, metadata, matched_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for row in &self.rows {
+            insert.execute(params![
+                self.hash.as_str(),
+                self.ruleset,
+                row.namespace,
+                row.rule,
+                row.tags,
+                row.metadata,
+                now
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
     /// The matches recorded for `sha256`, newest rule set first, then by namespace and rule.
     pub fn yara_matches(&self, sha256: &str) -> Result<Vec<YaraMatchRecord>, StoreError> {
         let hash = SampleHash::parse(sha256)?;
@@ -133,9 +139,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::StoreSettings;
+    use crate::{NewYaraMatches, StoreSettings};
 
     const SHA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    /// Records what `ruleset` found, with no verdict, as a server request does.
+    fn record(
+        store: &Store,
+        sha256: &str,
+        ruleset: &str,
+        matches: &[YaraMatchRecord],
+    ) -> Result<(), StoreError> {
+        store.record_request(sha256, None, &[], Some(NewYaraMatches { ruleset, matches })).map(drop)
+    }
 
     fn found(rule: &str) -> YaraMatchRecord {
         YaraMatchRecord {
@@ -152,9 +168,9 @@ mod tests {
     fn matches_are_kept_per_rule_set_and_a_rescan_by_the_same_set_replaces_them() {
         let directory = tempfile::tempdir().unwrap();
         let store = Store::open(directory.path(), StoreSettings::default()).unwrap();
-        store.record_yara_matches(SHA, "yara-1", &[found("a"), found("b")]).unwrap();
-        store.record_yara_matches(SHA, "yara-1", &[found("b")]).unwrap();
-        store.record_yara_matches(SHA, "yara-2", &[found("c")]).unwrap();
+        record(&store, SHA, "yara-1", &[found("a"), found("b")]).unwrap();
+        record(&store, SHA, "yara-1", &[found("b")]).unwrap();
+        record(&store, SHA, "yara-2", &[found("c")]).unwrap();
         let mut recorded: Vec<(String, String)> =
             store.yara_matches(SHA).unwrap().into_iter().map(|m| (m.ruleset, m.rule)).collect();
         recorded.sort();
@@ -179,13 +195,40 @@ mod tests {
         let nameless = found("");
         for (ruleset, matches) in [("yara-1", vec![huge]), ("yara-1", vec![nameless]), ("", vec![found("a")])]
         {
-            let error = store.record_yara_matches(SHA, ruleset, &matches).unwrap_err();
+            let error = record(&store, SHA, ruleset, &matches).unwrap_err();
             assert!(matches!(error, StoreError::InvalidYaraMatch(_)), "{error}");
         }
-        assert!(matches!(
-            store.record_yara_matches("not a hash", "yara-1", &[]),
-            Err(StoreError::InvalidSha256(_))
-        ));
+        assert!(matches!(record(&store, "not a hash", "yara-1", &[]), Err(StoreError::InvalidSha256(_))));
         assert!(store.yara_matches(SHA).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_requests_verdicts_and_matches_are_recorded_together_or_not_at_all() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path(), StoreSettings::default()).unwrap();
+        let verdict = crate::NewVerdict {
+            sha256: SHA,
+            analysis: "static",
+            model_version: "m1",
+            score: 0.9,
+            client: "c",
+        };
+        let nameless = [found("")];
+        let refused = store.record_request(
+            SHA,
+            None,
+            &[verdict],
+            Some(NewYaraMatches { ruleset: "yara-1", matches: &nameless }),
+        );
+        assert!(matches!(refused, Err(StoreError::InvalidYaraMatch(_))));
+        assert!(store.verdicts(SHA).unwrap().is_empty(), "a refused match keeps its verdict out too");
+
+        let good = [found("a")];
+        let ids = store
+            .record_request(SHA, None, &[verdict], Some(NewYaraMatches { ruleset: "yara-1", matches: &good }))
+            .unwrap();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(store.verdicts(SHA).unwrap()[0].id, ids[0]);
+        assert_eq!(store.yara_matches(SHA).unwrap()[0].rule, "a");
     }
 }

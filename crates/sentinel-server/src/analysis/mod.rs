@@ -36,7 +36,7 @@ use sentinel_behaviour::BehaviourVerdict;
 use sentinel_protocol::{Analysis, ErrorDetail, ListDetail, Reason, Request, Response, Sha256Hash};
 use sentinel_sandbox::CapeClient;
 use sentinel_static::FeatureContribution;
-use sentinel_store::{ListEntry, NewVerdict, Store, StoreError, VerifiedSample};
+use sentinel_store::{ListEntry, NewVerdict, NewYaraMatches, Store, StoreError, VerifiedSample};
 use sentinel_virustotal::ApiKey;
 use sentinel_yara::YaraRules;
 
@@ -365,8 +365,7 @@ impl Analyser {
 
     /// Records a request's verdicts — each step's score and, for several steps, the combined
     /// verdict; or the list's answer — as (analysis, model version, score), with the sample's
-    /// row when `sample` is given, all together or not at all; before them, what the YARA rules
-    /// found.
+    /// row when `sample` is given and what the YARA rules found, all together or not at all.
     async fn record_verdicts(
         &self,
         sha256: String,
@@ -378,11 +377,6 @@ impl Analyser {
         let store = Arc::clone(&self.store);
         let client = client.to_owned();
         let recorded = tokio::task::spawn_blocking(move || {
-            // A set finds the same in the same bytes: with nothing found there is nothing to
-            // replace, and no write to add to the request's path.
-            if let Some(findings) = yara.as_ref().filter(|findings| !findings.matches.is_empty()) {
-                yara_scan::record(&store, &sha256, findings).map_err(store_failure)?;
-            }
             let verdicts: Vec<NewVerdict<'_>> = verdicts
                 .iter()
                 .map(|(analysis, model_version, score)| NewVerdict {
@@ -393,12 +387,19 @@ impl Analyser {
                     client: &client,
                 })
                 .collect();
-            // One transaction, so one fsync, for all of a request's verdicts (and its sample's row).
-            match &sample {
-                Some(sample) => store.record_verified(sample, &verdicts).map(drop),
-                None => store.record_analysis(None, &verdicts).map(drop),
-            }
-            .map_err(store_failure)
+            // A set finds the same in the same bytes: with nothing found there is nothing to
+            // replace.
+            let found = yara.filter(|findings| !findings.matches.is_empty());
+            let records = found.as_ref().map(yara_scan::YaraFindings::records);
+            let matches = found
+                .as_ref()
+                .zip(records.as_deref())
+                .map(|(findings, matches)| NewYaraMatches { ruleset: &findings.ruleset, matches });
+            // One transaction, so one fsync, for all of a request's record.
+            store
+                .record_request(&sha256, sample.as_ref(), &verdicts, matches)
+                .map(drop)
+                .map_err(store_failure)
         })
         .await;
         recorded.map_err(|_| worker_failure(WorkerError::Panicked))?

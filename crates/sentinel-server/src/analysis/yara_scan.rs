@@ -6,7 +6,7 @@
 //! stands, and the failure is logged with the sample's hash, because a verdict without rules is
 //! still worth more to the client than no verdict.
 
-use sentinel_store::{Store, StoreError, YaraMatchRecord};
+use sentinel_store::YaraMatchRecord;
 use sentinel_yara::{RuleMatch, YaraRules};
 
 /// What the rules in service found in one sample.
@@ -28,19 +28,20 @@ pub(crate) fn scan(rules: &YaraRules, executable: &[u8]) -> Option<YaraFindings>
     }
 }
 
-/// Records `findings` for `sha256`, replacing what the same rule set found before.
-pub(crate) fn record(store: &Store, sha256: &str, findings: &YaraFindings) -> Result<(), StoreError> {
-    let matches: Vec<YaraMatchRecord> = findings
-        .matches
-        .iter()
-        .map(|found| YaraMatchRecord {
-            ruleset: findings.ruleset.clone(),
-            namespace: found.namespace.clone(),
-            rule: found.rule.clone(),
-            tags: found.tags.clone(),
-            metadata: found.metadata.clone(),
-            matched_at: 0,
-        })
-        .collect();
-    store.record_yara_matches(sha256, &findings.ruleset, &matches)
+impl YaraFindings {
+    /// The matches as the store records them, with the request's verdicts
+    /// ([`Store::record_request`](sentinel_store::Store::record_request)).
+    pub(crate) fn records(&self) -> Vec<YaraMatchRecord> {
+        self.matches
+            .iter()
+            .map(|found| YaraMatchRecord {
+                ruleset: self.ruleset.clone(),
+                namespace: found.namespace.clone(),
+                rule: found.rule.clone(),
+                tags: found.tags.clone(),
+                metadata: found.metadata.clone(),
+                matched_at: 0,
+            })
+            .collect()
+    }
 }
