@@ -20,6 +20,9 @@ pub enum Scope {
     NetworkIngest,
     /// Start, follow and cancel training; roll models back.
     NetworkTrain,
+    /// Label the network service's predictions (true anomaly or false positive), which its
+    /// metrics are measured on and its ensemble learns from.
+    NetworkFeedback,
     /// See clear IP addresses in the network service's live stream and results (others see
     /// them pseudonymised, as `[privacy] ip_storage` stores them).
     NetworkPii,
@@ -31,13 +34,14 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in the order of their bits in [`Scopes`].
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 10] = [
         Scope::MalwareScan,
         Scope::MalwareRead,
         Scope::NetworkRead,
         Scope::NetworkAnalyze,
         Scope::NetworkIngest,
         Scope::NetworkTrain,
+        Scope::NetworkFeedback,
         Scope::NetworkPii,
         Scope::MetricsRead,
         Scope::Admin,
@@ -51,6 +55,7 @@ impl Scope {
             Scope::NetworkAnalyze => "network:analyze",
             Scope::NetworkIngest => "network:ingest",
             Scope::NetworkTrain => "network:train",
+            Scope::NetworkFeedback => "network:feedback",
             Scope::NetworkPii => "network:pii",
             Scope::MetricsRead => "metrics:read",
             Scope::Admin => "admin",
@@ -71,7 +76,7 @@ impl fmt::Display for Scope {
 /// A name that is no scope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope {0:?} (known: malware:scan, malware:read, network:read, network:analyze, network:ingest, network:train, network:pii, metrics:read, admin)"
+    "unknown scope {0:?} (known: malware:scan, malware:read, network:read, network:analyze, network:ingest, network:train, network:feedback, network:pii, metrics:read, admin)"
 )]
 pub struct UnknownScope(pub String);
 
@@ -169,6 +174,10 @@ mod tests {
         let scopes = Scopes::parse_list("network:read, network:ingest").unwrap();
         assert!(scopes.grants(Scope::NetworkIngest));
         assert!(!scopes.grants(Scope::NetworkTrain));
+        assert!(
+            !Scopes::from(Scope::NetworkTrain).grants(Scope::NetworkFeedback),
+            "training is not labelling"
+        );
         assert_eq!(scopes.to_string(), "network:read network:ingest");
         assert_eq!(Scopes::parse_list(&scopes.to_string()), Ok(scopes));
         assert!(Scopes::parse_list("network:read,root").is_err());

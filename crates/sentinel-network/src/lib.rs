@@ -10,7 +10,8 @@
 //!   in the form `[privacy]` says ([`NetworkService::start_with`], `sentinel-privacy`).
 //! - [`router`] is the service's part of the process's HTTP API (`sentinel-api`):
 //!   `/api/v1/analyze`, `/api/v1/ingest`, `/api/v1/train`, `/api/v1/models/status`,
-//!   `/api/v1/models/rollback`, `/api/v1/predictions/recent` and `/ws/realtime`, each documented
+//!   `/api/v1/models/rollback`, `/api/v1/predictions/recent`, `/api/v1/feedback` and
+//!   `/ws/realtime`, each documented
 //!   for the OpenAPI document; [`register_metrics`] adds its Prometheus metrics.
 //! - [`agent`]: `sentinel agent`, which runs the collectors on another host and posts snapshots.
 //! - [`evaluation`]: the same features, training and verdicts measured on a labelled data set
@@ -38,6 +39,6 @@ pub use service::{
     Source, StorageError, TrainError,
 };
 pub use settings::{
-    AgentSettings, ApiSettings, FeatureSettings, ModelSettings, NetworkSettings, SettingsError,
-    StorageSettings, TrainingSettings,
+    AgentSettings, ApiSettings, FeatureSettings, FeedbackSettings, ModelSettings, NetworkSettings,
+    SettingsError, StorageSettings, TrainingSettings,
 };

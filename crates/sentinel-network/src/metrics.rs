@@ -1,8 +1,11 @@
 //! The network service's Prometheus metrics, read from its counters at each scrape:
 //! `predictions_total`, `anomalies_detected`, `network_events_total`,
 //! `network_collector_dropped_total`, `network_storage_dropped_total`,
-//! `network_websocket_dropped_total` and
-//! `model_accuracy{model}`.
+//! `network_websocket_dropped_total`, `network_feedback_labelled`, and the models' figures
+//! `model_accuracy`, `model_precision`, `model_recall`, `model_f1_score`, `model_roc_auc` and
+//! `model_false_positive_rate`, each `{model, source}`: `source="feedback"` on analysts'
+//! labelled predictions of the window (`service/feedback.rs`), `source="held_out"` on the rows
+//! held out when the active model was trained.
 //!
 //! Counters are registered without `_total`, which the encoder appends. `anomalies_detected`
 //! keeps the name users scrape, which the exposition format allows a counter only with
@@ -17,7 +20,7 @@ use sentinel_api::prometheus_client::metrics::counter::ConstCounter;
 use sentinel_api::prometheus_client::metrics::gauge::ConstGauge;
 use sentinel_api::prometheus_client::registry::Registry;
 
-use crate::service::NetworkService;
+use crate::service::{ModelFigures, NetworkService};
 
 /// Registers the service's metrics in the process's registry.
 pub fn register(service: &Arc<NetworkService>, registry: &mut Registry) {
@@ -25,6 +28,9 @@ pub fn register(service: &Arc<NetworkService>, registry: &mut Registry) {
 }
 
 struct NetworkMetrics(Arc<NetworkService>);
+
+/// Reads one figure of a model's, `None` when its rows cannot give it.
+type Figure = fn(&ModelFigures) -> Option<f64>;
 
 impl std::fmt::Debug for NetworkMetrics {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,14 +74,37 @@ impl Collector for NetworkMetrics {
             None,
             MetricType::Unknown,
         )?)?;
-        let mut accuracy = encoder.encode_descriptor(
-            "model_accuracy",
-            "Accuracy of the active network model on held-out normal rows, by model.",
+        ConstGauge::new(counts.labelled as f64).encode(encoder.encode_descriptor(
+            "network_feedback_labelled",
+            "Predictions of the feedback window that analysts labelled.",
             None,
             MetricType::Gauge,
-        )?;
-        for (model, value) in &counts.accuracy {
-            ConstGauge::new(*value).encode(accuracy.encode_family(&[("model", model.as_str())])?)?;
+        )?)?;
+        let figures: [(&str, &str, Figure); 6] = [
+            ("model_accuracy", "Accuracy of the network models", |figures| Some(figures.accuracy)),
+            ("model_precision", "Precision of the network models", |figures| figures.precision),
+            ("model_recall", "Recall (detection rate) of the network models", |figures| figures.recall),
+            ("model_f1_score", "F1 score of the network models", |figures| figures.f1),
+            ("model_roc_auc", "ROC AUC of the network models", |figures| figures.auc_roc),
+            ("model_false_positive_rate", "False-positive rate of the network models", |figures| {
+                figures.false_positive_rate
+            }),
+        ];
+        for (name, help, figure) in figures {
+            let help = format!(
+                "{help}, by model: on analysts' labelled predictions of the feedback window \
+                 (source=feedback) and on the rows held out at training (source=held_out)."
+            );
+            let mut family = encoder.encode_descriptor(name, &help, None, MetricType::Gauge)?;
+            for (source, models) in [("feedback", &counts.feedback), ("held_out", &counts.held_out)] {
+                for figures in models {
+                    if let Some(value) = figure(figures) {
+                        ConstGauge::new(value).encode(
+                            family.encode_family(&[("model", figures.model.as_str()), ("source", source)])?,
+                        )?;
+                    }
+                }
+            }
         }
         Ok(())
     }

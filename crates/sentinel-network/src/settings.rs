@@ -22,6 +22,7 @@ pub struct NetworkSettings {
     pub training: TrainingSettings,
     pub storage: StorageSettings,
     pub api: ApiSettings,
+    pub feedback: FeedbackSettings,
     pub agent: AgentSettings,
 }
 
@@ -36,6 +37,7 @@ impl Default for NetworkSettings {
             training: TrainingSettings::default(),
             storage: StorageSettings::default(),
             api: ApiSettings::default(),
+            feedback: FeedbackSettings::default(),
             agent: AgentSettings::default(),
         }
     }
@@ -207,6 +209,41 @@ impl ApiSettings {
     }
 }
 
+/// Analysts' feedback (`POST /api/v1/feedback`) and what the service measures and learns from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedbackSettings {
+    /// Labelled items observed within this long before now are measured (and learned from).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Labelled items in the window below which no metric is given: fewer say little (with 20,
+    /// an accuracy of 0.9 is known to about ±0.13 at 95 %).
+    pub min_labels: usize,
+    /// Learn the ensemble's weights (and, with `Stacking`, its combiner) from the labels.
+    pub learn: bool,
+    /// Labelled items of each class (anomalies and normal) in the window below which the
+    /// ensemble does not learn: a logistic combiner of three members and an intercept wants about
+    /// ten of the rarer class per coefficient.
+    pub min_labels_to_learn: usize,
+    /// Labels in one request; beyond, 413.
+    pub max_batch: usize,
+    /// Characters of a note; beyond, 400.
+    pub max_note_chars: usize,
+}
+
+impl Default for FeedbackSettings {
+    fn default() -> FeedbackSettings {
+        FeedbackSettings {
+            window: Duration::from_secs(7 * 86_400),
+            min_labels: 20,
+            learn: true,
+            min_labels_to_learn: 40,
+            max_batch: 1000,
+            max_note_chars: 1000,
+        }
+    }
+}
+
 /// Settings of `sentinel agent` (the collector settings are `[network.collector]`). `Debug`
 /// does not show the authorization, a secret.
 #[derive(Clone, Deserialize)]
@@ -298,6 +335,13 @@ impl NetworkSettings {
         }
         if api.max_items_in_flight < api.max_batch_items {
             return fail("api.max_items_in_flight", "must be at least api.max_batch_items");
+        }
+        let feedback = &self.feedback;
+        if feedback.window.is_zero() {
+            return fail("feedback.window", "must not be zero");
+        }
+        if feedback.min_labels == 0 || feedback.min_labels_to_learn == 0 || feedback.max_batch == 0 {
+            return fail("feedback", "min_labels, min_labels_to_learn and max_batch must be at least 1");
         }
         Ok(())
     }

@@ -70,8 +70,9 @@ pub use model_registry::{
     StoredModel,
 };
 pub use network::{
-    ConnectionRow, HistoryExtent, HistoryRow, LegacyNetworkModel, ModelMetricsRow, NETWORK_DATABASE_FILE,
-    NetworkRowCounts, NetworkStore, PredictionRow, ScoredItem, WriterSettings, WriterStats,
+    ConnectionRow, HistoryExtent, HistoryRow, ItemLabel, LabelledPrediction, LegacyNetworkModel,
+    MetricsSource, ModelMetricsRow, NETWORK_DATABASE_FILE, NetworkRowCounts, NetworkStore, PredictionRow,
+    ScoredItem, WriterSettings, WriterStats,
 };
 pub use reencryption::{ReencryptionReport, encrypt_store, rekey_store};
 pub use retention::RetentionReport;

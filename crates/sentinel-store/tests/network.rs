@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use sentinel_store::{
-    ConnectionRow, NETWORK_DATABASE_FILE, NetworkStore, PredictionRow, ScoredItem, Store, StoreError,
-    StoreSettings, WriterSettings,
+    ConnectionRow, ItemLabel, MetricsSource, ModelMetricsRow, NETWORK_DATABASE_FILE, NetworkStore,
+    PredictionRow, ScoredItem, Store, StoreError, StoreSettings, WriterSettings,
 };
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -16,11 +16,19 @@ fn settings() -> WriterSettings {
     WriterSettings { batch: 2, flush_interval: Duration::from_millis(20), queue: 1000, retention: 30 * DAY }
 }
 
-fn item(observed: SystemTime, process: &str, session: &str, scored: bool) -> ScoredItem {
+/// An item with an id reserved from `store`.
+fn item(
+    store: &NetworkStore,
+    observed: SystemTime,
+    process: &str,
+    session: &str,
+    scored: bool,
+) -> ScoredItem {
     let mut features = serde_json::Map::new();
     features.insert("bytes_sent".to_owned(), serde_json::json!(400.0));
     features.insert("protocol".to_owned(), serde_json::json!("tcp"));
     ScoredItem {
+        id: store.reserve_item_ids(1),
         observed,
         connection: Some(ConnectionRow {
             timestamp: observed,
@@ -56,6 +64,22 @@ fn item(observed: SystemTime, process: &str, session: &str, scored: bool) -> Sco
             ],
             false => Vec::new(),
         },
+    }
+}
+
+fn metrics_row(measured_at: SystemTime, source: MetricsSource) -> ModelMetricsRow {
+    ModelMetricsRow {
+        model_name: "ensemble".into(),
+        measured_at,
+        source,
+        samples: 200,
+        anomalies: 0,
+        accuracy: 0.99,
+        precision: None,
+        recall: None,
+        f1: None,
+        auc_roc: None,
+        false_positive_rate: Some(0.01),
     }
 }
 
@@ -115,8 +139,16 @@ fn the_tables_have_exactly_the_columns_of_spec_2_3_and_the_schema_is_versioned()
             "recall REAL",
             "f1_score REAL",
             "auc_roc REAL",
-            "false_positive_rate REAL"
+            "false_positive_rate REAL",
+            // Migration 2, after the columns of SPEC §2.3.
+            "source TEXT",
+            "samples INTEGER",
+            "anomalies INTEGER"
         ]
+    );
+    assert_eq!(
+        names("network_feedback"),
+        ["feature_id INTEGER", "labelled_at DATETIME", "analyst TEXT", "note TEXT"]
     );
     assert_eq!(
         names("predictions"),
@@ -140,10 +172,10 @@ fn the_tables_have_exactly_the_columns_of_spec_2_3_and_the_schema_is_versioned()
             row.get(0)
         })
         .unwrap();
-    assert_eq!(indexes, 8);
+    assert_eq!(indexes, 9);
     let version: i64 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
     let application_id: i64 = database.query_row("PRAGMA application_id", [], |row| row.get(0)).unwrap();
-    assert_eq!((version, application_id), (1, 0x534E_544E));
+    assert_eq!((version, application_id), (2, 0x534E_544E));
 }
 
 /// The schema the network service created itself before the store versioned it.
@@ -213,7 +245,9 @@ fn a_network_db_written_before_the_schema_was_versioned_is_adopted_with_its_data
             row.get(0)
         })
         .unwrap();
-    assert_eq!(indexes, 8);
+    assert_eq!(indexes, 9);
+    // Its old row keeps its id: the next item's id is above it.
+    assert_eq!(store.reserve_item_ids(1), 2);
 }
 
 #[test]
@@ -252,8 +286,8 @@ fn a_snapshot_is_stored_whole_with_its_journal_entry_gone_and_live_items_beside_
     store.forget_snapshot(other).unwrap();
     let now = SystemTime::now();
     // Five items with a batch of two: the snapshot is not split.
-    store.store_snapshot(id, (0..5).map(|_| item(now, "agentproc", "agent:a", true)).collect());
-    store.store(item(now, "liveproc", "live:here", false));
+    store.store_snapshot(id, (0..5).map(|_| item(&store, now, "agentproc", "agent:a", true)).collect());
+    store.store(item(&store, now, "liveproc", "live:here", false));
     store.close();
     let counts = store.row_counts().unwrap();
     assert_eq!((counts.connections, counts.features, counts.predictions), (6, 6, 10), "{counts:?}");
@@ -274,21 +308,12 @@ fn retention_deletes_what_is_older_than_the_retention_and_keeps_the_rest() {
     {
         let store = NetworkStore::open(dir.path(), settings()).unwrap();
         for age in [40 * DAY, 31 * DAY] {
-            store.store(item(now - age, "old", "live:here", true));
+            store.store(item(&store, now - age, "old", "live:here", true));
         }
         for age in [29 * DAY, DAY, Duration::ZERO] {
-            store.store(item(now - age, "recent", "live:here", true));
+            store.store(item(&store, now - age, "recent", "live:here", true));
         }
-        store.store_metrics(vec![sentinel_store::ModelMetricsRow {
-            model_name: "ensemble".into(),
-            measured_at: now - 40 * DAY,
-            accuracy: 0.99,
-            precision: None,
-            recall: None,
-            f1: None,
-            auc_roc: None,
-            false_positive_rate: 0.01,
-        }]);
+        store.store_metrics(vec![metrics_row(now - 40 * DAY, MetricsSource::HeldOut)]);
         store.close();
         assert_eq!(store.row_counts().unwrap().features, 5, "written after the retention of the opening");
     }
@@ -302,6 +327,105 @@ fn retention_deletes_what_is_older_than_the_retention_and_keeps_the_rest() {
     assert!(history.iter().all(|row| row.process_name.as_deref() == Some("recent")));
     let oldest = store.history_extent().unwrap().oldest.unwrap();
     assert!(now.duration_since(oldest).unwrap() < 30 * DAY);
+}
+
+#[test]
+fn labels_are_all_or_nothing_replace_earlier_ones_and_pair_with_the_stored_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    // The writer would wait a minute before writing these few items: only `flush` writes them.
+    let writer = WriterSettings { batch: 1000, flush_interval: 60 * Duration::from_secs(1), ..settings() };
+    let store = NetworkStore::open(dir.path(), writer).unwrap();
+    let now = SystemTime::now();
+    let scored: Vec<ScoredItem> = (0..3).map(|_| item(&store, now, "p", "live:here", true)).collect();
+    let ids: Vec<i64> = scored.iter().map(|item| item.id).collect();
+    assert_eq!(ids[1], ids[0] + 1, "reserved ids are consecutive");
+    let old = item(&store, now - 10 * DAY, "p", "live:here", true);
+    let (old_id, unscored) = (old.id, item(&store, now, "p", "live:here", false));
+    let unscored_id = unscored.id;
+    for item in scored.into_iter().chain([old, unscored]) {
+        store.store(item);
+    }
+    assert_eq!(store.row_counts().unwrap().features, 0, "still queued");
+    store.flush();
+    assert_eq!(store.row_counts().unwrap().features, 5, "written when flush returns");
+    assert!(store.item_id_issued(ids[0]) && !store.item_id_issued(unscored_id + 1));
+
+    let label = |id, anomalous, note: &str| ItemLabel { id, anomalous, note: Some(note.to_owned()) };
+    let unknown = store
+        .label_items(vec![label(ids[0], true, "exfiltration"), label(9_999, false, "?")], "alice", now)
+        .unwrap();
+    assert_eq!(unknown, [9_999]);
+    assert!(store.labelled_predictions(now - DAY).unwrap().is_empty(), "nothing was labelled");
+
+    let labels = vec![
+        label(ids[0], true, "exfiltration"),
+        label(ids[1], false, "backup job"),
+        label(old_id, true, "old"),
+        label(unscored_id, true, "before the first model"),
+    ];
+    assert!(store.label_items(labels, "alice", now).unwrap().is_empty());
+    // A second verdict replaces the first.
+    assert!(
+        store.label_items(vec![label(ids[1], true, "on second thought")], "bob", now).unwrap().is_empty()
+    );
+    let predictions = store.labelled_predictions(now - DAY).unwrap();
+    let items: Vec<(i64, &str, bool)> =
+        predictions.iter().map(|row| (row.item, row.model.as_str(), row.anomalous)).collect();
+    assert_eq!(
+        items,
+        [
+            (ids[0], "isolation_forest", true),
+            (ids[0], "ensemble", true),
+            (ids[1], "isolation_forest", true),
+            (ids[1], "ensemble", true)
+        ],
+        "the window leaves the old item out; the unscored one has no verdict"
+    );
+    assert_eq!(predictions[1].score, 0.3);
+    let rows = store.labelled_rows(now - DAY).unwrap();
+    assert_eq!(rows.len(), 3, "the unscored item has features to learn from");
+    assert!(rows.iter().all(|row| row.anomalous && row.features["protocol"] == "tcp"));
+    assert_eq!(store.row_counts().unwrap().feedback, 4);
+
+    store.record_metrics(vec![metrics_row(now, MetricsSource::Feedback)]).unwrap();
+    let rows = store.model_metrics(MetricsSource::Feedback, 10).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].samples, rows[0].false_positive_rate, rows[0].precision), (200, Some(0.01), None));
+    assert!(store.model_metrics(MetricsSource::HeldOut, 10).unwrap().is_empty());
+    store.close();
+    let database = rusqlite::Connection::open(dir.path().join(NETWORK_DATABASE_FILE)).unwrap();
+    let (analyst, note, label): (String, String, i64) = database
+        .query_row(
+            "SELECT b.analyst, b.note, f.label FROM network_feedback b JOIN network_features f ON f.id = b.feature_id
+             WHERE b.feature_id = ?1",
+            [ids[1]],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((analyst.as_str(), note.as_str(), label), ("bob", "on second thought", 1));
+    let source: String =
+        database.query_row("SELECT source FROM model_metrics", [], |row| row.get(0)).unwrap();
+    assert_eq!(source, "feedback");
+}
+
+#[test]
+fn item_ids_are_never_handed_out_twice_even_after_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let last = {
+        let store = NetworkStore::open(dir.path(), settings()).unwrap();
+        let old = item(&store, now - 40 * DAY, "p", "live:here", true);
+        let id = old.id;
+        store.store(old);
+        store.close();
+        id
+    };
+    // The retention at this opening deletes that row; its id stays used.
+    let store = NetworkStore::open(dir.path(), settings()).unwrap();
+    store.flush();
+    assert_eq!(store.row_counts().unwrap().features, 0);
+    assert_eq!(store.reserve_item_ids(2), last + 1);
+    assert_eq!(store.reserve_item_ids(1), last + 3);
 }
 
 #[cfg(unix)]
@@ -329,7 +453,7 @@ fn every_file_under_the_data_directory_is_private_to_the_service_user() {
     let sample = b"MZ a sample of a few bytes".to_vec();
     store.record_sample(&sentinel_sha256(&sample), &sample).unwrap();
     network.journal_snapshot(b"{}".to_vec()).unwrap();
-    network.store(item(SystemTime::now(), "p", "live:here", false));
+    network.store(item(&network, SystemTime::now(), "p", "live:here", false));
     // While both are open: the -wal and -shm files exist.
     std::thread::sleep(Duration::from_millis(100));
     for name in ["sentinel.db-wal", "sentinel.db-shm", "network.db-wal", "network.db-shm"] {

@@ -100,6 +100,7 @@ async fn every_route_needs_its_scope_and_nothing_else() {
         "network:analyze",
         "network:ingest",
         "network:train",
+        "network:feedback",
         "metrics:read",
         "admin",
     ];
@@ -110,7 +111,7 @@ async fn every_route_needs_its_scope_and_nothing_else() {
         })
         .collect();
     let operations = operations(served.http).await;
-    assert_eq!(operations.len(), 21, "{operations:?}");
+    assert_eq!(operations.len(), 22, "{operations:?}");
     let mut scoped = 0;
     for (method, path, scope) in &operations {
         let anonymous = http_client::send(served.http, method, path, None).await;
@@ -148,7 +149,7 @@ async fn every_route_needs_its_scope_and_nothing_else() {
             );
         }
     }
-    assert_eq!(scoped, 17, "{operations:?}");
+    assert_eq!(scoped, 18, "{operations:?}");
 
     // A bad token is told apart from none, and an unknown route is no way around a token.
     let forged =

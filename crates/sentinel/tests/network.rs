@@ -193,6 +193,7 @@ async fn every_operation_of_the_openapi_document_is_served_and_nothing_else() {
         "/status",
         "/admin/reload",
         "/api/v1/analyze",
+        "/api/v1/feedback",
         "/api/v1/train/{job}",
         "/api/v1/audit",
         "/api/v1/files",
@@ -203,7 +204,7 @@ async fn every_operation_of_the_openapi_document_is_served_and_nothing_else() {
     ] {
         assert!(served_paths.contains(&expected), "{expected} is not in {served_paths:?}");
     }
-    assert_eq!(operations.len(), 21, "{operations:?}");
+    assert_eq!(operations.len(), 22, "{operations:?}");
     let (status, body) = json_exchange(http, "GET", "/api/v1/undocumented", b"").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("no route /api/v1/undocumented")));
     // The network API's feature vector is described from the feature schema itself.
@@ -270,7 +271,7 @@ async fn a_trained_service_scores_streams_and_counts_on_its_http_port() {
     };
     assert!(value("predictions_total ") >= 2.0, "{metrics}");
     assert!(value("anomalies_detected ") >= 1.0, "{metrics}");
-    let accuracy = value("model_accuracy{model=\"ensemble\"}");
+    let accuracy = value("model_accuracy{model=\"ensemble\",source=\"held_out\"}");
     assert!((0.5..=1.0).contains(&accuracy), "{metrics}");
     assert!(value("memory_usage_bytes ") > 1e6, "{metrics}");
     assert!(value("request_duration_seconds_count{route=\"/api/v1/analyze\"}") >= 1.0, "{metrics}");

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use rayon::prelude::*;
 use sentinel_api::{ApiError, ErrorBody};
 use sentinel_netmon::ConnectionRecord;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use utoipa::ToSchema;
@@ -103,7 +103,7 @@ const RESPONSE_CHUNK: usize = 2048;
 
 /// Scores a batch of connection records and/or raw feature vectors.
 #[utoipa::path(post, path = "/api/v1/analyze", tag = "network", security(("bearer" = ["network:analyze"])), request_body = AnalyzeBody, responses(
-    (status = 200, content_type = "application/json", body = Object, description = "`{\"model_version\": n, \"results\": [...]}`: one result per item, records first then feature vectors, in the order posted; each the verdict alone: `score`, `threshold`, `is_anomaly`, `confidence`, `models` (each member's score, threshold and decision) and `explanation` (up to three features furthest from training)"),
+    (status = 200, content_type = "application/json", body = Object, description = "`{\"model_version\": n, \"results\": [...]}`: one result per item, records first then feature vectors, in the order posted; each the verdict alone: `score`, `threshold`, `is_anomaly`, `confidence`, `models` (each member's score, threshold and decision) and `explanation` (up to three features furthest from training); with `storage.store_analyze_requests`, each result starts with its `id`, which `POST /api/v1/feedback` takes"),
     (status = 400, description = "not JSON, not the documented shape, or an item out of range", body = ErrorBody),
     (status = 409, description = "no model yet", body = ErrorBody),
     (status = 413, description = "body over api.max_body_bytes or batch over api.max_batch_items", body = ErrorBody),
@@ -179,7 +179,16 @@ fn analyze_blocking(
     })
 }
 
-/// `{"model_version": n, "results": [...]}`, each result the verdict alone: the source, time,
+/// A stored result in the answer: its id (for `POST /api/v1/feedback`), then the verdict.
+#[derive(Serialize)]
+struct StoredVerdict<'a> {
+    id: i64,
+    #[serde(flatten)]
+    verdict: &'a crate::model::Verdict,
+}
+
+/// `{"model_version": n, "results": [...]}`, each result the verdict alone (with its `id` when
+/// results are stored): the source, time,
 /// model version and connection of a result are the request's own or the answer's, so they are
 /// not repeated per item. The results are serialised in parallel chunks then joined.
 fn write_analyze_answer(
@@ -194,7 +203,12 @@ fn write_analyze_answer(
                 if index > 0 {
                     out.push(b',');
                 }
-                serde_json::to_writer(&mut out, &result.verdict)?;
+                match result.id {
+                    Some(id) => {
+                        serde_json::to_writer(&mut out, &StoredVerdict { id, verdict: &result.verdict })?
+                    }
+                    None => serde_json::to_writer(&mut out, &result.verdict)?,
+                }
             }
             Ok(out)
         })

@@ -9,9 +9,11 @@
 //! body over `api.max_body_bytes` or a batch over `api.max_batch_items`; 503 when the service
 //! is at capacity (`api.max_items_in_flight` items being analysed, a full ingestion queue).
 //!
-//! `analyze` holds the batch route; this module the others, the shared state and body reading.
+//! `analyze` holds the batch route, `feedback` analysts' labels; this module the others, the
+//! shared state and body reading.
 
 mod analyze;
+mod feedback;
 
 use std::sync::Arc;
 
@@ -55,6 +57,7 @@ pub fn router(service: Arc<NetworkService>) -> ServiceRoutes {
         .routes(routes!(status))
         .routes(routes!(rollback))
         .routes(routes!(recent))
+        .routes(routes!(feedback::feedback))
         .routes(routes!(realtime))
         .with_state(NetworkApi { service, items_in_flight, subscribers })
 }

@@ -71,10 +71,15 @@ impl NetworkService {
         let now = SystemTime::now();
         let now_text = humantime::format_rfc3339_micros(now).to_string();
         let version = model.info.version;
+        let stored = self.settings.storage.store_analyze_requests;
+        // Stored results get their ids now, so that the answer can name them.
+        let first_id = if stored { Some(self.store.reserve_item_ids(prepared.len())) } else { None };
         let results: Vec<DetectionResult> = prepared
             .par_iter()
             .zip(verdicts)
-            .map(|(item, verdict)| DetectionResult {
+            .enumerate()
+            .map(|(index, (item, verdict))| DetectionResult {
+                id: first_id.map(|first| first + index as i64),
                 source: Source::Analyze,
                 observed_at: item.record.as_ref().map_or_else(
                     || now_text.clone(),
@@ -90,10 +95,11 @@ impl NetworkService {
             results.iter().filter(|result| result.verdict.is_anomaly).count() as u64,
             Ordering::Relaxed,
         );
-        if self.settings.storage.store_analyze_requests {
-            for (item, result) in prepared.iter().zip(&results) {
+        if let Some(first_id) = first_id {
+            for (index, (item, result)) in prepared.iter().zip(&results).enumerate() {
                 let observed = item.record.as_ref().map_or(now, |record| record.timestamp);
                 self.store.store(scored_item(
+                    first_id + index as i64,
                     observed,
                     item.record.as_ref(),
                     &item.features,

@@ -8,10 +8,12 @@
 //! disturbs a prediction in flight, which keeps the model it started with. Each concern has its
 //! module: `pipeline` (the thread and ingestion), `journal` (the form of a journalled snapshot),
 //! `replay` (the journal after a restart), `analyze`, `training` (training and rollback), `jobs`, `schedule`, `status`,
-//! `metrics`, `results` (what is streamed and stored) and `errors`.
+//! `metrics`, `results` (what is streamed and stored), `feedback` (analysts' labels, what they
+//! measure and what the ensemble learns from them) and `errors`.
 
 mod analyze;
 mod errors;
+mod feedback;
 mod jobs;
 mod journal;
 mod metrics;
@@ -36,7 +38,9 @@ use tokio::task::JoinHandle;
 
 pub use analyze::AnalyzeItem;
 pub use errors::{AnalyzeError, NetworkError, StorageError, TrainError};
+pub use feedback::{FeedbackError, FeedbackSummary};
 pub use jobs::{JobReport, JobState, TrainingJob};
+pub(crate) use metrics::ModelFigures;
 pub use results::{ConnectionSummary, DetectionResult, Source};
 
 use crate::model::ModelBundle;
@@ -48,6 +52,15 @@ use pipeline::PipelineInput;
 pub(crate) struct ActiveModel {
     pub info: ModelVersion,
     pub bundle: ModelBundle,
+    /// Set when the bundle's ensemble learned from analysts' feedback (`feedback`).
+    pub adapted: Option<feedback::Adaptation>,
+}
+
+impl ActiveModel {
+    /// A model as the registry holds it, before any feedback.
+    pub(crate) fn trained(info: ModelVersion, bundle: ModelBundle) -> ActiveModel {
+        ActiveModel { info, bundle, adapted: None }
+    }
 }
 
 /// Counters shown in the status and the metrics.
@@ -86,6 +99,10 @@ pub struct NetworkService {
     job: Mutex<Option<Arc<TrainingJob>>>,
     next_job: AtomicU64,
     counters: Counters,
+    /// What the labelled items of the window measured, as last measured.
+    feedback: Mutex<feedback::FeedbackSummary>,
+    /// Held while the window is measured: one measurement at a time.
+    feedback_refresh: Mutex<()>,
 }
 
 /// The locks guard plain values that a panic cannot leave half-updated: a poisoned lock is
@@ -141,7 +158,9 @@ impl NetworkService {
         let (pipeline_sender, pipeline_receiver) =
             mpsc::channel(settings.api.ingest_queue + settings.collector.buffer_capacity);
         let service = Arc::new(NetworkService {
-            model: ArcSwapOption::from(active.map(|(info, bundle)| Arc::new(ActiveModel { info, bundle }))),
+            model: ArcSwapOption::from(
+                active.map(|(info, bundle)| Arc::new(ActiveModel::trained(info, bundle))),
+            ),
             results,
             recent: Mutex::new(VecDeque::with_capacity(settings.api.recent_predictions)),
             registry,
@@ -156,6 +175,8 @@ impl NetworkService {
             job: Mutex::new(None),
             next_job: AtomicU64::new(1),
             counters: Counters::default(),
+            feedback: Mutex::new(feedback::FeedbackSummary::default()),
+            feedback_refresh: Mutex::new(()),
             settings,
         });
 
@@ -183,6 +204,8 @@ impl NetworkService {
         }
         let scheduler = tokio::spawn(Arc::clone(&service).schedule());
         lock(&service.tasks).push(scheduler);
+        let measuring = tokio::spawn(Arc::clone(&service).measure_feedback());
+        lock(&service.tasks).push(measuring);
         Ok(service)
     }
 

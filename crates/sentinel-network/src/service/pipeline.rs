@@ -124,8 +124,10 @@ impl NetworkService {
         source: Source,
         verdict: Option<Verdict>,
     ) -> (ScoredItem, Option<Arc<DetectionResult>>) {
+        let id = self.store.reserve_item_ids(1);
         let result = model.zip(verdict).map(|(model, verdict)| {
             Arc::new(DetectionResult {
+                id: Some(id),
                 source,
                 observed_at: humantime::format_rfc3339_micros(event.record.timestamp).to_string(),
                 model_version: model.info.version,
@@ -134,6 +136,7 @@ impl NetworkService {
             })
         });
         let item = scored_item(
+            id,
             event.record.timestamp,
             Some(&event.record),
             features,

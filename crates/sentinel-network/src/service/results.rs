@@ -71,6 +71,11 @@ impl ConnectionSummary {
 /// One scored item, as streamed on `/ws/realtime` and returned by the API.
 #[derive(Debug, Clone, Serialize)]
 pub struct DetectionResult {
+    /// The stored item's id (`network_features.id`), which `POST /api/v1/feedback` takes;
+    /// absent when the result is not stored (`/api/v1/analyze` without
+    /// `storage.store_analyze_requests`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
     pub source: Source,
     pub observed_at: String,
     pub model_version: i64,
@@ -120,8 +125,9 @@ pub(super) fn summary(record: &ConnectionRecord, change: Option<ConnectionChange
 }
 
 /// The item to store for a connection record (or a posted feature vector, without `record`),
-/// its addresses in the form `addresses` gives them.
+/// its addresses in the form `addresses` gives them, under the reserved id `id`.
 pub(super) fn scored_item(
+    id: i64,
     observed: SystemTime,
     record: Option<&ConnectionRecord>,
     features: &RawFeatures,
@@ -134,6 +140,7 @@ pub(super) fn scored_item(
         (_, Some(record)) => format!("{}:{}", source.as_str(), record.host),
     };
     ScoredItem {
+        id,
         observed,
         connection: record.map(|record| connection_row(record, addresses)),
         features: match features.to_json() {
@@ -260,6 +267,7 @@ mod tests {
         let record = record();
         let features = new_connection_features(&record, Some(10));
         let item = scored_item(
+            1,
             record.timestamp,
             Some(&record),
             &features,
@@ -288,6 +296,7 @@ mod tests {
         let record = record();
         let features = new_connection_features(&record, None);
         let live = scored_item(
+            1,
             record.timestamp,
             Some(&record),
             &features,
@@ -298,6 +307,7 @@ mod tests {
         assert_eq!(live.session, "live:laptop-7");
         assert!(live.predictions.is_empty(), "while learning nothing is predicted");
         let posted = scored_item(
+            2,
             record.timestamp,
             None,
             &features,
@@ -323,13 +333,14 @@ mod tests {
         for storage in [IpStorage::PrefixPreserving, IpStorage::Hmac] {
             let addresses = Pseudonymiser::new(storage, &key).unwrap();
             let item =
-                scored_item(record.timestamp, Some(&record), &features, Source::Live, None, &addresses);
+                scored_item(1, record.timestamp, Some(&record), &features, Source::Live, None, &addresses);
             let row = item.connection.unwrap();
             assert_eq!(row.remote_ip, addresses.display(record.remote_ip));
             assert_ne!(row.remote_ip, "93.184.216.34");
             assert_eq!(row.local_ip, addresses.display(record.local_ip));
 
             let result = DetectionResult {
+                id: Some(1),
                 source: Source::Live,
                 observed_at: String::new(),
                 model_version: 1,
@@ -347,6 +358,7 @@ mod tests {
             assert!(!connection.remote_is("93.184.216.35", &addresses));
         }
         let result = DetectionResult {
+            id: Some(1),
             source: Source::Live,
             observed_at: String::new(),
             model_version: 1,

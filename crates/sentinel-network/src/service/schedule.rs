@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sentinel_store::HistoryExtent;
 
 use super::NetworkService;
+use super::feedback::REFRESH_EVERY;
 
 /// After a failed attempt (too few rows), how long to wait before reading the history again.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -25,6 +26,21 @@ fn retraining_due(trained: Option<SystemTime>, every: Duration, now: SystemTime)
 }
 
 impl NetworkService {
+    /// Measures the feedback of the window at start-up (which also lets the loaded model learn
+    /// from it again), then every [`REFRESH_EVERY`], since the window slides.
+    pub(super) async fn measure_feedback(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(REFRESH_EVERY);
+        loop {
+            ticks.tick().await;
+            let service = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || service.refresh_feedback()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "the network feedback could not be measured"),
+                Err(error) => tracing::error!(%error, "measuring the network feedback failed"),
+            }
+        }
+    }
+
     pub(super) async fn schedule(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
         let mut last_attempt: Option<Instant> = None;

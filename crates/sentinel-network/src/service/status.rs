@@ -1,5 +1,5 @@
 //! The status document of `GET /api/v1/models/status`: state, active model, warm-up progress,
-//! versions, collector, storage and prediction counters.
+//! versions, collector, storage and prediction counters, and what analysts' feedback measured.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -54,7 +54,12 @@ impl NetworkService {
                 "target_false_positive_rate": self.settings.model.false_positive_rate,
                 "thresholds": model.bundle.thresholds(),
                 "metrics": model.bundle.facts.evaluations,
+                "learned_from_feedback": model.adapted.as_ref().map(|adapted| serde_json::json!({
+                    "labels": adapted.labels,
+                    "anomalies": adapted.anomalies,
+                })),
             })),
+            "feedback": self.feedback_summary(),
             "warmup": {
                 "required_secs": warmup.warmup.as_secs(),
                 "collected_secs": collected_secs,

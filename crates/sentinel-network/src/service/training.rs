@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use sentinel_store::ModelMetricsRow;
+use sentinel_store::{MetricsSource, ModelMetricsRow};
 
 use super::jobs::{JobState, TrainingJob};
 use super::{ActiveModel, NetworkService, StorageError, TrainError};
@@ -78,17 +78,24 @@ impl NetworkService {
                 .map(|evaluation| ModelMetricsRow {
                     model_name: evaluation.model_name.clone(),
                     measured_at,
+                    source: MetricsSource::HeldOut,
+                    samples: evaluation.validation_rows as u64,
+                    anomalies: evaluation.labelled_anomalies as u64,
                     accuracy: evaluation.accuracy,
                     precision: evaluation.precision,
                     recall: evaluation.recall,
                     f1: evaluation.f1,
                     auc_roc: evaluation.auc_roc,
-                    false_positive_rate: evaluation.false_positive_rate,
+                    false_positive_rate: Some(evaluation.false_positive_rate),
                 })
                 .collect(),
         );
         let version = info.version;
-        self.model.store(Some(Arc::new(ActiveModel { info, bundle })));
+        self.model.store(Some(Arc::new(ActiveModel::trained(info, bundle))));
+        // The new model learns from the feedback of the window as its predecessor had.
+        if let Err(error) = self.refresh_feedback() {
+            tracing::warn!(%error, "the network feedback could not be measured");
+        }
         Ok((version, rows.len()))
     }
 
@@ -113,7 +120,13 @@ impl NetworkService {
         })
         .await
         .map_err(|error| StorageError::Task(error.to_string()))??;
-        self.model.store(Some(Arc::new(ActiveModel { info: info.clone(), bundle })));
+        self.model.store(Some(Arc::new(ActiveModel::trained(info.clone(), bundle))));
+        let service = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || service.refresh_feedback()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the network feedback could not be measured"),
+            Err(error) => tracing::error!(%error, "measuring the network feedback failed"),
+        }
         Ok(info)
     }
 }

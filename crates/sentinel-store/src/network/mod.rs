@@ -11,19 +11,24 @@
 //! ([`NetworkStore::journal_snapshot`], a durable commit); the results writer deletes it in the
 //! transaction that stores its results ([`NetworkStore::store_snapshot`]), and the service
 //! replays what is left at start-up ([`NetworkStore::journalled_snapshots`]).
+//!
+//! Each item's `network_features.id` is reserved before it is queued
+//! ([`NetworkStore::reserve_item_ids`]), so that the result handed out names the row it will
+//! be; analysts label items by that id ([`NetworkStore::label_items`]), a durable commit.
 
 mod records;
 mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::params;
 
 pub use records::{
-    ConnectionRow, HistoryExtent, HistoryRow, LegacyNetworkModel, ModelMetricsRow, NetworkRowCounts,
-    PredictionRow, ScoredItem, WriterStats,
+    ConnectionRow, HistoryExtent, HistoryRow, ItemLabel, LabelledPrediction, LegacyNetworkModel,
+    MetricsSource, ModelMetricsRow, NetworkRowCounts, PredictionRow, ScoredItem, WriterStats,
 };
 pub use writer::WriterSettings;
 
@@ -51,6 +56,9 @@ pub struct NetworkStore {
     database: Database,
     /// Scored items, metrics and retention.
     writer: ResultsWriter,
+    /// The next `network_features.id` to hand out: above every id the table has had (its
+    /// AUTOINCREMENT sequence), so that an id never names two items, even after retention.
+    next_item_id: AtomicI64,
     /// Held while the store is open, so its encryption is not changed under it.
     _lock: StoreLock,
 }
@@ -78,9 +86,164 @@ impl NetworkStore {
         sqlcipher::probe(&path, key.as_ref())?;
         let lock = StoreLock::shared(data_dir)?;
         let database = Database::open(&path, &schema::NETWORK, BUSY_TIMEOUT, READ_CONNECTIONS, key.clone())?;
+        let highest: i64 = database.read(|connection| {
+            Ok(connection.query_row(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'network_features'), 0),
+                            coalesce((SELECT max(id) FROM network_features), 0))",
+                [],
+                |row| row.get(0),
+            )?)
+        })?;
         let writer = ResultsWriter::start(&path, settings, BUSY_TIMEOUT, key.as_ref())?;
         crate::vault::sync_dir(data_dir)?;
-        Ok(NetworkStore { path, database, writer, _lock: lock })
+        Ok(NetworkStore { path, database, writer, next_item_id: AtomicI64::new(highest + 1), _lock: lock })
+    }
+
+    /// Reserves `count` consecutive item ids and returns the first: the ids of items to
+    /// [`NetworkStore::store`]. An item dropped (its writer behind) leaves its id unused.
+    pub fn reserve_item_ids(&self, count: usize) -> i64 {
+        self.next_item_id.fetch_add(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed)
+    }
+
+    /// Whether `id` was handed out by [`NetworkStore::reserve_item_ids`] since the store opened
+    /// or names a row stored before: an id above is unknown for sure.
+    pub fn item_id_issued(&self, id: i64) -> bool {
+        id > 0 && id < self.next_item_id.load(Ordering::Relaxed)
+    }
+
+    /// Writes what the results writer has queued and returns once it is written (blocking).
+    pub fn flush(&self) {
+        self.writer.flush();
+    }
+
+    /// Records analysts' verdicts on stored items in one durable transaction: each item's
+    /// `network_features.label` (1 anomalous, 0 normal) and its `network_feedback` row (when,
+    /// by whom, the note; a second verdict on an item replaces the first). All or nothing: when
+    /// an id names no stored item, nothing is written and those ids are returned (ascending).
+    pub fn label_items(
+        &self,
+        labels: Vec<ItemLabel>,
+        analyst: &str,
+        at: SystemTime,
+    ) -> Result<Vec<i64>, StoreError> {
+        let labelled_at = timestamp(at);
+        let analyst = analyst.to_owned();
+        // One write of the database's writer, which runs it in its own savepoint: all of it
+        // is committed, or none.
+        self.database.write(move |connection| {
+            let mut unknown = Vec::new();
+            let mut exists = connection.prepare_cached("SELECT 1 FROM network_features WHERE id = ?1")?;
+            for label in &labels {
+                if !exists.exists([label.id])? {
+                    unknown.push(label.id);
+                }
+            }
+            if !unknown.is_empty() {
+                unknown.sort_unstable();
+                unknown.dedup();
+                return Ok(unknown);
+            }
+            let mut set_label =
+                connection.prepare_cached("UPDATE network_features SET label = ?2 WHERE id = ?1")?;
+            let mut record = connection.prepare_cached(
+                "INSERT OR REPLACE INTO network_feedback (feature_id, labelled_at, analyst, note)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for label in &labels {
+                set_label.execute(params![label.id, i64::from(label.anomalous)])?;
+                record.execute(params![label.id, labelled_at, analyst, label.note])?;
+            }
+            Ok(Vec::new())
+        })
+    }
+
+    /// The stored verdicts (one per model and the ensemble's) on the labelled items observed at
+    /// or after `since`, with the analysts' verdicts; items without predictions (scored before
+    /// the first model) are absent.
+    pub fn labelled_predictions(&self, since: SystemTime) -> Result<Vec<LabelledPrediction>, StoreError> {
+        let since = timestamp(since);
+        self.database.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT f.id, p.model_name, p.anomaly_score, p.is_anomaly, f.label
+                 FROM network_feedback b JOIN network_features f ON f.id = b.feature_id
+                 JOIN predictions p ON p.feature_id = f.id
+                 WHERE f.timestamp >= ?1 ORDER BY f.id, p.id",
+            )?;
+            let rows = statement.query_map([since], |row| {
+                Ok(LabelledPrediction {
+                    item: row.get(0)?,
+                    model: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    score: row.get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN),
+                    is_anomaly: row.get::<_, Option<bool>>(3)?.unwrap_or(false),
+                    anomalous: row.get::<_, Option<i64>>(4)? == Some(1),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// The labelled items observed at or after `since`, with their feature vectors and
+    /// processes, oldest first: what an ensemble learns from. Rows whose feature vector is not
+    /// a JSON object are skipped.
+    pub fn labelled_rows(&self, since: SystemTime) -> Result<Vec<HistoryRow>, StoreError> {
+        let since = timestamp(since);
+        self.database.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT f.feature_vector, c.process_name, f.label
+                 FROM network_feedback b JOIN network_features f ON f.id = b.feature_id
+                 LEFT JOIN network_connections c ON c.id = f.connection_id
+                 WHERE f.timestamp >= ?1 ORDER BY f.id",
+            )?;
+            let mut rows = statement.query([since])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                if let Some(row) = history_row(row)? {
+                    out.push(row);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The newest `limit` rows of `model_metrics` measured on `source`, newest first.
+    pub fn model_metrics(
+        &self,
+        source: MetricsSource,
+        limit: usize,
+    ) -> Result<Vec<ModelMetricsRow>, StoreError> {
+        self.database.read(|connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT model_name, timestamp, accuracy, precision_score, recall, f1_score, auc_roc,
+                 false_positive_rate, samples, anomalies FROM model_metrics WHERE source = ?1
+                 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(
+                params![source.as_str(), i64::try_from(limit).unwrap_or(i64::MAX)],
+                |row| {
+                    let measured_at: String = row.get(1)?;
+                    Ok(ModelMetricsRow {
+                        model_name: row.get(0)?,
+                        measured_at: humantime::parse_rfc3339(&measured_at).unwrap_or(SystemTime::UNIX_EPOCH),
+                        source,
+                        samples: u64::try_from(row.get::<_, Option<i64>>(8)?.unwrap_or(0)).unwrap_or(0),
+                        anomalies: u64::try_from(row.get::<_, Option<i64>>(9)?.unwrap_or(0)).unwrap_or(0),
+                        accuracy: row.get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN),
+                        precision: row.get(3)?,
+                        recall: row.get(4)?,
+                        f1: row.get(5)?,
+                        auc_roc: row.get(6)?,
+                        false_positive_rate: row.get(7)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Writes rows of `model_metrics` in one durable transaction (the results writer's queue,
+    /// [`NetworkStore::store_metrics`], may drop them when it is behind).
+    pub fn record_metrics(&self, rows: Vec<ModelMetricsRow>) -> Result<(), StoreError> {
+        self.database.write(move |connection| Ok(writer::insert_metrics(connection, &rows)?))
     }
 
     /// Where the database is.
@@ -178,6 +341,7 @@ impl NetworkStore {
                 features: count("network_features")?,
                 predictions: count("predictions")?,
                 model_metrics: count("model_metrics")?,
+                feedback: count("network_feedback")?,
                 journalled_snapshots: count("ingest_journal")?,
             })
         })
@@ -200,14 +364,9 @@ impl NetworkStore {
                     break;
                 }
                 read += 1;
-                let text: Option<String> = row.get(0)?;
-                let Some(Ok(serde_json::Value::Object(features))) =
-                    text.map(|text| serde_json::from_str(&text))
-                else {
-                    continue;
-                };
-                let label: Option<i64> = row.get(2)?;
-                out.push(HistoryRow { features, process_name: row.get(1)?, anomalous: label == Some(1) });
+                if let Some(row) = history_row(row)? {
+                    out.push(row);
+                }
             }
             Ok(out)
         })
@@ -257,6 +416,16 @@ impl std::fmt::Debug for NetworkStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.debug_struct("NetworkStore").field("path", &self.path).finish_non_exhaustive()
     }
+}
+
+/// A row of (feature vector, process name, label); `None` when the vector is not a JSON object.
+fn history_row(row: &rusqlite::Row<'_>) -> Result<Option<HistoryRow>, rusqlite::Error> {
+    let text: Option<String> = row.get(0)?;
+    let Some(Ok(serde_json::Value::Object(features))) = text.map(|text| serde_json::from_str(&text)) else {
+        return Ok(None);
+    };
+    let label: Option<i64> = row.get(2)?;
+    Ok(Some(HistoryRow { features, process_name: row.get(1)?, anomalous: label == Some(1) }))
 }
 
 /// Times are stored as RFC 3339 text with microseconds (UTC), which sorts as time does.

@@ -42,6 +42,9 @@ pub struct PredictionRow {
 /// came from one, its feature vector and the verdicts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredItem {
+    /// Its `network_features.id`, reserved with [`crate::NetworkStore::reserve_item_ids`] so that
+    /// the result can name it (analysts' feedback refers to it) before the row is written.
+    pub id: i64,
     pub observed: SystemTime,
     pub connection: Option<ConnectionRow>,
     /// The feature vector, a JSON object of feature name to value.
@@ -52,20 +55,66 @@ pub struct ScoredItem {
     pub predictions: Vec<PredictionRow>,
 }
 
-/// One model's evaluation, a row of `model_metrics`.
+/// What a row of `model_metrics` was measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsSource {
+    /// Rows held out at training (normal rows, and the labelled anomalies of the history).
+    HeldOut,
+    /// The predictions analysts labelled within a window ([`crate::NetworkStore::label_items`]).
+    Feedback,
+}
+
+impl MetricsSource {
+    /// Its name in the `source` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsSource::HeldOut => "held_out",
+            MetricsSource::Feedback => "feedback",
+        }
+    }
+}
+
+/// One model's evaluation, a row of `model_metrics`. A figure that the rows measured cannot
+/// give (recall without a labelled anomaly, say) is `None`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelMetricsRow {
     pub model_name: String,
     pub measured_at: SystemTime,
+    pub source: MetricsSource,
+    /// Rows measured, and of those labelled anomalous.
+    pub samples: u64,
+    pub anomalies: u64,
     pub accuracy: f64,
     pub precision: Option<f64>,
     pub recall: Option<f64>,
     pub f1: Option<f64>,
     pub auc_roc: Option<f64>,
-    pub false_positive_rate: f64,
+    pub false_positive_rate: Option<f64>,
 }
 
-/// A stored feature row, for training.
+/// An analyst's verdict on a stored item ([`crate::NetworkStore::label_items`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemLabel {
+    /// The item's id (`network_features.id`, the result's `id`).
+    pub id: i64,
+    /// True: a true anomaly (`label = 1`); false: normal, a false positive when it was flagged.
+    pub anomalous: bool,
+    pub note: Option<String>,
+}
+
+/// One model's stored verdict on an item an analyst labelled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledPrediction {
+    pub item: i64,
+    /// A member model's name, or `ensemble`.
+    pub model: String,
+    pub score: f64,
+    pub is_anomaly: bool,
+    /// The analyst's verdict.
+    pub anomalous: bool,
+}
+
+/// A stored feature row, for training (and, for labelled rows, for learning from feedback).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryRow {
     pub features: serde_json::Map<String, serde_json::Value>,
@@ -91,6 +140,8 @@ pub struct NetworkRowCounts {
     pub features: u64,
     pub predictions: u64,
     pub model_metrics: u64,
+    /// Items an analyst labelled.
+    pub feedback: u64,
     /// Agents' snapshots accepted and not yet stored.
     pub journalled_snapshots: u64,
 }

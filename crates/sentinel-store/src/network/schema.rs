@@ -3,7 +3,9 @@
 //!
 //! Migration 1 is the schema the network service created itself before the store versioned it,
 //! written with `IF NOT EXISTS`: such a file is adopted (its tables are already there) rather
-//! than refused. Later migrations are plain, like those of `sentinel.db`.
+//! than refused. Later migrations are plain, like those of `sentinel.db`: migration 2 adds
+//! analysts' feedback (`network_feedback`, beside the SPEC's `network_features.label`) and says
+//! where each `model_metrics` row comes from.
 
 use crate::migrations::Schema;
 
@@ -50,4 +52,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS predictions_anomalies ON predictions(is_anomaly, timestamp);
     CREATE TABLE IF NOT EXISTS ingest_journal (id INTEGER PRIMARY KEY AUTOINCREMENT,
       received_at DATETIME NOT NULL, snapshot BLOB NOT NULL);",
+    // 2: analysts' feedback. The verdict itself is `network_features.label` (SPEC §2.3); this
+    // table says that a row was labelled at all (a row labelled normal has label 0, like every
+    // unlabelled row), when, by whom and why. `model_metrics` rows say what they were measured
+    // on: `held_out` rows at training (the rows before this migration) or `feedback`, the
+    // labelled predictions of a window, and how many rows and labelled anomalies that was.
+    "CREATE TABLE network_feedback (feature_id INTEGER PRIMARY KEY REFERENCES network_features(id),
+      labelled_at DATETIME NOT NULL, analyst TEXT NOT NULL, note TEXT);
+    CREATE INDEX network_feedback_labelled ON network_feedback(labelled_at);
+    ALTER TABLE model_metrics ADD COLUMN source TEXT NOT NULL DEFAULT 'held_out';
+    ALTER TABLE model_metrics ADD COLUMN samples INTEGER;
+    ALTER TABLE model_metrics ADD COLUMN anomalies INTEGER;",
 ];

@@ -50,6 +50,8 @@ enum WriterItem {
         items: Vec<ScoredItem>,
     },
     Metrics(Vec<ModelMetricsRow>),
+    /// Asks for what is queued before it to be written now; answered once it is.
+    Flush(SyncSender<()>),
 }
 
 impl WriterItem {
@@ -58,6 +60,7 @@ impl WriterItem {
             WriterItem::Item(_) => 1,
             WriterItem::Snapshot { items, .. } => items.len(),
             WriterItem::Metrics(rows) => rows.len(),
+            WriterItem::Flush(_) => 0,
         }
     }
 }
@@ -130,6 +133,22 @@ impl ResultsWriter {
         }
     }
 
+    /// Writes what is queued now and returns once it is (blocking): for a caller that must see
+    /// rows it was told of. Returns at once when the writer is closed.
+    pub(crate) fn flush(&self) {
+        let (done, written) = std::sync::mpsc::sync_channel(1);
+        {
+            let guard = lock(&self.sender);
+            let Some(sender) = guard.as_ref() else { return };
+            // Waits for room rather than being dropped: the caller waits for the answer.
+            if sender.send(WriterItem::Flush(done)).is_err() {
+                return;
+            }
+        }
+        // An error means the writer thread ended, which writes nothing more either way.
+        let _ = written.recv();
+    }
+
     pub(crate) fn stats(&self) -> WriterStats {
         WriterStats {
             written: self.counters.written.load(Ordering::Relaxed),
@@ -169,9 +188,14 @@ fn write_loop(
         let deadline = Instant::now() + settings.flush_interval;
         let mut closed = false;
         let mut items = 0;
+        let mut flush = Vec::new();
         while items < settings.batch {
             let wait = deadline.saturating_duration_since(Instant::now());
             match receiver.recv_timeout(wait) {
+                Ok(WriterItem::Flush(done)) => {
+                    flush.push(done);
+                    break;
+                }
                 Ok(item) => {
                     items += item.items();
                     batch.push(item);
@@ -192,6 +216,9 @@ fn write_loop(
                 }
             };
             batch.clear();
+        }
+        for done in flush {
+            let _ = done.send(());
         }
         // Retention runs from the writer, which holds the write lock anyway.
         if last_retention.elapsed() >= RETENTION_EVERY {
@@ -219,27 +246,39 @@ fn write_batch(connection: &mut Connection, batch: &[WriterItem]) -> Result<(), 
                     .prepare_cached("DELETE FROM ingest_journal WHERE id = ?1")?
                     .execute([journal_id])?;
             }
-            WriterItem::Metrics(rows) => {
-                let mut insert = transaction.prepare_cached(
-                    "INSERT INTO model_metrics (model_name, timestamp, accuracy, precision_score, recall, f1_score,
-                     auc_roc, false_positive_rate) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?;
-                for row in rows {
-                    insert.execute(params![
-                        row.model_name,
-                        timestamp(row.measured_at),
-                        row.accuracy,
-                        row.precision,
-                        row.recall,
-                        row.f1,
-                        row.auc_roc,
-                        row.false_positive_rate,
-                    ])?;
-                }
-            }
+            WriterItem::Metrics(rows) => insert_metrics(&transaction, rows)?,
+            WriterItem::Flush(_) => {}
         }
     }
     transaction.commit()
+}
+
+/// Inserts rows of `model_metrics`.
+pub(super) fn insert_metrics(
+    connection: &rusqlite::Connection,
+    rows: &[ModelMetricsRow],
+) -> Result<(), rusqlite::Error> {
+    let mut insert = connection.prepare_cached(
+        "INSERT INTO model_metrics (model_name, timestamp, accuracy, precision_score, recall, f1_score,
+         auc_roc, false_positive_rate, source, samples, anomalies)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for row in rows {
+        insert.execute(params![
+            row.model_name,
+            timestamp(row.measured_at),
+            row.accuracy,
+            row.precision,
+            row.recall,
+            row.f1,
+            row.auc_roc,
+            row.false_positive_rate,
+            row.source.as_str(),
+            saturating_i64(row.samples),
+            saturating_i64(row.anomalies),
+        ])?;
+    }
+    Ok(())
 }
 
 /// Inserts an item: its connection (if any), its feature row, then one row per prediction.
@@ -272,16 +311,17 @@ fn insert_item(transaction: &Transaction<'_>, item: &ScoredItem) -> Result<(), r
     };
     transaction
         .prepare_cached(
-            "INSERT INTO network_features (timestamp, connection_id, feature_vector, label, session_id)
-             VALUES (?1, ?2, ?3, 0, ?4)",
+            "INSERT INTO network_features (id, timestamp, connection_id, feature_vector, label, session_id)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5)",
         )?
         .execute(params![
+            item.id,
             at,
             connection_id,
             serde_json::Value::Object(item.features.clone()).to_string(),
             item.session
         ])?;
-    let feature_id = transaction.last_insert_rowid();
+    let feature_id = item.id;
     let mut insert_prediction = transaction.prepare_cached(
         "INSERT INTO predictions (timestamp, feature_id, model_name, anomaly_score, is_anomaly, confidence, explanation)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -312,11 +352,15 @@ fn retain(connection: &Connection, retention: Duration) {
     }
 }
 
-/// Deletes connections, features and predictions observed before `cutoff`; model metrics and
-/// the journal are kept.
+/// Deletes connections, features, their predictions and feedback observed before `cutoff`;
+/// model metrics and the journal are kept.
 fn apply_retention(connection: &Connection, cutoff: SystemTime) -> Result<(), rusqlite::Error> {
     let cutoff = timestamp(cutoff);
-    // Children first: predictions point to features, features to connections.
+    // Children first: predictions and feedback point to features, features to connections.
+    connection.execute(
+        "DELETE FROM network_feedback WHERE feature_id IN (SELECT id FROM network_features WHERE timestamp < ?1)",
+        [&cutoff],
+    )?;
     let predictions = connection.execute("DELETE FROM predictions WHERE timestamp < ?1", [&cutoff])?;
     let features = connection.execute("DELETE FROM network_features WHERE timestamp < ?1", [&cutoff])?;
     let connections =
