@@ -164,6 +164,11 @@ pub struct FamilyClassifier {
     pub(crate) profile: FamilyProfile,
     /// One booster per class (that class against the others), over `profile`.
     pub(crate) trees: Vec<Booster>,
+    /// The linear model's weight in the blend (the trees get the rest),
+    /// chosen on out-of-fold probabilities; files written before it was
+    /// chosen blend evenly.
+    #[serde(default = "even_blend")]
+    pub(crate) linear_weight: f64,
     #[serde(skip)]
     dense_weights: Vec<Vec<f64>>,
 }
@@ -175,11 +180,21 @@ impl FamilyClassifier {
         linear: (&[Vec<f64>], Vec<f64>),
         profile: FamilyProfile,
         trees: Vec<Booster>,
+        linear_weight: f64,
     ) -> Self {
         let weights: Vec<Vec<f32>> =
             linear.0.iter().map(|row| row.iter().map(|&w| w as f32).collect()).collect();
         let dense_weights = weights.iter().map(|row| row.iter().map(|&w| f64::from(w)).collect()).collect();
-        FamilyClassifier { space, classes, weights, biases: linear.1, profile, trees, dense_weights }
+        FamilyClassifier {
+            space,
+            classes,
+            weights,
+            biases: linear.1,
+            profile,
+            trees,
+            linear_weight,
+            dense_weights,
+        }
     }
 
     fn validate(&mut self) -> Result<(), ModelError> {
@@ -202,6 +217,9 @@ impl FamilyClassifier {
             ));
         }
         self.profile.validate()?;
+        if !(0.0..=1.0).contains(&self.linear_weight) {
+            return Err(ModelError::Invalid("families: linear_weight must be within 0..=1".into()));
+        }
         if self.trees.len() != k || self.trees.iter().any(|t| t.n_features() != self.profile.dimension()) {
             return Err(ModelError::Invalid(
                 "families: need one booster per class, each reading the family profile".into(),
@@ -235,20 +253,22 @@ impl FamilyClassifier {
     }
 
     /// Class probabilities of a sequence (`collapsed`: the classifier's view,
-    /// `all`: every call): the mean of the linear model's softmax and the
-    /// trees' one-against-the-rest probabilities normalised to sum to 1.
+    /// `all`: every call): the linear model's softmax and the trees'
+    /// one-against-the-rest probabilities normalised to sum to 1, blended
+    /// with `linear_weight`.
     pub(crate) fn probabilities(&self, collapsed: &[&str], all: &[String]) -> Vec<f64> {
         let vector = self.space.transform(collapsed).0;
         let mut linear: Vec<f64> =
             self.dense_weights.iter().zip(&self.biases).map(|(w, b)| vector.dot(w) + b).collect();
         softmax(&mut linear);
-        let row = self.profile.transform(all, collapsed);
         // The profile always has the trees' width (checked on load).
-        let trees: Vec<f64> =
-            self.trees.iter().map(|t| sigmoid(t.predict_margin(&row).unwrap_or(0.0))).collect();
-        let total: f64 = trees.iter().sum::<f64>().max(f64::MIN_POSITIVE);
-        linear.iter().zip(&trees).map(|(l, t)| 0.5 * l + 0.5 * t / total).collect()
+        let trees = crate::training::tree_probabilities(&self.trees, &self.profile.transform(all, collapsed));
+        crate::training::blend(self.linear_weight, &linear, &trees)
     }
+}
+
+fn even_blend() -> f64 {
+    0.5
 }
 
 /// How a model was trained and what it measured on held-out data.

@@ -132,6 +132,10 @@ fn bad_model_files_are_clear_errors() {
     if json["families"].is_object() {
         json["families"]["classes"] = serde_json::json!(["only-one"]);
         check(json.to_string().as_bytes(), "at least 2 classes");
+
+        let mut json = valid_model_json();
+        json["families"]["linear_weight"] = serde_json::json!(1.5);
+        check(json.to_string().as_bytes(), "linear_weight");
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -139,6 +143,25 @@ fn bad_model_files_are_clear_errors() {
     std::fs::File::create(&huge).unwrap().set_len(65 << 20).unwrap();
     assert!(matches!(BehaviourModel::load(&huge), Err(ModelError::TooLarge { .. })));
     assert!(matches!(BehaviourModel::load(&dir.path().join("absent.json")), Err(ModelError::Io { .. })));
+}
+
+#[test]
+fn family_files_without_a_blend_weight_blend_evenly() {
+    // Files written before the weight was chosen out of fold averaged the two
+    // models: they still load, and give that average.
+    let mut json = valid_model_json();
+    if !json["families"].is_object() {
+        return;
+    }
+    let calls = ApiCallSequence::from_calls(["ntcreatefile", "regopenkeyexw", "ntclose", "ldrloaddll"]);
+    json["families"]["linear_weight"] = serde_json::json!(0.5);
+    let even = BehaviourModel::from_json(json.to_string().as_bytes()).unwrap().family(&calls).unwrap();
+    json["families"].as_object_mut().unwrap().remove("linear_weight");
+    let old = BehaviourModel::from_json(json.to_string().as_bytes()).unwrap().family(&calls).unwrap();
+    assert_eq!(old, even);
+    json["families"]["linear_weight"] = serde_json::json!(1.0);
+    let linear = BehaviourModel::from_json(json.to_string().as_bytes()).unwrap().family(&calls).unwrap();
+    assert_ne!(linear.probabilities, even.probabilities, "the weight is used");
 }
 
 #[test]

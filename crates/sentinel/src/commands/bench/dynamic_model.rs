@@ -458,8 +458,8 @@ fn markdown(
             "\n**Family classifier**, the {} Mal-API-2019 sequences labelled by families.csv, split by sequence \
              and stratified by family ({} training / {} test rows per split). Both sides get the same calls \
              (runs collapsed, first 20,000) and choose C by grouped 5-fold cross-validation; Sentinel: TF-IDF \
-             1–{}-grams + multinomial logistic regression averaged with one boosted-trees model per family \
-             over the family profile; scikit-learn: TF-IDF 1–3-grams + logistic regression.\n\n| | Sentinel (Rust) | scikit-learn | difference |\n|---|---|---|---|\n",
+             1–{}-grams + multinomial logistic regression blended with one boosted-trees model per family \
+             over the family profile (the blend weight chosen on the same folds); scikit-learn: TF-IDF 1–3-grams + logistic regression.\n\n| | Sentinel (Rust) | scikit-learn | difference |\n|---|---|---|---|\n",
             families[0].train_rows + families[0].test_rows,
             families[0].train_rows,
             families[0].test_rows,
