@@ -1,6 +1,7 @@
 //! TLS over real sockets on 127.0.0.1, with a private CA, server and client certificates made at
 //! test time (rcgen): TLS 1.3 answered and TLS 1.2 refused, a certificate replaced while a
-//! connection made with the old one keeps working, client certificates required and named.
+//! connection made with the old one keeps working, client certificates required and named, and
+//! the client CA file reloaded (a rotated CA trusted, the removed one refused).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -259,6 +260,64 @@ async fn client_certificates_are_required_and_name_the_client() {
     let subject = reports.recv().await.unwrap().unwrap().expect("the client's subject");
     assert_eq!(subject.common_name(), Some("central-1"));
     assert_eq!(subject.distinguished_name(), "CN=central-1, O=Example");
+}
+
+#[tokio::test]
+async fn a_reloaded_client_ca_file_decides_from_the_next_handshake_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (Ca::new("Old CA"), Ca::new("New CA"));
+    let (certificate_file, key_file) =
+        old_ca.sign(dir.path(), "server", "localhost", ExtendedKeyUsagePurpose::ServerAuth);
+    let server_ca = old_ca.write(dir.path());
+    let client_ca_file = dir.path().join("clients.pem");
+    std::fs::write(&client_ca_file, &old_ca.pem).unwrap();
+    let tls = TlsServer::new(&TlsOptions {
+        certificate_file,
+        key_file,
+        client_ca_file: Some(client_ca_file.clone()),
+        ..TlsOptions::default()
+    })
+    .unwrap();
+    let (address, mut reports) = echo_server(tls.clone()).await;
+    let client = |ca: &Ca, name: &str| {
+        let (certificate, key) = ca.sign(dir.path(), name, name, ExtendedKeyUsagePurpose::ClientAuth);
+        let options = TlsClientOptions {
+            ca_file: server_ca.clone(),
+            certificate_file: Some(certificate),
+            key_file: Some(key),
+            ..Default::default()
+        };
+        client_config(&options).unwrap()
+    };
+    let (old_client, new_client) = (client(&old_ca, "old-client"), client(&new_ca, "new-client"));
+    async fn answered(address: SocketAddr, config: Arc<ClientConfig>) -> bool {
+        match connect(address, config).await {
+            Ok(mut stream) => echoes(&mut stream, "hello").await,
+            Err(_) => false,
+        }
+    }
+
+    assert!(answered(address, Arc::clone(&old_client)).await);
+    assert!(reports.recv().await.unwrap().is_ok());
+    // A connection made under the old CA stays open across the reload.
+    let mut open = connect(address, Arc::clone(&old_client)).await.unwrap();
+    assert!(echoes(&mut open, "before").await);
+    assert!(reports.recv().await.unwrap().is_ok());
+
+    // The CA is rotated: the file now holds only the new CA.
+    std::fs::write(&client_ca_file, &new_ca.pem).unwrap();
+    tls.reload().unwrap();
+    assert!(!answered(address, Arc::clone(&old_client)).await, "the removed CA is refused");
+    assert!(reports.recv().await.unwrap().is_err());
+    assert!(answered(address, Arc::clone(&new_client)).await, "the new CA is trusted");
+    assert!(reports.recv().await.unwrap().is_ok());
+    assert!(echoes(&mut open, "after").await);
+
+    // A CA file that cannot be read changes nothing.
+    std::fs::write(&client_ca_file, "not a certificate").unwrap();
+    assert!(tls.reload().is_err());
+    assert!(answered(address, new_client).await);
+    assert!(reports.recv().await.unwrap().is_ok());
 }
 
 #[tokio::test]
