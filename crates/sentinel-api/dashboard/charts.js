@@ -78,7 +78,7 @@ async function sample() {
     const answered = delta('request_duration_seconds_count', api);
     const spent = delta('request_duration_seconds_sum', api);
     push('predictions', at, Math.max(0, predicted / seconds));
-    push('anomalyRate', at, predicted > 0 ? (100 * Math.max(0, anomalies)) / predicted : 0);
+    push('anomalyRate', at, predicted > 0 ? (100 * Math.max(0, anomalies)) / predicted : null);
     push('latency', at, answered > 0 ? (1000 * spent) / answered : null);
     push('alerts', at, alerts);
   }
@@ -141,7 +141,7 @@ function plot(canvas, points, unit, message = null) {
   context.fillStyle = ink;
   const values = points.filter((point) => point.value !== null);
   if (message || values.length === 0) {
-    context.fillText(message ?? 'collecting: a point every 5 s…', 12, height / 2);
+    context.fillText(message ?? 'no value yet: a sample every 5 s', 12, height / 2);
     return;
   }
   const left = 48;
@@ -185,6 +185,13 @@ function plot(canvas, points, unit, message = null) {
     drawing = true;
   }
   context.stroke();
+  // Each sample as a dot, so that a lone one shows too.
+  context.fillStyle = accent;
+  for (const point of values) {
+    context.beginPath();
+    context.arc(x(point.at), y(point.value), 2.5, 0, 2 * Math.PI);
+    context.fill();
+  }
   const now = values[values.length - 1].value;
   context.fillStyle = accent;
   context.textAlign = 'right';

@@ -36,10 +36,14 @@ export function definitions(element, pairs) {
   fill(element, pairs.flatMap(([term, description]) => [el('dt', {}, term), el('dd', {}, description ?? '—')]));
 }
 
-/** A number with at most `digits` decimals, or '—'. */
+/** A number with at most `digits` decimals (in powers of ten beyond a million: an anomaly
+ * score far outside training can be huge), or '—'. */
 export function number(value, digits = 3) {
   if (value === null || value === undefined || Number.isNaN(Number(value))) return '—';
-  return Number(value).toLocaleString('en', { maximumFractionDigits: digits });
+  const n = Number(value);
+  if (Math.abs(n) >= 1e6 && !Number.isInteger(n)) return n.toExponential(2);
+  if (Math.abs(n) >= 1e9) return n.toExponential(2);
+  return n.toLocaleString('en', { maximumFractionDigits: digits });
 }
 
 /** A time (RFC 3339 text, or Unix seconds) in the browser's locale, or '—'. */

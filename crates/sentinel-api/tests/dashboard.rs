@@ -31,7 +31,7 @@ async fn start() -> (SocketAddr, tempfile::TempDir, String) {
     (address, directory, secret.expose().to_owned())
 }
 
-fn header<'a>(response: &'a reqwest::Response, name: reqwest::header::HeaderName) -> &'a str {
+fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> &str {
     response.headers().get(&name).and_then(|value| value.to_str().ok()).unwrap_or_default()
 }
 

@@ -17,7 +17,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sentinel_testkit::connection_records::{connection_record as record, snapshot, web_client_history};
-use sentinel_testkit::http_client::ApiClient;
 use sentinel_testkit::prerequisite::Prerequisite;
 use sentinel_testkit::serve_process::{ServeCommand, TestProcess};
 use sentinel_testkit::synthetic_pe;
@@ -182,6 +181,14 @@ async fn an_operator_signs_in_labels_a_live_anomaly_and_reads_a_files_verdict() 
     .unwrap();
     let (lines, first) = lines;
     assert_eq!(first.as_deref(), Ok("live-open"), "the page did not open its stream");
+    // Ordinary traffic of another host while the page is open, for its charts.
+    let office = served.api();
+    let traffic = tokio::spawn(async move {
+        for snapshot in web_client_history("office", SystemTime::now(), 120) {
+            office.ingest(&snapshot).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     let now = SystemTime::now();
     admin
         .ingest(&snapshot(
@@ -229,6 +236,7 @@ async fn an_operator_signs_in_labels_a_live_anomaly_and_reads_a_files_verdict() 
     let alerts = expect(&lines, "alerts").await;
     assert!(alerts.contains("alert"), "{alerts}");
     expect(&lines, "done").await;
+    traffic.abort();
     let status = driver.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "the driver failed: {status}");
     for page in ["sign-in", "live", "malware", "models", "alerts", "charts"] {

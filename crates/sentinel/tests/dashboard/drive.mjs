@@ -106,9 +106,9 @@ try {
   say(`alerts ${(await page.locator('#alerts-message').textContent()).trim()}`);
   await screenshot(page, 'alerts');
 
-  // Charts: drawn once at least two samples of /metrics (5 s apart) were taken.
+  // Charts: a few samples of /metrics (5 s apart) taken while the test posts traffic.
   await page.click('#tabs button[data-tab=charts]');
-  await page.waitForFunction(() => performance.now() > 12_000);
+  await page.waitForFunction(() => performance.now() > 27_000, null, { timeout: 60_000 });
   await page.waitForTimeout(500);
   await screenshot(page, 'charts');
 
