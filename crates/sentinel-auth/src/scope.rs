@@ -28,13 +28,17 @@ pub enum Scope {
     NetworkPii,
     /// Read `/metrics` when it is not open.
     MetricsRead,
+    /// List alerts and their deliveries.
+    AlertsRead,
+    /// Acknowledge alerts and send test notifications.
+    AlertsWrite,
     /// Everything, including reloads and model administration.
     Admin,
 }
 
 impl Scope {
     /// Every scope, in the order of their bits in [`Scopes`].
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 12] = [
         Scope::MalwareScan,
         Scope::MalwareRead,
         Scope::NetworkRead,
@@ -44,6 +48,8 @@ impl Scope {
         Scope::NetworkFeedback,
         Scope::NetworkPii,
         Scope::MetricsRead,
+        Scope::AlertsRead,
+        Scope::AlertsWrite,
         Scope::Admin,
     ];
 
@@ -58,6 +64,8 @@ impl Scope {
             Scope::NetworkFeedback => "network:feedback",
             Scope::NetworkPii => "network:pii",
             Scope::MetricsRead => "metrics:read",
+            Scope::AlertsRead => "alerts:read",
+            Scope::AlertsWrite => "alerts:write",
             Scope::Admin => "admin",
         }
     }
@@ -76,7 +84,7 @@ impl fmt::Display for Scope {
 /// A name that is no scope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope {0:?} (known: malware:scan, malware:read, network:read, network:analyze, network:ingest, network:train, network:feedback, network:pii, metrics:read, admin)"
+    "unknown scope {0:?} (known: malware:scan, malware:read, network:read, network:analyze, network:ingest, network:train, network:feedback, network:pii, metrics:read, alerts:read, alerts:write, admin)"
 )]
 pub struct UnknownScope(pub String);
 

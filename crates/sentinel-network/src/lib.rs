@@ -35,8 +35,8 @@ pub use metrics::register as register_metrics;
 pub use model::{Evaluation, FeatureExplanation, ModelScore, Verdict};
 pub use saved_model::ModelVersion;
 pub use service::{
-    AnalyzeError, ConnectionSummary, DetectionResult, JobReport, JobState, NetworkError, NetworkService,
-    Source, StorageError, TrainError,
+    AccuracyFigures, AnalyzeError, ConnectionSummary, DetectionResult, JobReport, JobState, NetworkError,
+    NetworkService, ServiceHealth, Source, StorageError, TrainError,
 };
 pub use settings::{
     AgentSettings, ApiSettings, FeatureSettings, FeedbackSettings, ModelSettings, NetworkSettings,

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use crate::analysis::{Analyser, VirusTotalStep};
 use crate::connection::{self, Peer};
 use crate::models::ModelsInService;
+use crate::outcomes::{AnalysisOutcome, Outcomes};
 use crate::settings::{ServerSettings, SettingsError};
 use crate::state::{Reloader, Shared};
 use crate::status::Status;
@@ -130,6 +131,7 @@ impl Server {
             sandbox,
             virustotal,
             fusion: settings.fusion.clone(),
+            outcomes: Outcomes::new(),
         };
         let shared =
             Arc::new(Shared::new(settings, analyser, data_dir, clients.access_log, clients.addresses));
@@ -149,6 +151,11 @@ impl Server {
     /// The TLS listener's configuration, to reload its certificate (SIGHUP).
     pub fn tls(&self) -> Option<TlsServer> {
         self.tls.as_ref().map(|(_, tls)| tls.clone())
+    }
+
+    /// The stream of every analysis request's outcome, from now on (see [`AnalysisOutcome`]).
+    pub fn outcomes(&self) -> tokio::sync::broadcast::Receiver<AnalysisOutcome> {
+        self.shared.analyser.outcomes.subscribe()
     }
 
     pub fn reloader(&self) -> Reloader {

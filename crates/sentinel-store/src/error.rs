@@ -118,6 +118,11 @@ pub enum StoreError {
     #[error("invalid audit event: {0}")]
     InvalidAuditEvent(String),
 
+    /// An alert that cannot be stored: a rule that is not a word, a text too long or with
+    /// control characters, too many details; the reason says which.
+    #[error("invalid alert: {0}")]
+    InvalidAlert(String),
+
     /// YARA matches that cannot be stored: a name or a value too long; the reason says which.
     #[error("invalid YARA match: {0}")]
     InvalidYaraMatch(String),

@@ -5,7 +5,7 @@
 //!   the two datasets (VirusTotal results, labelled samples) and the model registry of every
 //!   model kind (`model_registry.rs`), the HTTP API's tokens, kept as hashes (`api_tokens.rs`),
 //!   the audit table of administrative actions (`audit.rs`), the safelist and badlist
-//!   (`hash_lists.rs`),
+//!   (`hash_lists.rs`), alerts and their delivery outbox (`alerts.rs`),
 //!   and a content-addressed vault of defanged sample files
 //!   (`<data_dir>/samples/`);
 //! - [`NetworkStore`]: the network service's tables (SPEC §2.3) and ingest journal in
@@ -27,6 +27,7 @@
 //! Each dataset lives in its own module with its own `impl Store` block and its own schema
 //! migration, so new datasets are new modules. `docs/storage.md` describes the tables and files.
 
+mod alerts;
 mod api_tokens;
 mod audit;
 mod database;
@@ -58,6 +59,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use alerts::{
+    AlertDelivery, AlertQuery, AlertRecord, DeliveryState, DueDelivery, MAX_ALERT_PAGE, NewAlert, Raised,
+};
 pub use api_tokens::{ApiTokenRecord, NewApiToken};
 pub use audit::{AuditEvent, AuditQuery, MAX_AUDIT_PAGE, NewAuditEvent, local_user_principal};
 pub use database::WriteStats;

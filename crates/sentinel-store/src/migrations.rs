@@ -173,6 +173,34 @@ const MALWARE_MIGRATIONS: &[&str] = &[
         matched_at INTEGER NOT NULL,
         PRIMARY KEY (sha256, ruleset, namespace, rule)
     ) STRICT;",
+    // 9: alerts and their outbox (`alerts.rs`): one row per alert, one per channel it is to be
+    // delivered on; the pending deliveries are the outbox.
+    "CREATE TABLE alerts (
+        id                   INTEGER PRIMARY KEY AUTOINCREMENT,
+        rule                 TEXT    NOT NULL,
+        key                  TEXT    NOT NULL,
+        severity             TEXT    NOT NULL,
+        summary              TEXT    NOT NULL,
+        details              TEXT    NOT NULL CHECK (json_valid(details)),
+        raised_at            INTEGER NOT NULL,
+        last_raised_at       INTEGER NOT NULL,
+        repeats              INTEGER NOT NULL DEFAULT 0,
+        acknowledged_at      INTEGER,
+        acknowledged_by      TEXT,
+        acknowledgement_note TEXT
+    ) STRICT;
+    CREATE INDEX alerts_by_rule_key ON alerts (rule, key, id);
+    CREATE TABLE alert_deliveries (
+        alert_id        INTEGER NOT NULL REFERENCES alerts (id),
+        channel         TEXT    NOT NULL,
+        state           TEXT    NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        last_error      TEXT,
+        delivered_at    INTEGER,
+        PRIMARY KEY (alert_id, channel)
+    ) STRICT;
+    CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt_at);",
 ];
 
 /// Brings the database at `path` (open on `connection`) to the latest version of `schema`.

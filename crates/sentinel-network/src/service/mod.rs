@@ -8,12 +8,13 @@
 //! disturbs a prediction in flight, which keeps the model it started with. Each concern has its
 //! module: `pipeline` (the thread and ingestion), `journal` (the form of a journalled snapshot),
 //! `replay` (the journal after a restart), `analyze`, `training` (training and rollback), `jobs`, `schedule`, `status`,
-//! `metrics`, `results` (what is streamed and stored), `feedback` (analysts' labels, what they
+//! `metrics`, `health` (what alert rules watch), `results` (what is streamed and stored), `feedback` (analysts' labels, what they
 //! measure and what the ensemble learns from them) and `errors`.
 
 mod analyze;
 mod errors;
 mod feedback;
+mod health;
 mod jobs;
 mod journal;
 mod metrics;
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 pub use analyze::AnalyzeItem;
 pub use errors::{AnalyzeError, NetworkError, StorageError, TrainError};
 pub use feedback::{FeedbackError, FeedbackSummary};
+pub use health::{AccuracyFigures, ServiceHealth};
 pub use jobs::{JobReport, JobState, TrainingJob};
 pub(crate) use metrics::ModelFigures;
 pub use results::{ConnectionSummary, DetectionResult, Source};

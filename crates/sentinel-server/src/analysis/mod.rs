@@ -41,6 +41,7 @@ use sentinel_virustotal::ApiKey;
 use sentinel_yara::YaraRules;
 
 use crate::models::ModelsInService;
+use crate::outcomes::{AnalysisOutcome, Outcomes};
 use crate::workers::{AnalysisWorkers, WorkerError};
 
 pub use fusion::FusionSettings;
@@ -163,6 +164,8 @@ pub(crate) struct Analyser {
     pub fusion: FusionSettings,
     /// The YARA rules run with every static analysis; `None` without `[server] yara_rules`.
     pub yara: Option<Arc<YaraRules>>,
+    /// Where each request's outcome is told.
+    pub outcomes: Outcomes,
 }
 
 impl Analyser {
@@ -196,11 +199,22 @@ impl Analyser {
             .timeout
             .saturating_add(dynamic::extra_time(self.sandbox.as_ref(), &submission))
             .saturating_add(virustotal::extra_time(self.virustotal.as_ref(), &submission));
-        match tokio::time::timeout(timeout, self.run(submission, client)).await {
+        let findings = match tokio::time::timeout(timeout, self.run(submission, client)).await {
             Ok(findings) => findings,
             Err(_) => Err(ErrorDetail::new(Reason::Timeout)
                 .with_message(format!("the analysis took longer than {timeout:?}"))),
-        }
+        };
+        self.outcomes.send(match &findings {
+            Ok(findings) => AnalysisOutcome::Verdict {
+                sha256: findings.sha256.clone(),
+                client: client.to_owned(),
+                verdict: findings.verdict,
+                analyses: findings.asked.iter().map(|step| step.name()).collect(),
+                listed: findings.listed.as_ref().map(|entry| entry.list.title()),
+            },
+            Err(detail) => AnalysisOutcome::failed(client, detail),
+        });
+        findings
     }
 
     async fn run(&self, submission: Submission, client: &str) -> Result<Findings, ErrorDetail> {

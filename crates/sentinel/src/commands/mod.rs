@@ -13,6 +13,7 @@ mod models;
 mod privacy;
 mod scan;
 mod serve;
+mod serve_alerts;
 mod serve_auth;
 mod store;
 mod table;

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use sentinel_alerts::AlertSettings;
 use sentinel_api::{ApiBuilder, HttpListener, HttpSettings};
 use sentinel_auth::AuthSettings;
 use sentinel_network::{NetworkService, NetworkSettings};
@@ -34,7 +35,7 @@ use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::commands::serve_auth;
+use crate::commands::{serve_alerts, serve_auth};
 use crate::config::Config;
 
 #[derive(clap::Args)]
@@ -138,6 +139,8 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     let access_log_settings: AccessLogSettings = config.section("access_log")?;
     access_log_settings.validate()?;
     let privacy_settings: PrivacySettings = config.section("privacy")?;
+    let alert_settings: AlertSettings = config.section("alerts")?;
+    alert_settings.validate()?;
     let listeners = [
         Some(("HTTP", http_settings.listen)),
         settings.tcp_plain.then_some(("protocol", settings.tcp_listen)),
@@ -165,6 +168,7 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
         auth: auth_settings,
         access_log: access_log_settings,
         privacy: privacy_settings,
+        alerts: alert_settings,
     };
     runtime.block_on(serve(sections, data_dir))
 }
@@ -180,6 +184,7 @@ struct Sections {
     auth: AuthSettings,
     access_log: AccessLogSettings,
     privacy: PrivacySettings,
+    alerts: AlertSettings,
 }
 
 async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
@@ -193,6 +198,7 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         auth: auth_settings,
         access_log: access_log_settings,
         privacy: privacy_settings,
+        alerts: alert_settings,
     } = sections;
     let store = {
         let data_dir = data_dir.clone();
@@ -234,6 +240,7 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         Some(client)
     };
     let network = start_network(network_settings, &data_dir, &store, addresses.clone())?;
+    let alert_store = Arc::clone(&store);
     let access = serve_auth::access(&auth_settings, &store, &data_dir)?;
     // Client addresses in the access log (and the audit table's, through it) as `[privacy]` says.
     let (access_log, access_log_writer) =
@@ -243,6 +250,7 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         access_log.with_address_rendering(Arc::new(move |address| addresses.display(address)))
     };
     let models = Arc::new(ModelsInService::new(models));
+    let sandbox_configured = sandbox.is_some();
     let server = Server::bind(
         settings,
         data_dir,
@@ -253,6 +261,13 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         ClientRecords { access_log: access_log.clone(), addresses: addresses.clone() },
     )
     .await?;
+    let watched = serve_alerts::Watched {
+        store: &alert_store,
+        network: network.as_ref(),
+        outcomes: server.outcomes(),
+        sandbox_configured,
+    };
+    let alerts = serve_alerts::start(alert_settings, watched).await?;
     let tls = https(&http_settings)?;
     let mut http = HttpListener::bind(http_settings.listen)
         .await?
@@ -267,6 +282,9 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
     if let Some(network) = &network {
         sentinel_network::register_metrics(network, api.metrics());
         api = api.service(sentinel_network::router(Arc::clone(network)));
+    }
+    if let Some(watch) = &alerts {
+        api = api.service(sentinel_alerts::router(watch.alerts.clone()));
     }
     let api = api.build();
 
@@ -333,6 +351,9 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
     // shutdown stops the collector and writes what is queued.
     if let Some(network) = network {
         network.shutdown().await;
+    }
+    if let Some(watch) = alerts {
+        watch.shutdown();
     }
     // Every request has been answered: what the access log accepted is written out.
     tokio::task::spawn_blocking(move || access_log_writer.finish()).await?;

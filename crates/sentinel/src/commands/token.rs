@@ -30,7 +30,8 @@ enum Command {
         #[arg(long)]
         name: String,
         /// Its scopes, comma-separated: malware:scan, malware:read, network:read,
-        /// network:analyze, network:ingest, network:train, network:feedback, network:pii, metrics:read, admin.
+        /// network:analyze, network:ingest, network:train, network:feedback, network:pii, metrics:read,
+        /// alerts:read, alerts:write, admin.
         #[arg(long, value_parser = parse_scopes)]
         scope: Scopes,
         /// Refused after this long (`90d`, `12h`); default: never.

@@ -1,0 +1,237 @@
+//! The running alert service, [`Alerts`]: rules hand it [`Alert`]s, it records each (with its
+//! deduplication and its deliveries) in the store before saying it was raised, and wakes the
+//! delivery loops of the channels the alert goes to. It also answers the API: listings,
+//! acknowledgements and test notifications.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use sentinel_store::{AlertQuery, NewAlert, Raised, Store, StoreError};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::alert::{Alert, AlertView, Rule, Severity, rfc3339};
+use crate::channels::{Channel, ChannelError};
+use crate::outbox::{ChannelLoop, unix_now};
+use crate::settings::{AlertSettings, SettingsError};
+
+/// Why the alert service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("cannot read the alert outbox: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A failure of the service's store, or of the task that ran it.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store task failed: {0}")]
+    Task(String),
+}
+
+/// Why a test notification was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    #[error("no channel named {0:?} in [alerts.channels]")]
+    UnknownChannel(String),
+    #[error("the channel refused or could not be reached: {0}")]
+    Delivery(String),
+}
+
+/// A channel and what wakes its delivery loop.
+struct ChannelEntry {
+    channel: Arc<Channel>,
+    wake: Arc<Notify>,
+}
+
+/// The alert service; cheap to clone.
+#[derive(Clone)]
+pub struct Alerts {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: AlertSettings,
+    store: Arc<Store>,
+    channels: BTreeMap<String, ChannelEntry>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Alerts {
+    /// Checks the settings, sets up every channel, gives up the pending deliveries of channels
+    /// no longer configured and starts one delivery loop per channel on the current tokio
+    /// runtime. Deliveries left pending by an earlier run are sent first.
+    pub async fn start(settings: AlertSettings, store: Arc<Store>) -> Result<Alerts, StartError> {
+        settings.validate()?;
+        let mut channels = BTreeMap::new();
+        for (name, channel_settings) in &settings.channels {
+            let channel = Channel::new(name, channel_settings, &settings.delivery)?;
+            channels.insert(
+                name.clone(),
+                ChannelEntry { channel: Arc::new(channel), wake: Arc::new(Notify::new()) },
+            );
+        }
+        let names: Vec<String> = channels.keys().cloned().collect();
+        let abandoned = {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || store.abandon_alert_deliveries(&names))
+                .await
+                .map_err(|error| StoreError::InvalidAlert(format!("task failed: {error}")))??
+        };
+        if abandoned > 0 {
+            tracing::warn!(
+                deliveries = abandoned,
+                "alert deliveries on channels no longer configured were given up"
+            );
+        }
+        let tasks = channels
+            .iter()
+            .map(|(name, entry)| {
+                let delivery = ChannelLoop {
+                    name: name.clone(),
+                    channel: Arc::clone(&entry.channel),
+                    store: Arc::clone(&store),
+                    wake: Arc::clone(&entry.wake),
+                    settings: settings.delivery.clone(),
+                };
+                tokio::spawn(delivery.run())
+            })
+            .collect();
+        tracing::info!(channels = ?settings.channels.keys().collect::<Vec<_>>(), "alerts enabled");
+        Ok(Alerts { inner: Arc::new(Inner { settings, store, channels, tasks: Mutex::new(tasks) }) })
+    }
+
+    pub fn settings(&self) -> &AlertSettings {
+        &self.inner.settings
+    }
+
+    /// Raises `alert`: recorded durably with its deliveries (or counted as a repeat within the
+    /// cooldown) before this returns.
+    pub async fn raise(&self, alert: Alert) -> Result<Raised, AlertError> {
+        let settings = &self.inner.settings;
+        let channels: Vec<String> = settings
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.wants(alert.rule.as_str(), alert.severity))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let cooldown_seconds = settings.cooldown.as_secs() as i64;
+        let store = Arc::clone(&self.inner.store);
+        let queued = channels.clone();
+        let raised = tokio::task::spawn_blocking(move || {
+            store.raise_alert(&NewAlert {
+                rule: alert.rule.as_str(),
+                key: &alert.key,
+                severity: alert.severity.as_str(),
+                summary: &alert.summary,
+                details: &alert.details,
+                channels: &queued,
+                cooldown_seconds,
+            })
+        })
+        .await
+        .map_err(|error| AlertError::Task(error.to_string()))??;
+        if let Raised::New(id) = raised {
+            tracing::info!(alert = id, channels = ?channels, "alert raised");
+            for name in &channels {
+                if let Some(entry) = self.inner.channels.get(name) {
+                    entry.wake.notify_one();
+                }
+            }
+        }
+        Ok(raised)
+    }
+
+    /// Alerts, newest first.
+    pub async fn list(&self, query: AlertQuery) -> Result<Vec<AlertView>, AlertError> {
+        let store = Arc::clone(&self.inner.store);
+        let alerts = tokio::task::spawn_blocking(move || store.alerts(&query))
+            .await
+            .map_err(|error| AlertError::Task(error.to_string()))??;
+        Ok(alerts.into_iter().map(AlertView::from).collect())
+    }
+
+    /// One alert.
+    pub async fn get(&self, id: i64) -> Result<Option<AlertView>, AlertError> {
+        let store = Arc::clone(&self.inner.store);
+        let alert = tokio::task::spawn_blocking(move || store.alert(id))
+            .await
+            .map_err(|error| AlertError::Task(error.to_string()))??;
+        Ok(alert.map(AlertView::from))
+    }
+
+    /// Acknowledges an alert for `by`; `None` when there is no such alert.
+    pub async fn acknowledge(
+        &self,
+        id: i64,
+        by: String,
+        note: Option<String>,
+    ) -> Result<Option<AlertView>, AlertError> {
+        let store = Arc::clone(&self.inner.store);
+        let alert = tokio::task::spawn_blocking(move || store.acknowledge_alert(id, &by, note.as_deref()))
+            .await
+            .map_err(|error| AlertError::Task(error.to_string()))??;
+        Ok(alert.map(AlertView::from))
+    }
+
+    /// Sends a test notification on `channel` now, outside the outbox, and says whether the
+    /// channel took it.
+    pub async fn send_test(&self, channel: &str, by: &str) -> Result<(), TestError> {
+        let entry =
+            self.inner.channels.get(channel).ok_or_else(|| TestError::UnknownChannel(channel.to_owned()))?;
+        let now = unix_now();
+        let alert = Alert::new(
+            Rule::Test,
+            channel,
+            Severity::Info,
+            format!("Test notification from Sentinel, asked by {by}"),
+        );
+        let view = AlertView {
+            id: 0,
+            rule: alert.rule.as_str().to_owned(),
+            key: alert.key,
+            severity: alert.severity.as_str().to_owned(),
+            summary: alert.summary,
+            details: alert.details,
+            raised_at: rfc3339(now),
+            last_raised_at: rfc3339(now),
+            repeats: 0,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            acknowledgement_note: None,
+            deliveries: Vec::new(),
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        entry
+            .channel
+            .send(&[view], &format!("sentinel-test-{nanos}"))
+            .await
+            .map_err(|error| TestError::Delivery(error.message))
+    }
+
+    /// Records an action of the API in the audit table; a failure is logged, not returned (the
+    /// action itself is done).
+    pub(crate) async fn audit(&self, event: sentinel_store::NewAuditEvent) {
+        let store = Arc::clone(&self.inner.store);
+        match tokio::task::spawn_blocking(move || store.record_audit_event(event)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "cannot record an audit event"),
+            Err(error) => tracing::error!(%error, "audit task failed"),
+        }
+    }
+
+    /// Stops the delivery loops; what is pending stays in the outbox for the next start.
+    pub fn shutdown(&self) {
+        for task in self.inner.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
