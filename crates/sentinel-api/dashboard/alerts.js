@@ -4,7 +4,7 @@
 // answers 404, and the page says so.
 
 import { call, describe, holds } from './api.js';
-import { byId, el, fill, time } from './dom.js';
+import { byId, el, fill, number, time } from './dom.js';
 
 const REFRESH_MS = 10000;
 let refresh = null;
@@ -40,11 +40,17 @@ function render(alerts) {
         el('td', {}, time(alert.raised_at), alert.last_raised_at !== alert.raised_at ? el('div', { class: 'hint' }, `last ${time(alert.last_raised_at)}`) : null),
         el('td', {}, el('span', { class: `badge ${alert.severity === 'critical' ? 'bad' : 'warn'}` }, alert.severity)),
         el('td', {}, alert.rule, el('div', { class: 'hint' }, alert.key)),
-        el('td', {}, alert.summary),
+        el(
+          'td',
+          {},
+          alert.summary,
+          details(alert.details ?? {}),
+        ),
         el('td', { class: 'numeric' }, alert.repeats),
         el(
           'td',
           {},
+          (alert.deliveries ?? []).length === 0 ? el('span', { class: 'hint' }, 'no channel') : null,
           (alert.deliveries ?? []).map((delivery) =>
             el(
               'div',
@@ -58,12 +64,22 @@ function render(alerts) {
           'td',
           {},
           alert.acknowledged_at
-            ? `acknowledged ${time(alert.acknowledged_at)}${alert.acknowledged_by ? ` by ${alert.acknowledged_by}` : ''}`
+            ? [
+                `acknowledged ${time(alert.acknowledged_at)}${alert.acknowledged_by ? ` by ${alert.acknowledged_by}` : ''}`,
+                alert.acknowledgement_note ? el('div', { class: 'hint' }, alert.acknowledgement_note) : null,
+              ]
             : acknowledgeControls(alert, mayAcknowledge),
         ),
       ),
     ),
   );
+}
+
+/** The alert's details of one value each (the summary says the rest), or nothing. */
+function details(fields) {
+  const simple = Object.entries(fields).filter(([, value]) => ['string', 'number', 'boolean'].includes(typeof value));
+  if (simple.length === 0) return null;
+  return el('div', { class: 'hint' }, simple.map(([name, value]) => `${name}: ${typeof value === 'number' ? number(value) : value}`).join(' · '));
 }
 
 function acknowledgeControls(alert, mayAcknowledge) {
@@ -77,13 +93,15 @@ function acknowledgeControls(alert, mayAcknowledge) {
       onclick: async () => {
         button.disabled = true;
         const body = note.value.trim() ? { note: note.value.trim() } : {};
+        let outcome;
         try {
           await call(`/api/v1/alerts/${encodeURIComponent(alert.id)}/acknowledge`, { body });
-          message(`alert ${alert.id} acknowledged`);
+          outcome = `alert ${alert.id} acknowledged`;
         } catch (error) {
-          message(describe(error));
+          outcome = describe(error);
         }
-        load();
+        await load();
+        message(outcome);
       },
     },
     'Acknowledge',
@@ -97,13 +115,15 @@ async function sendTest() {
     message('name the channel to test');
     return;
   }
+  let outcome;
   try {
     await call(`/api/v1/alerts/test?channel=${encodeURIComponent(channel)}`, { body: {} });
-    message(`test alert sent to ${channel}`);
+    outcome = `test alert sent to ${channel}`;
   } catch (error) {
-    message(error.status === 404 && !error.message.includes('channel') ? 'alerts are not enabled on this server' : describe(error));
+    outcome = error.status === 404 && !error.message.includes('channel') ? 'alerts are not enabled on this server' : describe(error);
   }
-  load();
+  await load();
+  message(outcome);
 }
 
 byId('alerts-state').addEventListener('change', load);

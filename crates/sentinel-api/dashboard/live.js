@@ -63,12 +63,20 @@ function connect() {
 
 async function loadRecent() {
   try {
-    const answer = await call('/api/v1/predictions/recent?limit=200');
-    // Oldest first in the answer: added in order, the newest ends on top. Results the stream
-    // already brought are not added twice.
+    // The recent anomalies apart: on a busy service, the last results are mostly normal ones.
+    const [anomalies, latest] = await Promise.all([
+      call('/api/v1/predictions/recent?anomalies_only=true&limit=200'),
+      call('/api/v1/predictions/recent?limit=200'),
+    ]);
+    // Results the stream already brought are not added twice.
     const known = new Set(results.map((result) => result.id).filter((id) => id !== undefined));
-    for (const result of answer.results) if (result.id === undefined || !known.has(result.id)) add(result);
+    for (const result of [...anomalies.results, ...latest.results]) {
+      if (result.id !== undefined && known.has(result.id)) continue;
+      if (result.id !== undefined) known.add(result.id);
+      add(result);
+    }
     results.sort((a, b) => String(b.observed_at).localeCompare(String(a.observed_at)) || b.sequence - a.sequence);
+    if (results.length > MAX_RESULTS) results.length = MAX_RESULTS;
     scheduleRender();
   } catch (error) {
     setState(error.status === 404 ? 'the network service is not enabled on this server' : describe(error));

@@ -106,6 +106,8 @@ async fn every_route_needs_its_scope_and_nothing_else() {
         "network:train",
         "network:feedback",
         "metrics:read",
+        "alerts:read",
+        "alerts:write",
         "admin",
     ];
     let tokens: BTreeMap<&str, String> = scopes
@@ -115,7 +117,7 @@ async fn every_route_needs_its_scope_and_nothing_else() {
         })
         .collect();
     let operations = operations(served.http).await;
-    assert_eq!(operations.len(), 23, "{operations:?}");
+    assert_eq!(operations.len(), 27, "{operations:?}");
     let mut scoped = 0;
     for (method, path, scope) in &operations {
         let anonymous = http_client::send(served.http, method, path, None).await;
@@ -163,7 +165,7 @@ async fn every_route_needs_its_scope_and_nothing_else() {
             );
         }
     }
-    assert_eq!(scoped, 18, "{operations:?}");
+    assert_eq!(scoped, 22, "{operations:?}");
 
     // A bad token is told apart from none, and an unknown route is no way around a token.
     let forged =

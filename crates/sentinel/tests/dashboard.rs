@@ -1,9 +1,10 @@
 //! The operator dashboard of the real `sentinel serve`, driven by Debian's Chromium through
 //! playwright-core (`tests/dashboard/drive.mjs`): a person signs in with the admin token, sees
 //! a live anomaly arrive on the Live page over the WebSocket, labels it "Anomaly", uploads a PE
-//! on the Malware page and reads its verdict and YARA match. This test feeds the server and
-//! checks on the server's side what the page did: the label is stored under the id the page
-//! showed, and the verdict the page read is the one recorded.
+//! on the Malware page and reads its verdict and YARA match, and acknowledges the anomaly's alert
+//! on the Alerts page. This test feeds the server and checks on the server's side what the page
+//! did: the label is stored under the id the page showed, the verdict the page read is the one
+//! recorded, the alert is acknowledged by the admin token with the note typed.
 //!
 //! It needs Node.js, Chromium and `npm ci --prefix crates/sentinel/tests/dashboard`; without
 //! them it says so and skips, unless `SENTINEL_REQUIRE_PEERS=1` (CI), where it fails.
@@ -79,6 +80,18 @@ fn missing_peer() -> Option<String> {
         );
     }
     None
+}
+
+/// A token of scope `network:read` only, made by `sentinel token create`.
+fn viewer_token(data_dir: &Path) -> String {
+    let output = Command::new(SENTINEL)
+        .args(["token", "create", "--name", "viewer", "--scope", "network:read", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run sentinel token");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// The lines the driver prints, read on a thread of their own.
@@ -163,6 +176,7 @@ async fn an_operator_signs_in_labels_a_live_anomaly_and_reads_a_files_verdict() 
             .current_dir(driver_dir())
             .env("SENTINEL_URL", format!("http://{}/", served.http))
             .env("SENTINEL_TOKEN", served.admin_token())
+            .env("SENTINEL_VIEWER_TOKEN", viewer_token(data_dir.path()))
             .env("SENTINEL_UPLOAD", &upload)
             .env("SENTINEL_SCREENSHOTS", &screenshots)
             .env("CHROMIUM", chromium())
@@ -233,8 +247,16 @@ async fn an_operator_signs_in_labels_a_live_anomaly_and_reads_a_files_verdict() 
         yara.contains("sentinel_marker") && yara.contains("dropper"),
         "the page shows the YARA match {yara:?}"
     );
-    let alerts = expect(&lines, "alerts").await;
-    assert!(alerts.contains("alert"), "{alerts}");
+    // The anomaly's alert, acknowledged on the Alerts page, by the admin token, with the note.
+    let acknowledged: i64 = expect(&lines, "acknowledged").await.parse().expect("an id");
+    let (status, alert) = admin.get_json(&format!("/api/v1/alerts/{acknowledged}")).await;
+    assert_eq!(status, 200, "{alert}");
+    assert_eq!(alert["rule"], "anomaly", "{alert:#}");
+    assert!(alert["key"].as_str().unwrap().ends_with(":4444"), "{alert:#}");
+    assert!(alert["acknowledged_at"].is_string(), "{alert:#}");
+    assert!(alert["acknowledged_by"].as_str().unwrap().starts_with("token:admin"), "{alert:#}");
+    assert_eq!(alert["acknowledgement_note"], "dropper host isolated", "{alert:#}");
+    expect(&lines, "viewer-checked").await;
     expect(&lines, "done").await;
     traffic.abort();
     let status = driver.wait_exit(Duration::from_secs(30));

@@ -6,9 +6,14 @@
 //   test → this script: `anomaly-posted` (a snapshot with an anomalous connection was ingested)
 //   this script → test: `labelled ID` (the row of that anomaly was labelled "Anomaly")
 //   this script → test: `verdict TEXT` (the Malware page's verdict of the uploaded file)
+//   this script → test: `yara TEXT` (the YARA match the page shows)
+//   this script → test: `acknowledged ID` (the anomaly's alert was acknowledged on the Alerts page)
+//   this script → test: `viewer-checked` (a network:read token finds labelling, training and
+//                         alerts disabled, each saying the scope it lacks)
 //   this script → test: `done`
 //
-// Environment: SENTINEL_URL (http://127.0.0.1:PORT), SENTINEL_TOKEN, SENTINEL_UPLOAD (a file
+// Environment: SENTINEL_URL (http://127.0.0.1:PORT), SENTINEL_TOKEN (admin),
+// SENTINEL_VIEWER_TOKEN (scope network:read only), SENTINEL_UPLOAD (a file
 // to upload), SENTINEL_SCREENSHOTS (a directory for one PNG per page), CHROMIUM (the browser,
 // default /usr/bin/chromium). Any failure prints the reason and exits non-zero.
 
@@ -17,6 +22,7 @@ import { chromium } from 'playwright-core';
 
 const url = process.env.SENTINEL_URL;
 const token = process.env.SENTINEL_TOKEN;
+const viewerToken = process.env.SENTINEL_VIEWER_TOKEN;
 const upload = process.env.SENTINEL_UPLOAD;
 const screenshots = process.env.SENTINEL_SCREENSHOTS;
 const TIMEOUT_MS = 30_000;
@@ -100,11 +106,17 @@ try {
   await page.locator('#model-versions tr.active').waitFor();
   await screenshot(page, 'models');
 
-  // Alerts: the list, or the server's word that alerting is off.
+  // Alerts: the anomaly raised an alert; acknowledged here with a note, it leaves the open ones.
   await page.click('#tabs button[data-tab=alerts]');
-  await page.locator('#alerts-message').filter({ hasText: /alert/ }).waitFor();
-  say(`alerts ${(await page.locator('#alerts-message').textContent()).trim()}`);
+  const alert = page.locator('#alert-rows tr', { hasText: ':4444' }).filter({ hasText: 'anomaly' }).first();
+  await alert.waitFor();
   await screenshot(page, 'alerts');
+  const alertId = await alert.getAttribute('data-id');
+  await alert.locator('input.note').fill('dropper host isolated');
+  await alert.getByRole('button', { name: 'Acknowledge' }).click();
+  await page.locator('#alerts-message').filter({ hasText: `alert ${alertId} acknowledged` }).waitFor();
+  await page.locator(`#alert-rows tr[data-id="${alertId}"]`).waitFor({ state: 'detached' });
+  say(`acknowledged ${alertId}`);
 
   // Charts: a few samples of /metrics (5 s apart) taken while the test posts traffic.
   await page.click('#tabs button[data-tab=charts]');
@@ -117,6 +129,25 @@ try {
   await page.locator('#sign-in').waitFor({ state: 'visible' });
   const kept = await page.evaluate(() => sessionStorage.getItem('sentinel.token'));
   if (kept !== null) throw new Error('the token is still in session storage after signing out');
+
+  // A token of scope network:read only: it sees, and the page disables what it may not do,
+  // saying which scope is missing.
+  await page.fill('#token', viewerToken);
+  await page.click('#sign-in-form button[type=submit]');
+  await page.locator('#principal').filter({ hasText: 'network:read' }).waitFor();
+  await page.click('#tabs button[data-tab=live]');
+  const seen = page.locator('#live-rows tr.result', { hasText: 'dropper' }).first();
+  await seen.waitFor();
+  const label = seen.getByRole('button', { name: 'Anomaly', exact: true });
+  if (!(await label.isDisabled()) || (await label.getAttribute('title')) !== 'your token lacks scope network:feedback') {
+    throw new Error('a network:read token may label results on the page');
+  }
+  await page.click('#tabs button[data-tab=models]');
+  if (!(await page.locator('#train').isDisabled())) throw new Error('a network:read token may train on the page');
+  await page.click('#tabs button[data-tab=alerts]');
+  await page.locator('#alerts-message').filter({ hasText: 'lacks scope alerts:read' }).waitFor();
+  await page.click('#sign-out');
+  say('viewer-checked');
 
   if (problems.length > 0) throw new Error(`the page reported errors:\n${problems.join('\n')}`);
   say('done');
