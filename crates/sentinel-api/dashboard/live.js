@@ -152,10 +152,13 @@ function rows(result) {
       class: `result${result.is_anomaly ? ' anomaly' : ''}${labels.has(result.id) ? ' labelled' : ''}`,
       'data-id': result.id,
       'aria-expanded': open ? 'true' : 'false',
-      onclick: () => {
-        if (expanded.has(id)) expanded.delete(id);
-        else expanded.add(id);
-        render();
+      tabindex: 0,
+      onclick: () => toggle(id),
+      onkeydown: (event) => {
+        if (event.target === event.currentTarget && (event.key === 'Enter' || event.key === ' ')) {
+          event.preventDefault();
+          toggle(id);
+        }
       },
     },
     el('td', {}, time(result.observed_at)),
@@ -167,6 +170,13 @@ function rows(result) {
     el('td', { class: 'label-cell' }, labelControls(result)),
   );
   return open ? [row, details(result)] : [row];
+}
+
+/** Shows or hides the explanation of the row `id`. */
+function toggle(id) {
+  if (expanded.has(id)) expanded.delete(id);
+  else expanded.add(id);
+  render();
 }
 
 function labelControls(result) {
