@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use crate::alert::AlertView;
 use crate::channels::Channel;
+use crate::metrics::AlertMetrics;
 use crate::settings::DeliverySettings;
 
 /// Longest sleep of an idle loop before it looks at the store again (a delivery due later is
@@ -31,6 +32,7 @@ pub(crate) struct ChannelLoop {
     pub store: Arc<Store>,
     pub wake: Arc<Notify>,
     pub settings: DeliverySettings,
+    pub metrics: AlertMetrics,
 }
 
 impl ChannelLoop {
@@ -98,6 +100,7 @@ impl ChannelLoop {
         outcome: Result<(), crate::channels::DeliveryError>,
     ) -> Result<(), sentinel_store::StoreError> {
         let (store, name, settings) = (Arc::clone(&self.store), self.name.clone(), self.settings.clone());
+        let metrics = self.metrics.clone();
         match &outcome {
             Ok(()) => tracing::info!(channel = %name, alerts = due.len(), "alerts delivered"),
             Err(error) => {
@@ -108,12 +111,16 @@ impl ChannelLoop {
             let now = unix_now();
             for delivery in due {
                 match &outcome {
-                    Ok(()) => store.alert_delivered(delivery.alert.id, &name)?,
+                    Ok(()) => {
+                        store.alert_delivered(delivery.alert.id, &name)?;
+                        metrics.delivery(&name, "delivered");
+                    }
                     Err(error) => {
                         let retry_at = retry_time(&settings, &delivery, error.retry_after, now);
                         if retry_at.is_none() {
                             tracing::error!(channel = %name, alert = delivery.alert.id, "alert delivery given up");
                         }
+                        metrics.delivery(&name, if retry_at.is_some() { "retry" } else { "failed" });
                         store.alert_delivery_failed(delivery.alert.id, &name, &error.message, retry_at)?;
                     }
                 }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::alert::{Alert, AlertView, Rule, Severity, rfc3339};
 use crate::channels::{Channel, ChannelError};
+use crate::metrics::AlertMetrics;
 use crate::outbox::{ChannelLoop, unix_now};
 use crate::settings::{AlertSettings, SettingsError};
 
@@ -61,6 +62,7 @@ struct Inner {
     store: Arc<Store>,
     channels: BTreeMap<String, ChannelEntry>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    metrics: AlertMetrics,
 }
 
 impl Alerts {
@@ -78,6 +80,7 @@ impl Alerts {
             );
         }
         let names: Vec<String> = channels.keys().cloned().collect();
+        let metrics = AlertMetrics::default();
         let abandoned = {
             let store = Arc::clone(&store);
             tokio::task::spawn_blocking(move || store.abandon_alert_deliveries(&names))
@@ -99,12 +102,18 @@ impl Alerts {
                     store: Arc::clone(&store),
                     wake: Arc::clone(&entry.wake),
                     settings: settings.delivery.clone(),
+                    metrics: metrics.clone(),
                 };
                 tokio::spawn(delivery.run())
             })
             .collect();
         tracing::info!(channels = ?settings.channels.keys().collect::<Vec<_>>(), "alerts enabled");
-        Ok(Alerts { inner: Arc::new(Inner { settings, store, channels, tasks: Mutex::new(tasks) }) })
+        Ok(Alerts { inner: Arc::new(Inner { settings, store, channels, tasks: Mutex::new(tasks), metrics }) })
+    }
+
+    /// Registers `alerts_raised_total` and `alert_deliveries_total` in the process's registry.
+    pub fn register_metrics(&self, registry: &mut sentinel_api::prometheus_client::registry::Registry) {
+        self.inner.metrics.register(registry);
     }
 
     pub fn settings(&self) -> &AlertSettings {
@@ -122,6 +131,7 @@ impl Alerts {
             .map(|(name, _)| name.clone())
             .collect();
         let cooldown_seconds = settings.cooldown.as_secs() as i64;
+        let rule = alert.rule.as_str();
         let store = Arc::clone(&self.inner.store);
         let queued = channels.clone();
         let raised = tokio::task::spawn_blocking(move || {
@@ -138,6 +148,7 @@ impl Alerts {
         .await
         .map_err(|error| AlertError::Task(error.to_string()))??;
         if let Raised::New(id) = raised {
+            self.inner.metrics.raised(rule);
             tracing::info!(alert = id, channels = ?channels, "alert raised");
             for name in &channels {
                 if let Some(entry) = self.inner.channels.get(name) {

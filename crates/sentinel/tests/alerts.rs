@@ -132,6 +132,13 @@ async fn an_alert_raised_during_an_outage_survives_kill_9_and_is_delivered_signe
     assert_eq!(body["event"]["category"][0], "malware");
     assert_eq!(body["sentinel"]["alert"]["details"]["sha256"], sha256.as_str());
     wait_for_alerts(&admin, "delivered", |alerts| alerts[0]["deliveries"][0]["state"] == "delivered").await;
+    let metrics = admin.send("GET", "/metrics", None).await.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "alert_deliveries_total{channel=\"soc-hook\",outcome=\"delivered\"} 1"),
+        "{metrics}"
+    );
 
     // Reading needs alerts:read, acknowledging alerts:write.
     let reader = ApiClient::new(served.http, Some(create_token(data_dir.path(), "reader", "alerts:read")));

@@ -284,6 +284,7 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         api = api.service(sentinel_network::router(Arc::clone(network)));
     }
     if let Some(watch) = &alerts {
+        watch.alerts.register_metrics(api.metrics());
         api = api.service(sentinel_alerts::router(watch.alerts.clone()));
     }
     let api = api.build();
