@@ -2,8 +2,9 @@
 //!
 //! 1. `Host` names this server, else 421;
 //! 2. a WebSocket upgrade's `Origin` is allowed, else 403;
-//! 3. the route's requirement: open (`/healthz`, `/readyz`, `/api/v1/openapi.json`, and
-//!    `/metrics` when open), or a scope, which needs a valid credential (else 401 with
+//! 3. the route's requirement: open (`/healthz`, `/readyz`, `/api/v1/openapi.json`, the
+//!    dashboard's page and files, and `/metrics` when open), a valid credential of any scope
+//!    (`/api/v1/whoami`), or a scope, which needs a valid credential (else 401 with
 //!    `WWW-Authenticate: Bearer`, RFC 6750) holding that scope (else 403). A request that
 //!    matched no route or method still needs a valid credential, so that only callers who may
 //!    use the API learn which routes exist;
@@ -26,10 +27,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sentinel_auth::{AuthError, AuthSettings, Authenticator, MetricsAccess, Principal, Scope};
 
+use crate::dashboard;
 use crate::error::ApiError;
 use crate::request_checks::{self, Credential};
 use crate::request_log::{RequestNote, principal_label};
 use crate::routes::{MULTIPART_FORM, RouteScope};
+use crate::whoami;
 
 /// How the listener decides who may call it: handed to [`crate::ApiBuilder::new`].
 pub struct Access {
@@ -64,6 +67,8 @@ impl Access {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Requirement {
     Open,
+    /// A valid credential, whatever its scopes.
+    Authenticated,
     Scope(Scope),
 }
 
@@ -79,7 +84,8 @@ pub(crate) struct Guard {
 }
 
 /// The paths of this crate's own routes that need no credential.
-const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/api/v1/openapi.json"];
+const OPEN_PATHS: [&str; 5] =
+    ["/healthz", "/readyz", "/api/v1/openapi.json", dashboard::PAGE_PATH, dashboard::ASSET_PATH];
 
 impl Guard {
     /// The guard of a listener on `loopback` or not, serving the services' routes `scopes`.
@@ -96,6 +102,7 @@ impl Guard {
         for path in OPEN_PATHS {
             requirements.insert((Method::GET, path.to_owned()), Requirement::Open);
         }
+        requirements.insert((Method::GET, whoami::PATH.to_owned()), Requirement::Authenticated);
         let metrics_open = match access.metrics {
             MetricsAccess::Open => true,
             MetricsAccess::Loopback => loopback,

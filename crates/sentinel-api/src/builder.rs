@@ -1,6 +1,7 @@
 //! Assembles the listener's router from what each service contributes: documented routes
 //! ([`ServiceRoutes`]), readiness checks and metrics, plus this crate's own routes (`/healthz`,
-//! `/readyz`, `/metrics`, `/api/v1/openapi.json`), all inside the middleware stack of
+//! `/readyz`, `/metrics`, `/api/v1/openapi.json`, `/api/v1/whoami`, and the dashboard's page,
+//! which alone is not in the OpenAPI document), all inside the middleware stack of
 //! `middleware`, guarded as [`Access`] says. The OpenAPI document is built from the same routes
 //! as the router, and so is the table of the scope each route needs.
 
@@ -18,11 +19,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::access::{Access, Guard};
+use crate::dashboard;
 use crate::health::{self, ReadinessCheck};
 use crate::metrics;
 use crate::middleware;
 use crate::routes::{BEARER_SCHEME, RouteScope, ServiceRoutes};
 use crate::settings::HttpSettings;
+use crate::whoami;
 
 /// Collects the services' contributions before the listener serves.
 pub struct ApiBuilder {
@@ -93,8 +96,10 @@ impl ApiBuilder {
             .merge(OpenApiRouter::default().routes(routes!(health::healthz)))
             .merge(OpenApiRouter::default().routes(routes!(health::readyz)).with_state(Arc::new(checks)))
             .merge(OpenApiRouter::default().routes(routes!(metrics::serve)).with_state(Arc::new(registry)))
-            .merge(OpenApiRouter::default().routes(routes!(openapi)).with_state(Arc::clone(&openapi_json)));
+            .merge(OpenApiRouter::default().routes(routes!(openapi)).with_state(Arc::clone(&openapi_json)))
+            .merge(OpenApiRouter::default().routes(routes!(whoami::whoami)));
         let (routes, mut document) = own.merge(services).split_for_parts();
+        let routes = routes.merge(dashboard::router());
         document.info = InfoBuilder::new()
             .title("Sentinel")
             .version(env!("CARGO_PKG_VERSION"))
@@ -103,7 +108,9 @@ impl ApiBuilder {
                  server's status and reloads, and the network AI service. Every error is \
                  JSON `{\"error\": \"...\"}`. Every route but /healthz, /readyz, this document \
                  and (when open) /metrics needs a bearer token holding the one scope the \
-                 route's `security` names (`admin` holds them all); see docs/security.md.",
+                 route's `security` names (`admin` holds them all; /api/v1/whoami takes any \
+                 valid token); see docs/security.md. The operator dashboard, at `/`, is a page \
+                 calling these routes with the token it is given.",
             ))
             .build();
         let bearer = HttpBuilder::new()

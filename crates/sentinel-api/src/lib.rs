@@ -3,7 +3,8 @@
 //! Each service contributes documented routes ([`ServiceRoutes`], built only from handlers
 //! annotated with `#[utoipa::path]`), readiness checks ([`ReadinessCheck`]) and metrics (in
 //! the one Prometheus registry, [`ApiBuilder::metrics`]); [`ApiBuilder::build`] assembles them
-//! with this crate's own routes — `/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json` —
+//! with this crate's own routes — `/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`,
+//! `/api/v1/whoami` and the operator dashboard at `/` (see `dashboard`) —
 //! inside one middleware stack (body limit, timeout, request metrics, JSON errors, access
 //! control by each route's scope, and the access log: see `middleware`, `access` and
 //! `request_log`), and [`HttpListener`] serves the result, over TLS 1.3 when given a
@@ -16,6 +17,7 @@ mod access;
 mod builder;
 mod connection;
 mod connection_limits;
+mod dashboard;
 mod error;
 mod health;
 mod listener;
@@ -25,6 +27,7 @@ mod request_checks;
 mod request_log;
 mod routes;
 mod settings;
+mod whoami;
 
 pub use access::Access;
 

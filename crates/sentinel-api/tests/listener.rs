@@ -179,7 +179,16 @@ async fn the_document_lists_every_route_of_the_router() {
     paths.sort_unstable();
     assert_eq!(
         paths,
-        ["/api/v1/openapi.json", "/echo", "/healthz", "/metrics", "/readyz", "/slow", "/teapot"]
+        [
+            "/api/v1/openapi.json",
+            "/api/v1/whoami",
+            "/echo",
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/slow",
+            "/teapot"
+        ]
     );
     for (path, item) in document["paths"].as_object().unwrap() {
         for (method, _) in item.as_object().unwrap() {

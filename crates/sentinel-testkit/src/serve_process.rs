@@ -31,6 +31,11 @@ impl TestProcess {
         self.0.stdout.take()
     }
 
+    /// The child's standard input, once, when it was spawned with `Stdio::piped()`.
+    pub fn stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.0.stdin.take()
+    }
+
     /// Sends the signal `name` (`-HUP`, `-TERM`, `-KILL`…).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill").args([name, &self.0.id().to_string()]).status().expect("run kill");

@@ -201,10 +201,13 @@ async fn every_operation_of_the_openapi_document_is_served_and_nothing_else() {
         "/api/v1/lists/{list}",
         "/api/v1/lists/{list}/{sha256}",
         "/ws/realtime",
+        "/api/v1/whoami",
+        "/api/v1/alerts",
+        "/api/v1/alerts/{id}/acknowledge",
     ] {
         assert!(served_paths.contains(&expected), "{expected} is not in {served_paths:?}");
     }
-    assert_eq!(operations.len(), 22, "{operations:?}");
+    assert_eq!(operations.len(), 27, "{operations:?}");
     let (status, body) = json_exchange(http, "GET", "/api/v1/undocumented", b"").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("no route /api/v1/undocumented")));
     // The network API's feature vector is described from the feature schema itself.
