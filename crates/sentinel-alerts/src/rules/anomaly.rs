@@ -38,8 +38,10 @@ pub fn anomaly(rule: &AnomalyRule, prediction: &Prediction) -> Option<Alert> {
     let critical = prediction.score >= prediction.threshold + (1.0 - prediction.threshold) / 2.0;
     let severity = if critical { Severity::Critical } else { Severity::Warning };
     let summary = format!(
-        "anomalous connection on {}{process} to {remote} (score {:.3}, threshold {:.3})",
-        prediction.host, prediction.score, prediction.threshold
+        "anomalous connection on {}{process} to {remote} (score {}, threshold {})",
+        prediction.host,
+        figure(prediction.score),
+        figure(prediction.threshold)
     );
     Some(Alert::new(Rule::Anomaly, format!("{}/{remote}", prediction.host), severity, summary).with_details(
         json!({
@@ -53,6 +55,12 @@ pub fn anomaly(rule: &AnomalyRule, prediction: &Prediction) -> Option<Alert> {
             "explanation": prediction.explanation,
         }),
     ))
+}
+
+/// A score as people read it: three decimals, or a power of ten for the unbounded scores of
+/// some members (a local outlier factor of 10^22 is not read digit by digit).
+fn figure(value: f64) -> String {
+    if value.abs() < 1e4 { format!("{value:.3}") } else { format!("{value:.3e}") }
 }
 
 /// Buckets the window is cut into: its counts are exact to one bucket's width.
@@ -150,6 +158,8 @@ mod tests {
             (Rule::Anomaly, "web-1/203.0.113.9", Severity::Warning)
         );
         assert_eq!(alert.details["prediction_id"], 7);
+        assert!(alert.summary.ends_with("(score 0.750, threshold 0.600)"), "{}", alert.summary);
+        assert!(anomaly(&rule, &prediction(7.23e12, true)).unwrap().summary.contains("score 7.230e12"));
         assert_eq!(anomaly(&rule, &prediction(0.95, true)).unwrap().severity, Severity::Critical);
         assert_eq!(anomaly(&AnomalyRule { enabled: false, min_score: 0.0 }, &prediction(0.95, true)), None);
     }
