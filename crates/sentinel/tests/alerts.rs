@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sentinel_testkit::connection_records::{connection_record as record, snapshot, web_client_history};
+use sentinel_testkit::fake_virustotal::FakeVt;
 use sentinel_testkit::http_client::{ApiClient, send_with_headers};
 use sentinel_testkit::serve_process::{ServeCommand, ServeProcess};
 use sentinel_testkit::synthetic_pe;
@@ -244,4 +245,69 @@ async fn an_agent_s_anomalous_connection_raises_an_alert_on_the_webhook() {
     };
     assert!(signature_is_valid(&anomaly));
     assert_eq!(anomaly.json()["event"]["category"][0], "network");
+}
+
+#[tokio::test]
+async fn a_rejected_virustotal_key_and_an_unreachable_sandbox_are_failures_that_alert() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start().await;
+    let port: u16 = receiver.url.rsplit(':').next().unwrap().parse().unwrap();
+    let virustotal = FakeVt::start().await;
+    // Nobody listens where the sandbox should be.
+    let sandbox = format!("http://127.0.0.1:{}", free_port());
+    let served = ServeCommand::new(SENTINEL, data_dir.path())
+        .config(&config(port, "[network]\nenabled = false\n"))
+        .args(["--vt-base-url", virustotal.base_url.as_str(), "--cape-base-url", sandbox.as_str()])
+        .env("SENTINEL_CAPE_TOKEN", "cape-token")
+        .start();
+    let admin = served.api();
+    let token = format!("Bearer {}", served.admin_token());
+    let upload = |query: &'static str, key: Option<&'static str>| {
+        let token = token.clone();
+        let http = served.http;
+        async move {
+            let mut headers =
+                vec![("content-type", "application/octet-stream"), ("authorization", token.as_str())];
+            headers.extend(key.map(|key| ("x-virustotal-key", key)));
+            send_with_headers(
+                http,
+                "POST",
+                &format!("/api/v1/files?analyses={query}"),
+                &headers,
+                Some(&synthetic_pe(4096, 11)),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // VirusTotal refuses the key (it knows none); the sandbox cannot be reached.
+    let refused =
+        upload("vt", Some("f11e5ec0f11e5ec0f11e5ec0f11e5ec0f11e5ec0f11e5ec0f11e5ec0f11e5ec0")).await;
+    assert_ne!(refused.status, 200, "{}", refused.body);
+    let unreachable = upload("dynamic", None).await;
+    assert_ne!(unreachable.status, 200, "{}", unreachable.body);
+
+    let alerts = wait_for_alerts(&admin, "two failure alerts", |alerts| {
+        alerts.iter().filter(|alert| alert["rule"] == "failure").count() >= 2
+    })
+    .await;
+    let failures: Vec<&str> = alerts
+        .iter()
+        .filter(|alert| alert["rule"] == "failure")
+        .map(|alert| alert["details"]["failure"].as_str().unwrap())
+        .collect();
+    assert!(
+        failures.contains(&"virustotal_key_rejected") && failures.contains(&"sandbox_unreachable"),
+        "{alerts:#?}"
+    );
+    assert!(alerts.iter().all(|alert| alert["rule"] != "failure" || alert["severity"] == "critical"));
+    // The client's key is never in the alert, nor in what the webhook received.
+    let calls = receiver.wait_for(2, Duration::from_secs(30)).await;
+    for text in alerts
+        .iter()
+        .map(Value::to_string)
+        .chain(calls.iter().map(|call| String::from_utf8_lossy(&call.body).into_owned()))
+    {
+        assert!(!text.contains("f11e5ec0"), "a VirusTotal key leaked: {text}");
+    }
 }
