@@ -168,4 +168,31 @@ impl ApiClient {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Gives the network service a model to score with: two minutes of an ordinary web client
+    /// of `host` ([`crate::connection_records::web_client_history`]) ingested, stored, and a
+    /// model trained on them (`/api/v1/train`); returns once the service is `ready`. The
+    /// service's `[network.model] min_training_rows` must be 300 or less.
+    pub async fn train_network_model(&self, host: &str) {
+        let start = std::time::SystemTime::now() - Duration::from_secs(125);
+        for snapshot in crate::connection_records::web_client_history(host, start, 120) {
+            self.ingest(&snapshot).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.get_json("/api/v1/models/status").await.1;
+            if status["storage"]["pending_snapshots"] == 0 && status["warmup"]["rows"].as_u64() >= Some(300) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "history not stored: {status:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, job) = self.post_json("/api/v1/train", &serde_json::json!({})).await;
+        assert_eq!(status, 202, "{job}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while self.get_json("/api/v1/models/status").await.1["state"] != "ready" {
+            assert!(std::time::Instant::now() < deadline, "no model");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

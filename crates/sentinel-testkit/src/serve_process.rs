@@ -215,3 +215,29 @@ impl ServeProcess {
         answer.json()
     }
 }
+
+/// A new API token named `name` with `scopes` (comma-separated), made by `binary token create`
+/// on `data_dir` as an operator would, while the server runs; panics if the command fails.
+pub fn create_token(binary: impl AsRef<Path>, data_dir: &Path, name: &str, scopes: &str) -> String {
+    let output = Command::new(binary.as_ref())
+        .args(["token", "create", "--name", name, "--scope", scopes, "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run sentinel token create");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("a token is text").trim().to_owned()
+}
+
+/// Network settings with which a test trains a model in seconds: small models (100 training
+/// rows, 50 trees, LOF and the SVM on 300 rows) and results written every 50 ms.
+pub const QUICK_NETWORK: &str = "
+[network.model]
+min_training_rows = 100
+isolation_forest_trees = 50
+lof_max_rows = 300
+svm_max_rows = 300
+
+[network.storage]
+flush_interval = \"50ms\"
+";

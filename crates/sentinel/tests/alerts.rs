@@ -4,16 +4,15 @@
 //! the webhook; the alert API lists, acknowledges and tests channels under its scopes.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
-use sentinel_testkit::connection_records::{connection_record as record, snapshot, web_client_history};
+use sentinel_testkit::connection_records::{connection_record as record, snapshot};
 use sentinel_testkit::fake_virustotal::FakeVt;
 use sentinel_testkit::http_client::{ApiClient, send_with_headers};
-use sentinel_testkit::serve_process::{ServeCommand, ServeProcess};
+use sentinel_testkit::serve_process::{QUICK_NETWORK, ServeCommand, ServeProcess};
 use sentinel_testkit::synthetic_pe;
 use sentinel_testkit::webhook_receiver::WebhookReceiver;
 use serde_json::{Value, json};
@@ -50,14 +49,7 @@ fn free_port() -> u16 {
 }
 
 fn create_token(data_dir: &Path, name: &str, scopes: &str) -> String {
-    let output = Command::new(SENTINEL)
-        .args(["token", "create", "--name", name, "--scope", scopes, "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run sentinel token");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    sentinel_testkit::serve_process::create_token(SENTINEL, data_dir, name, scopes)
 }
 
 fn signature_is_valid(call: &sentinel_testkit::webhook_receiver::ReceivedCall) -> bool {
@@ -182,46 +174,18 @@ async fn an_alert_raised_during_an_outage_survives_kill_9_and_is_delivered_signe
     assert!(actions.contains(&"alert.acknowledge") && actions.contains(&"alert.test"), "{audit:#}");
 }
 
-/// Quick models, no collector: the anomaly comes from an agent's snapshot.
-const NETWORK: &str = "
-[network]
-collect = false
-
-[network.model]
-min_training_rows = 100
-isolation_forest_trees = 50
-lof_max_rows = 300
-svm_max_rows = 300
-";
-
 #[tokio::test]
 async fn an_agent_s_anomalous_connection_raises_an_alert_on_the_webhook() {
     let data_dir = tempfile::tempdir().unwrap();
     let receiver = WebhookReceiver::start().await;
     let port: u16 = receiver.url.rsplit(':').next().unwrap().parse().unwrap();
-    let served: ServeProcess =
-        ServeCommand::new(SENTINEL, data_dir.path()).config(&config(port, NETWORK)).start();
+    // Quick models, no collector: the anomaly comes from an agent's snapshot.
+    let served: ServeProcess = ServeCommand::new(SENTINEL, data_dir.path())
+        .config(&config(port, &format!("[network]\ncollect = false\n{QUICK_NETWORK}")))
+        .start();
     let admin = served.api();
 
-    for history in web_client_history("web-1", SystemTime::now() - Duration::from_secs(125), 120) {
-        admin.ingest(&history).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = admin.get_json("/api/v1/models/status").await.1;
-        if status["storage"]["pending_snapshots"] == 0 && status["warmup"]["rows"].as_u64().unwrap() >= 300 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "history not stored: {status:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, job) = admin.post_json("/api/v1/train", &json!({})).await;
-    assert_eq!(status, 202, "{job}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while admin.get_json("/api/v1/models/status").await.1["state"] != "ready" {
-        assert!(Instant::now() < deadline, "no model");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    admin.train_network_model("web-1").await;
 
     // A process of the host sends almost a gigabyte to a port nobody uses.
     let now = SystemTime::now();

@@ -15,11 +15,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use sentinel_testkit::connection_records::{connection_record as record, snapshot, web_client_history};
 use sentinel_testkit::prerequisite::Prerequisite;
-use sentinel_testkit::serve_process::{ServeCommand, TestProcess};
+use sentinel_testkit::serve_process::{QUICK_NETWORK, ServeCommand, TestProcess};
 use sentinel_testkit::synthetic_pe;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -27,19 +27,9 @@ use sha2::{Digest, Sha256};
 const SENTINEL: &str = env!("CARGO_BIN_EXE_sentinel");
 
 /// No collector (the host's own traffic stays out of the baseline) and a quick model.
-const CONFIG: &str = "
-[network]
-collect = false
-
-[network.model]
-min_training_rows = 100
-isolation_forest_trees = 50
-lof_max_rows = 300
-svm_max_rows = 300
-
-[network.storage]
-flush_interval = \"50ms\"
-";
+fn config() -> String {
+    format!("[network]\ncollect = false\n{QUICK_NETWORK}")
+}
 
 const MARKER_RULE: &str = r#"
 rule sentinel_marker : dropper {
@@ -131,32 +121,14 @@ async fn an_operator_signs_in_labels_a_live_anomaly_and_reads_a_files_verdict() 
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(rules.path().join("markers.yar"), MARKER_RULE).unwrap();
     let served = ServeCommand::new(SENTINEL, data_dir.path())
-        .config(CONFIG)
+        .config(&config())
         .args(["--yara-rules"])
         .args([rules.path()])
         .start();
     let admin = served.api();
 
     // Two minutes of an ordinary web client, then a model trained on it.
-    for snapshot in web_client_history("history", SystemTime::now() - Duration::from_secs(125), 120) {
-        admin.ingest(&snapshot).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = admin.get_json("/api/v1/models/status").await.1;
-        if status["storage"]["pending_snapshots"] == 0 && status["warmup"]["rows"].as_u64().unwrap() >= 300 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "history not stored: {status:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, job) = admin.post_json("/api/v1/train", &json!({})).await;
-    assert_eq!(status, 202, "{job}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while admin.get_json("/api/v1/models/status").await.1["state"] != "ready" {
-        assert!(Instant::now() < deadline, "no model");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    admin.train_network_model("history").await;
 
     // The file the operator uploads: a PE carrying the marker the YARA rule looks for.
     let mut executable = synthetic_pe(64 * 1024, 7);

@@ -4,46 +4,23 @@
 //! measured on the labels (`model_accuracy{source="feedback"}`) beside those of training.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-use sentinel_testkit::connection_records::{connection_record as record, web_client_history};
+use sentinel_testkit::connection_records::connection_record as record;
 use sentinel_testkit::http_client::ApiClient;
-use sentinel_testkit::serve_process::ServeCommand;
+use sentinel_testkit::serve_process::{QUICK_NETWORK, ServeCommand};
 use serde_json::{Value, json};
 
 const SENTINEL: &str = env!("CARGO_BIN_EXE_sentinel");
 
-/// No collector, quick models, stored `/api/v1/analyze` results (so that they have ids), and
-/// figures from 6 labels.
-const CONFIG: &str = "
-[network]
-collect = false
+/// No collector, quick models, stored `/api/v1/analyze` results (so that they have ids, set from
+/// the environment beside the quick models' `[network.storage]`), and figures from 6 labels.
+fn config() -> String {
+    format!("[network]\ncollect = false\n{QUICK_NETWORK}\n[network.feedback]\nmin_labels = 6\n")
+}
 
-[network.model]
-min_training_rows = 100
-isolation_forest_trees = 50
-lof_max_rows = 300
-svm_max_rows = 300
-
-[network.storage]
-flush_interval = \"50ms\"
-store_analyze_requests = true
-
-[network.feedback]
-min_labels = 6
-";
-
-/// A new token with `scopes`, made by the CLI while the server runs.
 fn create_token(data_dir: &Path, name: &str, scopes: &str) -> String {
-    let output = Command::new(SENTINEL)
-        .args(["token", "create", "--name", name, "--scope", scopes, "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run sentinel token");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    sentinel_testkit::serve_process::create_token(SENTINEL, data_dir, name, scopes)
 }
 
 /// The value of the first line of `metrics` that starts with `name`.
@@ -57,29 +34,14 @@ fn metric(metrics: &str, name: &str) -> Option<f64> {
 #[tokio::test]
 async fn a_feedback_token_labels_predictions_and_metrics_show_the_figures() {
     let data_dir = tempfile::tempdir().unwrap();
-    let served = ServeCommand::new(SENTINEL, data_dir.path()).config(CONFIG).start();
+    let served = ServeCommand::new(SENTINEL, data_dir.path())
+        .config(&config())
+        .env("SENTINEL_NETWORK__STORAGE__STORE_ANALYZE_REQUESTS", "true")
+        .start();
     let admin = served.api();
 
     // Two minutes of an ordinary web client, then a model trained on it.
-    for snapshot in web_client_history("history", SystemTime::now() - Duration::from_secs(125), 120) {
-        admin.ingest(&snapshot).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = admin.get_json("/api/v1/models/status").await.1;
-        if status["storage"]["pending_snapshots"] == 0 && status["warmup"]["rows"].as_u64().unwrap() >= 300 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "history not stored: {status:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, job) = admin.post_json("/api/v1/train", &json!({})).await;
-    assert_eq!(status, 202, "{job}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while admin.get_json("/api/v1/models/status").await.1["state"] != "ready" {
-        assert!(Instant::now() < deadline, "no model");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    admin.train_network_model("history").await;
 
     // Four ordinary connections and four bulk uploads, scored and stored.
     let now = SystemTime::now();

@@ -17,21 +17,9 @@ use sentinel_testkit::connection_records::{
     connection_record as record, rfc3339 as timestamp, web_client_history,
 };
 use sentinel_testkit::http_client::ApiClient;
-use sentinel_testkit::serve_process::{ServeCommand, ServeProcess, TestProcess};
+use sentinel_testkit::serve_process::{QUICK_NETWORK, ServeCommand, ServeProcess, TestProcess};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// Small models and fast flushes, so that a test trains in seconds.
-const QUICK_MODEL: &str = "
-[network.model]
-min_training_rows = 100
-isolation_forest_trees = 50
-lof_max_rows = 300
-svm_max_rows = 300
-
-[network.storage]
-flush_interval = \"50ms\"
-";
 
 const SENTINEL: &str = env!("CARGO_BIN_EXE_sentinel");
 
@@ -102,7 +90,7 @@ async fn train_on_history(http: &ApiClient) {
 #[tokio::test]
 async fn serve_watches_this_host_by_default_and_answers_json_errors_on_its_http_port() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut served, api) = serve(data_dir.path(), QUICK_MODEL);
+    let (mut served, api) = serve(data_dir.path(), QUICK_NETWORK);
     let http = &api;
 
     // On by default, with this host's collector.
@@ -224,7 +212,7 @@ async fn a_trained_service_scores_streams_and_counts_on_its_http_port() {
     let data_dir = tempfile::tempdir().unwrap();
     // This host's own traffic (other tests, builds) stays out of the baseline, so what the model
     // learns is the history below and nothing else.
-    let (mut served, api) = serve(data_dir.path(), &format!("[network]\ncollect = false\n{QUICK_MODEL}"));
+    let (mut served, api) = serve(data_dir.path(), &format!("[network]\ncollect = false\n{QUICK_NETWORK}"));
     let http = &api;
     train_on_history(http).await;
     let (status, body) = get(http, "/api/v1/models/status").await;
@@ -344,7 +332,7 @@ fn refuse_netlink(command: &mut Command) {
 #[tokio::test]
 async fn where_netlink_is_refused_serve_says_why_and_still_serves_agents_and_analysis() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut served, api) = serve_with(data_dir.path(), QUICK_MODEL, refuse_netlink);
+    let (mut served, api) = serve_with(data_dir.path(), QUICK_NETWORK, refuse_netlink);
     let http = &api;
 
     // The collector is asked for (the default) but cannot watch this host, and says why.
@@ -553,7 +541,7 @@ async fn the_network_service_can_be_turned_off() {
 async fn the_agent_binary_ships_this_hosts_connections_to_serve() {
     let data_dir = tempfile::tempdir().unwrap();
     // The server watches nothing itself: every result comes from the agent.
-    let (_served, api) = serve(data_dir.path(), &format!("[network]\ncollect = false\n{QUICK_MODEL}"));
+    let (_served, api) = serve(data_dir.path(), &format!("[network]\ncollect = false\n{QUICK_NETWORK}"));
     let http = &api;
     train_on_history(http).await;
 

@@ -14,7 +14,7 @@ use sentinel_protocol::{Client, Request, Response, Sha256Hash};
 use sentinel_store::{Store, StoreSettings};
 use sentinel_testkit::connection_records::{connection_record, rfc3339, web_client_history};
 use sentinel_testkit::http_client::ApiClient;
-use sentinel_testkit::serve_process::{ServeCommand, ServeProcess};
+use sentinel_testkit::serve_process::{QUICK_NETWORK, ServeCommand, ServeProcess};
 use sentinel_testkit::synthetic_pe;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -28,22 +28,12 @@ const LOCAL_V6: &str = "2001:db8:5e:17::2";
 const REMOTE_V6: &str = "2001:db8:5e:17::a1";
 
 /// No collector, small models, fast flushes.
-const BASE: &str = "
-[network]
-collect = false
-
-[network.model]
-min_training_rows = 100
-isolation_forest_trees = 50
-lof_max_rows = 300
-svm_max_rows = 300
-
-[network.storage]
-flush_interval = \"50ms\"
-";
+fn base() -> String {
+    format!("[network]\ncollect = false\n{QUICK_NETWORK}")
+}
 
 fn config(ip_storage: &str) -> String {
-    format!("{BASE}\n[privacy]\nip_storage = \"{ip_storage}\"\n")
+    format!("{}\n[privacy]\nip_storage = \"{ip_storage}\"\n", base())
 }
 
 /// A connection of `host` with the given addresses.
@@ -260,7 +250,7 @@ async fn each_mode_stores_the_addresses_of_tables_journal_and_verdicts_in_its_fo
 async fn callers_without_network_pii_see_pseudonyms_on_the_api_and_the_stream() {
     let data_dir = tempfile::tempdir().unwrap();
     let dir = data_dir.path();
-    let served = ServeCommand::new(SENTINEL, dir).config(BASE).start();
+    let served = ServeCommand::new(SENTINEL, dir).config(&base()).start();
     let admin = served.api();
     train(&admin).await;
     let reader = ApiClient::new(served.http, Some(create_token(dir, "reader", "network:read")));

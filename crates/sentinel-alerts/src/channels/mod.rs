@@ -131,8 +131,19 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
     }
 }
 
+/// Sends an HTTP delivery: any 2xx answer is success; otherwise the error holds the start of
+/// the answer and, for a 429 or 503, its `Retry-After`.
+pub(crate) async fn post(request: reqwest::RequestBuilder) -> Result<(), DeliveryError> {
+    let response = request.send().await.map_err(request_failure)?;
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let retry_after = retry_after(&response);
+    Err(DeliveryError { message: answer_excerpt(response).await, retry_after })
+}
+
 /// The start of a receiver's answer, for the delivery's error: enough to diagnose, bounded.
-pub(crate) async fn answer_excerpt(response: reqwest::Response) -> String {
+async fn answer_excerpt(response: reqwest::Response) -> String {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     let excerpt: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
@@ -140,7 +151,7 @@ pub(crate) async fn answer_excerpt(response: reqwest::Response) -> String {
 }
 
 /// The `Retry-After` of a 429 or 503 answer, in seconds (at most an hour).
-pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let seconds: u64 =
         response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(seconds.min(3600)))
@@ -148,7 +159,7 @@ pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 
 /// A request that failed before an answer: the cause, without the URL (a Slack URL is its
 /// credential).
-pub(crate) fn request_failure(error: reqwest::Error) -> DeliveryError {
+fn request_failure(error: reqwest::Error) -> DeliveryError {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

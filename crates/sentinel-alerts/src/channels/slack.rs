@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde_json::json;
 
-use super::{DeliveryError, answer_excerpt, request_failure, retry_after};
+use super::{DeliveryError, post};
 use crate::alert::AlertView;
 
 /// Shortest time between two messages to one webhook.
@@ -32,18 +32,7 @@ impl SlackChannel {
         if alerts.is_empty() {
             return Ok(());
         }
-        let response = self
-            .client
-            .post(self.url.clone())
-            .json(&json!({ "text": message(alerts) }))
-            .send()
-            .await
-            .map_err(request_failure)?;
-        if response.status().is_success() {
-            return Ok(());
-        }
-        let retry_after = retry_after(&response);
-        Err(DeliveryError { message: answer_excerpt(response).await, retry_after })
+        post(self.client.post(self.url.clone()).json(&json!({ "text": message(alerts) }))).await
     }
 }
 

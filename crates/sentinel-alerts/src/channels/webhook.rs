@@ -15,7 +15,7 @@ use reqwest::Url;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::{DeliveryError, answer_excerpt, request_failure, retry_after};
+use super::{DeliveryError, post};
 use crate::alert::{AlertView, Severity};
 
 /// The prefix of a Standard Webhooks secret.
@@ -66,22 +66,15 @@ impl WebhookChannel {
             .map_err(|error| DeliveryError::new(error.to_string()))?;
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
         let signature = self.secret.sign(message_id, timestamp, &body);
-        let response = self
+        let request = self
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", message_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(request_failure)?;
-        if response.status().is_success() {
-            return Ok(());
-        }
-        let retry_after = retry_after(&response);
-        Err(DeliveryError { message: answer_excerpt(response).await, retry_after })
+            .body(body);
+        post(request).await
     }
 }
 
