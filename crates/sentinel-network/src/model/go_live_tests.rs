@@ -88,7 +88,7 @@ fn server_snapshot(second: u64, ownerless_client: bool) -> Vec<ConnectionRecord>
         table.push(socket(second, SERVER_PORT, client_port(n), SocketState::TimeWait, 1_000_000 + n));
     }
     let current = second * REQUESTS_PER_SECOND;
-    if second % 13 == 0 {
+    if second.is_multiple_of(13) {
         let open =
             socket(second, SERVER_PORT, client_port(current), SocketState::Established, 1_000_000 + current);
         table.push(owned(open, 100, "python3", 2_000, 119));
