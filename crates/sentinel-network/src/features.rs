@@ -266,9 +266,10 @@ impl FeatureExtractor {
     /// TIME_WAIT sockets, connections caught open whose owner exited before `/proc` was read,
     /// refused attempts), their window features followed whatever that pool did. One
     /// connection caught open with its bytes gave every TIME_WAIT row of an ordinary web
-    /// server a send rate for a whole window — the go-live burst of issue #17, where a model
-    /// fitted on a minute of traffic flagged 214 of them in 10 s. An accepted socket shares its
-    /// local port with the listener that accepted it, and so its server is known.
+    /// server a send rate for a whole window, and a model that had learned those rows as a
+    /// tight cluster flagged them all (the go-live burst of issue #17, `docs/network.md`). An
+    /// accepted socket shares its local port with the listener that accepted it, so its server
+    /// is known.
     fn window_owner<'a>(&'a self, record: &'a ConnectionRecord) -> &'a str {
         if let Some(name) = record.process_name.as_deref() {
             return name;
@@ -282,8 +283,8 @@ impl FeatureExtractor {
         };
         let listener =
             |ip: IpAddr| self.listeners.get(&(record.host.clone(), record.protocol, ip, record.local_port));
-        // A listener on the socket's own address, else on every address of its family; an
-        // IPv4 connection accepted by a dual-stack `[::]` listener shows as IPv4-mapped.
+        // A listener on the socket's own address, else on every address of its family, else a
+        // dual-stack `[::]` one, which also accepts IPv4 connections.
         listener(record.local_ip)
             .or_else(|| listener(unspecified))
             .or_else(|| listener(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)))
