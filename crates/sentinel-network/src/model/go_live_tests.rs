@@ -5,10 +5,9 @@
 //!
 //! The snapshots look like the Linux collector's: the server closes first, so its side of each
 //! connection is first seen in TIME_WAIT, owned by no process and carrying no counters, and
-//! stays there 60 s; now and then a connection is caught open, owned and with its bytes. Right
-//! after go-live — while the training loaded the CPU — one connection is caught open whose
-//! owner had exited before `/proc` was read: the client's side, ownerless, with the 119 bytes of
-//! its request, as in the reproduction of the issue.
+//! stays there 60 s. Right after go-live — while the training loaded the CPU — one connection
+//! is caught open whose owner had exited before `/proc` was read: the client's side, ownerless,
+//! with the 119 bytes of its request, as in the reproduction of the issue.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,9 +76,10 @@ fn client_port(n: u64) -> u16 {
     32_768 + (n % 28_000) as u16
 }
 
-/// The server's socket table at `second`: its listener, the TIME_WAIT sockets of the requests
-/// of the last minute, and the request caught open, every 13th second. `ownerless_client` adds
-/// the client's side of one request caught open after its owner exited.
+/// The server's socket table at `second`: its listener and the TIME_WAIT sockets of the
+/// requests of the last minute (in the reproductions, a server's connection was never seen
+/// open with its owner). `ownerless_client` adds the client's side of one request caught open
+/// after its owner exited.
 fn server_snapshot(second: u64, ownerless_client: bool) -> Vec<ConnectionRecord> {
     let listener = socket(second, SERVER_PORT, 0, SocketState::Listen, 1);
     let mut table = vec![owned(listener, 100, "python3", 0, 0)];
@@ -88,11 +88,6 @@ fn server_snapshot(second: u64, ownerless_client: bool) -> Vec<ConnectionRecord>
         table.push(socket(second, SERVER_PORT, client_port(n), SocketState::TimeWait, 1_000_000 + n));
     }
     let current = second * REQUESTS_PER_SECOND;
-    if second.is_multiple_of(13) {
-        let open =
-            socket(second, SERVER_PORT, client_port(current), SocketState::Established, 1_000_000 + current);
-        table.push(owned(open, 100, "python3", 2_000, 119));
-    }
     if ownerless_client {
         let mut client = socket(second, client_port(current + 1), SERVER_PORT, SocketState::Established, 7);
         (client.bytes_sent, client.bytes_received, client.rtt_us) = (Some(119), Some(0), Some(30));
