@@ -63,14 +63,6 @@ fn socket(second: u64, local_port: u16, remote_port: u16, state: SocketState, id
     }
 }
 
-fn owned(mut record: ConnectionRecord, pid: u32, name: &str, sent: u64, received: u64) -> ConnectionRecord {
-    record.pid = Some(pid);
-    record.process_name = Some(name.to_owned());
-    (record.bytes_sent, record.bytes_received) = (Some(sent), Some(received));
-    record.rtt_us = Some(30);
-    record
-}
-
 /// The client's ephemeral port of request `n`.
 fn client_port(n: u64) -> u16 {
     32_768 + (n % 28_000) as u16
@@ -81,8 +73,9 @@ fn client_port(n: u64) -> u16 {
 /// open with its owner). `ownerless_client` adds the client's side of one request caught open
 /// after its owner exited.
 fn server_snapshot(second: u64, ownerless_client: bool) -> Vec<ConnectionRecord> {
-    let listener = socket(second, SERVER_PORT, 0, SocketState::Listen, 1);
-    let mut table = vec![owned(listener, 100, "python3", 0, 0)];
+    let mut listener = socket(second, SERVER_PORT, 0, SocketState::Listen, 1);
+    (listener.pid, listener.process_name) = (Some(100), Some("python3".to_owned()));
+    let mut table = vec![listener];
     let first = second.saturating_sub(TIME_WAIT_SECS) * REQUESTS_PER_SECOND;
     for n in first..second * REQUESTS_PER_SECOND {
         table.push(socket(second, SERVER_PORT, client_port(n), SocketState::TimeWait, 1_000_000 + n));
