@@ -211,17 +211,84 @@ pub(crate) struct WindowSettings {
     pub max_keys: usize,
 }
 
+/// Where a listener waits: host, protocol, local address and port.
+type ListenerKey = (String, Protocol, IpAddr, u16);
+
 /// Keeps the sliding windows of one stream of events (the live host and ingested agents share
 /// one; each `/api/v1/analyze` request gets its own) and computes feature vectors.
 pub(crate) struct FeatureExtractor {
     settings: WindowSettings,
     processes: HashMap<(String, String), Window>,
     remote_hosts: HashMap<(String, IpAddr), Window>,
+    /// The owner of each listener seen in the stream, to give an ownerless accepted socket the
+    /// window of the server that accepted it (see [`FeatureExtractor::window_owner`]).
+    listeners: HashMap<ListenerKey, String>,
 }
 
 impl FeatureExtractor {
     pub(crate) fn new(settings: WindowSettings) -> FeatureExtractor {
-        FeatureExtractor { settings, processes: HashMap::new(), remote_hosts: HashMap::new() }
+        FeatureExtractor {
+            settings,
+            processes: HashMap::new(),
+            remote_hosts: HashMap::new(),
+            listeners: HashMap::new(),
+        }
+    }
+
+    /// Follows the listeners of the stream: a listener is announced (`new`) once with its owner
+    /// and `closed` when it goes away. Bounded like the windows: past `max_keys` listeners the
+    /// map starts over, and ownerless sockets then share the empty name until the listeners are
+    /// seen again (the stream re-announces every socket after a restart).
+    fn follow_listener(&mut self, event: &ConnectionEvent) {
+        let record = &event.record;
+        if record.state != SocketState::Listen {
+            return;
+        }
+        let key = (record.host.clone(), record.protocol, record.local_ip, record.local_port);
+        match (&record.process_name, event.change) {
+            (_, ConnectionChange::Closed) | (None, _) => {
+                self.listeners.remove(&key);
+            }
+            (Some(owner), _) => {
+                if self.listeners.len() >= self.settings.max_keys && !self.listeners.contains_key(&key) {
+                    self.listeners.clear();
+                }
+                self.listeners.insert(key, owner.clone());
+            }
+        }
+    }
+
+    /// The process whose windows an event belongs to: its owner, or for a socket whose owner is
+    /// unknown, the owner of the listener on its local port.
+    ///
+    /// A server's connections are mostly first seen in TIME_WAIT, which no process owns: pooled
+    /// under the empty name with every other ownerless socket of the host (other processes'
+    /// TIME_WAIT sockets, connections caught open whose owner exited before `/proc` was read,
+    /// refused attempts), their window features followed whatever that pool did. One
+    /// connection caught open with its bytes gave every TIME_WAIT row of an ordinary web
+    /// server a send rate for a whole window, and a model that had learned those rows as a
+    /// tight cluster flagged them all (the go-live burst of issue #17, `docs/network.md`). An
+    /// accepted socket shares its local port with the listener that accepted it, so its server
+    /// is known.
+    fn window_owner<'a>(&'a self, record: &'a ConnectionRecord) -> &'a str {
+        if let Some(name) = record.process_name.as_deref() {
+            return name;
+        }
+        if record.state == SocketState::Listen {
+            return "";
+        }
+        let unspecified = match record.local_ip {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let listener =
+            |ip: IpAddr| self.listeners.get(&(record.host.clone(), record.protocol, ip, record.local_port));
+        // A listener on the socket's own address, else on every address of its family, else a
+        // dual-stack `[::]` one, which also accepts IPv4 connections.
+        listener(record.local_ip)
+            .or_else(|| listener(unspecified))
+            .or_else(|| listener(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)))
+            .map_or("", String::as_str)
     }
 
     /// Adds the event to the windows and returns its features, windows included.
@@ -246,9 +313,10 @@ impl FeatureExtractor {
             sent,
             received,
         };
-        let process_name = record.process_name.as_deref().unwrap_or_default();
+        self.follow_listener(event);
+        let process_name = self.window_owner(record).to_owned();
         let loopback = is_loopback(record.remote_ip);
-        let process_key = (record.host.clone(), process_name.to_owned());
+        let process_key = (record.host.clone(), process_name.clone());
         let process = self.processes.entry(process_key).or_insert_with(Window::new);
         if counted {
             process.push(entry(), window, max_entries);

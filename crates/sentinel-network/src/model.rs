@@ -487,4 +487,6 @@ fn confirmed(score: f64, threshold: f64, mut member_flags: impl Iterator<Item = 
 
 mod evaluation;
 #[cfg(test)]
+mod go_live_tests;
+#[cfg(test)]
 pub(crate) mod tests;

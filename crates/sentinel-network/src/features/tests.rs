@@ -111,6 +111,56 @@ fn a_listener_is_not_counted_as_a_connection() {
     assert_eq!(category(&listening, "remote_port_class"), "none");
 }
 
+/// A socket on 127.0.0.1:`local_port` to 127.0.0.1:`remote_port`, owned by `owner` or by none.
+fn loopback_socket(
+    seconds: f64,
+    owner: Option<&str>,
+    local_port: u16,
+    remote_port: u16,
+    state: SocketState,
+) -> ConnectionEvent {
+    let mut event = event(seconds, owner.unwrap_or_default(), [127, 0, 0, 1], remote_port, state);
+    event.record.local_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    event.record.local_port = local_port;
+    if owner.is_none() {
+        (event.record.pid, event.record.process_name) = (None, None);
+    }
+    if state == SocketState::TimeWait {
+        (event.bytes_sent_delta, event.bytes_received_delta) = (None, None);
+    }
+    event
+}
+
+#[test]
+fn an_ownerless_accepted_socket_takes_the_windows_of_its_listener_s_owner() {
+    let mut extractor = extractor();
+    // Another program's ownerless sockets: a connection caught open after its owner exited,
+    // with its bytes.
+    extractor.observe(&loopback_socket(0.0, None, 41_000, 9999, SocketState::Established));
+    // The web server's listener, on every IPv6 and IPv4 address; its accepted connections are
+    // first seen in TIME_WAIT, with no owner.
+    let mut listener = loopback_socket(0.0, Some("python3"), 8080, 0, SocketState::Listen);
+    listener.record.local_ip = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    extractor.observe(&listener);
+    extractor.observe(&loopback_socket(0.5, Some("python3"), 8080, 50_000, SocketState::Established));
+    let accepted = extractor.observe(&loopback_socket(1.0, None, 8080, 50_001, SocketState::TimeWait));
+    assert_eq!(number(&accepted, "process_connection_rate"), Some(2.0 / WINDOW), "the server's two");
+    assert_eq!(number(&accepted, "process_send_rate"), Some(1000.0 / WINDOW), "the server's bytes only");
+    assert_eq!(number(&accepted, "host_connection_rate"), Some(2.0 / WINDOW));
+
+    // A client's side (an ephemeral local port, no listener) stays with the ownerless sockets.
+    let client = extractor.observe(&loopback_socket(1.5, None, 50_002, 8080, SocketState::TimeWait));
+    assert_eq!(number(&client, "process_connection_rate"), Some(2.0 / WINDOW));
+    assert_eq!(number(&client, "process_send_rate"), Some(1000.0 / WINDOW), "the caught connection's");
+
+    // Once the listener is closed, its port means nothing any more.
+    let mut closed = listener.clone();
+    closed.change = ConnectionChange::Closed;
+    extractor.observe(&closed);
+    let late = extractor.observe(&loopback_socket(2.0, None, 8080, 50_003, SocketState::TimeWait));
+    assert_eq!(number(&late, "process_connection_rate"), Some(3.0 / WINDOW), "back with the ownerless");
+}
+
 #[test]
 fn a_vector_goes_to_json_and_back_and_bad_values_are_named() {
     let features =
