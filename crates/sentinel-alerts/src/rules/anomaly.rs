@@ -1,5 +1,6 @@
 //! Anomalies: each anomalous connection (the ensemble's verdict, at or above a minimum score),
-//! identified by host and remote address so that one noisy peer is one alert and its repeats;
+//! identified by host and remote address (not port) so that one noisy peer — a scan of many of
+//! its ports included — is one alert and its repeats;
 //! and the share of anomalies among the predictions of a sliding window (SPEC §2.4: above 0.1).
 
 use std::collections::VecDeque;
@@ -19,6 +20,7 @@ pub struct Prediction {
     pub process: Option<String>,
     /// The remote address as stored (pseudonymised unless the privacy settings keep it clear).
     pub remote: Option<String>,
+    pub remote_port: Option<u16>,
     pub score: f64,
     pub threshold: f64,
     pub is_anomaly: bool,
@@ -33,12 +35,13 @@ pub fn anomaly(rule: &AnomalyRule, prediction: &Prediction) -> Option<Alert> {
         return None;
     }
     let remote = prediction.remote.as_deref().unwrap_or("-");
+    let port = prediction.remote_port.map(|port| format!(" port {port}")).unwrap_or_default();
     let process = prediction.process.as_deref().map(|name| format!(" ({name})")).unwrap_or_default();
     // A score far past its threshold is critical: half way from the threshold to 1.
     let critical = prediction.score >= prediction.threshold + (1.0 - prediction.threshold) / 2.0;
     let severity = if critical { Severity::Critical } else { Severity::Warning };
     let summary = format!(
-        "anomalous connection on {}{process} to {remote} (score {}, threshold {})",
+        "anomalous connection on {}{process} to {remote}{port} (score {}, threshold {})",
         prediction.host,
         figure(prediction.score),
         figure(prediction.threshold)
@@ -49,6 +52,7 @@ pub fn anomaly(rule: &AnomalyRule, prediction: &Prediction) -> Option<Alert> {
             "host": prediction.host,
             "process": prediction.process,
             "remote": prediction.remote,
+            "remote_port": prediction.remote_port,
             "score": prediction.score,
             "threshold": prediction.threshold,
             "model_version": prediction.model_version,
@@ -139,6 +143,7 @@ mod tests {
             host: "web-1".into(),
             process: Some("nginx".into()),
             remote: Some("203.0.113.9".into()),
+            remote_port: Some(4444),
             score,
             threshold: 0.6,
             is_anomaly,

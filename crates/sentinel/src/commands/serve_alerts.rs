@@ -105,10 +105,8 @@ fn prediction(result: &DetectionResult, network: &NetworkService) -> Prediction 
         id: result.id,
         host: connection.map_or_else(|| "analyze".to_owned(), |connection| connection.host.clone()),
         process: connection.and_then(|connection| connection.process_name.clone()),
-        remote: connection.map(|connection| {
-            let remote = connection.remote_address;
-            network.addresses().display_socket(remote.ip(), remote.port())
-        }),
+        remote: connection.map(|connection| network.addresses().display(connection.remote_address.ip())),
+        remote_port: connection.map(|connection| connection.remote_address.port()),
         score: result.verdict.score,
         threshold: result.verdict.threshold,
         is_anomaly: result.verdict.is_anomaly,
