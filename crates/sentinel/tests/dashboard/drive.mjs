@@ -108,7 +108,7 @@ try {
 
   // Alerts: the anomaly raised an alert; acknowledged here with a note, it leaves the open ones.
   await page.click('#tabs button[data-tab=alerts]');
-  const alert = page.locator('#alert-rows tr', { hasText: ':4444' }).filter({ hasText: 'anomaly' }).first();
+  const alert = page.locator('#alert-rows tr', { hasText: 'port 4444' }).filter({ hasText: 'anomaly' }).first();
   await alert.waitFor();
   await screenshot(page, 'alerts');
   const alertId = await alert.getAttribute('data-id');
