@@ -1,0 +1,1 @@
+//! The NATS JetStream transport of connection records and results (skeleton).
