@@ -164,7 +164,7 @@ impl Store {
         );
         let channels = alert.channels.to_vec();
         let since = now.saturating_sub(alert.cooldown_seconds.max(0));
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             let recent: Option<i64> = connection
                 .prepare_cached(
                     "SELECT id FROM alerts WHERE rule = ?1 AND key = ?2 AND raised_at > ?3
@@ -198,7 +198,7 @@ impl Store {
 
     /// One alert with its deliveries.
     pub fn alert(&self, id: i64) -> Result<Option<AlertRecord>, StoreError> {
-        self.database.read(|connection| alert_by_id(connection, id))
+        self.sqlite()?.read(|connection| alert_by_id(connection, id))
     }
 
     /// Alerts, newest first (see [`AlertQuery`]).
@@ -210,7 +210,7 @@ impl Store {
             Some(false) => "AND acknowledged_at IS NULL",
             Some(true) => "AND acknowledged_at IS NOT NULL",
         };
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(&format!(
                 "SELECT {ALERT_COLUMNS} FROM alerts WHERE id < ?1 {acknowledged} ORDER BY id DESC LIMIT ?2"
             ))?;
@@ -240,7 +240,7 @@ impl Store {
         }
         let now = self.now();
         let (by, note) = (by.to_owned(), note.map(str::to_owned));
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             connection
                 .prepare_cached(
                     "UPDATE alerts SET acknowledged_at = ?2, acknowledged_by = ?3, acknowledgement_note = ?4
@@ -259,7 +259,7 @@ impl Store {
         now: i64,
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT alert_id, channel, attempts FROM alert_deliveries
                  WHERE state = 'pending' AND channel = ?1 AND next_attempt_at <= ?2
@@ -282,7 +282,7 @@ impl Store {
 
     /// Unix seconds of the earliest pending delivery on `channel`, if any.
     pub fn next_alert_delivery_at(&self, channel: &str) -> Result<Option<i64>, StoreError> {
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             Ok(connection
                 .prepare_cached(
                     "SELECT min(next_attempt_at) FROM alert_deliveries WHERE state = 'pending' AND channel = ?1",
@@ -295,7 +295,7 @@ impl Store {
     /// the configuration): they are marked failed, saying why. Returns how many.
     pub fn abandon_alert_deliveries(&self, configured: &[String]) -> Result<usize, StoreError> {
         let configured = serde_json::to_string(configured).map_err(|error| invalid(error.to_string()))?;
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             Ok(connection
                 .prepare_cached(
                     "UPDATE alert_deliveries SET state = 'failed', next_attempt_at = NULL,
@@ -310,7 +310,7 @@ impl Store {
     pub fn alert_delivered(&self, alert_id: i64, channel: &str) -> Result<(), StoreError> {
         let now = self.now();
         let channel = channel.to_owned();
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             connection
                 .prepare_cached(
                     "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1,
@@ -340,7 +340,7 @@ impl Store {
         }
         let channel = channel.to_owned();
         let state = if retry_at.is_some() { "pending" } else { "failed" };
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             connection
                 .prepare_cached(
                     "UPDATE alert_deliveries SET state = ?3, attempts = attempts + 1, next_attempt_at = ?4,

@@ -104,13 +104,13 @@ impl Store {
     pub fn create_api_token(&self, token: NewApiToken) -> Result<ApiTokenRecord, StoreError> {
         token.validate()?;
         let now = self.now();
-        self.database.write(move |connection| token.insert(connection, now))
+        self.sqlite()?.write(move |connection| token.insert(connection, now))
     }
 
     /// The token whose SHA-256 is `hash`, revoked or expired ones included (the caller decides);
     /// one indexed read on a pooled read connection, made on every authenticated request.
     pub fn api_token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>, StoreError> {
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement =
                 connection.prepare_cached(&format!("SELECT {COLUMNS} FROM api_tokens WHERE hash = ?1"))?;
             Ok(statement.query_row([&hash[..]], record_from_row).optional()?)
@@ -119,7 +119,7 @@ impl Store {
 
     /// Every token, revoked ones included, oldest first.
     pub fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement =
                 connection.prepare_cached(&format!("SELECT {COLUMNS} FROM api_tokens ORDER BY id"))?;
             let records = statement.query_map([], record_from_row)?.collect::<Result<_, _>>()?;
@@ -130,7 +130,7 @@ impl Store {
     /// Whether any token was ever created (a revoked one counts): `serve` makes the first admin
     /// token only in a data directory that never had one.
     pub fn has_api_tokens(&self) -> Result<bool, StoreError> {
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             Ok(connection.query_row("SELECT EXISTS (SELECT 1 FROM api_tokens)", [], |row| row.get(0))?)
         })
     }
@@ -140,7 +140,7 @@ impl Store {
     /// revoked. Durable when this returns.
     pub fn revoke_api_token(&self, name: &str) -> Result<bool, StoreError> {
         let (name, now) = (name.to_owned(), self.now());
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             let changed = connection
                 .prepare_cached(
                     "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
@@ -153,7 +153,7 @@ impl Store {
     /// Records that token `id` authenticated a request at `at` (unix seconds). Callers write this
     /// at most once a minute per token: each write is a durable transaction.
     pub fn record_api_token_use(&self, id: i64, at: i64) -> Result<(), StoreError> {
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             connection
                 .prepare_cached(
                     "UPDATE api_tokens SET last_used = max(coalesce(last_used, 0), ?2) WHERE id = ?1",

@@ -169,7 +169,7 @@ impl Store {
     pub fn record_audit_event(&self, event: NewAuditEvent) -> Result<AuditEvent, StoreError> {
         let details = event.validate()?;
         let time = self.now();
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             connection
                 .prepare_cached(
                     "INSERT INTO audit_events (time, principal, action, target, outcome, details, client)
@@ -201,7 +201,7 @@ impl Store {
     /// lists [`MAX_AUDIT_PAGE`]).
     pub fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
         let limit = if query.limit == 0 { MAX_AUDIT_PAGE } else { query.limit.min(MAX_AUDIT_PAGE) };
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM audit_events
                  WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR action = ?2)

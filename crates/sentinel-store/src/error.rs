@@ -180,6 +180,12 @@ pub enum StoreError {
     #[error("the store in {} is in use by another process: {activity}", data_dir.display())]
     StoreInUse { data_dir: PathBuf, activity: &'static str },
 
+    /// PostgreSQL failed, or could not be reached within the pool's timeout. The text is the
+    /// server's message and SQLSTATE (never the values of the row at fault), or why no
+    /// connection could be made.
+    #[error("PostgreSQL error: {0}")]
+    Postgres(String),
+
     /// SQLite failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),

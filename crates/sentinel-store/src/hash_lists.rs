@@ -154,7 +154,7 @@ impl Store {
     pub fn add_list_entry(&self, entry: &NewListEntry<'_>) -> Result<Option<ListEntry>, StoreError> {
         let entry = ValidEntry::new(entry)?;
         let now = self.now();
-        self.database.write(move |connection| entry.upsert(connection, now))
+        self.sqlite()?.write(move |connection| entry.upsert(connection, now))
     }
 
     /// Takes a hash off `list`. Returns the entry removed; `None` when the hash was not on
@@ -165,7 +165,7 @@ impl Store {
         sha256_hex: &str,
     ) -> Result<Option<ListEntry>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             let mut statement = connection.prepare_cached(&format!(
                 "DELETE FROM hash_lists WHERE sha256 = ?1 AND list = ?2 RETURNING {COLUMNS}"
             ))?;
@@ -177,7 +177,7 @@ impl Store {
     /// asks this for every request: one lookup by primary key.
     pub fn list_entry(&self, sha256_hex: &str) -> Result<Option<ListEntry>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.database.read(|connection| entry_of(connection, hash.as_str()))
+        self.sqlite()?.read(|connection| entry_of(connection, hash.as_str()))
     }
 
     /// Entries of a list, ordered by hash (see [`ListQuery`]).
@@ -185,7 +185,7 @@ impl Store {
         let after = query.after.as_deref().map(SampleHash::parse).transpose()?;
         // SQLite reads a negative LIMIT as none.
         let limit = query.limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM hash_lists WHERE list = ?1 AND sha256 > ?2 ORDER BY sha256 LIMIT ?3"
             ))?;
@@ -222,7 +222,7 @@ impl Store {
         dataset_csv::import_rows(input, CSV_HEADER, parse, |rows, report| {
             let now = self.now();
             let entries: Vec<ValidEntry> = rows.into_iter().map(|(_, entry)| entry).collect();
-            let replaced = self.database.write(move |connection| {
+            let replaced = self.sqlite()?.write(move |connection| {
                 entries.iter().map(|entry| entry.upsert(connection, now)).collect::<Result<Vec<_>, _>>()
             })?;
             for _ in replaced {

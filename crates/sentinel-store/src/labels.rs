@@ -107,13 +107,13 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let label = ValidLabel::new(sha256_hex, y, source, note)?;
         let now = self.now();
-        self.database.write(move |connection| label.upsert(connection, now))
+        self.sqlite()?.write(move |connection| label.upsert(connection, now))
     }
 
     /// The label of a sample, or `None` if it has none.
     pub fn label(&self, sha256_hex: &str) -> Result<Option<LabelledSample>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(&format!("{SELECT} WHERE labels.sha256 = ?1"))?;
             Ok(statement.query_row([hash.as_str()], |row| labelled_from_row(&self.vault, row)).optional()?)
         })
@@ -122,7 +122,7 @@ impl Store {
     /// Every labelled sample, ordered by hash, with the vault file to retrain on when the vault
     /// holds one.
     pub fn labelled_samples(&self) -> Result<Vec<LabelledSample>, StoreError> {
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(&format!("{SELECT} ORDER BY labels.sha256"))?;
             let rows = statement.query_map([], |row| labelled_from_row(&self.vault, row))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -217,7 +217,7 @@ impl Store {
             return Ok(());
         }
         let now = self.now();
-        let applied = self.database.write(move |connection| {
+        let applied = self.sqlite()?.write(move |connection| {
             labels.iter().map(|label| label.upsert(connection, now)).collect::<Result<Vec<_>, _>>()
         })?;
         for applied in applied {

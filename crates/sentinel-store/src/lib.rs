@@ -38,6 +38,7 @@ mod labels;
 mod migrations;
 mod model_registry;
 mod network;
+mod postgres;
 mod reencryption;
 mod retention;
 mod sample_hash;
@@ -88,6 +89,7 @@ pub use vt_reports::VtReportRow;
 pub use yara_matches::YaraMatchRecord;
 
 use database::Database;
+use postgres::PgDatabase;
 use sqlcipher::DatabaseKey;
 use store_key::KeyPurpose;
 use store_lock::StoreLock;
@@ -101,11 +103,19 @@ const DATABASE_FILE: &str = "sentinel.db";
 /// Current time as unix seconds. A plain function pointer so tests can substitute their clock.
 type Clock = fn() -> i64;
 
+/// Where the store's tables are: the embedded SQLite database of the data directory (the
+/// default), or a PostgreSQL database that several replicas share (`--store postgres://…`).
+/// The vault is in the data directory either way.
+enum Tables {
+    Sqlite(Database),
+    Postgres(PgDatabase),
+}
+
 /// The store: open once at start-up, share with `Arc`, call from blocking threads.
 pub struct Store {
     data_dir: PathBuf,
     settings: StoreSettings,
-    database: Database,
+    tables: Tables,
     /// Shared with the writer thread, which checks and deletes vault files inside transactions.
     vault: Arc<Vault>,
     clock: Clock,
@@ -161,6 +171,42 @@ impl Store {
             settings.read_connections,
             database_key,
         )?;
+        Store::assemble(data_dir, settings, Tables::Sqlite(database), key, clock, lock)
+    }
+
+    /// Opens the store on the PostgreSQL database at `url` (`postgres://user@host/database`),
+    /// migrating its schema, with the vault in `data_dir` (created if missing, mode 0700).
+    /// Replicas that share the database must share the vault's directory too (a shared volume;
+    /// docs/scale-out.md). With a store key the vault's files are encrypted as usual; the tables
+    /// are PostgreSQL's to protect (its disk encryption), as SQLCipher does not apply there.
+    pub fn open_postgres(url: &str, data_dir: &Path, settings: StoreSettings) -> Result<Store, StoreError> {
+        let key = StoreKey::configured(&settings)?;
+        Store::open_postgres_with_clock(url, data_dir, settings, key, system_clock)
+    }
+
+    pub(crate) fn open_postgres_with_clock(
+        url: &str,
+        data_dir: &Path,
+        settings: StoreSettings,
+        key: Option<StoreKey>,
+        clock: Clock,
+    ) -> Result<Store, StoreError> {
+        settings.validate()?;
+        create_private_dir(data_dir)?;
+        let lock = StoreLock::shared(data_dir)?;
+        let database = PgDatabase::connect(url, &postgres::MALWARE)?;
+        Store::assemble(data_dir, settings, Tables::Postgres(database), key, clock, lock)
+    }
+
+    /// The store around its opened tables: the vault and its compaction.
+    fn assemble(
+        data_dir: &Path,
+        settings: StoreSettings,
+        tables: Tables,
+        key: Option<StoreKey>,
+        clock: Clock,
+        lock: StoreLock,
+    ) -> Result<Store, StoreError> {
         let cipher = key.as_ref().map(VaultCipher::new);
         let codec = match settings.vault_compression {
             VaultCompression::Background => Codec::Masked,
@@ -176,7 +222,7 @@ impl Store {
         Ok(Store {
             data_dir: data_dir.to_owned(),
             settings,
-            database,
+            tables,
             vault,
             clock,
             key,
@@ -193,14 +239,32 @@ impl Store {
     /// Succeeds if the database can take its write lock and the vault's file system accepts a
     /// synced write: for readiness probes.
     pub fn is_writable(&self) -> Result<(), StoreError> {
-        self.database.write(|_| Ok(()))?;
+        match &self.tables {
+            Tables::Sqlite(database) => database.write(|_| Ok(()))?,
+            Tables::Postgres(database) => database.run(|client| async move {
+                client.batch_execute("SELECT 1").await?;
+                Ok(())
+            })?,
+        }
         self.vault.probe_writable()
     }
 
     /// Transactions and writes committed since the store was opened; their ratio shows how well
     /// concurrent writes are being grouped into shared transactions (for metrics).
+    /// On PostgreSQL, which groups nothing itself, both stay 0.
     pub fn write_stats(&self) -> WriteStats {
-        self.database.stats()
+        match &self.tables {
+            Tables::Sqlite(database) => database.stats(),
+            Tables::Postgres(_) => WriteStats::default(),
+        }
+    }
+
+    /// The SQLite tables, for the datasets not yet on PostgreSQL.
+    fn sqlite(&self) -> Result<&Database, StoreError> {
+        match &self.tables {
+            Tables::Sqlite(database) => Ok(database),
+            Tables::Postgres(_) => Err(StoreError::Postgres("not yet available on PostgreSQL".into())),
+        }
     }
 
     fn now(&self) -> i64 {

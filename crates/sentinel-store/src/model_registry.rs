@@ -174,7 +174,7 @@ impl Store {
         }
         let sha256 = hex::encode(Sha256::digest(&new.artifact));
         let now = self.now();
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             connection
                 .prepare_cached(
                     "INSERT INTO model_versions (kind, label, created_at, trainer, command, data, sha256,
@@ -201,7 +201,7 @@ impl Store {
     /// kind, in the same transaction. A version whose artifact was pruned cannot be activated.
     pub fn decide_model(&self, decision: NewDecision) -> Result<DecisionRecord, StoreError> {
         let now = self.now();
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             let NewDecision { kind, version_id, outcome, reason, figures } = decision;
             let info = version_info(connection, kind, version_id)?
                 .ok_or(StoreError::NoSuchModelVersion { kind, id: version_id })?;
@@ -231,7 +231,7 @@ impl Store {
 
     /// The active version of `kind` with its artifact, if one was ever activated.
     pub fn active_model(&self, kind: ModelKind) -> Result<Option<StoredModel>, StoreError> {
-        self.database.read(|connection| match active_id(connection, kind)? {
+        self.sqlite()?.read(|connection| match active_id(connection, kind)? {
             Some(id) => stored_model(connection, kind, id),
             None => Ok(None),
         })
@@ -240,12 +240,12 @@ impl Store {
     /// A version of `kind` with its artifact; `None` if there is no such version or its
     /// artifact was pruned.
     pub fn stored_model(&self, kind: ModelKind, id: i64) -> Result<Option<StoredModel>, StoreError> {
-        self.database.read(|connection| stored_model(connection, kind, id))
+        self.sqlite()?.read(|connection| stored_model(connection, kind, id))
     }
 
     /// Every version of `kind`, newest first.
     pub fn model_versions(&self, kind: ModelKind) -> Result<Vec<ModelVersionInfo>, StoreError> {
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection
                 .prepare_cached(&format!("{SELECT_VERSION} WHERE v.kind = ?1 ORDER BY v.id DESC"))?;
             let rows = statement.query_map([kind.as_str()], read_version)?;
@@ -255,7 +255,7 @@ impl Store {
 
     /// Every decision on versions of `kind`, oldest first.
     pub fn model_decisions(&self, kind: ModelKind) -> Result<Vec<DecisionRecord>, StoreError> {
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT id, kind, decided_at, outcome, version_id, previous_id, reason, figures
                  FROM model_decisions WHERE kind = ?1 ORDER BY id",
@@ -269,7 +269,7 @@ impl Store {
     /// active one's); their rows and decisions stay. Returns how many were dropped.
     pub fn prune_model_versions(&self, kind: ModelKind, keep: usize) -> Result<usize, StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        self.database.write(move |connection| {
+        self.sqlite()?.write(move |connection| {
             let pruned = connection
                 .prepare_cached(
                     "UPDATE model_versions SET artifact = NULL

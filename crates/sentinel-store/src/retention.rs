@@ -45,7 +45,7 @@ impl Store {
         let cutoff = self.now().saturating_sub(i64::try_from(retention.as_secs()).unwrap_or(i64::MAX));
         loop {
             let vault = Arc::clone(&self.vault);
-            let batch = self.database.write(move |connection| {
+            let batch = self.sqlite()?.write(move |connection| {
                 let mut batch = RetentionReport::default();
                 let expired = connection
                     .prepare_cached(SELECT_EXPIRED)?
@@ -160,7 +160,8 @@ mod tests {
         // of them to need several batches.
         let listed_without_file = 2 * BATCH_SIZE + 3;
         store
-            .database
+            .sqlite()
+            .unwrap()
             .write(move |connection| {
                 for i in 0..listed_without_file {
                     connection.execute(

@@ -132,7 +132,7 @@ impl Store {
                 self.vault.store(hash, bytes)?;
             }
             let (vault, hash, also) = (Arc::clone(&self.vault), hash.clone(), also.clone());
-            let written = self.database.write(move |connection| {
+            let written = self.sqlite()?.write(move |connection| {
                 // Retention deletes files inside write transactions, which run one at a time,
                 // so a file that exists here still exists when this row is committed. If
                 // retention deleted it since it was stored above, store it again and retry.
@@ -157,7 +157,7 @@ impl Store {
     /// The record of a sample, or `None` if it was never recorded.
     pub fn sample(&self, sha256_hex: &str) -> Result<Option<SampleRecord>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(SELECT)?;
             Ok(statement.query_row([hash.as_str()], |row| sample_from_row(&self.vault, row)).optional()?)
         })
@@ -210,7 +210,9 @@ mod tests {
         let (release, gate) = mpsc::channel::<()>();
         let holder = {
             let store = Arc::clone(&store);
-            std::thread::spawn(move || store.database.write(move |_| Ok(gate.recv().is_ok())).unwrap())
+            std::thread::spawn(move || {
+                store.sqlite().unwrap().write(move |_| Ok(gate.recv().is_ok())).unwrap()
+            })
         };
         let recorder = {
             let (store, bytes, hash) = (Arc::clone(&store), bytes.clone(), hash.clone());

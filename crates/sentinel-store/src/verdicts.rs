@@ -106,7 +106,7 @@ impl Store {
     pub fn record_verdict(&self, verdict: &NewVerdict<'_>) -> Result<i64, StoreError> {
         let verdict = ValidVerdict::new(verdict)?;
         let now = self.now();
-        self.database.write(move |connection| verdict.insert(connection, now))
+        self.sqlite()?.write(move |connection| verdict.insert(connection, now))
     }
 
     /// Records a request at once: its sample (hash and bytes, as [`Store::record_sample`] takes
@@ -129,7 +129,7 @@ impl Store {
                 self.record_sample_with(&hash, bytes, insert_verdicts)
                     .map(|(record, ids)| (Some(record), ids))
             }
-            None => self.database.write(insert_verdicts).map(|ids| (None, ids)),
+            None => self.sqlite()?.write(insert_verdicts).map(|ids| (None, ids)),
         }
     }
 
@@ -173,14 +173,14 @@ impl Store {
         };
         match sample {
             Some(sample) => self.record_sample_with(&sample.hash, &sample.bytes, write).map(|(_, ids)| ids),
-            None => self.database.write(write),
+            None => self.sqlite()?.write(write),
         }
     }
 
     /// All verdicts on a sample, oldest first.
     pub fn verdicts(&self, sha256_hex: &str) -> Result<Vec<VerdictRecord>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(SELECT_BY_SHA256)?;
             let rows = statement.query_map([hash.as_str()], verdict_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -192,7 +192,7 @@ impl Store {
     pub fn latest_verdicts(&self, sha256_hex: &str, limit: usize) -> Result<Vec<VerdictRecord>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(SELECT_LATEST_BY_SHA256)?;
             let rows = statement.query_map(params![hash.as_str(), limit], verdict_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

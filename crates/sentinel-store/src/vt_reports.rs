@@ -13,7 +13,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::dataset_csv::{self, ImportReport, preview};
 use crate::sample_hash::SampleHash;
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
+
+/// Reports read from PostgreSQL per query by the export.
+const EXPORT_PAGE: i64 = 256;
 
 /// Largest report accepted, in bytes of JSON: far above a real report, low enough that a
 /// hostile one cannot bloat the database.
@@ -61,17 +64,23 @@ impl Store {
     /// Durable when this returns.
     pub fn put_vt_report(&self, report: &VtReportRow) -> Result<bool, StoreError> {
         let report = validate(report)?;
-        self.database.write(move |connection| upsert(connection, &report))
+        match &self.tables {
+            Tables::Sqlite(database) => database.write(move |connection| upsert(connection, &report)),
+            Tables::Postgres(database) => Ok(postgres::vt_reports::put(database, vec![report])?[0]),
+        }
     }
 
     /// The stored report on a hash, or `None`; the caller decides whether it is fresh enough.
     pub fn vt_report(&self, sha256_hex: &str) -> Result<Option<VtReportRow>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.database.read(|connection| {
-            let mut statement =
-                connection.prepare_cached(&format!("SELECT {COLUMNS} FROM vt_reports WHERE sha256 = ?1"))?;
-            Ok(statement.query_row([hash.as_str()], report_from_row).optional()?)
-        })
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection
+                    .prepare_cached(&format!("SELECT {COLUMNS} FROM vt_reports WHERE sha256 = ?1"))?;
+                Ok(statement.query_row([hash.as_str()], report_from_row).optional()?)
+            }),
+            Tables::Postgres(database) => postgres::vt_reports::get(database, hash.as_str().to_owned()),
+        }
     }
 
     /// Writes the whole dataset as CSV, one report per row ordered by hash, under the header
@@ -80,29 +89,48 @@ impl Store {
     pub fn export_vt_reports_csv(&self, out: impl Write) -> Result<u64, StoreError> {
         let mut writer = csv::Writer::from_writer(out);
         writer.write_record(CSV_HEADER.split(','))?;
-        let rows = self.database.read(|connection| {
-            let mut statement =
-                connection.prepare_cached(&format!("SELECT {COLUMNS} FROM vt_reports ORDER BY sha256"))?;
-            let mut rows = statement.query([])?;
-            let mut written = 0u64;
-            while let Some(row) = rows.next()? {
-                let report = report_from_row(row)?;
-                writer.write_record([
-                    report.sha256,
-                    report.last_analysis_date.map(|date| date.to_string()).unwrap_or_default(),
-                    report.fetched_at.to_string(),
-                    report.malicious.to_string(),
-                    report.suspicious.to_string(),
-                    report.undetected.to_string(),
-                    report.harmless.to_string(),
-                    report.report_json,
-                ])?;
-                written += 1;
+        let mut write = |report: VtReportRow| {
+            writer.write_record([
+                report.sha256,
+                report.last_analysis_date.map(|date| date.to_string()).unwrap_or_default(),
+                report.fetched_at.to_string(),
+                report.malicious.to_string(),
+                report.suspicious.to_string(),
+                report.undetected.to_string(),
+                report.harmless.to_string(),
+                report.report_json,
+            ])
+        };
+        let mut written = 0u64;
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection
+                    .prepare_cached(&format!("SELECT {COLUMNS} FROM vt_reports ORDER BY sha256"))?;
+                let mut rows = statement.query([])?;
+                while let Some(row) = rows.next()? {
+                    write(report_from_row(row)?)?;
+                    written += 1;
+                }
+                Ok(())
+            })?,
+            Tables::Postgres(database) => {
+                let mut after = None;
+                loop {
+                    let page = postgres::vt_reports::page(database, after.take(), EXPORT_PAGE)?;
+                    let full = page.len() as i64 == EXPORT_PAGE;
+                    for report in page {
+                        after = Some(report.sha256.clone());
+                        write(report)?;
+                        written += 1;
+                    }
+                    if !full {
+                        break;
+                    }
+                }
             }
-            Ok(written)
-        })?;
+        }
         writer.flush().map_err(csv::Error::from)?;
-        Ok(rows)
+        Ok(written)
     }
 
     /// Imports reports from CSV in the form [`Store::export_vt_reports_csv`] writes. Each row
@@ -117,11 +145,20 @@ impl Store {
         mut stored: impl FnMut(&VtReportRow) -> Result<(), StoreError>,
     ) -> Result<ImportReport, StoreError> {
         dataset_csv::import_rows(input, CSV_HEADER, parse_row, |rows, report| {
-            let (rows, written) = self.database.write(move |connection| {
-                let written =
-                    rows.iter().map(|(_, row)| upsert(connection, row)).collect::<Result<Vec<_>, _>>()?;
-                Ok((rows, written))
-            })?;
+            let (rows, written) = match &self.tables {
+                Tables::Sqlite(database) => database.write(move |connection| {
+                    let written =
+                        rows.iter().map(|(_, row)| upsert(connection, row)).collect::<Result<Vec<_>, _>>()?;
+                    Ok((rows, written))
+                })?,
+                Tables::Postgres(database) => {
+                    let written = postgres::vt_reports::put(
+                        database,
+                        rows.iter().map(|(_, row)| row.clone()).collect(),
+                    )?;
+                    (rows, written)
+                }
+            };
             for ((_, row), written) in rows.iter().zip(written) {
                 report.count(written);
                 if written {

@@ -110,7 +110,7 @@ impl Store {
     /// The matches recorded for `sha256`, newest rule set first, then by namespace and rule.
     pub fn yara_matches(&self, sha256: &str) -> Result<Vec<YaraMatchRecord>, StoreError> {
         let hash = SampleHash::parse(sha256)?;
-        self.database.read(|connection| {
+        self.sqlite()?.read(|connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT ruleset, namespace, rule, tags, metadata, matched_at FROM yara_matches
                  WHERE sha256 = ?1 ORDER BY matched_at DESC, ruleset, namespace, rule",

@@ -6,6 +6,9 @@ use std::fs;
 use sentinel_store::{ImportReport, LabelSource, Store, StoreError, StoreSettings, VtReportRow};
 use sha2::{Digest, Sha256};
 
+mod backends;
+use backends::{Backend, Fixture, each_backend};
+
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -32,8 +35,10 @@ fn report(seed: &str, fetched_at: i64, malicious: u32) -> VtReportRow {
 
 #[test]
 fn vt_reports_round_trip_and_the_latest_fetch_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    each_backend(|fixture| vt_reports_round_trip(&fixture.open()));
+}
+
+fn vt_reports_round_trip(store: &Store) {
     let first = report("a", 1_000, 3);
     assert_eq!(store.vt_report(&first.sha256).unwrap(), None);
     assert!(
@@ -66,8 +71,16 @@ fn vt_reports_round_trip_and_the_latest_fetch_wins() {
 
 #[test]
 fn vt_reports_csv_export_imports_into_another_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = open(&dir.path().join("source"));
+    // Every pair of backends: a dataset moves between SQLite and PostgreSQL by its CSV.
+    for source in [Backend::Sqlite, Backend::Postgres] {
+        for target in [Backend::Sqlite, Backend::Postgres] {
+            eprintln!("--- from {source:?} to {target:?}");
+            vt_reports_csv_round_trip(&Fixture::new(source).open(), &Fixture::new(target).open());
+        }
+    }
+}
+
+fn vt_reports_csv_round_trip(source: &Store, target: &Store) {
     let reports: Vec<_> =
         ["a", "b", "c"].iter().enumerate().map(|(i, seed)| report(seed, 1_000 + i as i64, 2)).collect();
     for report in &reports {
@@ -86,7 +99,6 @@ fn vt_reports_csv_export_imports_into_another_store() {
         "{text}"
     );
 
-    let target = open(&dir.path().join("target"));
     // The target already has a later report on "a": it is kept.
     let later_a = VtReportRow { fetched_at: 10_000, ..reports[0].clone() };
     target.put_vt_report(&later_a).unwrap();
@@ -112,8 +124,10 @@ fn vt_reports_csv_export_imports_into_another_store() {
 
 #[test]
 fn vt_reports_csv_import_skips_bad_rows_and_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    each_backend(|fixture| vt_reports_csv_import_with_bad_rows(&fixture.open()));
+}
+
+fn vt_reports_csv_import_with_bad_rows(store: &Store) {
     let good = sha256(b"good");
     let mut csv =
         b"sha256,last_analysis_date,fetched_at,malicious,suspicious,undetected,harmless,report_json\n"
@@ -261,4 +275,21 @@ fn large_label_imports_span_several_transactions() {
     assert_eq!(report.rows_imported, 1_234);
     assert_eq!(store.labelled_samples().unwrap().len(), 1_234);
     assert_eq!(store.label(&sha256(&7u32.to_le_bytes())).unwrap().unwrap().y, 1);
+}
+
+#[test]
+fn vt_reports_export_reads_a_dataset_larger_than_a_page() {
+    each_backend(|fixture| {
+        let store = fixture.open();
+        let count = 600;
+        for i in 0..count {
+            store.put_vt_report(&report(&format!("report {i}"), 1_000, 1)).unwrap();
+        }
+        let mut csv = Vec::new();
+        assert_eq!(store.export_vt_reports_csv(&mut csv).unwrap(), count);
+        let mut reader = csv::Reader::from_reader(csv.as_slice());
+        let hashes: Vec<String> = reader.records().map(|record| record.unwrap()[0].to_owned()).collect();
+        assert_eq!(hashes.len() as u64, count);
+        assert!(hashes.windows(2).all(|pair| pair[0] < pair[1]), "rows are in hash order, each once");
+    });
 }

@@ -1,0 +1,141 @@
+//! The PostgreSQL backend of the store (`--store postgres://…`), for fleets: every replica of
+//! `sentinel serve` opens the same database, so what one replica stored (a VirusTotal report, a
+//! token, a model) every other one sees.
+//!
+//! The store's API is blocking (callers run it on `spawn_blocking`, as for SQLite), while the
+//! PostgreSQL client is async: [`PgDatabase`] owns a small tokio runtime of its own that drives
+//! the pooled connections (deadpool-postgres), and each call hands it one job and waits for the
+//! answer on a channel. Waiting on a channel, rather than `block_on`, works from any thread —
+//! a blocking-pool thread, a plain thread, even (blocking it, as SQLite would) a runtime worker.
+//!
+//! Durability is PostgreSQL's: a call returns once its transaction committed, and PostgreSQL's
+//! default `synchronous_commit = on` has flushed it to the WAL by then. Concurrency is too:
+//! there is no writer thread and no group commit here, PostgreSQL serialises what must be.
+//!
+//! A job that cannot get a connection within the pool's wait timeout, or a statement running
+//! longer than `statement_timeout`, fails with [`StoreError::Postgres`] instead of hanging: an
+//! outage of the database is an error the caller reports (and retries), never a stuck thread.
+//! Connections broken by a restart of PostgreSQL are dropped when next taken from the pool, and
+//! new ones are made, so the store recovers by itself.
+//!
+//! Each dataset's SQL is in its own file here, beside the SQLite SQL of the dataset's module;
+//! `schema.rs` holds the migrations, `migrations.rs` applies them.
+
+mod migrations;
+mod schema;
+pub(crate) mod vt_reports;
+
+use std::future::Future;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+use crate::StoreError;
+
+pub(crate) use migrations::PgSchema;
+pub(crate) use schema::MALWARE;
+
+/// Connections kept by a replica's pool: each serves one call at a time, and callers beyond it
+/// wait (up to the wait timeout) rather than open connections PostgreSQL would refuse.
+const POOL_SIZE: usize = 16;
+
+/// How long a call waits for a free connection, or for a new one to be made, before failing.
+const POOL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a statement may run: a stuck query fails instead of holding a thread and a
+/// connection for ever.
+const STATEMENT_TIMEOUT_MS: u64 = 60_000;
+
+/// A pool of connections to one PostgreSQL database, and the runtime that drives them.
+pub(crate) struct PgDatabase {
+    pool: Pool,
+    /// `Option` only so that `Drop` can take it: a runtime dropped from inside another runtime
+    /// panics, so it is shut down in the background instead.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl PgDatabase {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or the
+    /// key=value form) and brings `schema` to its latest version.
+    pub(crate) fn connect(url: &str, schema: &'static PgSchema) -> Result<PgDatabase, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| StoreError::InvalidSettings(format!("invalid PostgreSQL URL: {error}")))?;
+        if config.get_application_name().is_none() {
+            config.application_name("sentinel");
+        }
+        config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        config.connect_timeout(POOL_TIMEOUT);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sentinel-store-postgres")
+            .enable_all()
+            .build()
+            .map_err(|error| {
+                StoreError::Postgres(format!("cannot start the PostgreSQL client's runtime: {error}"))
+            })?;
+        // `Fast` recycling: a pooled connection whose socket PostgreSQL closed (a restart) is
+        // noticed and replaced when taken, without a round trip on every call.
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .timeouts(Timeouts {
+                wait: Some(POOL_TIMEOUT),
+                create: Some(POOL_TIMEOUT),
+                recycle: Some(POOL_TIMEOUT),
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|error| StoreError::Postgres(format!("cannot build the connection pool: {error}")))?;
+        let database = PgDatabase { pool, runtime: Some(runtime) };
+        database.run(move |mut client| async move { migrations::migrate(&mut client, schema).await })?;
+        Ok(database)
+    }
+
+    /// Runs `job` on a pooled connection on the backend's runtime and waits for its value.
+    /// `job` owns what it needs (`'static`): it runs on another thread.
+    pub(crate) fn run<T, F, Fut>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let Some(runtime) = self.runtime.as_ref() else {
+            return Err(StoreError::WriterStopped);
+        };
+        let pool = self.pool.clone();
+        let (reply, answer) = mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let outcome = match pool.get().await {
+                Ok(client) => job(client).await,
+                Err(error) => Err(StoreError::Postgres(format!("no connection to PostgreSQL: {error}"))),
+            };
+            let _ = reply.send(outcome);
+        });
+        // The job's task always sends unless it panicked; its sender is then dropped.
+        answer.recv().map_err(|_| StoreError::Postgres("a PostgreSQL job panicked".into()))?
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> StoreError {
+        // A database error's SQLSTATE and message, never its detail: the detail quotes the
+        // values of the row at fault, which may be a client's data.
+        let text = match error.as_db_error() {
+            Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            None => error.to_string(),
+        };
+        StoreError::Postgres(text)
+    }
+}
