@@ -61,11 +61,13 @@ mod tests {
         // Pinned values: a change here would send hosts to other workers after an upgrade.
         // SHA-256("") starts e3b0c442 98fc1c14; 0xe3b0c44298fc1c14 % 16 = 4.
         assert_eq!(partition_of("", 16), 4);
-        let pinned: Vec<u32> =
-            ["web-01", "db-02", "laptop-ada"].iter().map(|key| partition_of(key, 16)).collect();
-        let again: Vec<u32> =
-            ["web-01", "db-02", "laptop-ada"].iter().map(|key| partition_of(key, 16)).collect();
-        assert_eq!(pinned, again);
+        // Computed independently (Python's hashlib): int.from_bytes(sha256(key)[:8], "big") % n.
+        assert_eq!(partition_of("web-01", 16), 7);
+        assert_eq!(partition_of("db-02", 16), 7);
+        assert_eq!(partition_of("laptop-ada", 16), 6);
+        assert_eq!(partition_of("web-01", 1024), 71);
+        assert_eq!(partition_of("db-02", 1024), 807);
+        assert_eq!(partition_of("laptop-ada", 1024), 454);
         assert_eq!(partition_of("anything", 1), 0);
     }
 
