@@ -170,3 +170,30 @@ async fn tls_is_verified_against_the_ca_file() {
     assert!(error.starts_with("cannot connect to the NATS server at tls://127.0.0.1:"), "{error}");
     assert!(error.contains("TLS") || error.contains("certificate"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_go_on_after_a_restart_even_when_the_stream_was_emptied() {
+    require_server();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = NatsServer::start(dir.path());
+    let settings = settings(server.url());
+    let broker = Broker::connect(&settings).await.unwrap();
+    let mut last = 0;
+    for number in 0..3 {
+        last = broker
+            .publish_record("web-01", &format!("web-01/{number}"), Bytes::new())
+            .await
+            .unwrap()
+            .sequence;
+    }
+    let consumer = broker.consumer(broker.partition_of("web-01")).await.unwrap();
+    for delivery in consumer.fetch(10, Duration::from_secs(1)).await.unwrap() {
+        delivery.ack().await.unwrap();
+    }
+    server.kill();
+    server.restart();
+    assert!(eventually(Duration::from_secs(15), || broker.is_connected()).await, "did not reconnect");
+    // A record id is never reused: the stream remembers its last sequence though empty.
+    let next = broker.publish_record("web-01", "web-01/next", Bytes::new()).await.unwrap();
+    assert_eq!(next.sequence, last + 1);
+}

@@ -175,6 +175,24 @@ async fn a_fetch_returns_as_soon_as_a_record_arrives() {
     assert!(started.elapsed() < Duration::from_secs(3), "waited {:?} for 1 of 50", started.elapsed());
     assert_eq!(deliveries[0].sequence, publish.await.unwrap().sequence);
     deliveries[0].ack().await.unwrap();
+    // Fewer records than asked for: those at once, not after `wait`.
+    for number in 0..3 {
+        broker.publish_record("late-host", &format!("late/{}", number + 2), Bytes::new()).await.unwrap();
+    }
+    let started = Instant::now();
+    let deliveries = consumer.fetch(50, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(deliveries.len(), 3);
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} for 3 of 50", started.elapsed());
+    // More than asked for: `max` of them, the rest at the next fetch.
+    for number in 0..5 {
+        broker.publish_record("late-host", &format!("late/{}", number + 5), Bytes::new()).await.unwrap();
+    }
+    let next = consumer.fetch(4, Duration::from_secs(10)).await.unwrap();
+    let rest = consumer.fetch(50, Duration::from_secs(10)).await.unwrap();
+    assert_eq!((next.len(), rest.len()), (4, 1));
+    for delivery in deliveries.iter().chain(&next).chain(&rest) {
+        delivery.ack().await.unwrap();
+    }
     // And an empty partition answers after `wait`, not before, not much later.
     let started = Instant::now();
     assert!(consumer.fetch(50, Duration::from_millis(500)).await.unwrap().is_empty());
@@ -342,4 +360,41 @@ async fn bad_settings_and_unreachable_servers_are_refused_clearly() {
         "{message}"
     );
     assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_set_up_one_stream() {
+    let settings = settings("together");
+    let guard = StreamGuard::new(&settings);
+    let mut starting = Vec::new();
+    for _ in 0..6 {
+        let settings = settings.clone();
+        starting.push(tokio::spawn(async move {
+            let broker = Broker::connect(&settings).await?;
+            broker.consumer(1).await?;
+            Ok::<_, BrokerError>(broker)
+        }));
+    }
+    let mut brokers = Vec::new();
+    for started in starting {
+        brokers.push(started.await.unwrap().unwrap());
+    }
+    let published = brokers[0].publish_record("web-01", "web-01/1", Bytes::new()).await.unwrap();
+    let again = brokers[5].publish_record("web-01", "web-01/1", Bytes::new()).await.unwrap();
+    assert!(again.duplicate && again.sequence == published.sequence);
+    assert_eq!(guard.messages().await, 1);
+}
+
+#[tokio::test]
+async fn fetch_arguments_are_checked() {
+    let settings = settings("arguments");
+    let (broker, _guard) = connect(&settings).await;
+    let consumer = broker.consumer(0).await.unwrap();
+    let message = consumer.fetch(0, Duration::from_secs(1)).await.unwrap_err().to_string();
+    assert_eq!(message, "fetching from partition 0 failed: max 0 is not in 1..=1024");
+    assert!(consumer.fetch(1025, Duration::from_secs(1)).await.is_err());
+    let message = consumer.fetch(1, Duration::from_secs(301)).await.unwrap_err().to_string();
+    assert_eq!(message, "fetching from partition 0 failed: wait 301s is longer than 300s");
+    // No wait at all: what is there now, here nothing.
+    assert!(consumer.fetch(1, Duration::ZERO).await.unwrap().is_empty());
 }
