@@ -13,7 +13,8 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::{
-    ContextBuilder, CreateStreamError, CreateStreamErrorKind, PublishError, PublishErrorKind,
+    ContextBuilder, CreateStreamError, CreateStreamErrorKind, GetStreamErrorKind, PublishError,
+    PublishErrorKind,
 };
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
@@ -40,6 +41,9 @@ const SUBSCRIPTION_CAPACITY: usize = 4 * MAX_ACK_PENDING;
 /// How often the client pings the server: a dead connection is noticed within two pings, so
 /// that `is_connected` reflects an outage soon.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The least time a connection attempt gets (the client's default).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest message id: it travels as a header and is kept by the stream for the window.
 const MAX_MESSAGE_ID_LEN: usize = 256;
@@ -79,7 +83,8 @@ impl Broker {
         let mut options = ConnectOptions::new()
             .name("sentinel")
             .ping_interval(PING_INTERVAL)
-            .connection_timeout(settings.publish_timeout)
+            // A slow TLS handshake must not fail every reconnection attempt.
+            .connection_timeout(settings.publish_timeout.max(CONNECTION_TIMEOUT))
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .require_tls(settings.requires_tls())
             .event_callback(|event| async move { log_event(event) });
@@ -119,12 +124,44 @@ impl Broker {
     }
 
     /// Creates the stream, or updates it to the settings (`max_bytes` may change; the
-    /// retention and storage of an existing stream cannot, and the server says so).
+    /// retention and storage of an existing stream cannot, and the server says so). Refuses
+    /// another number of partitions while the stream holds records: they would be stranded in
+    /// partitions no worker reads, or a host's records split between two workers.
     async fn set_up_stream(&self, url: &str) -> Result<(), BrokerError> {
         let stream = self.layout.stream();
+        let existing = match tokio::time::timeout(self.timeout, self.jetstream.get_stream(&stream)).await {
+            Err(_elapsed) => return Err(BrokerError::TimedOut { timeout: self.timeout }),
+            Ok(Ok(existing)) => Some(existing.cached_info().clone()),
+            Ok(Err(error)) => match error.kind() {
+                GetStreamErrorKind::JetStream(jetstream)
+                    if jetstream.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    None
+                }
+                GetStreamErrorKind::JetStream(jetstream) if is_jetstream_disabled(&jetstream) => {
+                    return Err(BrokerError::NoJetStream { url: url.to_owned() });
+                }
+                _ => return Err(BrokerError::Stream { stream, reason: error.to_string() }),
+            },
+        };
+        if let Some(info) = existing {
+            let existing_partitions =
+                info.config.description.as_deref().and_then(Layout::partitions_described);
+            match existing_partitions {
+                Some(existing) if existing != self.layout.partitions && info.state.messages > 0 => {
+                    return Err(BrokerError::PartitionsChanged {
+                        stream,
+                        existing,
+                        configured: self.layout.partitions,
+                        records: info.state.messages,
+                    });
+                }
+                _ => {}
+            }
+        }
         let config = stream::Config {
             name: stream.clone(),
-            description: Some("Sentinel's connection records, one subject per partition".into()),
+            description: Some(self.layout.description()),
             subjects: vec![self.layout.records_wildcard()],
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
@@ -134,6 +171,7 @@ impl Broker {
             duplicate_window: DUPLICATE_WINDOW,
             ..stream::Config::default()
         };
+        // Created by another replica since `get_stream`: this updates it to the same config.
         let result = tokio::time::timeout(self.timeout, self.jetstream.create_or_update_stream(config)).await;
         match result {
             Err(_elapsed) => Err(BrokerError::TimedOut { timeout: self.timeout }),
@@ -287,14 +325,17 @@ fn stream_error(error: CreateStreamError, stream: &str, url: &str, timeout: Dura
     match error.kind() {
         CreateStreamErrorKind::JetStreamUnavailable => BrokerError::NoJetStream { url: url.to_owned() },
         CreateStreamErrorKind::TimedOut => BrokerError::TimedOut { timeout },
-        CreateStreamErrorKind::JetStream(jetstream)
-            if [ErrorCode::JETSTREAM_NOT_ENABLED, ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT]
-                .contains(&jetstream.error_code()) =>
-        {
+        CreateStreamErrorKind::JetStream(jetstream) if is_jetstream_disabled(&jetstream) => {
             BrokerError::NoJetStream { url: url.to_owned() }
         }
         _ => BrokerError::Stream { stream: stream.to_owned(), reason: error.to_string() },
     }
+}
+
+/// JetStream's answer when it is off for the server or for this account.
+fn is_jetstream_disabled(error: &async_nats::jetstream::Error) -> bool {
+    [ErrorCode::JETSTREAM_NOT_ENABLED, ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT]
+        .contains(&error.error_code())
 }
 
 /// The client's connection events, for the operator: outages and their end.
@@ -312,6 +353,16 @@ fn log_event(event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handles_can_be_shared_between_tasks() {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<Broker>();
+        shared::<crate::PartitionConsumer>();
+        shared::<crate::Delivery>();
+        shared::<crate::ResultSubscription>();
+        shared::<BrokerError>();
+    }
 
     #[test]
     fn message_ids_must_fit_a_header() {

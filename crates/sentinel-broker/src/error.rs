@@ -30,6 +30,13 @@ pub enum BrokerError {
     #[error("cannot set up the JetStream stream {stream}: {reason}")]
     Stream { stream: String, reason: String },
 
+    /// The settings change the number of partitions of a stream that still holds records.
+    #[error(
+        "the stream {stream} holds {records} records in {existing} partitions but the settings say {configured}: \
+         keep {existing} until every replica is stopped and the stream is drained"
+    )]
+    PartitionsChanged { stream: String, existing: u32, configured: u32, records: u64 },
+
     /// A partition's durable consumer could not be created or updated.
     #[error("cannot set up the JetStream consumer of partition {partition}: {reason}")]
     Consumer { partition: u32, reason: String },

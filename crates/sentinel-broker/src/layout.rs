@@ -14,6 +14,9 @@ pub(crate) fn partition_of(key: &str, partitions: u32) -> u32 {
     (u64::from_be_bytes(first) % u64::from(partitions.max(1))) as u32
 }
 
+const DESCRIPTION_START: &str = "Sentinel's connection records, in ";
+const DESCRIPTION_END: &str = " partitions";
+
 /// The names of one prefix's stream, subjects and consumers.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
@@ -29,6 +32,17 @@ impl Layout {
     /// `<PREFIX>_RECORDS`.
     pub(crate) fn stream(&self) -> String {
         format!("{}_RECORDS", self.prefix.to_ascii_uppercase())
+    }
+
+    /// The stream's description, which also records the number of partitions (stream
+    /// metadata needs nats-server 2.10).
+    pub(crate) fn description(&self) -> String {
+        format!("{DESCRIPTION_START}{}{DESCRIPTION_END}", self.partitions)
+    }
+
+    /// The number of partitions a stream's description records, if it is one of ours.
+    pub(crate) fn partitions_described(description: &str) -> Option<u32> {
+        description.strip_prefix(DESCRIPTION_START)?.strip_suffix(DESCRIPTION_END)?.parse().ok()
     }
 
     /// `<prefix>.records.*`: every partition's subject, the stream's one filter.
@@ -89,5 +103,8 @@ mod tests {
         assert_eq!(layout.records_subject(7), "prod-eu_1.records.7");
         assert_eq!(layout.consumer(7), "PROD-EU_1_scorer_7");
         assert_eq!(layout.results_subject(), "prod-eu_1.results");
+        assert_eq!(layout.description(), "Sentinel's connection records, in 8 partitions");
+        assert_eq!(Layout::partitions_described(&layout.description()), Some(8));
+        assert_eq!(Layout::partitions_described("someone else's stream"), None);
     }
 }

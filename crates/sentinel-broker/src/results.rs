@@ -18,8 +18,8 @@ impl ResultSubscription {
         ResultSubscription { subscriber }
     }
 
-    /// The next result's payload; `None` once the connection is closed for good (the broker
-    /// and its clones were dropped). Waits through reconnections.
+    /// The next result's payload. Waits through reconnections (the subscription is renewed
+    /// with the connection); `None` only if the client's connection ended for good.
     pub async fn next(&mut self) -> Option<Bytes> {
         self.subscriber.next().await.map(|message| message.payload)
     }

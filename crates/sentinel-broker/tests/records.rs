@@ -398,3 +398,29 @@ async fn fetch_arguments_are_checked() {
     // No wait at all: what is there now, here nothing.
     assert!(consumer.fetch(1, Duration::ZERO).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_number_of_partitions_changes_only_on_an_empty_stream() {
+    let settings = settings("repartition");
+    let (broker, _guard) = connect(&settings).await;
+    let published = broker.publish_record("web-01", "web-01/1", Bytes::new()).await.unwrap();
+    let more = BrokerSettings { partitions: 8, ..settings.clone() };
+    let error = Broker::connect(&more).await.unwrap_err();
+    assert!(matches!(error, BrokerError::PartitionsChanged { existing: 4, configured: 8, records: 1, .. }));
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "the stream {}_RECORDS holds 1 records in 4 partitions but the settings say 8: keep 4 until every \
+             replica is stopped and the stream is drained",
+            settings.prefix.to_uppercase()
+        )
+    );
+    // Drained: the change is taken, and recorded for the next check.
+    let consumer = broker.consumer(published.partition).await.unwrap();
+    consumer.fetch(1, Duration::from_secs(1)).await.unwrap()[0].ack().await.unwrap();
+    let repartitioned = Broker::connect(&more).await.unwrap();
+    assert_eq!(repartitioned.partitions(), 8);
+    repartitioned.publish_record("web-01", "web-01/2", Bytes::new()).await.unwrap();
+    let error = Broker::connect(&settings).await.unwrap_err();
+    assert!(matches!(error, BrokerError::PartitionsChanged { existing: 8, configured: 4, .. }), "{error:?}");
+}
