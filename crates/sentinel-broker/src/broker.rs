@@ -199,8 +199,10 @@ impl Broker {
         partition_of(key, self.layout.partitions)
     }
 
-    /// Publishes a record to its key's partition and waits until JetStream stored it (on disk),
-    /// at most `publish_timeout`. `msg_id` identifies the record: publishing the same id again
+    /// Publishes a record to its key's partition and waits until JetStream stored it, at most
+    /// `publish_timeout`. Stored means written to the stream's files: it survives a crash of
+    /// the server process; a crash of its machine may lose what the server had not yet
+    /// synced (nats-server syncs every 2 minutes by default). `msg_id` identifies the record: publishing the same id again
     /// within [`DUPLICATE_WINDOW`] stores nothing and answers `duplicate`, so a caller that
     /// got an error retries with the same id. 1 to 256 visible ASCII characters.
     pub async fn publish_record(
@@ -240,10 +242,15 @@ impl Broker {
                 reason: format!("no stream takes it (was {} deleted?)", self.layout.stream()),
             },
             _ => {
-                let refused = std::error::Error::source(&error)
+                // A store failure (10077) is a full stream when the server says so; any other
+                // (a failing disk) keeps the server's words.
+                let full = std::error::Error::source(&error)
                     .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
-                    .is_some_and(|jetstream| jetstream.error_code() == ErrorCode::STREAM_STORE_FAILED);
-                if refused {
+                    .is_some_and(|jetstream| {
+                        jetstream.error_code() == ErrorCode::STREAM_STORE_FAILED
+                            && jetstream.to_string().starts_with("maximum bytes exceeded")
+                    });
+                if full {
                     BrokerError::StreamFull { stream: self.layout.stream(), max_bytes: self.max_bytes }
                 } else {
                     BrokerError::Publish { subject, reason: error.to_string() }

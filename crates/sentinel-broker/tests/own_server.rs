@@ -216,3 +216,22 @@ async fn sequences_go_on_after_a_restart_even_when_the_stream_was_emptied() {
     let next = broker.publish_record("web-01", "web-01/next", Bytes::new()).await.unwrap();
     assert_eq!(next.sequence, last + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_fails_the_connection_in_time() {
+    // Accepts connections and says nothing, like a wedged server or a wrong port.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("nats://{}", silent.local_addr().unwrap());
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let started = Instant::now();
+    let error = Broker::connect(&settings(url.clone())).await.unwrap_err().to_string();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "the connection attempt took {took:?}");
+    assert_eq!(error, format!("cannot connect to the NATS server at {url}: timed out"));
+    holding.abort();
+}
