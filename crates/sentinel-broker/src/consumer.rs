@@ -63,7 +63,14 @@ impl PartitionConsumer {
 
     /// Fetches up to `max` records (1 to 1024): returns as soon as any are available, or an
     /// empty batch once `wait` passed without one (at most 5 min). Records pending redelivery
-    /// come first. Fails fast while disconnected.
+    /// come first. A worker holding [`MAX_ACK_PENDING`] unacknowledged records of the
+    /// partition gets nothing more until it acknowledges some. Memory: `max` records of at most
+    /// the server's `max_payload` (1 MiB by default) each.
+    ///
+    /// Fails at once with [`BrokerError::Disconnected`] while the client is reconnecting: wait
+    /// a little before fetching again. Should the connection drop during a fetch, it ends
+    /// within `wait` + `publish_timeout`, and records the server sent meanwhile are delivered
+    /// again after `ack_wait`.
     pub async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
         let invalid = |reason: String| Err(BrokerError::Fetch { partition: self.partition, reason });
         if !(1..=MAX_ACK_PENDING).contains(&max) {

@@ -235,3 +235,24 @@ async fn a_server_that_never_answers_fails_the_connection_in_time() {
     assert_eq!(error, format!("cannot connect to the NATS server at {url}: timed out"));
     holding.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_and_password_are_read_from_settings_and_file() {
+    require_server();
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        NatsServer::start_with(dir.path(), &["-js", "--user", "scorer", "--pass", "right-pass-1234"]);
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "wrong-pass-5678").unwrap();
+    let with_password = BrokerSettings {
+        user: Some("scorer".into()),
+        password_file: Some(password_file.clone()),
+        ..settings(server.url())
+    };
+    let message = Broker::connect(&with_password).await.unwrap_err().to_string();
+    assert!(message.contains("authorization violation"), "{message}");
+    assert!(!message.contains("pass-"), "{message}");
+    std::fs::write(&password_file, "right-pass-1234\n").unwrap();
+    let broker = Broker::connect(&with_password).await.unwrap();
+    broker.publish_record("web-01", "web-01/1", Bytes::new()).await.unwrap();
+}
