@@ -136,9 +136,10 @@ pub enum StoreError {
     #[error("encryption failed: {0}")]
     Encryption(&'static str),
 
-    /// A key file that users other than its owner may read or write.
+    /// A file holding a secret (the store key, the PostgreSQL password) that users other than its
+    /// owner may read or write.
     #[error(
-        "the store key file {} has mode {mode:04o}: it must be private to its owner (chmod 600 {})",
+        "{} holds a secret but has mode {mode:04o}: it must be private to its owner (chmod 600 {})",
         path.display(),
         path.display()
     )]

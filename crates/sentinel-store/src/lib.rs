@@ -174,6 +174,16 @@ impl Store {
         Store::assemble(data_dir, settings, Tables::Sqlite(database), key, clock, lock)
     }
 
+    /// Opens the store where `settings` say: the PostgreSQL database of `settings.url` when it is
+    /// set ([`Store::open_postgres`]), else the SQLite database of the data directory
+    /// ([`Store::open`]).
+    pub fn open_configured(data_dir: &Path, settings: StoreSettings) -> Result<Store, StoreError> {
+        match settings.url.clone() {
+            Some(url) => Store::open_postgres(&url, data_dir, settings),
+            None => Store::open(data_dir, settings),
+        }
+    }
+
     /// Opens the store on the PostgreSQL database at `url` (`postgres://user@host/database`),
     /// migrating its schema, with the vault in `data_dir` (created if missing, mode 0700).
     /// Replicas that share the database must share the vault's directory too (a shared volume;
@@ -191,10 +201,11 @@ impl Store {
         key: Option<StoreKey>,
         clock: Clock,
     ) -> Result<Store, StoreError> {
+        let settings = StoreSettings { url: Some(url.to_owned()), ..settings };
         settings.validate()?;
         create_private_dir(data_dir)?;
         let lock = StoreLock::shared(data_dir)?;
-        let database = PgDatabase::connect(url, &postgres::MALWARE)?;
+        let database = PgDatabase::connect(url, settings.password_file.as_deref(), &postgres::MALWARE)?;
         Store::assemble(data_dir, settings, Tables::Postgres(database), key, clock, lock)
     }
 
@@ -229,6 +240,12 @@ impl Store {
             _compaction: compaction,
             _lock: lock,
         })
+    }
+
+    /// Whether the tables are in a database other replicas may share (PostgreSQL): what is
+    /// coordinated in-process on SQLite (single flight, rate limits) must then go through it.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.tables, Tables::Postgres(_))
     }
 
     /// The store key the store was opened with; `None` for a plain store.

@@ -50,6 +50,17 @@ pub struct StoreSettings {
     /// vault are then encrypted at rest. `SENTINEL_STORE_KEY` gives the key instead; setting
     /// both is an error. Default: none (a plain store).
     pub key_file: Option<PathBuf>,
+
+    /// The PostgreSQL database holding the tables instead of the data directory's SQLite files
+    /// (`postgres://user@host:5432/sentinel`, or libpq's `key=value` form), for replicas that
+    /// share one store (docs/scale-out.md). `--store` and `SENTINEL_STORE_URL` give it too. The
+    /// vault stays in the data directory. A URL may not carry a password — it would show in
+    /// process listings and logs —: the password goes in `password_file`. Default: none (SQLite).
+    pub url: Option<String>,
+
+    /// File holding the PostgreSQL password (its first line), private to its owner (mode 0600).
+    /// Default: none (the server needs no password, e.g. a peer or certificate login).
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for StoreSettings {
@@ -63,6 +74,8 @@ impl Default for StoreSettings {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             key_file: None,
+            url: None,
+            password_file: None,
         }
     }
 }
@@ -98,6 +111,9 @@ impl StoreSettings {
         }
         if !(1..=19).contains(&self.compression_level) {
             return invalid(format!("compression_level {} is not in 1..=19", self.compression_level));
+        }
+        if self.password_file.is_some() && self.url.is_none() {
+            return invalid("password_file is set but url is not: the password is PostgreSQL's".into());
         }
         Ok(())
     }

@@ -82,15 +82,40 @@ fn an_unreachable_server_is_a_prompt_error_and_a_bad_url_a_clear_one() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let error = Store::open_postgres(
-        &format!("postgres://postgres:secret-password@127.0.0.1:{port}/sentinel"),
+        &format!("postgres://postgres@127.0.0.1:{port}/sentinel"),
         dir.path(),
         StoreSettings::default(),
     )
     .unwrap_err();
     assert!(matches!(error, StoreError::Postgres(_)), "{error}");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
-    assert!(!error.to_string().contains("secret-password"), "{error}");
 
     let error = Store::open_postgres("postgres://[::1", dir.path(), StoreSettings::default()).unwrap_err();
     assert!(matches!(error, StoreError::InvalidSettings(_)), "{error}");
+}
+
+#[test]
+fn passwords_come_from_a_private_file_never_from_the_url() {
+    let database = ScratchDatabase::create("password");
+    let dir = tempfile::tempdir().unwrap();
+    let with_password =
+        database.url().replacen("postgres://postgres@", "postgres://postgres:hunter2-secret@", 1);
+    let error = Store::open_postgres(&with_password, dir.path(), StoreSettings::default()).unwrap_err();
+    assert!(matches!(error, StoreError::InvalidSettings(_)), "{error}");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+
+    let password_file = dir.path().join("postgres.password");
+    std::fs::write(&password_file, "hunter2-secret\n").unwrap();
+    let settings =
+        || StoreSettings { password_file: Some(password_file.clone()), ..StoreSettings::default() };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let error = Store::open_postgres(database.url(), dir.path(), settings()).unwrap_err();
+    assert!(matches!(error, StoreError::KeyFileNotPrivate { mode: 0o644, .. }), "{error}");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+    // Private, it is used (this server trusts local connections, so any password opens it).
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let store = Store::open_postgres(database.url(), dir.path(), settings()).unwrap();
+    assert!(store.is_shared());
+    assert!(format!("{store:?}").find("hunter2").is_none());
 }

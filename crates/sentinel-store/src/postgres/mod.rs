@@ -26,11 +26,13 @@ mod schema;
 pub(crate) mod vt_reports;
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
+use zeroize::Zeroizing;
 
 use crate::StoreError;
 
@@ -57,12 +59,26 @@ pub(crate) struct PgDatabase {
 }
 
 impl PgDatabase {
-    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or the
-    /// key=value form) and brings `schema` to its latest version.
-    pub(crate) fn connect(url: &str, schema: &'static PgSchema) -> Result<PgDatabase, StoreError> {
+    /// Connects to the database at `url` (`postgres://user@host:port/database`, or the
+    /// key=value form), with the password of `password_file` if one is given, and brings
+    /// `schema` to its latest version. A URL carrying a password is refused: URLs are shown in
+    /// process listings and error messages, password files are not.
+    pub(crate) fn connect(
+        url: &str,
+        password_file: Option<&Path>,
+        schema: &'static PgSchema,
+    ) -> Result<PgDatabase, StoreError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|error| StoreError::InvalidSettings(format!("invalid PostgreSQL URL: {error}")))?;
+        if config.get_password().is_some() {
+            return Err(StoreError::InvalidSettings(
+                "the PostgreSQL URL carries a password: put it in [store] password_file instead".into(),
+            ));
+        }
+        if let Some(path) = password_file {
+            config.password(read_password_file(path)?.as_bytes());
+        }
         if config.get_application_name().is_none() {
             config.application_name("sentinel");
         }
@@ -118,6 +134,25 @@ impl PgDatabase {
         // The job's task always sends unless it panicked; its sender is then dropped.
         answer.recv().map_err(|_| StoreError::Postgres("a PostgreSQL job panicked".into()))?
     }
+}
+
+/// The first line of a password file private to its owner.
+fn read_password_file(path: &Path) -> Result<Zeroizing<String>, StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let metadata = std::fs::metadata(path).map_err(StoreError::io(path))?;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(StoreError::KeyFileNotPrivate { path: path.to_owned(), mode });
+        }
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(StoreError::io(path))?);
+    let password = Zeroizing::new(text.lines().next().unwrap_or_default().to_owned());
+    if password.is_empty() {
+        return Err(StoreError::InvalidSettings(format!("the password file {} is empty", path.display())));
+    }
+    Ok(password)
 }
 
 impl Drop for PgDatabase {

@@ -35,6 +35,7 @@ use sentinel_virustotal::{KeyHasher, VirusTotalSettings};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::commands::datasets::store_location;
 use crate::commands::{serve_alerts, serve_auth};
 use crate::config::Config;
 
@@ -44,6 +45,12 @@ pub struct Args {
     /// the configuration's `data_dir`, else ./sentinel-data.
     #[arg(long, env = "SENTINEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the tables in this PostgreSQL database instead of the data directory's SQLite
+    /// (overrides `[store] url`), e.g. postgres://sentinel@db.example:5432/sentinel: replicas
+    /// on one database share samples, reports, models, tokens and VirusTotal's economy
+    /// (docs/scale-out.md). The password goes in `[store] password_file`, never in the URL.
+    #[arg(long = "store", env = "SENTINEL_STORE_URL", value_name = "URL")]
+    store_url: Option<String>,
     /// Plain protocol listener (overrides `[server] tcp_listen`, default
     /// 127.0.0.1:9500; another address needs `[server] allowed_clients`).
     #[arg(long, env = "SENTINEL_TCP_LISTEN")]
@@ -121,7 +128,8 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
         (http_settings.tls_cert, http_settings.tls_key) = (Some(certificate), Some(key));
     }
     http_settings.validate()?;
-    let store_settings: StoreSettings = config.section("store")?;
+    let mut store_settings: StoreSettings = config.section("store")?;
+    store_settings.url = args.store_url.or(store_settings.url);
     let mut vt_settings: VirusTotalSettings = config.section("virustotal")?;
     if let Some(base_url) = args.vt_base_url {
         vt_settings.base_url = base_url;
@@ -200,11 +208,13 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         privacy: privacy_settings,
         alerts: alert_settings,
     } = sections;
+    let location = store_location(&data_dir, &store_settings);
     let store = {
         let data_dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || Store::open(&data_dir, store_settings)).await?
+        tokio::task::spawn_blocking(move || Store::open_configured(&data_dir, store_settings)).await?
     }
-    .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    .with_context(|| format!("cannot open the store {location}"))?;
+    tracing::info!(store = %location, "store opened");
     let store = Arc::new(store);
     // After the store, which creates the data directory (0700) where the key file goes.
     let addresses = {

@@ -47,6 +47,9 @@ pub struct Args {
     /// `--eval-set` records in (as for `sentinel serve`).
     #[arg(long, env = "SENTINEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The PostgreSQL database of a shared store (as for `sentinel serve --store`).
+    #[arg(long = "store", env = "SENTINEL_STORE_URL", value_name = "URL")]
+    store_url: Option<String>,
     /// Fixed evaluation set (the header data set's CSV schema), kept out of
     /// training: the new model is registered in the data directory's model
     /// registry and becomes the active static model (and replaces the file at
@@ -64,9 +67,7 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     let store = match args.labelled_samples || args.eval_set.is_some() {
         true => {
             let data_dir = config.resolve_data_dir(args.data_dir.clone());
-            let store = Store::open(&data_dir, config.section("store")?)
-                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-            Some(store)
+            Some(crate::commands::datasets::open_store(&data_dir, args.store_url.clone(), config)?)
         }
         false => None,
     };
