@@ -22,6 +22,7 @@ mod list_api;
 mod metrics;
 mod models;
 mod outcomes;
+mod registry_watch;
 mod server;
 mod settings;
 mod state;
@@ -32,6 +33,7 @@ pub use analysis::{FusionSettings, VT_KEY_SECRET_FILE, VirusTotalReport, VirusTo
 pub use exposure::ExposureError;
 pub use models::{BEHAVIOUR_MODEL_PATH, ModelLoadError, Models, ModelsInService, STATIC_MODEL_PATH};
 pub use outcomes::AnalysisOutcome;
+pub use registry_watch::follow_registry;
 pub use server::{ClientRecords, Server, ServerError};
 pub use settings::{ServerSettings, SettingsError};
 pub use state::{ReloadError, Reloader};

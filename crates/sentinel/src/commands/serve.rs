@@ -18,6 +18,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sentinel_alerts::AlertSettings;
@@ -95,6 +96,9 @@ pub struct Args {
     #[arg(long, env = "SENTINEL_YARA_RULES", value_name = "DIR")]
     yara_rules: Option<PathBuf>,
 }
+
+/// How often a replica on a shared store looks for models promoted through another one.
+const REGISTRY_POLL: Duration = Duration::from_secs(5);
 
 /// The environment variable holding the CAPE API token.
 const CAPE_TOKEN_ENV: &str = "SENTINEL_CAPE_TOKEN";
@@ -300,6 +304,9 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
     let api = api.build();
 
     let reloader = server.reloader();
+    if store.is_shared() {
+        tokio::spawn(sentinel_server::follow_registry(reloader.clone(), Arc::clone(&store), REGISTRY_POLL));
+    }
     let protocol_tls = server.tls();
     let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     tokio::spawn(async move {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sentinel_api::Access;
-use sentinel_auth::{AuthSettings, Authenticator, HS256_SECRET_ENV, JwtVerifier, Scope, issue_api_token};
-use sentinel_store::{NewAuditEvent, Store, local_user_principal};
+use sentinel_auth::{AuthSettings, Authenticator, HS256_SECRET_ENV, IssueError, JwtVerifier, Scope, issue_api_token};
+use sentinel_store::{NewAuditEvent, Store, StoreError, local_user_principal};
 
 /// The file of the first admin token, in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -56,8 +56,16 @@ pub(super) fn access(settings: &AuthSettings, store: &Arc<Store>, data_dir: &Pat
 
 fn create_admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    let (secret, _) = issue_api_token(store, "admin", Scope::Admin.into(), None)
-        .context("cannot create the first admin token")?;
+    let secret = match issue_api_token(store, "admin", Scope::Admin.into(), None) {
+        Ok((secret, _)) => secret,
+        // Replicas starting together on one shared store: another one made the first token (and
+        // writes the file, in the data directory they share).
+        Err(IssueError::Store(StoreError::ApiTokenNameTaken(_))) => {
+            tracing::info!("another replica of this store created the first admin token");
+            return Ok(());
+        }
+        Err(error) => return Err(error).context("cannot create the first admin token"),
+    };
     let event =
         NewAuditEvent::new(local_user_principal(), "token.create", Some("admin".to_owned()), "ok", None)
             .with_detail("scopes", Scope::Admin.as_str())
