@@ -102,6 +102,7 @@ fn check_text(what: &str, text: &str) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Barrier;
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
@@ -145,6 +146,32 @@ mod tests {
                 "a fraction of a second rounds up"
             );
             assert!(!first.acquire_lease("network-training", "replica-a", ttl).unwrap());
+
+            // The holder stops renewing (it crashed): once expired, of the replicas racing for
+            // it exactly one takes it over.
+            NOW.fetch_add(2, Ordering::SeqCst);
+            let replicas: Vec<Store> = (0..6).map(|_| fixture.open()).collect();
+            let barrier = Barrier::new(replicas.len());
+            let won = std::thread::scope(|scope| {
+                let threads: Vec<_> = replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(index, store)| {
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            barrier.wait();
+                            store.acquire_lease("network-training", &format!("replica-{index}"), ttl).unwrap()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|thread| thread.join().unwrap()).collect::<Vec<_>>()
+            });
+            assert_eq!(won.iter().filter(|won| **won).count(), 1, "{won:?}");
+            let winner = won.iter().position(|won| *won).unwrap();
+            assert_eq!(
+                first.lease_holder("network-training").unwrap(),
+                Some((format!("replica-{winner}"), clock() + 30))
+            );
         });
     }
 }
