@@ -296,7 +296,8 @@ impl Store {
         let database = match &self.tables {
             Tables::Sqlite(database) => database,
             Tables::Postgres(database) => {
-                return postgres::alerts::due(database, channel.to_owned(), now, limit as i64);
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                return postgres::alerts::due(database, channel.to_owned(), now, limit);
             }
         };
         database.read(|connection| {
@@ -399,7 +400,7 @@ impl Store {
         let database = match &self.tables {
             Tables::Sqlite(database) => database,
             Tables::Postgres(database) => {
-                return postgres::alerts::failed(database, alert_id, channel, error, retry_at);
+                return postgres::alerts::failed(database, alert_id, channel, state, error, retry_at);
             }
         };
         database.write(move |connection| {
@@ -629,6 +630,7 @@ mod tests {
             assert_eq!(store.next_alert_delivery_at("mail").unwrap(), None);
             let due = store.due_alert_deliveries("hook", now + 30, 10).unwrap();
             assert_eq!((due.len(), due[0].channel.as_str(), due[0].attempts), (1, "hook", 1));
+            assert_eq!(store.due_alert_deliveries("hook", now + 30, usize::MAX).unwrap(), due, "no limit");
             assert_eq!(due[0].alert.deliveries[0].last_error.as_deref(), Some("HTTP 503"));
             store.alert_delivery_failed(id, "hook", &"x".repeat(5000), None).unwrap();
             let stored = store.alert(id).unwrap().unwrap();

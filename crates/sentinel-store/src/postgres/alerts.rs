@@ -204,10 +204,10 @@ pub(crate) fn failed(
     database: &PgDatabase,
     alert_id: i64,
     channel: String,
+    state: &'static str,
     error: String,
     retry_at: Option<i64>,
 ) -> Result<(), StoreError> {
-    let state = if retry_at.is_some() { "pending" } else { "failed" };
     database.run(move |client| async move {
         let statement = client
             .prepare_cached(
