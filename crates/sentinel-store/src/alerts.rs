@@ -6,11 +6,13 @@
 //!
 //! Deduplication lives here too, in the same transaction, so it survives restarts: an alert of
 //! the same rule and key raised within the cooldown of the last one is not a new alert (nor a
-//! new delivery) but a repeat of it, counted, as Zeek's notice suppression does.
+//! new delivery) but a repeat of it, counted, as Zeek's notice suppression does. On PostgreSQL,
+//! where replicas raise at once, the check and the write are serialised per rule and key
+//! (`postgres/alerts.rs`).
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
 
 /// Longest rule name or severity accepted, in bytes.
 const MAX_WORD_LEN: usize = 64;
@@ -134,10 +136,12 @@ pub struct DueDelivery {
     pub attempts: u32,
 }
 
-const ALERT_COLUMNS: &str = "id, rule, key, severity, summary, details, raised_at, last_raised_at, repeats,
+pub(crate) const ALERT_COLUMNS: &str =
+    "id, rule, key, severity, summary, details, raised_at, last_raised_at, repeats,
     acknowledged_at, acknowledged_by, acknowledgement_note";
 
-const DELIVERY_COLUMNS: &str = "channel, state, attempts, next_attempt_at, last_error, delivered_at";
+pub(crate) const DELIVERY_COLUMNS: &str =
+    "channel, state, attempts, next_attempt_at, last_error, delivered_at";
 
 impl Store {
     /// Raises an alert: a new one, queued on its channels, or a repeat of the last alert of the
@@ -164,7 +168,23 @@ impl Store {
         );
         let channels = alert.channels.to_vec();
         let since = now.saturating_sub(alert.cooldown_seconds.max(0));
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => {
+                let row = postgres::alerts::AlertRow {
+                    rule,
+                    key,
+                    severity,
+                    summary,
+                    details,
+                    channels,
+                    since,
+                    now,
+                };
+                return postgres::alerts::raise(database, row);
+            }
+        };
+        database.write(move |connection| {
             let recent: Option<i64> = connection
                 .prepare_cached(
                     "SELECT id FROM alerts WHERE rule = ?1 AND key = ?2 AND raised_at > ?3
@@ -198,7 +218,11 @@ impl Store {
 
     /// One alert with its deliveries.
     pub fn alert(&self, id: i64) -> Result<Option<AlertRecord>, StoreError> {
-        self.sqlite()?.read(|connection| alert_by_id(connection, id))
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::alerts::alert(database, id),
+        };
+        database.read(|connection| alert_by_id(connection, id))
     }
 
     /// Alerts, newest first (see [`AlertQuery`]).
@@ -210,7 +234,13 @@ impl Store {
             Some(false) => "AND acknowledged_at IS NULL",
             Some(true) => "AND acknowledged_at IS NOT NULL",
         };
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => {
+                return postgres::alerts::list(database, acknowledged, before, limit);
+            }
+        };
+        database.read(|connection| {
             let mut statement = connection.prepare_cached(&format!(
                 "SELECT {ALERT_COLUMNS} FROM alerts WHERE id < ?1 {acknowledged} ORDER BY id DESC LIMIT ?2"
             ))?;
@@ -240,7 +270,11 @@ impl Store {
         }
         let now = self.now();
         let (by, note) = (by.to_owned(), note.map(str::to_owned));
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::alerts::acknowledge(database, id, by, note, now),
+        };
+        database.write(move |connection| {
             connection
                 .prepare_cached(
                     "UPDATE alerts SET acknowledged_at = ?2, acknowledged_by = ?3, acknowledgement_note = ?4
@@ -259,7 +293,14 @@ impl Store {
         now: i64,
         limit: usize,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => {
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                return postgres::alerts::due(database, channel.to_owned(), now, limit);
+            }
+        };
+        database.read(|connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT alert_id, channel, attempts FROM alert_deliveries
                  WHERE state = 'pending' AND channel = ?1 AND next_attempt_at <= ?2
@@ -282,7 +323,13 @@ impl Store {
 
     /// Unix seconds of the earliest pending delivery on `channel`, if any.
     pub fn next_alert_delivery_at(&self, channel: &str) -> Result<Option<i64>, StoreError> {
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => {
+                return postgres::alerts::next_delivery_at(database, channel.to_owned());
+            }
+        };
+        database.read(|connection| {
             Ok(connection
                 .prepare_cached(
                     "SELECT min(next_attempt_at) FROM alert_deliveries WHERE state = 'pending' AND channel = ?1",
@@ -294,8 +341,12 @@ impl Store {
     /// Gives up the pending deliveries on channels not in `configured` (a channel removed from
     /// the configuration): they are marked failed, saying why. Returns how many.
     pub fn abandon_alert_deliveries(&self, configured: &[String]) -> Result<usize, StoreError> {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::alerts::abandon(database, configured.to_vec()),
+        };
         let configured = serde_json::to_string(configured).map_err(|error| invalid(error.to_string()))?;
-        self.sqlite()?.write(move |connection| {
+        database.write(move |connection| {
             Ok(connection
                 .prepare_cached(
                     "UPDATE alert_deliveries SET state = 'failed', next_attempt_at = NULL,
@@ -310,7 +361,13 @@ impl Store {
     pub fn alert_delivered(&self, alert_id: i64, channel: &str) -> Result<(), StoreError> {
         let now = self.now();
         let channel = channel.to_owned();
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => {
+                return postgres::alerts::delivered(database, alert_id, channel, now);
+            }
+        };
+        database.write(move |connection| {
             connection
                 .prepare_cached(
                     "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1,
@@ -340,7 +397,13 @@ impl Store {
         }
         let channel = channel.to_owned();
         let state = if retry_at.is_some() { "pending" } else { "failed" };
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => {
+                return postgres::alerts::failed(database, alert_id, channel, state, error, retry_at);
+            }
+        };
+        database.write(move |connection| {
             connection
                 .prepare_cached(
                     "UPDATE alert_deliveries SET state = ?3, attempts = attempts + 1, next_attempt_at = ?4,
@@ -421,6 +484,10 @@ fn alert_from_row(row: &Row<'_>) -> rusqlite::Result<AlertRecord> {
     })
 }
 
+pub(crate) fn delivery_state_column(state: &str) -> Result<DeliveryState, StoreError> {
+    DeliveryState::parse(state).ok_or_else(|| invalid(format!("unknown delivery state {state:?}")))
+}
+
 fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<AlertDelivery> {
     let state: String = row.get(1)?;
     let state = DeliveryState::parse(&state).ok_or_else(|| {
@@ -438,10 +505,11 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<AlertDelivery> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Barrier;
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
-    use crate::StoreSettings;
+    use crate::backends::each_backend;
 
     static NOW: AtomicI64 = AtomicI64::new(1_000_000);
 
@@ -471,114 +539,183 @@ mod tests {
 
     #[test]
     fn alerts_are_deduplicated_within_the_cooldown_and_queued_on_their_channels() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with_clock(dir.path(), StoreSettings::default(), None, clock).unwrap();
-        let (details, channels) = (details(), vec!["hook".to_owned(), "mail".to_owned()]);
-        let Raised::New(first) = store.raise_alert(&alert("host-a", &details, &channels)).unwrap() else {
-            panic!("the first alert is new")
-        };
-        // Same rule and key inside the cooldown: a repeat, no new delivery.
-        NOW.fetch_add(60, Ordering::SeqCst);
-        assert_eq!(store.raise_alert(&alert("host-a", &details, &channels)).unwrap(), Raised::Repeat(first));
-        // Another key is another alert.
-        let other = store.raise_alert(&alert("host-b", &details, &channels[..1])).unwrap();
-        assert!(matches!(other, Raised::New(id) if id > first));
-        let stored = store.alert(first).unwrap().unwrap();
-        assert_eq!((stored.repeats, stored.last_raised_at - stored.raised_at), (1, 60));
-        assert_eq!(stored.details, details);
-        assert_eq!(stored.deliveries.len(), 2);
-        assert!(stored.deliveries.iter().all(|delivery| delivery.state == DeliveryState::Pending));
-        assert_eq!(store.due_alert_deliveries("hook", clock(), 10).unwrap().len(), 2);
-        assert_eq!(store.due_alert_deliveries("mail", clock(), 10).unwrap().len(), 1);
+        each_backend(clock, |fixture| {
+            let store = fixture.open();
+            let (details, channels) = (details(), vec!["hook".to_owned(), "mail".to_owned()]);
+            let Raised::New(first) = store.raise_alert(&alert("host-a", &details, &channels)).unwrap() else {
+                panic!("the first alert is new")
+            };
+            // Same rule and key inside the cooldown: a repeat, no new delivery.
+            NOW.fetch_add(60, Ordering::SeqCst);
+            assert_eq!(
+                store.raise_alert(&alert("host-a", &details, &channels)).unwrap(),
+                Raised::Repeat(first)
+            );
+            // Another key is another alert.
+            let other = store.raise_alert(&alert("host-b", &details, &channels[..1])).unwrap();
+            assert!(matches!(other, Raised::New(id) if id > first));
+            let stored = store.alert(first).unwrap().unwrap();
+            assert_eq!((stored.repeats, stored.last_raised_at - stored.raised_at), (1, 60));
+            assert_eq!(stored.details, details);
+            assert_eq!(stored.deliveries.len(), 2);
+            assert!(stored.deliveries.iter().all(|delivery| delivery.state == DeliveryState::Pending));
+            assert_eq!(store.due_alert_deliveries("hook", clock(), 10).unwrap().len(), 2);
+            assert_eq!(store.due_alert_deliveries("hook", clock(), 1).unwrap()[0].alert.id, first);
+            let mail = store.due_alert_deliveries("mail", clock(), 10).unwrap();
+            assert_eq!((mail.len(), mail[0].alert.clone()), (1, stored));
 
-        // After the cooldown the same rule and key is a new alert.
-        NOW.fetch_add(600, Ordering::SeqCst);
-        assert!(matches!(store.raise_alert(&alert("host-a", &details, &channels)).unwrap(), Raised::New(_)));
+            // After the cooldown the same rule and key is a new alert, also after a restart.
+            NOW.fetch_add(600, Ordering::SeqCst);
+            drop(store);
+            let store = fixture.open();
+            assert!(matches!(
+                store.raise_alert(&alert("host-a", &details, &channels)).unwrap(),
+                Raised::New(_)
+            ));
+        });
+    }
+
+    #[test]
+    fn replicas_raising_one_rule_and_key_at_once_make_one_alert_and_repeats() {
+        each_backend(crate::system_clock, |fixture| {
+            const REPLICAS: usize = 6;
+            let stores: Vec<Store> = (0..REPLICAS).map(|_| fixture.open()).collect();
+            let (details, channels) = (details(), vec!["hook".to_owned()]);
+            let barrier = Barrier::new(REPLICAS);
+            let raised: Vec<Raised> = std::thread::scope(|scope| {
+                let threads: Vec<_> = stores
+                    .iter()
+                    .map(|store| {
+                        let (barrier, details, channels) = (&barrier, &details, &channels);
+                        scope.spawn(move || {
+                            barrier.wait();
+                            store.raise_alert(&alert("host-a", details, channels)).unwrap()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|thread| thread.join().unwrap()).collect()
+            });
+            let new: Vec<i64> = raised
+                .iter()
+                .filter_map(|raised| if let Raised::New(id) = raised { Some(*id) } else { None })
+                .collect();
+            assert_eq!(new.len(), 1, "{raised:?}");
+            assert!(
+                raised
+                    .iter()
+                    .all(|raised| matches!(raised, Raised::New(id) | Raised::Repeat(id) if *id == new[0]))
+            );
+            let stored = stores[0].alert(new[0]).unwrap().unwrap();
+            assert_eq!((stored.repeats, stored.deliveries.len()), (REPLICAS as u64 - 1, 1));
+            let query = AlertQuery { acknowledged: None, before: None, limit: 10 };
+            assert_eq!(stores[0].alerts(&query).unwrap().len(), 1);
+        });
     }
 
     #[test]
     fn deliveries_move_from_pending_to_delivered_or_failed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        let (details, channels) = (details(), vec!["hook".to_owned(), "mail".to_owned()]);
-        let Raised::New(id) = store.raise_alert(&alert("host-a", &details, &channels)).unwrap() else {
-            panic!("new")
-        };
-        let now = store.now();
-        store.alert_delivery_failed(id, "hook", "HTTP 503", Some(now + 30)).unwrap();
-        store.alert_delivered(id, "mail").unwrap();
-        // The failed try waits for its retry time.
-        assert!(store.due_alert_deliveries("hook", now, 10).unwrap().is_empty());
-        assert_eq!(store.next_alert_delivery_at("hook").unwrap(), Some(now + 30));
-        let due = store.due_alert_deliveries("hook", now + 30, 10).unwrap();
-        assert_eq!((due.len(), due[0].channel.as_str(), due[0].attempts), (1, "hook", 1));
-        store.alert_delivery_failed(id, "hook", &"x".repeat(5000), None).unwrap();
-        let stored = store.alert(id).unwrap().unwrap();
-        let states: Vec<_> =
-            stored.deliveries.iter().map(|d| (d.channel.as_str(), d.state, d.attempts)).collect();
-        assert_eq!(states, [("hook", DeliveryState::Failed, 2), ("mail", DeliveryState::Delivered, 1)]);
-        assert_eq!(stored.deliveries[0].last_error.as_ref().map(String::len), Some(MAX_ERROR_LEN));
-        assert_eq!(store.next_alert_delivery_at("hook").unwrap(), None);
+        each_backend(crate::system_clock, |fixture| {
+            let store = fixture.open();
+            let (details, channels) = (details(), vec!["hook".to_owned(), "mail".to_owned()]);
+            let Raised::New(id) = store.raise_alert(&alert("host-a", &details, &channels)).unwrap() else {
+                panic!("new")
+            };
+            let now = store.now();
+            store.alert_delivery_failed(id, "hook", "HTTP 503", Some(now + 30)).unwrap();
+            store.alert_delivered(id, "mail").unwrap();
+            // The failed try waits for its retry time.
+            assert!(store.due_alert_deliveries("hook", now, 10).unwrap().is_empty());
+            assert!(store.due_alert_deliveries("mail", now + 30, 10).unwrap().is_empty());
+            assert_eq!(store.next_alert_delivery_at("hook").unwrap(), Some(now + 30));
+            assert_eq!(store.next_alert_delivery_at("mail").unwrap(), None);
+            let due = store.due_alert_deliveries("hook", now + 30, 10).unwrap();
+            assert_eq!((due.len(), due[0].channel.as_str(), due[0].attempts), (1, "hook", 1));
+            assert_eq!(store.due_alert_deliveries("hook", now + 30, usize::MAX).unwrap(), due, "no limit");
+            assert_eq!(due[0].alert.deliveries[0].last_error.as_deref(), Some("HTTP 503"));
+            store.alert_delivery_failed(id, "hook", &"x".repeat(5000), None).unwrap();
+            let stored = store.alert(id).unwrap().unwrap();
+            let states: Vec<_> =
+                stored.deliveries.iter().map(|d| (d.channel.as_str(), d.state, d.attempts)).collect();
+            assert_eq!(states, [("hook", DeliveryState::Failed, 2), ("mail", DeliveryState::Delivered, 1)]);
+            assert_eq!(stored.deliveries[0].last_error.as_ref().map(String::len), Some(MAX_ERROR_LEN));
+            assert!(stored.deliveries[1].delivered_at.is_some());
+            assert_eq!(store.next_alert_delivery_at("hook").unwrap(), None);
+        });
     }
 
     #[test]
     fn deliveries_on_a_removed_channel_are_given_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        let (details, channels) = (details(), vec!["hook".to_owned(), "old".to_owned()]);
-        let Raised::New(id) = store.raise_alert(&alert("host-a", &details, &channels)).unwrap() else {
-            panic!("new")
-        };
-        assert_eq!(store.abandon_alert_deliveries(&["hook".to_owned()]).unwrap(), 1);
-        let stored = store.alert(id).unwrap().unwrap();
-        let states: Vec<_> = stored.deliveries.iter().map(|d| (d.channel.as_str(), d.state)).collect();
-        assert_eq!(states, [("hook", DeliveryState::Pending), ("old", DeliveryState::Failed)]);
+        each_backend(crate::system_clock, |fixture| {
+            let store = fixture.open();
+            let (details, channels) = (details(), vec!["hook".to_owned(), "old".to_owned()]);
+            let Raised::New(id) = store.raise_alert(&alert("host-a", &details, &channels)).unwrap() else {
+                panic!("new")
+            };
+            assert_eq!(store.abandon_alert_deliveries(&["hook".to_owned()]).unwrap(), 1);
+            let stored = store.alert(id).unwrap().unwrap();
+            let states: Vec<_> = stored.deliveries.iter().map(|d| (d.channel.as_str(), d.state)).collect();
+            assert_eq!(states, [("hook", DeliveryState::Pending), ("old", DeliveryState::Failed)]);
+            assert_eq!(
+                stored.deliveries[1].last_error.as_deref(),
+                Some("the channel is no longer configured")
+            );
+            // No channel configured any more: every pending delivery is given up.
+            assert_eq!(store.abandon_alert_deliveries(&[]).unwrap(), 1);
+        });
     }
 
     #[test]
     fn acknowledgement_is_kept_once_and_listings_filter_on_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        let details = details();
-        let ids: Vec<i64> = ["a", "b", "c"]
-            .iter()
-            .map(|key| match store.raise_alert(&alert(key, &details, &[])).unwrap() {
-                Raised::New(id) => id,
-                Raised::Repeat(_) => panic!("distinct keys"),
-            })
-            .collect();
-        let acked =
-            store.acknowledge_alert(ids[1], "token:analyst#3", Some("known scanner")).unwrap().unwrap();
-        assert_eq!(acked.acknowledged_by.as_deref(), Some("token:analyst#3"));
-        let again = store.acknowledge_alert(ids[1], "token:other#4", None).unwrap().unwrap();
-        assert_eq!(again.acknowledged_by.as_deref(), Some("token:analyst#3"));
-        assert_eq!(store.acknowledge_alert(9999, "token:analyst#3", None).unwrap(), None);
+        each_backend(crate::system_clock, |fixture| {
+            let store = fixture.open();
+            let details = details();
+            let ids: Vec<i64> = ["a", "b", "c"]
+                .iter()
+                .map(|key| match store.raise_alert(&alert(key, &details, &[])).unwrap() {
+                    Raised::New(id) => id,
+                    Raised::Repeat(_) => panic!("distinct keys"),
+                })
+                .collect();
+            let acked =
+                store.acknowledge_alert(ids[1], "token:analyst#3", Some("known scanner")).unwrap().unwrap();
+            assert_eq!(acked.acknowledged_by.as_deref(), Some("token:analyst#3"));
+            assert_eq!(acked.acknowledgement_note.as_deref(), Some("known scanner"));
+            let again = store.acknowledge_alert(ids[1], "token:other#4", None).unwrap().unwrap();
+            assert_eq!(again.acknowledged_by.as_deref(), Some("token:analyst#3"));
+            assert_eq!(store.acknowledge_alert(9999, "token:analyst#3", None).unwrap(), None);
 
-        let query = |acknowledged, before| AlertQuery { acknowledged, before, limit: 10 };
-        let ids_of = |alerts: Vec<AlertRecord>| alerts.into_iter().map(|alert| alert.id).collect::<Vec<_>>();
-        assert_eq!(ids_of(store.alerts(&query(None, None)).unwrap()), [ids[2], ids[1], ids[0]]);
-        assert_eq!(ids_of(store.alerts(&query(Some(false), None)).unwrap()), [ids[2], ids[0]]);
-        assert_eq!(ids_of(store.alerts(&query(Some(true), None)).unwrap()), [ids[1]]);
-        assert_eq!(ids_of(store.alerts(&query(None, Some(ids[2]))).unwrap()), [ids[1], ids[0]]);
+            let query = |acknowledged, before| AlertQuery { acknowledged, before, limit: 10 };
+            let ids_of =
+                |alerts: Vec<AlertRecord>| alerts.into_iter().map(|alert| alert.id).collect::<Vec<_>>();
+            assert_eq!(ids_of(store.alerts(&query(None, None)).unwrap()), [ids[2], ids[1], ids[0]]);
+            assert_eq!(ids_of(store.alerts(&query(Some(false), None)).unwrap()), [ids[2], ids[0]]);
+            assert_eq!(ids_of(store.alerts(&query(Some(true), None)).unwrap()), [ids[1]]);
+            assert_eq!(ids_of(store.alerts(&query(None, Some(ids[2]))).unwrap()), [ids[1], ids[0]]);
+            assert_eq!(
+                ids_of(store.alerts(&AlertQuery { limit: 1, ..query(None, None) }).unwrap()),
+                [ids[2]]
+            );
+        });
     }
 
     #[test]
     fn invalid_alerts_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        let details = details();
-        let mut bad = alert("host", &details, &[]);
-        bad.rule = "Anomaly Rule";
-        assert!(matches!(store.raise_alert(&bad), Err(StoreError::InvalidAlert(_))));
-        let bad = alert("host\nFAKE LINE", &details, &[]);
-        assert!(matches!(store.raise_alert(&bad), Err(StoreError::InvalidAlert(_))));
-        let big: serde_json::Map<_, _> =
-            [("blob".to_owned(), serde_json::Value::String("x".repeat(MAX_DETAILS_LEN)))]
-                .into_iter()
-                .collect();
-        assert!(matches!(store.raise_alert(&alert("host", &big, &[])), Err(StoreError::InvalidAlert(_))));
-        assert!(
-            store.alerts(&AlertQuery { acknowledged: None, before: None, limit: 10 }).unwrap().is_empty()
-        );
+        each_backend(crate::system_clock, |fixture| {
+            let store = fixture.open();
+            let details = details();
+            let mut bad = alert("host", &details, &[]);
+            bad.rule = "Anomaly Rule";
+            assert!(matches!(store.raise_alert(&bad), Err(StoreError::InvalidAlert(_))));
+            let bad = alert("host\nFAKE LINE", &details, &[]);
+            assert!(matches!(store.raise_alert(&bad), Err(StoreError::InvalidAlert(_))));
+            let big: serde_json::Map<_, _> =
+                [("blob".to_owned(), serde_json::Value::String("x".repeat(MAX_DETAILS_LEN)))]
+                    .into_iter()
+                    .collect();
+            assert!(matches!(store.raise_alert(&alert("host", &big, &[])), Err(StoreError::InvalidAlert(_))));
+            assert!(
+                store.alerts(&AlertQuery { acknowledged: None, before: None, limit: 10 }).unwrap().is_empty()
+            );
+        });
     }
 }

@@ -9,7 +9,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
 
 /// Longest token name accepted, in bytes.
 const MAX_NAME_LEN: usize = 128;
@@ -104,13 +104,21 @@ impl Store {
     pub fn create_api_token(&self, token: NewApiToken) -> Result<ApiTokenRecord, StoreError> {
         token.validate()?;
         let now = self.now();
-        self.sqlite()?.write(move |connection| token.insert(connection, now))
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::api_tokens::create(database, token, now),
+        };
+        database.write(move |connection| token.insert(connection, now))
     }
 
     /// The token whose SHA-256 is `hash`, revoked or expired ones included (the caller decides);
     /// one indexed read on a pooled read connection, made on every authenticated request.
     pub fn api_token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiTokenRecord>, StoreError> {
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::api_tokens::by_hash(database, *hash),
+        };
+        database.read(|connection| {
             let mut statement =
                 connection.prepare_cached(&format!("SELECT {COLUMNS} FROM api_tokens WHERE hash = ?1"))?;
             Ok(statement.query_row([&hash[..]], record_from_row).optional()?)
@@ -119,7 +127,11 @@ impl Store {
 
     /// Every token, revoked ones included, oldest first.
     pub fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::api_tokens::list(database),
+        };
+        database.read(|connection| {
             let mut statement =
                 connection.prepare_cached(&format!("SELECT {COLUMNS} FROM api_tokens ORDER BY id"))?;
             let records = statement.query_map([], record_from_row)?.collect::<Result<_, _>>()?;
@@ -130,7 +142,11 @@ impl Store {
     /// Whether any token was ever created (a revoked one counts): `serve` makes the first admin
     /// token only in a data directory that never had one.
     pub fn has_api_tokens(&self) -> Result<bool, StoreError> {
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::api_tokens::any(database),
+        };
+        database.read(|connection| {
             Ok(connection.query_row("SELECT EXISTS (SELECT 1 FROM api_tokens)", [], |row| row.get(0))?)
         })
     }
@@ -140,7 +156,11 @@ impl Store {
     /// revoked. Durable when this returns.
     pub fn revoke_api_token(&self, name: &str) -> Result<bool, StoreError> {
         let (name, now) = (name.to_owned(), self.now());
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::api_tokens::revoke(database, name, now),
+        };
+        database.write(move |connection| {
             let changed = connection
                 .prepare_cached(
                     "UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
@@ -153,7 +173,11 @@ impl Store {
     /// Records that token `id` authenticated a request at `at` (unix seconds). Callers write this
     /// at most once a minute per token: each write is a durable transaction.
     pub fn record_api_token_use(&self, id: i64, at: i64) -> Result<(), StoreError> {
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::api_tokens::record_use(database, id, at),
+        };
+        database.write(move |connection| {
             connection
                 .prepare_cached(
                     "UPDATE api_tokens SET last_used = max(coalesce(last_used, 0), ?2) WHERE id = ?1",
@@ -166,8 +190,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Barrier;
+
     use super::*;
-    use crate::StoreSettings;
+    use crate::backends::each_backend;
 
     fn new_token(name: &str, byte: u8) -> NewApiToken {
         NewApiToken { name: name.to_owned(), hash: [byte; 32], scopes: "admin".to_owned(), expires_at: None }
@@ -175,26 +201,70 @@ mod tests {
 
     #[test]
     fn tokens_are_found_by_hash_listed_revoked_and_names_stay_unique() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        assert!(!store.has_api_tokens().unwrap());
-        let created = store.create_api_token(new_token("ci", 1)).unwrap();
-        assert!(store.has_api_tokens().unwrap());
-        assert_eq!(store.api_token_by_hash(&[1; 32]).unwrap(), Some(created.clone()));
-        assert_eq!(store.api_token_by_hash(&[2; 32]).unwrap(), None);
-        assert!(matches!(store.create_api_token(new_token("ci", 2)), Err(StoreError::ApiTokenNameTaken(_))));
-        assert!(matches!(store.create_api_token(new_token(" ", 3)), Err(StoreError::InvalidApiToken(_))));
+        each_backend(crate::system_clock, |fixture| {
+            let store = fixture.open();
+            assert!(!store.has_api_tokens().unwrap());
+            let created = store.create_api_token(new_token("ci", 1)).unwrap();
+            assert!(store.has_api_tokens().unwrap());
+            assert_eq!(store.api_token_by_hash(&[1; 32]).unwrap(), Some(created.clone()));
+            assert_eq!(store.api_token_by_hash(&[2; 32]).unwrap(), None);
+            assert!(matches!(
+                store.create_api_token(new_token("ci", 2)),
+                Err(StoreError::ApiTokenNameTaken(_))
+            ));
+            assert!(matches!(store.create_api_token(new_token(" ", 3)), Err(StoreError::InvalidApiToken(_))));
 
-        store.record_api_token_use(created.id, 1_000).unwrap();
-        store.record_api_token_use(created.id, 900).unwrap();
-        assert_eq!(store.api_token_by_hash(&[1; 32]).unwrap().unwrap().last_used, Some(1_000));
+            store.record_api_token_use(created.id, 1_000).unwrap();
+            store.record_api_token_use(created.id, 900).unwrap();
+            assert_eq!(store.api_token_by_hash(&[1; 32]).unwrap().unwrap().last_used, Some(1_000));
 
-        assert!(store.revoke_api_token("ci").unwrap());
-        assert!(!store.revoke_api_token("ci").unwrap());
-        assert!(!store.revoke_api_token("nobody").unwrap());
-        let listed = store.api_tokens().unwrap();
-        assert_eq!(listed.len(), 1);
-        assert!(listed[0].revoked_at.is_some());
-        assert!(matches!(store.create_api_token(new_token("ci", 4)), Err(StoreError::ApiTokenNameTaken(_))));
+            assert!(store.revoke_api_token("ci").unwrap());
+            assert!(!store.revoke_api_token("ci").unwrap());
+            assert!(!store.revoke_api_token("nobody").unwrap());
+            let second = store.create_api_token(new_token("deploy", 5)).unwrap();
+            assert!(second.id > created.id);
+            drop(store);
+
+            // After a restart: listed oldest first, the revoked one kept with its name taken.
+            let store = fixture.open();
+            let listed = store.api_tokens().unwrap();
+            assert_eq!(listed.iter().map(|token| token.name.as_str()).collect::<Vec<_>>(), ["ci", "deploy"]);
+            assert!(listed[0].revoked_at.is_some() && listed[1].revoked_at.is_none());
+            assert_eq!(listed[0].last_used, Some(1_000));
+            assert!(matches!(
+                store.create_api_token(new_token("ci", 4)),
+                Err(StoreError::ApiTokenNameTaken(_))
+            ));
+        });
+    }
+
+    #[test]
+    fn replicas_creating_one_name_at_once_make_one_token() {
+        each_backend(crate::system_clock, |fixture| {
+            const REPLICAS: usize = 6;
+            let stores: Vec<Store> = (0..REPLICAS).map(|_| fixture.open()).collect();
+            let barrier = Barrier::new(REPLICAS);
+            let outcomes: Vec<_> = std::thread::scope(|scope| {
+                let threads: Vec<_> = stores
+                    .iter()
+                    .enumerate()
+                    .map(|(index, store)| {
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            barrier.wait();
+                            store.create_api_token(new_token("admin", index as u8))
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|thread| thread.join().unwrap()).collect()
+            });
+            let created = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+            let taken = outcomes
+                .iter()
+                .filter(|outcome| matches!(outcome, Err(StoreError::ApiTokenNameTaken(_))))
+                .count();
+            assert_eq!((created, taken), (1, REPLICAS - 1), "{outcomes:?}");
+            assert_eq!(stores[0].api_tokens().unwrap().len(), 1);
+        });
     }
 }

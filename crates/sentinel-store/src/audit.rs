@@ -10,7 +10,7 @@
 use rusqlite::{Row, params};
 use serde_json::{Map, Value};
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
 
 /// Longest principal, target or client accepted, in bytes.
 const MAX_TEXT_LEN: usize = 512;
@@ -169,7 +169,11 @@ impl Store {
     pub fn record_audit_event(&self, event: NewAuditEvent) -> Result<AuditEvent, StoreError> {
         let details = event.validate()?;
         let time = self.now();
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::audit::record(database, event, details, time),
+        };
+        database.write(move |connection| {
             connection
                 .prepare_cached(
                     "INSERT INTO audit_events (time, principal, action, target, outcome, details, client)
@@ -201,7 +205,13 @@ impl Store {
     /// lists [`MAX_AUDIT_PAGE`]).
     pub fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
         let limit = if query.limit == 0 { MAX_AUDIT_PAGE } else { query.limit.min(MAX_AUDIT_PAGE) };
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => {
+                return postgres::audit::query(database, query.before, query.action.clone(), limit as i64);
+            }
+        };
+        database.read(|connection| {
             let mut statement = connection.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM audit_events
                  WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR action = ?2)
@@ -218,59 +228,64 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StoreSettings;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        (dir, store)
-    }
+    use crate::backends::each_backend;
 
     #[test]
     fn events_are_listed_newest_first_by_page_and_action_and_survive_a_reopen() {
-        let (dir, store) = store();
-        for number in 0..5 {
-            let action = if number % 2 == 0 { "token.create" } else { "model.train" };
-            let event = NewAuditEvent::new(
-                "token:admin#1",
-                action,
-                Some(format!("target-{number}")),
-                "ok",
-                Some("10.0.0.1".to_owned()),
-            )
-            .with_detail("scopes", "network:read");
-            store.record_audit_event(event).unwrap();
-        }
-        let page = store.audit_events(&AuditQuery { limit: 2, ..AuditQuery::default() }).unwrap();
-        assert_eq!(
-            page.iter().map(|event| event.target.as_deref().unwrap()).collect::<Vec<_>>(),
-            ["target-4", "target-3"]
-        );
-        let next =
-            store.audit_events(&AuditQuery { limit: 2, before: Some(page[1].id), action: None }).unwrap();
-        assert_eq!(next[0].target.as_deref(), Some("target-2"));
-        let trains = AuditQuery { action: Some("model.train".to_owned()), ..AuditQuery::default() };
-        assert_eq!(store.audit_events(&trains).unwrap().len(), 2);
-        drop(store);
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        let all = store.audit_events(&AuditQuery::default()).unwrap();
-        assert_eq!(all.len(), 5);
-        assert_eq!(all[4].principal, "token:admin#1");
-        assert_eq!(all[4].details["scopes"], "network:read");
-        assert_eq!(all[4].client.as_deref(), Some("10.0.0.1"));
+        each_backend(crate::system_clock, |fixture| {
+            let store = fixture.open();
+            for number in 0..5 {
+                let action = if number % 2 == 0 { "token.create" } else { "model.train" };
+                let event = NewAuditEvent::new(
+                    "token:admin#1",
+                    action,
+                    Some(format!("target-{number}")),
+                    "ok",
+                    Some("10.0.0.1".to_owned()),
+                )
+                .with_detail("scopes", "network:read");
+                store.record_audit_event(event).unwrap();
+            }
+            let page = store.audit_events(&AuditQuery { limit: 2, ..AuditQuery::default() }).unwrap();
+            assert_eq!(
+                page.iter().map(|event| event.target.as_deref().unwrap()).collect::<Vec<_>>(),
+                ["target-4", "target-3"]
+            );
+            let next =
+                store.audit_events(&AuditQuery { limit: 2, before: Some(page[1].id), action: None }).unwrap();
+            assert_eq!(
+                next.iter().map(|event| event.target.as_deref().unwrap()).collect::<Vec<_>>(),
+                ["target-2", "target-1"]
+            );
+            let trains = AuditQuery { action: Some("model.train".to_owned()), ..AuditQuery::default() };
+            assert_eq!(store.audit_events(&trains).unwrap().len(), 2);
+            let older_trains = AuditQuery { before: Some(page[1].id), ..trains };
+            assert_eq!(store.audit_events(&older_trains).unwrap()[0].target.as_deref(), Some("target-1"));
+            drop(store);
+            let store = fixture.open();
+            let all = store.audit_events(&AuditQuery::default()).unwrap();
+            assert_eq!(all.len(), 5);
+            assert!(all.windows(2).all(|pair| pair[0].id > pair[1].id), "newest first");
+            assert_eq!(all[4].principal, "token:admin#1");
+            assert_eq!(all[4].details["scopes"], "network:read");
+            assert_eq!(all[4].client.as_deref(), Some("10.0.0.1"));
+        });
     }
 
     #[test]
     fn malformed_events_are_refused_with_a_reason() {
-        let (_dir, store) = store();
-        let event = |action: &str, principal: &str| NewAuditEvent::new(principal, action, None, "ok", None);
-        for bad in [event("", "cli:root"), event("token create", "cli:root"), event("token.create", "")] {
-            let error = store.record_audit_event(bad).unwrap_err();
-            assert!(matches!(error, StoreError::InvalidAuditEvent(_)), "{error}");
-        }
-        let huge = event("token.create", "cli:root").with_detail("blob", "x".repeat(20_000));
-        assert!(store.record_audit_event(huge).unwrap_err().to_string().contains("details"));
-        assert!(store.audit_events(&AuditQuery::default()).unwrap().is_empty());
+        each_backend(crate::system_clock, |fixture| {
+            let store = fixture.open();
+            let event =
+                |action: &str, principal: &str| NewAuditEvent::new(principal, action, None, "ok", None);
+            for bad in [event("", "cli:root"), event("token create", "cli:root"), event("token.create", "")] {
+                let error = store.record_audit_event(bad).unwrap_err();
+                assert!(matches!(error, StoreError::InvalidAuditEvent(_)), "{error}");
+            }
+            let huge = event("token.create", "cli:root").with_detail("blob", "x".repeat(20_000));
+            assert!(store.record_audit_event(huge).unwrap_err().to_string().contains("details"));
+            assert!(store.audit_events(&AuditQuery::default()).unwrap().is_empty());
+        });
     }
 
     #[test]

@@ -123,6 +123,11 @@ pub enum StoreError {
     #[error("invalid alert: {0}")]
     InvalidAlert(String),
 
+    /// A lease that cannot be taken: an empty or too long name or owner, a time to live out of
+    /// range; the reason says which.
+    #[error("invalid lease: {0}")]
+    InvalidLease(String),
+
     /// YARA matches that cannot be stored: a name or a value too long; the reason says which.
     #[error("invalid YARA match: {0}")]
     InvalidYaraMatch(String),

@@ -5,7 +5,8 @@
 //!   the two datasets (VirusTotal results, labelled samples) and the model registry of every
 //!   model kind (`model_registry.rs`), the HTTP API's tokens, kept as hashes (`api_tokens.rs`),
 //!   the audit table of administrative actions (`audit.rs`), the safelist and badlist
-//!   (`hash_lists.rs`), alerts and their delivery outbox (`alerts.rs`),
+//!   (`hash_lists.rs`), alerts and their delivery outbox (`alerts.rs`), named leases that
+//!   decide which replica does a job (`leases.rs`),
 //!   and a content-addressed vault of defanged sample files
 //!   (`<data_dir>/samples/`);
 //! - [`NetworkStore`]: the network service's tables (SPEC §2.3) and ingest journal in
@@ -30,11 +31,14 @@
 mod alerts;
 mod api_tokens;
 mod audit;
+#[cfg(test)]
+mod backends;
 mod database;
 mod dataset_csv;
 mod error;
 mod hash_lists;
 mod labels;
+mod leases;
 mod migrations;
 mod model_registry;
 mod network;

@@ -8,13 +8,17 @@
 //! behaviour models from here; the network service saves, activates and rolls back through it.
 //! Pruning keeps a version's row and decisions and drops only its artifact, so the history of
 //! what was in service stays complete.
+//!
+//! On PostgreSQL several replicas register and decide at once (`postgres/model_registry.rs`
+//! serialises the decisions of a kind); a replica notices a version promoted by another by
+//! polling [`Store::active_model_id`].
 
 use std::fmt;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use sha2::{Digest, Sha256};
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
 
 /// Which model a version is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,10 +131,11 @@ impl DecisionOutcome {
             .into_iter()
             .find(|outcome| outcome.as_str() == name)
     }
+}
 
-    fn activates(self) -> bool {
-        self != DecisionOutcome::Rejected
-    }
+/// Whether a decision makes its version the active one.
+pub(crate) fn activates(outcome: DecisionOutcome) -> bool {
+    outcome != DecisionOutcome::Rejected
 }
 
 /// A decision to record.
@@ -174,7 +179,24 @@ impl Store {
         }
         let sha256 = hex::encode(Sha256::digest(&new.artifact));
         let now = self.now();
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => {
+                let row = postgres::model_registry::VersionRow {
+                    kind: new.kind,
+                    label: new.label,
+                    created_at: now,
+                    trainer: new.provenance.trainer,
+                    command: new.provenance.command,
+                    data: new.provenance.data.to_string(),
+                    sha256,
+                    evaluation: new.evaluation.as_ref().map(ToString::to_string),
+                    artifact: new.artifact,
+                };
+                return postgres::model_registry::register(database, row);
+            }
+        };
+        database.write(move |connection| {
             connection
                 .prepare_cached(
                     "INSERT INTO model_versions (kind, label, created_at, trainer, command, data, sha256,
@@ -201,11 +223,15 @@ impl Store {
     /// kind, in the same transaction. A version whose artifact was pruned cannot be activated.
     pub fn decide_model(&self, decision: NewDecision) -> Result<DecisionRecord, StoreError> {
         let now = self.now();
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::model_registry::decide(database, decision, now),
+        };
+        database.write(move |connection| {
             let NewDecision { kind, version_id, outcome, reason, figures } = decision;
             let info = version_info(connection, kind, version_id)?
                 .ok_or(StoreError::NoSuchModelVersion { kind, id: version_id })?;
-            if outcome.activates() && !info.available {
+            if activates(outcome) && !info.available {
                 return Err(StoreError::ModelArtifactPruned { kind, id: version_id });
             }
             let previous_id = active_id(connection, kind)?;
@@ -216,7 +242,7 @@ impl Store {
                 )?
                 .execute(params![kind.as_str(), now, outcome.as_str(), version_id, previous_id, reason, figures.to_string()])?;
             let id = connection.last_insert_rowid();
-            if outcome.activates() {
+            if activates(outcome) {
                 connection
                     .prepare_cached(
                         "INSERT INTO active_models (kind, version_id, activated_at) VALUES (?1, ?2, ?3)
@@ -231,21 +257,41 @@ impl Store {
 
     /// The active version of `kind` with its artifact, if one was ever activated.
     pub fn active_model(&self, kind: ModelKind) -> Result<Option<StoredModel>, StoreError> {
-        self.sqlite()?.read(|connection| match active_id(connection, kind)? {
-            Some(id) => stored_model(connection, kind, id),
-            None => Ok(None),
-        })
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| match active_id(connection, kind)? {
+                Some(id) => stored_model(connection, kind, id),
+                None => Ok(None),
+            }),
+            Tables::Postgres(database) => postgres::model_registry::active_model(database, kind),
+        }
+    }
+
+    /// The id of the active version of `kind`, if one was ever activated: one indexed read,
+    /// cheap enough for replicas to poll every few seconds to notice a version another replica
+    /// promoted, loading [`Store::active_model`] only when it changed.
+    pub fn active_model_id(&self, kind: ModelKind) -> Result<Option<i64>, StoreError> {
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| active_id(connection, kind)),
+            Tables::Postgres(database) => postgres::model_registry::active_model_id(database, kind),
+        }
     }
 
     /// A version of `kind` with its artifact; `None` if there is no such version or its
     /// artifact was pruned.
     pub fn stored_model(&self, kind: ModelKind, id: i64) -> Result<Option<StoredModel>, StoreError> {
-        self.sqlite()?.read(|connection| stored_model(connection, kind, id))
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| stored_model(connection, kind, id)),
+            Tables::Postgres(database) => postgres::model_registry::stored_model(database, kind, id),
+        }
     }
 
     /// Every version of `kind`, newest first.
     pub fn model_versions(&self, kind: ModelKind) -> Result<Vec<ModelVersionInfo>, StoreError> {
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::model_registry::versions(database, kind),
+        };
+        database.read(|connection| {
             let mut statement = connection
                 .prepare_cached(&format!("{SELECT_VERSION} WHERE v.kind = ?1 ORDER BY v.id DESC"))?;
             let rows = statement.query_map([kind.as_str()], read_version)?;
@@ -255,7 +301,11 @@ impl Store {
 
     /// Every decision on versions of `kind`, oldest first.
     pub fn model_decisions(&self, kind: ModelKind) -> Result<Vec<DecisionRecord>, StoreError> {
-        self.sqlite()?.read(|connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::model_registry::decisions(database, kind),
+        };
+        database.read(|connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT id, kind, decided_at, outcome, version_id, previous_id, reason, figures
                  FROM model_decisions WHERE kind = ?1 ORDER BY id",
@@ -269,7 +319,11 @@ impl Store {
     /// active one's); their rows and decisions stay. Returns how many were dropped.
     pub fn prune_model_versions(&self, kind: ModelKind, keep: usize) -> Result<usize, StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        self.sqlite()?.write(move |connection| {
+        let database = match &self.tables {
+            Tables::Sqlite(database) => database,
+            Tables::Postgres(database) => return postgres::model_registry::prune(database, kind, keep),
+        };
+        database.write(move |connection| {
             let pruned = connection
                 .prepare_cached(
                     "UPDATE model_versions SET artifact = NULL
@@ -315,13 +369,18 @@ fn stored_model(
 }
 
 /// A column that must hold JSON; the schema checks it, so a failure means a damaged file.
-fn json_column(text: &str, column: &str) -> Result<serde_json::Value, StoreError> {
+pub(crate) fn json_column(text: &str, column: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text)
         .map_err(|error| StoreError::InvalidModel(format!("registry column {column} is not JSON: {error}")))
 }
 
-fn kind_column(name: &str) -> Result<ModelKind, StoreError> {
+pub(crate) fn kind_column(name: &str) -> Result<ModelKind, StoreError> {
     ModelKind::from_name(name).ok_or_else(|| StoreError::InvalidModel(format!("unknown model kind {name:?}")))
+}
+
+pub(crate) fn outcome_column(name: &str) -> Result<DecisionOutcome, StoreError> {
+    DecisionOutcome::from_name(name)
+        .ok_or_else(|| StoreError::InvalidModel(format!("unknown decision outcome {name:?}")))
 }
 
 fn read_version(row: &Row<'_>) -> rusqlite::Result<Result<ModelVersionInfo, StoreError>> {
@@ -364,8 +423,7 @@ fn read_decision(row: &Row<'_>) -> rusqlite::Result<Result<DecisionRecord, Store
             id,
             kind: kind_column(&kind)?,
             decided_at,
-            outcome: DecisionOutcome::from_name(&outcome)
-                .ok_or_else(|| StoreError::InvalidModel(format!("unknown decision outcome {outcome:?}")))?,
+            outcome: outcome_column(&outcome)?,
             version_id,
             previous_id,
             reason,

@@ -21,7 +21,12 @@
 //! Each dataset's SQL is in its own file here, beside the SQLite SQL of the dataset's module;
 //! `schema.rs` holds the migrations, `migrations.rs` applies them.
 
+pub(crate) mod alerts;
+pub(crate) mod api_tokens;
+pub(crate) mod audit;
+pub(crate) mod leases;
 mod migrations;
+pub(crate) mod model_registry;
 mod schema;
 pub(crate) mod vt_reports;
 

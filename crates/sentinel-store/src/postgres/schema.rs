@@ -12,7 +12,8 @@ use super::PgSchema;
 
 pub(crate) const MALWARE: PgSchema = PgSchema { name: "malware", migrations: MALWARE_MIGRATIONS };
 
-const MALWARE_MIGRATIONS: &[&str] = &["
+const MALWARE_MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE samples (
         sha256      TEXT   PRIMARY KEY CHECK (length(sha256) = 64),
         size        BIGINT NOT NULL CHECK (size >= 0),
@@ -154,4 +155,13 @@ const MALWARE_MIGRATIONS: &[&str] = &["
         PRIMARY KEY (alert_id, channel)
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt_at);
-"];
+",
+    // 2: named leases (`crate::leases`): which owner holds each, until when.
+    "
+    CREATE TABLE leases (
+        name       TEXT   PRIMARY KEY,
+        owner      TEXT   NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+",
+];
