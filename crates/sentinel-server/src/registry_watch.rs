@@ -59,7 +59,9 @@ pub async fn follow_registry(reloader: Reloader, store: Arc<Store>, every: Durat
                 tracing::info!(static_version = %version, "models changed in the shared registry: reloaded");
                 in_service = Some(active);
             }
-            Err(error) => tracing::error!(%error, "models changed in the shared registry but cannot be reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "models changed in the shared registry but cannot be reloaded")
+            }
         }
     }
 }

@@ -18,6 +18,9 @@ use crate::{Store, StoreError, Tables, postgres};
 /// Longest lease name or owner accepted, in bytes.
 const MAX_TEXT_LEN: usize = 256;
 
+/// Most leases [`Store::live_leases`] lists: far above the number of replicas of a cluster.
+const MAX_LISTED_LEASES: i64 = 10_000;
+
 /// Longest time to live accepted: a holder renews its lease, it does not take it for ever.
 const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -86,6 +89,33 @@ impl Store {
                     .optional()?)
             }),
             Tables::Postgres(database) => postgres::leases::holder(database, name.to_owned(), now),
+        }
+    }
+
+    /// The unexpired leases whose name starts with `prefix`, as (name, owner), ordered by name:
+    /// who is alive among the holders of a family of leases (`network-worker/`). At most
+    /// 10 000 are returned.
+    pub fn live_leases(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        if prefix.len() > MAX_TEXT_LEN {
+            return Err(StoreError::InvalidLease(format!(
+                "a lease prefix must have at most {MAX_TEXT_LEN} bytes, not {}",
+                prefix.len()
+            )));
+        }
+        let now = self.now();
+        let prefix = prefix.to_owned();
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT name, owner FROM leases
+                     WHERE substr(name, 1, length(?1)) = ?1 AND expires_at > ?2 ORDER BY name LIMIT ?3",
+                )?;
+                let rows = statement.query_map(params![prefix, now, MAX_LISTED_LEASES], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            }),
+            Tables::Postgres(database) => postgres::leases::live(database, prefix, now, MAX_LISTED_LEASES),
         }
     }
 }

@@ -91,3 +91,27 @@ fn invalid_names_owners_and_times_to_live_are_refused() {
         assert_eq!(store.lease_holder(&long[1..]).unwrap().unwrap().0, long[1..]);
     });
 }
+
+#[test]
+fn live_leases_lists_the_unexpired_holders_of_a_family_only() {
+    each_backend(|fixture| {
+        let store = fixture.open();
+        assert!(store.acquire_lease("network-worker/b", "replica-b", TTL).unwrap());
+        assert!(store.acquire_lease("network-worker/a", "replica-a", TTL).unwrap());
+        assert!(store.acquire_lease("network-partition/3", "replica-a", TTL).unwrap());
+        // A `_` or `%` in the prefix is a character, not a pattern.
+        assert!(store.acquire_lease("network_worker/x", "replica-x", TTL).unwrap());
+        assert_eq!(
+            store.live_leases("network-worker/").unwrap(),
+            [
+                ("network-worker/a".to_owned(), "replica-a".to_owned()),
+                ("network-worker/b".into(), "replica-b".into())
+            ]
+        );
+        assert!(store.release_lease("network-worker/a", "replica-a").unwrap());
+        assert_eq!(store.live_leases("network-worker/").unwrap().len(), 1);
+        assert_eq!(store.live_leases("").unwrap().len(), 3);
+        assert!(store.live_leases("nothing/").unwrap().is_empty());
+        assert!(matches!(store.live_leases(&"x".repeat(300)), Err(StoreError::InvalidLease(_))));
+    });
+}

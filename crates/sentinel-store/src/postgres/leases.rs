@@ -44,3 +44,24 @@ pub(crate) fn holder(
         Ok(row.map(|row| Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(1)?))).transpose()?)
     })
 }
+
+pub(crate) fn live(
+    database: &PgDatabase,
+    prefix: String,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    database.run(move |client| async move {
+        let statement = client
+            .prepare_cached(
+                "SELECT name, owner FROM leases WHERE starts_with(name, $1) AND expires_at > $2
+                 ORDER BY name LIMIT $3",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&prefix, &now, &limit]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, _>>()?)
+    })
+}

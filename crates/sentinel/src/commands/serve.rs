@@ -265,6 +265,7 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
     };
     let models = Arc::new(ModelsInService::new(models));
     let sandbox_configured = sandbox.is_some();
+    let shared_store = store.is_shared().then(|| Arc::clone(&store));
     let server = Server::bind(
         settings,
         data_dir,
@@ -304,8 +305,8 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
     let api = api.build();
 
     let reloader = server.reloader();
-    if store.is_shared() {
-        tokio::spawn(sentinel_server::follow_registry(reloader.clone(), Arc::clone(&store), REGISTRY_POLL));
+    if let Some(store) = shared_store {
+        tokio::spawn(sentinel_server::follow_registry(reloader.clone(), store, REGISTRY_POLL));
     }
     let protocol_tls = server.tls();
     let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sentinel_api::Access;
-use sentinel_auth::{AuthSettings, Authenticator, HS256_SECRET_ENV, IssueError, JwtVerifier, Scope, issue_api_token};
+use sentinel_auth::{
+    AuthSettings, Authenticator, HS256_SECRET_ENV, IssueError, JwtVerifier, Scope, issue_api_token,
+};
 use sentinel_store::{NewAuditEvent, Store, StoreError, local_user_principal};
 
 /// The file of the first admin token, in the data directory.
