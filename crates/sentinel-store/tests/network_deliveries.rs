@@ -310,3 +310,27 @@ fn deliveries_older_than_the_retention_are_forgotten() {
         assert!(deliver(&store, 0, 1, Vec::new()).unwrap(), "forgotten, so stored again");
     });
 }
+
+#[test]
+fn while_postgresql_is_unreachable_item_ids_fail_at_once_and_come_back_after() {
+    let fixture = Fixture::new(Backend::Postgres);
+    let store = fixture.open_network(settings());
+    // The store's database refuses connections, and those open are cut, from another one.
+    let admin = sentinel_testkit::postgres::ScratchDatabase::create("admin");
+    let name = fixture.postgres().unwrap().url().rsplit('/').next().unwrap().to_owned();
+    admin
+        .execute(&format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .unwrap();
+    let error = store.reserve_item_ids(1).unwrap_err();
+    assert!(matches!(error, StoreError::Postgres(_)), "{error}");
+    let started = std::time::Instant::now();
+    assert!(store.reserve_item_ids(1).is_err());
+    assert!(started.elapsed() < Duration::from_millis(200), "a second caller waits {:?}", started.elapsed());
+    // Back: ids are taken again.
+    admin.execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(store.reserve_item_ids(1).unwrap() > 0);
+}

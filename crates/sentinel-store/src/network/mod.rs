@@ -47,7 +47,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::params;
 
@@ -78,6 +78,9 @@ const READ_CONNECTIONS: usize = 2;
 /// Item ids a replica takes from PostgreSQL's sequence at a time: one round trip per block, not
 /// per item; ids of a block left unused when the replica stops are never used.
 const ITEM_ID_BLOCK: i64 = 1024;
+
+/// How long after failing to take a block of ids from PostgreSQL reservations fail at once.
+const ITEM_ID_RETRY: Duration = Duration::from_secs(1);
 
 /// Feature rows read per query of [`NetworkStore::history`] on PostgreSQL (and rows between two
 /// questions to `cancelled` on both backends).
@@ -112,12 +115,17 @@ enum ItemIds {
     /// PostgreSQL: blocks taken from the sequence every replica shares.
     Blocks {
         database: Arc<PgDatabase>,
-        /// What is left of this replica's block.
-        block: Mutex<Range<i64>>,
+        block: Mutex<IdBlock>,
         /// Above every id handed out by any replica when the store opened, or in this replica's
         /// blocks since.
         issued_below: AtomicI64,
     },
+}
+
+/// What is left of a replica's block of item ids, and the last failure to take one.
+struct IdBlock {
+    ids: Range<i64>,
+    failed: Option<(Instant, String)>,
 }
 
 impl NetworkStore {
@@ -173,7 +181,7 @@ impl NetworkStore {
             writer,
             ids: ItemIds::Blocks {
                 database: Arc::clone(&database),
-                block: Mutex::new(0..0),
+                block: Mutex::new(IdBlock { ids: 0..0, failed: None }),
                 issued_below: AtomicI64::new(highest + 1),
             },
             tables: NetworkTables::Postgres(database),
@@ -190,15 +198,25 @@ impl NetworkStore {
             ItemIds::Counter(next) => Ok(next.fetch_add(count, Ordering::Relaxed)),
             ItemIds::Blocks { database, block, issued_below } => {
                 let mut block = block.lock().unwrap_or_else(PoisonError::into_inner);
-                if block.end - block.start < count {
+                if block.ids.end - block.ids.start < count {
+                    // While the database is unreachable, callers (the live pipeline among them)
+                    // fail at once instead of each waiting for the pool's timeout.
+                    if let Some((at, reason)) = &block.failed
+                        && at.elapsed() < ITEM_ID_RETRY
+                    {
+                        return Err(StoreError::Postgres(format!("no item ids: {reason}")));
+                    }
                     // What is left of the block is too short: a new one, the rest unused.
                     let size = count.max(ITEM_ID_BLOCK);
-                    let first = postgres::network::take_item_ids(database, size)?;
-                    *block = first..first + size;
+                    let first = postgres::network::take_item_ids(database, size).inspect_err(|error| {
+                        block.failed = Some((Instant::now(), error.to_string()));
+                    })?;
+                    block.failed = None;
+                    block.ids = first..first + size;
                     issued_below.fetch_max(first + size, Ordering::Relaxed);
                 }
-                let first = block.start;
-                block.start += count;
+                let first = block.ids.start;
+                block.ids.start += count;
                 Ok(first)
             }
         }
