@@ -192,6 +192,11 @@ pub enum StoreError {
     #[error("PostgreSQL error: {0}")]
     Postgres(String),
 
+    /// A broker delivery was not stored: its sequence is out of range, or the transaction of its
+    /// batch failed (the reason), so the message must not be acknowledged.
+    #[error("the delivery was not stored: {0}")]
+    DeliveryNotStored(String),
+
     /// SQLite failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),

@@ -9,8 +9,9 @@
 //!   decide which replica does a job (`leases.rs`),
 //!   and a content-addressed vault of defanged sample files
 //!   (`<data_dir>/samples/`);
-//! - [`NetworkStore`]: the network service's tables (SPEC §2.3) and ingest journal in
-//!   `<data_dir>/network.db`, with its batched results writer (`network/`).
+//! - [`NetworkStore`]: the network service's tables (SPEC §2.3), ingest journal and broker
+//!   deliveries in `<data_dir>/network.db` or in the PostgreSQL database of the malware tables,
+//!   with its batched results writer (`network/`).
 //!
 //! Callers see domain values, never SQL: `docs/storage.md` says where another backend plugs in.
 //!

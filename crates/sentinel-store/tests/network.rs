@@ -1,10 +1,15 @@
-//! The network part of the store through its public API, on real files: the schema of SPEC §2.3
-//! and its versioning (including adopting a file written before it was versioned), the journal,
-//! the results writer, retention, history, and the files' permissions.
+//! The network part of the store through its public API, on both backends (`network.db` and
+//! PostgreSQL): the schema of SPEC §2.3 and its versioning (including adopting a file written
+//! before it was versioned), the journal, the results writer, retention, history, labels, and
+//! the files' permissions. Broker deliveries and replicas writing at once are in
+//! `network_deliveries.rs`.
+
+mod backends;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use backends::{Backend, each_backend};
 use sentinel_store::{
     ConnectionRow, ItemLabel, MetricsSource, ModelMetricsRow, NETWORK_DATABASE_FILE, NetworkStore,
     PredictionRow, ScoredItem, Store, StoreError, StoreSettings, WriterSettings,
@@ -28,7 +33,7 @@ fn item(
     features.insert("bytes_sent".to_owned(), serde_json::json!(400.0));
     features.insert("protocol".to_owned(), serde_json::json!("tcp"));
     ScoredItem {
-        id: store.reserve_item_ids(1),
+        id: store.reserve_item_ids(1).unwrap(),
         observed,
         connection: Some(ConnectionRow {
             timestamp: observed,
@@ -150,6 +155,7 @@ fn the_tables_have_exactly_the_columns_of_spec_2_3_and_the_schema_is_versioned()
         names("network_feedback"),
         ["feature_id INTEGER", "labelled_at DATETIME", "analyst TEXT", "note TEXT"]
     );
+    assert_eq!(names("broker_deliveries"), ["partition INTEGER", "sequence INTEGER", "stored_at DATETIME"]);
     assert_eq!(
         names("predictions"),
         [
@@ -172,10 +178,73 @@ fn the_tables_have_exactly_the_columns_of_spec_2_3_and_the_schema_is_versioned()
             row.get(0)
         })
         .unwrap();
-    assert_eq!(indexes, 9);
+    assert_eq!(indexes, 10);
     let version: i64 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
     let application_id: i64 = database.query_row("PRAGMA application_id", [], |row| row.get(0)).unwrap();
-    assert_eq!((version, application_id), (2, 0x534E_544E));
+    assert_eq!((version, application_id), (3, 0x534E_544E));
+}
+
+#[test]
+fn on_postgresql_the_tables_have_the_columns_of_spec_2_3_in_its_types_and_their_own_version() {
+    let fixture = backends::Fixture::new(Backend::Postgres);
+    // Beside the malware tables, in either order of opening.
+    drop(fixture.open_network(settings()));
+    drop(fixture.open());
+    let database = fixture.postgres().unwrap();
+    let columns = |table: &str, expected: &str| {
+        let sql = format!(
+            "SELECT (string_agg(column_name || ' ' || data_type, ', ' ORDER BY ordinal_position) = '{expected}')::INT::BIGINT
+             FROM information_schema.columns WHERE table_name = '{table}' AND table_schema = current_schema()"
+        );
+        assert_eq!(database.query_i64(&sql).unwrap(), 1, "{table}: expected {expected}");
+    };
+    let time = "timestamp with time zone";
+    columns(
+        "network_connections",
+        &format!(
+            "id bigint, timestamp {time}, process_id bigint, process_name text, local_ip text, local_port bigint, \
+             remote_ip text, remote_port bigint, protocol text, state text, bytes_sent bigint, bytes_received bigint"
+        ),
+    );
+    columns(
+        "network_features",
+        &format!(
+            "id bigint, timestamp {time}, connection_id bigint, feature_vector text, label bigint, session_id text"
+        ),
+    );
+    columns(
+        "model_metrics",
+        &format!(
+            "id bigint, model_name text, timestamp {time}, accuracy double precision, precision_score double precision, \
+             recall double precision, f1_score double precision, auc_roc double precision, \
+             false_positive_rate double precision, source text, samples bigint, anomalies bigint"
+        ),
+    );
+    columns(
+        "predictions",
+        &format!(
+            "id bigint, timestamp {time}, feature_id bigint, model_name text, anomaly_score double precision, \
+             is_anomaly boolean, confidence double precision, explanation text"
+        ),
+    );
+    columns("network_feedback", &format!("feature_id bigint, labelled_at {time}, analyst text, note text"));
+    columns("ingest_journal", &format!("id bigint, received_at {time}, snapshot bytea"));
+    columns("broker_deliveries", &format!("partition bigint, sequence bigint, stored_at {time}"));
+    let references = database
+        .query_i64(
+            "SELECT count(*) FROM information_schema.referential_constraints r
+             JOIN information_schema.key_column_usage k ON k.constraint_name = r.constraint_name
+             WHERE k.table_name = 'predictions' AND k.column_name = 'feature_id'",
+        )
+        .unwrap();
+    assert_eq!(references, 1, "predictions.feature_id references network_features");
+    let versions = database
+        .query_i64(
+            "SELECT count(*) FROM sentinel_schema WHERE (name = 'network' AND version = 2)
+             OR (name = 'malware' AND version >= 1)",
+        )
+        .unwrap();
+    assert_eq!(versions, 2);
 }
 
 /// The schema the network service created itself before the store versioned it.
@@ -245,9 +314,9 @@ fn a_network_db_written_before_the_schema_was_versioned_is_adopted_with_its_data
             row.get(0)
         })
         .unwrap();
-    assert_eq!(indexes, 9);
+    assert_eq!(indexes, 10);
     // Its old row keeps its id: the next item's id is above it.
-    assert_eq!(store.reserve_item_ids(1), 2);
+    assert_eq!(store.reserve_item_ids(1).unwrap(), 2);
 }
 
 #[test]
@@ -275,157 +344,200 @@ fn a_file_of_another_program_or_of_the_malware_store_is_refused() {
 
 #[test]
 fn a_snapshot_is_stored_whole_with_its_journal_entry_gone_and_live_items_beside_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = NetworkStore::open(dir.path(), settings()).unwrap();
-    let id = store.journal_snapshot(b"{\"host\": \"a\"}".to_vec()).unwrap();
-    let other = store.journal_snapshot(b"{\"host\": \"b\"}".to_vec()).unwrap();
-    assert_eq!(
-        store.journalled_snapshots().unwrap(),
-        [(id, b"{\"host\": \"a\"}".to_vec()), (other, b"{\"host\": \"b\"}".to_vec())]
-    );
-    store.forget_snapshot(other).unwrap();
-    let now = SystemTime::now();
-    // Five items with a batch of two: the snapshot is not split.
-    store.store_snapshot(id, (0..5).map(|_| item(&store, now, "agentproc", "agent:a", true)).collect());
-    store.store(item(&store, now, "liveproc", "live:here", false));
-    store.close();
-    let counts = store.row_counts().unwrap();
-    assert_eq!((counts.connections, counts.features, counts.predictions), (6, 6, 10), "{counts:?}");
-    assert_eq!(counts.journalled_snapshots, 0);
-    assert_eq!(store.writer_stats().written, 6);
-    let history = store.history(100, &|| false).unwrap();
-    assert_eq!(history.len(), 6);
-    assert_eq!(history[0].process_name.as_deref(), Some("liveproc"), "newest first");
-    assert_eq!(history[0].features["protocol"], "tcp");
-    assert!(history.iter().all(|row| !row.anomalous));
-    assert_eq!(store.history(2, &|| false).unwrap().len(), 2, "the limit holds");
+    each_backend(|fixture| {
+        let store = fixture.open_network(settings());
+        let id = store.journal_snapshot(b"{\"host\": \"a\"}".to_vec()).unwrap();
+        let other = store.journal_snapshot(b"{\"host\": \"b\"}".to_vec()).unwrap();
+        assert_eq!(
+            store.journalled_snapshots().unwrap(),
+            [(id, b"{\"host\": \"a\"}".to_vec()), (other, b"{\"host\": \"b\"}".to_vec())]
+        );
+        store.forget_snapshot(other).unwrap();
+        let now = SystemTime::now();
+        // Five items with a batch of two: the snapshot is not split.
+        store.store_snapshot(id, (0..5).map(|_| item(&store, now, "agentproc", "agent:a", true)).collect());
+        store.store(item(&store, now, "liveproc", "live:here", false));
+        store.close();
+        let counts = store.row_counts().unwrap();
+        assert_eq!((counts.connections, counts.features, counts.predictions), (6, 6, 10), "{counts:?}");
+        assert_eq!(counts.journalled_snapshots, 0);
+        assert_eq!(store.writer_stats().written, 6);
+        let history = store.history(100, &|| false).unwrap();
+        assert_eq!(history.len(), 6);
+        assert_eq!(history[0].process_name.as_deref(), Some("liveproc"), "newest first");
+        assert_eq!(history[0].features["protocol"], "tcp");
+        assert!(history.iter().all(|row| !row.anomalous));
+        assert_eq!(store.history(2, &|| false).unwrap().len(), 2, "the limit holds");
+        assert!(store.history(100, &|| true).unwrap().is_empty(), "cancelled before the first row");
+        assert!(store.legacy_models().unwrap().is_empty());
+    });
 }
 
 #[test]
 fn retention_deletes_what_is_older_than_the_retention_and_keeps_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = SystemTime::now();
-    {
-        let store = NetworkStore::open(dir.path(), settings()).unwrap();
-        for age in [40 * DAY, 31 * DAY] {
-            store.store(item(&store, now - age, "old", "live:here", true));
+    each_backend(|fixture| {
+        let now = SystemTime::now();
+        {
+            let store = fixture.open_network(settings());
+            for age in [40 * DAY, 31 * DAY] {
+                store.store(item(&store, now - age, "old", "live:here", true));
+            }
+            for age in [29 * DAY, DAY, Duration::ZERO] {
+                store.store(item(&store, now - age, "recent", "live:here", true));
+            }
+            store.store_metrics(vec![metrics_row(now - 40 * DAY, MetricsSource::HeldOut)]);
+            store.close();
+            assert_eq!(store.row_counts().unwrap().features, 5, "written after the retention of the opening");
         }
-        for age in [29 * DAY, DAY, Duration::ZERO] {
-            store.store(item(&store, now - age, "recent", "live:here", true));
-        }
-        store.store_metrics(vec![metrics_row(now - 40 * DAY, MetricsSource::HeldOut)]);
+        // The retention runs when the writer starts (and hourly).
+        let store = fixture.open_network(settings());
         store.close();
-        assert_eq!(store.row_counts().unwrap().features, 5, "written after the retention of the opening");
-    }
-    // The retention runs when the writer starts (and hourly).
-    let store = NetworkStore::open(dir.path(), settings()).unwrap();
-    store.close();
-    let counts = store.row_counts().unwrap();
-    assert_eq!((counts.connections, counts.features, counts.predictions), (3, 3, 6), "{counts:?}");
-    assert_eq!(counts.model_metrics, 1, "model metrics are history of the models, kept");
-    let history = store.history(100, &|| false).unwrap();
-    assert!(history.iter().all(|row| row.process_name.as_deref() == Some("recent")));
-    let oldest = store.history_extent().unwrap().oldest.unwrap();
-    assert!(now.duration_since(oldest).unwrap() < 30 * DAY);
+        let counts = store.row_counts().unwrap();
+        assert_eq!((counts.connections, counts.features, counts.predictions), (3, 3, 6), "{counts:?}");
+        assert_eq!(counts.model_metrics, 1, "model metrics are history of the models, kept");
+        let history = store.history(100, &|| false).unwrap();
+        assert!(history.iter().all(|row| row.process_name.as_deref() == Some("recent")));
+        let oldest = store.history_extent().unwrap().oldest.unwrap();
+        assert!(now.duration_since(oldest).unwrap() < 30 * DAY);
+    });
 }
 
 #[test]
 fn labels_are_all_or_nothing_replace_earlier_ones_and_pair_with_the_stored_verdicts() {
-    let dir = tempfile::tempdir().unwrap();
-    // The writer would wait a minute before writing these few items: only `flush` writes them.
-    let writer = WriterSettings { batch: 1000, flush_interval: 60 * Duration::from_secs(1), ..settings() };
-    let store = NetworkStore::open(dir.path(), writer).unwrap();
-    let now = SystemTime::now();
-    let scored: Vec<ScoredItem> = (0..3).map(|_| item(&store, now, "p", "live:here", true)).collect();
-    let ids: Vec<i64> = scored.iter().map(|item| item.id).collect();
-    assert_eq!(ids[1], ids[0] + 1, "reserved ids are consecutive");
-    let old = item(&store, now - 10 * DAY, "p", "live:here", true);
-    let (old_id, unscored) = (old.id, item(&store, now, "p", "live:here", false));
-    let unscored_id = unscored.id;
-    for item in scored.into_iter().chain([old, unscored]) {
-        store.store(item);
-    }
-    assert_eq!(store.row_counts().unwrap().features, 0, "still queued");
-    store.flush();
-    assert_eq!(store.row_counts().unwrap().features, 5, "written when flush returns");
-    assert!(store.item_id_issued(ids[0]) && !store.item_id_issued(unscored_id + 1));
+    each_backend(|fixture| {
+        // The writer would wait a minute before writing these few items: only `flush` writes them.
+        let writer =
+            WriterSettings { batch: 1000, flush_interval: 60 * Duration::from_secs(1), ..settings() };
+        let store = fixture.open_network(writer);
+        let now = SystemTime::now();
+        let scored: Vec<ScoredItem> = (0..3).map(|_| item(&store, now, "p", "live:here", true)).collect();
+        let ids: Vec<i64> = scored.iter().map(|item| item.id).collect();
+        assert_eq!(ids[1], ids[0] + 1, "reserved ids are consecutive");
+        let old = item(&store, now - 10 * DAY, "p", "live:here", true);
+        let (old_id, unscored) = (old.id, item(&store, now, "p", "live:here", false));
+        let unscored_id = unscored.id;
+        for item in scored.into_iter().chain([old, unscored]) {
+            store.store(item);
+        }
+        assert_eq!(store.row_counts().unwrap().features, 0, "still queued");
+        store.flush();
+        assert_eq!(store.row_counts().unwrap().features, 5, "written when flush returns");
+        assert!(store.item_id_issued(ids[0]) && store.item_id_issued(unscored_id));
+        assert!(!store.item_id_issued(i64::MAX) && !store.item_id_issued(0));
 
-    let label = |id, anomalous, note: &str| ItemLabel { id, anomalous, note: Some(note.to_owned()) };
-    let unknown = store
-        .label_items(vec![label(ids[0], true, "exfiltration"), label(9_999, false, "?")], "alice", now)
-        .unwrap();
-    assert_eq!(unknown, [9_999]);
-    assert!(store.labelled_predictions(now - DAY).unwrap().is_empty(), "nothing was labelled");
+        let label = |id, anomalous, note: &str| ItemLabel { id, anomalous, note: Some(note.to_owned()) };
+        let unknown = store
+            .label_items(vec![label(ids[0], true, "exfiltration"), label(9_999, false, "?")], "alice", now)
+            .unwrap();
+        assert_eq!(unknown, [9_999]);
+        assert!(store.labelled_predictions(now - DAY).unwrap().is_empty(), "nothing was labelled");
 
-    let labels = vec![
-        label(ids[0], true, "exfiltration"),
-        label(ids[1], false, "backup job"),
-        label(old_id, true, "old"),
-        label(unscored_id, true, "before the first model"),
-    ];
-    assert!(store.label_items(labels, "alice", now).unwrap().is_empty());
-    // A second verdict replaces the first.
-    assert!(
-        store.label_items(vec![label(ids[1], true, "on second thought")], "bob", now).unwrap().is_empty()
-    );
-    let predictions = store.labelled_predictions(now - DAY).unwrap();
-    let items: Vec<(i64, &str, bool)> =
-        predictions.iter().map(|row| (row.item, row.model.as_str(), row.anomalous)).collect();
-    assert_eq!(
-        items,
-        [
-            (ids[0], "isolation_forest", true),
-            (ids[0], "ensemble", true),
-            (ids[1], "isolation_forest", true),
-            (ids[1], "ensemble", true)
-        ],
-        "the window leaves the old item out; the unscored one has no verdict"
-    );
-    assert_eq!(predictions[1].score, 0.3);
-    let rows = store.labelled_rows(now - DAY).unwrap();
-    assert_eq!(rows.len(), 3, "the unscored item has features to learn from");
-    assert!(rows.iter().all(|row| row.anomalous && row.features["protocol"] == "tcp"));
-    assert_eq!(store.row_counts().unwrap().feedback, 4);
+        let labels = vec![
+            label(ids[0], true, "exfiltration"),
+            label(ids[1], false, "backup job"),
+            label(old_id, true, "old"),
+            label(unscored_id, true, "before the first model"),
+        ];
+        assert!(store.label_items(labels, "alice", now).unwrap().is_empty());
+        // A second verdict replaces the first.
+        assert!(
+            store.label_items(vec![label(ids[1], true, "on second thought")], "bob", now).unwrap().is_empty()
+        );
+        let predictions = store.labelled_predictions(now - DAY).unwrap();
+        let items: Vec<(i64, &str, bool)> =
+            predictions.iter().map(|row| (row.item, row.model.as_str(), row.anomalous)).collect();
+        assert_eq!(
+            items,
+            [
+                (ids[0], "isolation_forest", true),
+                (ids[0], "ensemble", true),
+                (ids[1], "isolation_forest", true),
+                (ids[1], "ensemble", true)
+            ],
+            "the window leaves the old item out; the unscored one has no verdict"
+        );
+        assert_eq!(predictions[1].score, 0.3);
+        let rows = store.labelled_rows(now - DAY).unwrap();
+        assert_eq!(rows.len(), 3, "the unscored item has features to learn from");
+        assert!(rows.iter().all(|row| row.anomalous && row.features["protocol"] == "tcp"));
+        assert_eq!(store.row_counts().unwrap().feedback, 4);
 
-    store.record_metrics(vec![metrics_row(now, MetricsSource::Feedback)]).unwrap();
-    let rows = store.model_metrics(MetricsSource::Feedback, 10).unwrap();
-    assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].samples, rows[0].false_positive_rate, rows[0].precision), (200, Some(0.01), None));
-    assert!(store.model_metrics(MetricsSource::HeldOut, 10).unwrap().is_empty());
-    store.close();
-    let database = rusqlite::Connection::open(dir.path().join(NETWORK_DATABASE_FILE)).unwrap();
-    let (analyst, note, label): (String, String, i64) = database
-        .query_row(
-            "SELECT b.analyst, b.note, f.label FROM network_feedback b JOIN network_features f ON f.id = b.feature_id
-             WHERE b.feature_id = ?1",
-            [ids[1]],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .unwrap();
-    assert_eq!((analyst.as_str(), note.as_str(), label), ("bob", "on second thought", 1));
-    let source: String =
-        database.query_row("SELECT source FROM model_metrics", [], |row| row.get(0)).unwrap();
-    assert_eq!(source, "feedback");
+        store.record_metrics(vec![metrics_row(now, MetricsSource::Feedback)]).unwrap();
+        let rows = store.model_metrics(MetricsSource::Feedback, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].samples, rows[0].false_positive_rate, rows[0].precision),
+            (200, Some(0.01), None)
+        );
+        assert!(store.model_metrics(MetricsSource::HeldOut, 10).unwrap().is_empty());
+        assert_eq!(rows[0].measured_at, round_to_micros(now), "the time kept to the microsecond");
+        store.close();
+        let second_verdict = match fixture.postgres() {
+            None => {
+                let database =
+                    rusqlite::Connection::open(fixture.data_dir().join(NETWORK_DATABASE_FILE)).unwrap();
+                let (analyst, note, label): (String, String, i64) = database
+                    .query_row(
+                        "SELECT b.analyst, b.note, f.label FROM network_feedback b
+                     JOIN network_features f ON f.id = b.feature_id WHERE b.feature_id = ?1",
+                        [ids[1]],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    )
+                    .unwrap();
+                let source: String =
+                    database.query_row("SELECT source FROM model_metrics", [], |row| row.get(0)).unwrap();
+                analyst == "bob" && note == "on second thought" && label == 1 && source == "feedback"
+            }
+            Some(database) => {
+                let found = database
+                    .query_i64(&format!(
+                    "SELECT count(*) FROM network_feedback b JOIN network_features f ON f.id = b.feature_id
+                     WHERE b.feature_id = {} AND b.analyst = 'bob' AND b.note = 'on second thought'
+                     AND f.label = 1 AND (SELECT source FROM model_metrics) = 'feedback'",
+                    ids[1]
+                ))
+                    .unwrap();
+                found == 1
+            }
+        };
+        assert!(second_verdict, "bob's verdict replaced alice's, and the metrics say their source");
+    });
+}
+
+/// `time` as the store keeps it: to the microsecond.
+fn round_to_micros(time: SystemTime) -> SystemTime {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    SystemTime::UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
 }
 
 #[test]
 fn item_ids_are_never_handed_out_twice_even_after_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = SystemTime::now();
-    let last = {
-        let store = NetworkStore::open(dir.path(), settings()).unwrap();
-        let old = item(&store, now - 40 * DAY, "p", "live:here", true);
-        let id = old.id;
-        store.store(old);
-        store.close();
-        id
-    };
-    // The retention at this opening deletes that row; its id stays used.
-    let store = NetworkStore::open(dir.path(), settings()).unwrap();
-    store.flush();
-    assert_eq!(store.row_counts().unwrap().features, 0);
-    assert_eq!(store.reserve_item_ids(2), last + 1);
-    assert_eq!(store.reserve_item_ids(1), last + 3);
+    each_backend(|fixture| {
+        let now = SystemTime::now();
+        let last = {
+            let store = fixture.open_network(settings());
+            let old = item(&store, now - 40 * DAY, "p", "live:here", true);
+            let id = old.id;
+            store.store(old);
+            store.close();
+            id
+        };
+        // The retention at this opening deletes that row; its id stays used.
+        let store = fixture.open_network(settings());
+        store.flush();
+        assert_eq!(store.row_counts().unwrap().features, 0);
+        let next = store.reserve_item_ids(2).unwrap();
+        match fixture.backend {
+            Backend::Sqlite => assert_eq!(next, last + 1),
+            // The rest of the first opening's block is left unused.
+            Backend::Postgres => assert!(next > last, "{next} after {last}"),
+        }
+        assert!(store.item_id_issued(last), "an id stored before is known as issued");
+        assert_eq!(store.reserve_item_ids(1).unwrap(), next + 2, "consecutive");
+        // A reservation larger than a block is consecutive too.
+        let large = store.reserve_item_ids(5000).unwrap();
+        assert_eq!(store.reserve_item_ids(1).unwrap(), large + 5000);
+    });
 }
 
 #[cfg(unix)]

@@ -73,7 +73,14 @@ impl NetworkService {
         let version = model.info.version;
         let stored = self.settings.storage.store_analyze_requests;
         // Stored results get their ids now, so that the answer can name them.
-        let first_id = if stored { Some(self.store.reserve_item_ids(prepared.len())) } else { None };
+        let first_id = match stored {
+            true => Some(
+                self.store
+                    .reserve_item_ids(prepared.len())
+                    .map_err(|error| AnalyzeError::Storage(error.to_string()))?,
+            ),
+            false => None,
+        };
         let results: Vec<DetectionResult> = prepared
             .par_iter()
             .zip(verdicts)

@@ -66,4 +66,6 @@ pub enum AnalyzeError {
     Task(String),
     #[error("the model could not score the batch: {0}")]
     Model(String),
+    #[error("no ids could be reserved for the results to store: {0}")]
+    Storage(String),
 }

@@ -47,10 +47,13 @@ impl NetworkService {
                 PipelineInput::Snapshot(snapshot, journal_id) => {
                     let tracker = trackers.entry(snapshot.host.clone()).or_default();
                     let events = tracker.update(snapshot.timestamp, &snapshot.connections);
-                    let items = self.process_snapshot(&mut extractor, events);
                     // Its items and the deletion of its journal entry are one transaction, so a
-                    // crash can neither lose nor duplicate them.
-                    self.store.store_snapshot(journal_id, items);
+                    // crash can neither lose nor duplicate them. Without ids for all of them
+                    // (the shared database is unreachable, so their transaction would fail
+                    // too), it stays journalled and is replayed at the next start.
+                    if let Some(items) = self.process_snapshot(&mut extractor, events) {
+                        self.store.store_snapshot(journal_id, items);
+                    }
                 }
             }
         }
@@ -70,7 +73,9 @@ impl NetworkService {
             scored(model.bundle.judge(&features, event.record.process_name.as_deref(), buffer))
         });
         let (item, result) = self.conclude(model.as_deref(), event, &features, Source::Live, verdict);
-        self.store.store(item);
+        if let Some(item) = item {
+            self.store.store(item);
+        }
         if let Some(result) = result {
             self.publish(result);
         }
@@ -78,14 +83,15 @@ impl NetworkService {
 
     /// The events of one agent snapshot (up to its whole socket table on the first one): their
     /// features in order, since each event's windows include the ones before it, then one
-    /// batch verdict, where each model scores them all in one call. Returns the items to store.
+    /// batch verdict, where each model scores them all in one call. Returns the items to store,
+    /// or `None` when an item got no id.
     fn process_snapshot(
         &self,
         extractor: &mut FeatureExtractor,
         events: Vec<ConnectionEvent>,
-    ) -> Vec<ScoredItem> {
+    ) -> Option<Vec<ScoredItem>> {
         if events.is_empty() {
-            return Vec::new();
+            return Some(Vec::new());
         }
         self.counters.events.fetch_add(events.len() as u64, Ordering::Relaxed);
         let observed: Vec<(ConnectionEvent, RawFeatures)> = events
@@ -112,10 +118,11 @@ impl NetworkService {
                 self.publish(result);
             }
         }
-        items
+        items.into_iter().collect()
     }
 
-    /// The item to store for an event, and the result to publish when a model gave a verdict.
+    /// The item to store for an event (none when no id could be reserved for it: logged), and
+    /// the result to publish when a model gave a verdict.
     fn conclude(
         &self,
         model: Option<&ActiveModel>,
@@ -123,11 +130,15 @@ impl NetworkService {
         features: &RawFeatures,
         source: Source,
         verdict: Option<Verdict>,
-    ) -> (ScoredItem, Option<Arc<DetectionResult>>) {
-        let id = self.store.reserve_item_ids(1);
+    ) -> (Option<ScoredItem>, Option<Arc<DetectionResult>>) {
+        let id = self
+            .store
+            .reserve_item_ids(1)
+            .inspect_err(|error| tracing::error!(%error, "no id for a scored item: it is not stored"))
+            .ok();
         let result = model.zip(verdict).map(|(model, verdict)| {
             Arc::new(DetectionResult {
-                id: Some(id),
+                id,
                 source,
                 observed_at: humantime::format_rfc3339_micros(event.record.timestamp).to_string(),
                 model_version: model.info.version,
@@ -135,15 +146,17 @@ impl NetworkService {
                 verdict,
             })
         });
-        let item = scored_item(
-            id,
-            event.record.timestamp,
-            Some(&event.record),
-            features,
-            source,
-            result.as_ref().map(|result| &result.verdict),
-            &self.addresses,
-        );
+        let item = id.map(|id| {
+            scored_item(
+                id,
+                event.record.timestamp,
+                Some(&event.record),
+                features,
+                source,
+                result.as_ref().map(|result| &result.verdict),
+                &self.addresses,
+            )
+        });
         (item, result)
     }
 

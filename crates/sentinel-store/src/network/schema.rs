@@ -5,7 +5,8 @@
 //! written with `IF NOT EXISTS`: such a file is adopted (its tables are already there) rather
 //! than refused. Later migrations are plain, like those of `sentinel.db`: migration 2 adds
 //! analysts' feedback (`network_feedback`, beside the SPEC's `network_features.label`) and says
-//! where each `model_metrics` row comes from.
+//! where each `model_metrics` row comes from; migration 3 adds `broker_deliveries`, the broker's
+//! deliveries already stored ([`crate::NetworkStore::store_delivery`]).
 
 use crate::migrations::Schema;
 
@@ -63,4 +64,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE model_metrics ADD COLUMN source TEXT NOT NULL DEFAULT 'held_out';
     ALTER TABLE model_metrics ADD COLUMN samples INTEGER;
     ALTER TABLE model_metrics ADD COLUMN anomalies INTEGER;",
+    // 3: the broker's records (by the record's id, its message id) whose items are stored: a
+    // redelivery after a crash finds its row and is not stored twice.
+    // Rows older than the retention are deleted with the items.
+    "CREATE TABLE broker_deliveries (record_id TEXT PRIMARY KEY NOT NULL,
+      stored_at DATETIME NOT NULL) WITHOUT ROWID;
+    CREATE INDEX broker_deliveries_stored ON broker_deliveries(stored_at);",
 ];

@@ -19,7 +19,8 @@
 //! new ones are made, so the store recovers by itself.
 //!
 //! Each dataset's SQL is in its own file here, beside the SQLite SQL of the dataset's module;
-//! `schema.rs` holds the migrations, `migrations.rs` applies them.
+//! `schema.rs` (malware tables) and `network_schema.rs` (network tables) hold the migrations,
+//! `migrations.rs` applies them.
 
 pub(crate) mod alerts;
 pub(crate) mod api_tokens;
@@ -27,6 +28,8 @@ pub(crate) mod audit;
 pub(crate) mod leases;
 mod migrations;
 pub(crate) mod model_registry;
+pub(crate) mod network;
+mod network_schema;
 mod schema;
 pub(crate) mod vt_reports;
 
@@ -42,6 +45,7 @@ use zeroize::Zeroizing;
 use crate::StoreError;
 
 pub(crate) use migrations::PgSchema;
+pub(crate) use network_schema::NETWORK;
 pub(crate) use schema::MALWARE;
 
 /// Connections kept by a replica's pool: each serves one call at a time, and callers beyond it

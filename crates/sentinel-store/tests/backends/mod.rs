@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use sentinel_store::{Store, StoreError, StoreSettings};
+use sentinel_store::{NetworkStore, Store, StoreError, StoreSettings, WriterSettings};
 use sentinel_testkit::postgres::ScratchDatabase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,24 @@ impl Fixture {
             None => Store::open(self.dir.path(), settings),
             Some(database) => Store::open_postgres(database.url(), self.dir.path(), settings),
         }
+    }
+
+    /// The network tables of the location: `network.db` in the data directory, or the same
+    /// PostgreSQL database as the malware tables.
+    pub fn open_network(&self, settings: WriterSettings) -> NetworkStore {
+        self.try_open_network(settings).unwrap()
+    }
+
+    pub fn try_open_network(&self, settings: WriterSettings) -> Result<NetworkStore, StoreError> {
+        match &self.database {
+            None => NetworkStore::open(self.dir.path(), settings),
+            Some(database) => NetworkStore::open_postgres(database.url(), None, settings),
+        }
+    }
+
+    /// The scratch database, on PostgreSQL.
+    pub fn postgres(&self) -> Option<&ScratchDatabase> {
+        self.database.as_ref()
     }
 }
 
