@@ -155,7 +155,7 @@ fn the_tables_have_exactly_the_columns_of_spec_2_3_and_the_schema_is_versioned()
         names("network_feedback"),
         ["feature_id INTEGER", "labelled_at DATETIME", "analyst TEXT", "note TEXT"]
     );
-    assert_eq!(names("broker_deliveries"), ["partition INTEGER", "sequence INTEGER", "stored_at DATETIME"]);
+    assert_eq!(names("broker_deliveries"), ["record_id TEXT", "stored_at DATETIME"]);
     assert_eq!(
         names("predictions"),
         [
@@ -229,7 +229,7 @@ fn on_postgresql_the_tables_have_the_columns_of_spec_2_3_in_its_types_and_their_
     );
     columns("network_feedback", &format!("feature_id bigint, labelled_at {time}, analyst text, note text"));
     columns("ingest_journal", &format!("id bigint, received_at {time}, snapshot bytea"));
-    columns("broker_deliveries", &format!("partition bigint, sequence bigint, stored_at {time}"));
+    columns("broker_deliveries", &format!("record_id text, stored_at {time}"));
     let references = database
         .query_i64(
             "SELECT count(*) FROM information_schema.referential_constraints r
