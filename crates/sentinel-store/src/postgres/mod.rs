@@ -21,9 +21,14 @@
 //! Each dataset's SQL is in its own file here, beside the SQLite SQL of the dataset's module;
 //! `schema.rs` holds the migrations, `migrations.rs` applies them.
 
+pub(crate) mod hash_lists;
+pub(crate) mod labels;
 mod migrations;
+pub(crate) mod samples;
 mod schema;
+pub(crate) mod verdicts;
 pub(crate) mod vt_reports;
+pub(crate) mod yara_matches;
 
 use std::future::Future;
 use std::sync::mpsc;
