@@ -272,15 +272,14 @@ mod tests {
             }
             drop(old);
 
-            let location = Arc::new(location);
             let start = Arc::new(Barrier::new(RECORDERS + RUNS));
             let recorders: Vec<_> = (0..RECORDERS)
                 .map(|recorder| {
-                    let (location, start, samples) =
-                        (Arc::clone(&location), Arc::clone(&start), Arc::clone(&samples));
-                    let settings = settings.clone();
+                    // Opened before its thread starts: a store that cannot open fails the test rather
+                    // than leave the other threads waiting at the barrier.
+                    let store = location.open(settings.clone(), crate::system_clock);
+                    let (start, samples) = (Arc::clone(&start), Arc::clone(&samples));
                     std::thread::spawn(move || {
-                        let store = location.open(settings, crate::system_clock);
                         start.wait();
                         // Every recorder records the even samples, in opposite orders.
                         let mut even: Vec<usize> = (0..SAMPLES).step_by(2).collect();
@@ -297,10 +296,9 @@ mod tests {
                 .collect();
             let runs: Vec<_> = (0..RUNS)
                 .map(|_| {
-                    let (location, start, settings) =
-                        (Arc::clone(&location), Arc::clone(&start), settings.clone());
+                    let (store, start) =
+                        (location.open(settings.clone(), crate::system_clock), Arc::clone(&start));
                     std::thread::spawn(move || {
-                        let store = location.open(settings, crate::system_clock);
                         start.wait();
                         store.apply_retention().unwrap()
                     })

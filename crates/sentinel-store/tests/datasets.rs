@@ -337,16 +337,15 @@ fn manual_labels_keep_precedence_while_replicas_label_at_once() {
     const REPLICAS: usize = 4;
     const HASHES: usize = 40;
     each_backend(|fixture| {
-        let fixture = Arc::new(fixture);
         let hashes: Arc<Vec<String>> =
             Arc::new((0..HASHES).map(|i| sha256(format!("raced {i}").as_bytes())).collect());
         let start = Arc::new(Barrier::new(REPLICAS + 1));
         let automatic: Vec<_> = (0..REPLICAS)
             .map(|replica| {
-                let (fixture, hashes, start) =
-                    (Arc::clone(&fixture), Arc::clone(&hashes), Arc::clone(&start));
+                // Opened before its thread starts: a store that cannot open fails the test rather
+                // than leave the other threads waiting at the barrier.
+                let (store, hashes, start) = (fixture.open(), Arc::clone(&hashes), Arc::clone(&start));
                 std::thread::spawn(move || {
-                    let store = fixture.open();
                     start.wait();
                     for round in 0..3 {
                         for hash in hashes.iter() {
@@ -370,9 +369,8 @@ fn manual_labels_keep_precedence_while_replicas_label_at_once() {
             })
             .collect();
         let manual = {
-            let (fixture, hashes, start) = (Arc::clone(&fixture), Arc::clone(&hashes), Arc::clone(&start));
+            let (store, hashes, start) = (fixture.open(), Arc::clone(&hashes), Arc::clone(&start));
             std::thread::spawn(move || {
-                let store = fixture.open();
                 start.wait();
                 for hash in hashes.iter() {
                     assert!(store.set_label(hash, 0, LabelSource::Manual, Some("analyst")).unwrap());
@@ -507,13 +505,13 @@ fn replicas_adding_one_hash_at_once_each_replace_exactly_one_entry() {
     const REPLICAS: usize = 4;
     const ADDS: usize = 15;
     each_backend(|fixture| {
-        let fixture = Arc::new(fixture);
         let start = Arc::new(Barrier::new(REPLICAS));
         let replicas: Vec<_> = (0..REPLICAS)
             .map(|replica| {
-                let (fixture, start) = (Arc::clone(&fixture), Arc::clone(&start));
+                // Opened before its thread starts: a store that cannot open fails the test rather
+                // than leave the other threads waiting at the barrier.
+                let (store, start) = (fixture.open(), Arc::clone(&start));
                 std::thread::spawn(move || {
-                    let store = fixture.open();
                     start.wait();
                     (0..ADDS)
                         .map(|add| {
@@ -540,7 +538,7 @@ fn replicas_adding_one_hash_at_once_each_replace_exactly_one_entry() {
     });
 }
 
-/// Two replicas import the same labels at once in opposite orders, again and again: each
+/// Two replicas import the same labels (and list entries) at once in opposite orders, again and again: each
 /// transaction writes its rows in one order (the hashes'), so neither deadlocks the other, and
 /// the later row of each hash wins within each import.
 #[test]
@@ -548,14 +546,14 @@ fn replicas_importing_the_same_labels_in_opposite_orders_both_succeed() {
     const ROWS: usize = 400;
     const ROUNDS: usize = 4;
     each_backend(|fixture| {
-        let fixture = Arc::new(fixture);
         let start = Arc::new(Barrier::new(2));
         let importers: Vec<_> = [false, true]
             .into_iter()
             .map(|reversed| {
-                let (fixture, start) = (Arc::clone(&fixture), Arc::clone(&start));
+                // Opened before its thread starts: a store that cannot open fails the test rather
+                // than leave the other threads waiting at the barrier.
+                let (store, start) = (fixture.open(), Arc::clone(&start));
                 std::thread::spawn(move || {
-                    let store = fixture.open();
                     let mut hashes: Vec<String> =
                         (0..ROWS).map(|i| sha256(format!("imported {i}").as_bytes())).collect();
                     if reversed {
@@ -564,18 +562,34 @@ fn replicas_importing_the_same_labels_in_opposite_orders_both_succeed() {
                     let csv: String = std::iter::once("file_path,sha256,y\n".to_owned())
                         .chain(hashes.iter().map(|hash| format!(",{hash},0\n,{hash},1\n")))
                         .collect();
+                    let list_csv: String = std::iter::once("sha256,reason,source\n".to_owned())
+                        .chain(hashes.iter().map(|hash| format!("{hash},bulk,feed\n")))
+                        .collect();
+                    // Every round's outcome is kept, not unwrapped here: a failing thread must still
+                    // meet the other at each barrier.
+                    let mut imported = Vec::new();
                     for _ in 0..ROUNDS {
                         start.wait();
-                        let report = store.import_labels_csv(csv.as_bytes()).unwrap();
-                        assert_eq!(report.rows_imported, 2 * ROWS as u64, "{report}");
+                        imported
+                            .push(store.import_labels_csv(csv.as_bytes()).map(|report| report.rows_imported));
+                        start.wait();
+                        let list = store.import_list_csv(HashList::Bad, list_csv.as_bytes(), "cli:test");
+                        imported.push(list.map(|report| 2 * report.rows_imported));
                     }
+                    imported
                 })
             })
             .collect();
         for importer in importers {
-            importer.join().unwrap();
+            for imported in importer.join().unwrap() {
+                assert_eq!(imported.unwrap(), 2 * ROWS as u64);
+            }
         }
-        let samples = fixture.open().labelled_samples().unwrap();
+        let store = fixture.open();
+        let listed =
+            store.list_entries(&ListQuery { list: HashList::Bad, after: None, limit: None }).unwrap();
+        assert_eq!(listed.len(), ROWS);
+        let samples = store.labelled_samples().unwrap();
         assert_eq!(samples.len(), ROWS);
         assert!(samples.iter().all(|sample| sample.y == 1 && sample.source == LabelSource::Import));
     });

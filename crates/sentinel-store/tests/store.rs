@@ -715,13 +715,13 @@ fn replicas_recording_the_same_samples_at_once_keep_every_verdict_and_one_set_of
     const REPLICAS: usize = 4;
     const SAMPLES: u32 = 20;
     each_backend(|fixture| {
-        let fixture = Arc::new(fixture);
         let start = Arc::new(Barrier::new(REPLICAS));
         let replicas: Vec<_> = (0..REPLICAS)
             .map(|replica| {
-                let (fixture, start) = (Arc::clone(&fixture), Arc::clone(&start));
+                // Opened before its thread starts: a store that cannot open fails the test rather
+                // than leave the other threads waiting at the barrier.
+                let (store, start) = (fixture.open(), Arc::clone(&start));
                 std::thread::spawn(move || {
-                    let store = fixture.open();
                     start.wait();
                     let rules =
                         [found(&format!("replica_{replica}_a")), found(&format!("replica_{replica}_b"))];
