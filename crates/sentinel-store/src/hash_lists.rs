@@ -18,7 +18,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::dataset_csv::{self, ImportReport, preview};
 use crate::sample_hash::SampleHash;
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
+
+/// Entries read per query by the export.
+const EXPORT_PAGE: usize = 512;
 
 /// Longest reason accepted, in bytes: a sentence or two for people, not a document.
 const MAX_REASON_LEN: usize = 1024;
@@ -132,12 +135,12 @@ pub struct ListQuery {
 
 /// An entry checked and copied, so the writer thread can write it.
 #[derive(Debug, Clone)]
-struct ValidEntry {
-    hash: SampleHash,
-    list: HashList,
-    reason: String,
-    source: String,
-    added_by: String,
+pub(crate) struct ValidEntry {
+    pub(crate) hash: SampleHash,
+    pub(crate) list: HashList,
+    pub(crate) reason: String,
+    pub(crate) source: String,
+    pub(crate) added_by: String,
 }
 
 const COLUMNS: &str = "sha256, list, reason, source, added_at, added_by";
@@ -154,7 +157,12 @@ impl Store {
     pub fn add_list_entry(&self, entry: &NewListEntry<'_>) -> Result<Option<ListEntry>, StoreError> {
         let entry = ValidEntry::new(entry)?;
         let now = self.now();
-        self.sqlite()?.write(move |connection| entry.upsert(connection, now))
+        match &self.tables {
+            Tables::Sqlite(database) => database.write(move |connection| entry.upsert(connection, now)),
+            Tables::Postgres(database) => {
+                Ok(postgres::hash_lists::add(database, vec![entry], now)?.remove(0))
+            }
+        }
     }
 
     /// Takes a hash off `list`. Returns the entry removed; `None` when the hash was not on
@@ -165,34 +173,44 @@ impl Store {
         sha256_hex: &str,
     ) -> Result<Option<ListEntry>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.sqlite()?.write(move |connection| {
-            let mut statement = connection.prepare_cached(&format!(
-                "DELETE FROM hash_lists WHERE sha256 = ?1 AND list = ?2 RETURNING {COLUMNS}"
-            ))?;
-            Ok(statement.query_row(params![hash.as_str(), list.as_str()], entry_from_row).optional()?)
-        })
+        match &self.tables {
+            Tables::Sqlite(database) => database.write(move |connection| {
+                let mut statement = connection.prepare_cached(&format!(
+                    "DELETE FROM hash_lists WHERE sha256 = ?1 AND list = ?2 RETURNING {COLUMNS}"
+                ))?;
+                Ok(statement.query_row(params![hash.as_str(), list.as_str()], entry_from_row).optional()?)
+            }),
+            Tables::Postgres(database) => postgres::hash_lists::remove(database, list, hash),
+        }
     }
 
     /// The entry of a hash on either list, or `None` when it is on neither. The malware server
     /// asks this for every request: one lookup by primary key.
     pub fn list_entry(&self, sha256_hex: &str) -> Result<Option<ListEntry>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.sqlite()?.read(|connection| entry_of(connection, hash.as_str()))
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| entry_of(connection, hash.as_str())),
+            Tables::Postgres(database) => postgres::hash_lists::get(database, hash),
+        }
     }
 
     /// Entries of a list, ordered by hash (see [`ListQuery`]).
     pub fn list_entries(&self, query: &ListQuery) -> Result<Vec<ListEntry>, StoreError> {
         let after = query.after.as_deref().map(SampleHash::parse).transpose()?;
-        // SQLite reads a negative LIMIT as none.
-        let limit = query.limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
-        self.sqlite()?.read(|connection| {
-            let mut statement = connection.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM hash_lists WHERE list = ?1 AND sha256 > ?2 ORDER BY sha256 LIMIT ?3"
-            ))?;
-            let after = after.as_ref().map_or("", SampleHash::as_str);
-            let rows = statement.query_map(params![query.list.as_str(), after, limit], entry_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        let after = after.as_ref().map_or("", SampleHash::as_str).to_owned();
+        let limit = query.limit.map(|limit| i64::try_from(limit).unwrap_or(i64::MAX));
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM hash_lists WHERE list = ?1 AND sha256 > ?2 ORDER BY sha256 LIMIT ?3"
+                ))?;
+                // SQLite reads a negative LIMIT as none.
+                let limit = limit.unwrap_or(-1);
+                let rows = statement.query_map(params![query.list.as_str(), after, limit], entry_from_row)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            }),
+            Tables::Postgres(database) => postgres::hash_lists::page(database, query.list, after, limit),
+        }
     }
 
     /// Writes a list as CSV with the header `sha256,reason,source`, ordered by hash. Returns
@@ -200,12 +218,22 @@ impl Store {
     pub fn export_list_csv(&self, list: HashList, out: impl Write) -> Result<u64, StoreError> {
         let mut writer = csv::Writer::from_writer(out);
         writer.write_record(CSV_HEADER.split(','))?;
-        let entries = self.list_entries(&ListQuery { list, after: None, limit: None })?;
-        for entry in &entries {
-            writer.write_record([&entry.sha256, &entry.reason, &entry.source])?;
+        // A page at a time, so the export's memory does not grow with the list.
+        let mut query = ListQuery { list, after: None, limit: Some(EXPORT_PAGE) };
+        let mut written = 0u64;
+        loop {
+            let entries = self.list_entries(&query)?;
+            for entry in &entries {
+                writer.write_record([&entry.sha256, &entry.reason, &entry.source])?;
+            }
+            written += entries.len() as u64;
+            match entries.last() {
+                Some(last) if entries.len() == EXPORT_PAGE => query.after = Some(last.sha256.clone()),
+                _ => break,
+            }
         }
         writer.flush().map_err(csv::Error::from)?;
-        Ok(entries.len() as u64)
+        Ok(written)
     }
 
     /// Imports entries of `list` from CSV with the header `sha256,reason,source` (an empty
@@ -222,9 +250,12 @@ impl Store {
         dataset_csv::import_rows(input, CSV_HEADER, parse, |rows, report| {
             let now = self.now();
             let entries: Vec<ValidEntry> = rows.into_iter().map(|(_, entry)| entry).collect();
-            let replaced = self.sqlite()?.write(move |connection| {
-                entries.iter().map(|entry| entry.upsert(connection, now)).collect::<Result<Vec<_>, _>>()
-            })?;
+            let replaced = match &self.tables {
+                Tables::Sqlite(database) => database.write(move |connection| {
+                    entries.iter().map(|entry| entry.upsert(connection, now)).collect::<Result<Vec<_>, _>>()
+                })?,
+                Tables::Postgres(database) => postgres::hash_lists::add(database, entries, now)?,
+            };
             for _ in replaced {
                 report.count(true);
             }
@@ -308,84 +339,4 @@ fn parse_row(record: &csv::StringRecord, list: HashList, added_by: &str) -> Resu
     };
     let entry = NewListEntry { sha256: sha256.trim(), list, reason: reason.trim(), source, added_by };
     ValidEntry::new(&entry).map_err(|error| format!("{error} (reason {:?})", preview(reason)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::StoreSettings;
-
-    const HASH: &str = "9F2981A7A1B3E1C1C2D1E0F0A0B0C0D0E0F0A1B2C3D4E5F60718293A4B5C6D7E";
-
-    fn entry<'a>(list: HashList, reason: &'a str) -> NewListEntry<'a> {
-        NewListEntry { sha256: HASH, list, reason, source: "analyst", added_by: "cli:test" }
-    }
-
-    #[test]
-    fn a_hash_is_on_one_list_at_most_and_moves_between_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        assert_eq!(store.list_entry(HASH).unwrap(), None);
-        assert_eq!(store.add_list_entry(&entry(HashList::Safe, "signed installer")).unwrap(), None);
-        let listed = store.list_entry(&HASH.to_lowercase()).unwrap().unwrap();
-        assert_eq!((listed.list, listed.reason.as_str()), (HashList::Safe, "signed installer"));
-        assert_eq!(listed.sha256, HASH.to_lowercase());
-
-        let previous = store.add_list_entry(&entry(HashList::Bad, "ransomware, ticket 42")).unwrap();
-        assert_eq!(previous.map(|entry| entry.list), Some(HashList::Safe));
-        assert_eq!(store.list_entry(HASH).unwrap().unwrap().list, HashList::Bad);
-        // Removing it from the list it is not on changes nothing.
-        assert_eq!(store.remove_list_entry(HashList::Safe, HASH).unwrap(), None);
-        let removed = store.remove_list_entry(HashList::Bad, HASH).unwrap().unwrap();
-        assert_eq!(removed.reason, "ransomware, ticket 42");
-        assert_eq!(store.list_entry(HASH).unwrap(), None);
-    }
-
-    #[test]
-    fn entries_need_a_reason_and_a_source_without_control_characters() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        for bad in ["", "  ", "line\nbreak", &"x".repeat(MAX_REASON_LEN + 1)] {
-            let error = store.add_list_entry(&entry(HashList::Bad, bad)).unwrap_err();
-            assert!(matches!(error, StoreError::InvalidListEntry(_)), "{bad:?}: {error}");
-        }
-        let bad_hash = NewListEntry { sha256: "abc", ..entry(HashList::Bad, "why") };
-        assert!(matches!(store.add_list_entry(&bad_hash), Err(StoreError::InvalidSha256(_))));
-        assert_eq!(store.list_entry(HASH).unwrap(), None);
-    }
-
-    #[test]
-    fn lists_round_trip_through_csv_and_bad_rows_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreSettings::default()).unwrap();
-        let csv = format!(
-            "sha256,reason,source\n{},\"known good, vendor\",\n{HASH},test fixture,feed-1\nnot-a-hash,x,y\n{},,z\n",
-            "a".repeat(64),
-            "b".repeat(64)
-        );
-        let report = store.import_list_csv(HashList::Safe, csv.as_bytes(), "cli:test").unwrap();
-        assert_eq!((report.rows_imported, report.rows_rejected), (2, 2), "{report}");
-        assert_eq!(report.errors.iter().map(|error| error.line).collect::<Vec<_>>(), [4, 5]);
-        let first = store.list_entry(&"a".repeat(64)).unwrap().unwrap();
-        assert_eq!((first.source.as_str(), first.added_by.as_str()), ("import", "cli:test"));
-
-        let mut exported = Vec::new();
-        assert_eq!(store.export_list_csv(HashList::Safe, &mut exported).unwrap(), 2);
-        let other = tempfile::tempdir().unwrap();
-        let copy = Store::open(other.path(), StoreSettings::default()).unwrap();
-        copy.import_list_csv(HashList::Safe, exported.as_slice(), "cli:other").unwrap();
-        let query = ListQuery { list: HashList::Safe, after: None, limit: None };
-        let strip = |entries: Vec<ListEntry>| {
-            entries.into_iter().map(|entry| (entry.sha256, entry.reason, entry.source)).collect::<Vec<_>>()
-        };
-        assert_eq!(strip(copy.list_entries(&query).unwrap()), strip(store.list_entries(&query).unwrap()));
-        assert!(store.list_entries(&ListQuery { list: HashList::Bad, ..query.clone() }).unwrap().is_empty());
-
-        // Ordered by hash: "9f29…" comes before "aaaa…".
-        let first_page = ListQuery { list: HashList::Safe, after: None, limit: Some(1) };
-        assert_eq!(strip(store.list_entries(&first_page).unwrap())[0].0, HASH.to_lowercase());
-        let next_page = ListQuery { after: Some(HASH.to_owned()), ..first_page };
-        assert_eq!(strip(store.list_entries(&next_page).unwrap())[0].0, "a".repeat(64));
-        assert!(store.import_list_csv(HashList::Bad, "sha256,why\n".as_bytes(), "cli:test").is_err());
-    }
 }

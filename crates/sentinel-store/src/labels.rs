@@ -12,13 +12,19 @@ use std::fmt;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use deadpool_postgres::Transaction;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::dataset_csv::{self, ImportReport, preview};
 use crate::sample_hash::SampleHash;
+use crate::samples::SampleRows;
 use crate::vault::Vault;
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
+
+/// Labels read from PostgreSQL per query.
+const PAGE: i64 = 512;
 
 /// Longest note accepted, in bytes.
 const MAX_NOTE_LEN: usize = 4096;
@@ -46,7 +52,7 @@ impl LabelSource {
         }
     }
 
-    fn from_name(name: &str) -> Option<LabelSource> {
+    pub(crate) fn from_name(name: &str) -> Option<LabelSource> {
         [LabelSource::VirusTotal, LabelSource::Manual, LabelSource::Import]
             .into_iter()
             .find(|source| source.as_str() == name)
@@ -77,11 +83,11 @@ pub struct LabelledSample {
 
 /// A label checked and copied, so the writer thread can write it.
 #[derive(Debug, Clone)]
-struct ValidLabel {
-    hash: SampleHash,
-    y: u8,
-    source: LabelSource,
-    note: Option<String>,
+pub(crate) struct ValidLabel {
+    pub(crate) hash: SampleHash,
+    pub(crate) y: u8,
+    pub(crate) source: LabelSource,
+    pub(crate) note: Option<String>,
 }
 
 /// Inserts or replaces, unless a manual label would be replaced by an automatic one;
@@ -106,27 +112,64 @@ impl Store {
         note: Option<&str>,
     ) -> Result<bool, StoreError> {
         let label = ValidLabel::new(sha256_hex, y, source, note)?;
-        let now = self.now();
-        self.sqlite()?.write(move |connection| label.upsert(connection, now))
+        self.write_rows(label)
     }
 
     /// The label of a sample, or `None` if it has none.
     pub fn label(&self, sha256_hex: &str) -> Result<Option<LabelledSample>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.sqlite()?.read(|connection| {
-            let mut statement = connection.prepare_cached(&format!("{SELECT} WHERE labels.sha256 = ?1"))?;
-            Ok(statement.query_row([hash.as_str()], |row| labelled_from_row(&self.vault, row)).optional()?)
-        })
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement =
+                    connection.prepare_cached(&format!("{SELECT} WHERE labels.sha256 = ?1"))?;
+                Ok(statement
+                    .query_row([hash.as_str()], |row| labelled_from_row(&self.vault, row))
+                    .optional()?)
+            }),
+            Tables::Postgres(database) => postgres::labels::get(database, Arc::clone(&self.vault), hash),
+        }
     }
 
     /// Every labelled sample, ordered by hash, with the vault file to retrain on when the vault
     /// holds one.
     pub fn labelled_samples(&self) -> Result<Vec<LabelledSample>, StoreError> {
-        self.sqlite()?.read(|connection| {
-            let mut statement = connection.prepare_cached(&format!("{SELECT} ORDER BY labels.sha256"))?;
-            let rows = statement.query_map([], |row| labelled_from_row(&self.vault, row))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        let mut samples = Vec::new();
+        self.each_labelled_sample(|sample| {
+            samples.push(sample);
+            Ok(())
+        })?;
+        Ok(samples)
+    }
+
+    /// Gives every labelled sample, ordered by hash, to `each`; on PostgreSQL a page at a time.
+    fn each_labelled_sample(
+        &self,
+        mut each: impl FnMut(LabelledSample) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection.prepare_cached(&format!("{SELECT} ORDER BY labels.sha256"))?;
+                let mut rows = statement.query([])?;
+                while let Some(row) = rows.next()? {
+                    each(labelled_from_row(&self.vault, row)?)?;
+                }
+                Ok(())
+            }),
+            Tables::Postgres(database) => {
+                let mut after = None;
+                loop {
+                    let page = postgres::labels::page(database, Arc::clone(&self.vault), after.take(), PAGE)?;
+                    let full = page.len() as i64 == PAGE;
+                    for sample in page {
+                        after = Some(sample.sha256.clone());
+                        each(sample)?;
+                    }
+                    if !full {
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     /// Writes the dataset as CSV with the header `file_path,sha256,y`, ordered by hash.
@@ -136,12 +179,13 @@ impl Store {
         let mut writer = csv::Writer::from_writer(out);
         writer.write_record(CSV_HEADER.split(','))?;
         let mut written = 0u64;
-        for sample in self.labelled_samples()? {
+        self.each_labelled_sample(|sample| {
             let file_path =
                 sample.file_path.map(|path| path.to_string_lossy().into_owned()).unwrap_or_default();
             writer.write_record([file_path, sample.sha256, sample.y.to_string()])?;
             written += 1;
-        }
+            Ok(())
+        })?;
         writer.flush().map_err(csv::Error::from)?;
         Ok(written)
     }
@@ -173,9 +217,8 @@ impl Store {
                 Ok(None) => labels_only.push(label),
                 Ok(Some(bytes)) => {
                     self.import_labels(std::mem::take(&mut labels_only), report)?;
-                    let (now, hash) = (self.now(), label.hash.clone());
-                    let written = self
-                        .record_sample_with(&hash, &bytes, move |connection| label.upsert(connection, now));
+                    let hash = label.hash.clone();
+                    let written = self.record_sample_with(&hash, &bytes, label);
                     match written {
                         Ok((_, applied)) => {
                             report.samples_stored += 1;
@@ -217,9 +260,12 @@ impl Store {
             return Ok(());
         }
         let now = self.now();
-        let applied = self.sqlite()?.write(move |connection| {
-            labels.iter().map(|label| label.upsert(connection, now)).collect::<Result<Vec<_>, _>>()
-        })?;
+        let applied = match &self.tables {
+            Tables::Sqlite(database) => database.write(move |connection| {
+                labels.iter().map(|label| label.write_sqlite(connection, now)).collect::<Result<Vec<_>, _>>()
+            })?,
+            Tables::Postgres(database) => postgres::labels::upsert_all(database, labels, now)?,
+        };
         for applied in applied {
             report.count(applied);
         }
@@ -246,12 +292,26 @@ impl ValidLabel {
         }
         Ok(ValidLabel { hash, y, source, note: note.map(str::to_owned) })
     }
+}
 
-    fn upsert(&self, connection: &Connection, now: i64) -> Result<bool, StoreError> {
+/// A label written alone ([`Store::set_label`]) or with its sample's row (an import).
+impl SampleRows for ValidLabel {
+    /// Whether the label was written, or kept out by a manual one.
+    type Written = bool;
+
+    fn write_sqlite(&self, connection: &Connection, now: i64) -> Result<bool, StoreError> {
         let mut statement = connection.prepare_cached(UPSERT)?;
         let changed =
             statement.execute(params![self.hash.as_str(), self.y, self.source.as_str(), now, self.note])?;
         Ok(changed > 0)
+    }
+
+    async fn write_postgres<'a>(
+        &'a self,
+        transaction: &'a Transaction<'a>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        postgres::labels::upsert(transaction, self, now).await
     }
 }
 

@@ -281,14 +281,6 @@ impl Store {
         }
     }
 
-    /// The SQLite tables, for the datasets not yet on PostgreSQL.
-    fn sqlite(&self) -> Result<&Database, StoreError> {
-        match &self.tables {
-            Tables::Sqlite(database) => Ok(database),
-            Tables::Postgres(_) => Err(StoreError::Postgres("not yet available on PostgreSQL".into())),
-        }
-    }
-
     fn now(&self) -> i64 {
         (self.clock)()
     }

@@ -1,17 +1,24 @@
 //! Samples the server has seen: hash, size, first and last time seen, and whether the vault
 //! holds a copy. Recording a sample stores the vault file before the row, so a row never claims
 //! a file that was not durably written.
+//!
+//! Whether a row may list its file is decided while nothing can delete the file: on SQLite inside
+//! the write transaction (retention deletes files inside write transactions, which run one at a
+//! time); on PostgreSQL, where replicas write at once, after the row is locked by its upsert
+//! (retention deletes a file only while it holds the lock of the file's row).
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use deadpool_postgres::Transaction;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::sample_hash::SampleHash;
 use crate::vault::Vault;
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
 
 /// What the store knows about one sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +76,34 @@ impl fmt::Debug for VerifiedSample {
     }
 }
 
+/// Rows written in the same transaction as a sample's row (verdicts, YARA matches, a label), or
+/// in a transaction of their own when there is no sample, on either backend.
+pub(crate) trait SampleRows: Clone + Send + 'static {
+    /// What writing them answers (the verdicts' ids, whether a label was applied).
+    type Written: Send + 'static;
+
+    fn write_sqlite(&self, connection: &Connection, now: i64) -> Result<Self::Written, StoreError>;
+
+    fn write_postgres<'a>(
+        &'a self,
+        transaction: &'a Transaction<'a>,
+        now: i64,
+    ) -> impl Future<Output = Result<Self::Written, StoreError>> + Send + 'a;
+}
+
+/// A sample recorded alone.
+impl SampleRows for () {
+    type Written = ();
+
+    fn write_sqlite(&self, _: &Connection, _: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn write_postgres<'a>(&'a self, _: &'a Transaction<'a>, _: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 const UPSERT: &str = "INSERT INTO samples (sha256, size, first_seen, last_seen, stored_path)
     VALUES (?1, ?2, ?3, ?3, ?4)
     ON CONFLICT (sha256) DO UPDATE SET
@@ -91,7 +126,7 @@ impl Store {
     /// Both the row and the file are durable when this returns.
     pub fn record_sample(&self, sha256_hex: &str, bytes: &[u8]) -> Result<SampleRecord, StoreError> {
         let hash = SampleHash::verify(sha256_hex, bytes)?;
-        self.record_sample_with(&hash, bytes, |_| Ok(())).map(|(record, ())| record)
+        self.record_sample_with(&hash, bytes, ()).map(|(record, ())| record)
     }
 
     /// Writes the sample's vault file now, durably, without its row (a no-op when the settings
@@ -112,14 +147,14 @@ impl Store {
     }
 
     /// Records a sample, whose bytes the caller has checked hash to `hash`, as
-    /// [`Store::record_sample`] does and, in the same transaction, whatever `also` writes;
-    /// nothing is committed if `also` fails. `also` is cloned for each attempt.
-    pub(crate) fn record_sample_with<T: Send + 'static>(
+    /// [`Store::record_sample`] does and, in the same transaction, `rows`; nothing is committed
+    /// if writing them fails.
+    pub(crate) fn record_sample_with<R: SampleRows>(
         &self,
         hash: &SampleHash,
         bytes: &[u8],
-        also: impl FnOnce(&Connection) -> Result<T, StoreError> + Clone + Send + 'static,
-    ) -> Result<(SampleRecord, T), StoreError> {
+        rows: R,
+    ) -> Result<(SampleRecord, R::Written), StoreError> {
         let keep = self.keeps(bytes);
         // A slice holds at most isize::MAX bytes, which fits an i64.
         let size = bytes.len() as i64;
@@ -131,22 +166,29 @@ impl Store {
                 // already there.
                 self.vault.store(hash, bytes)?;
             }
-            let (vault, hash, also) = (Arc::clone(&self.vault), hash.clone(), also.clone());
-            let written = self.sqlite()?.write(move |connection| {
-                // Retention deletes files inside write transactions, which run one at a time,
-                // so a file that exists here still exists when this row is committed. If
-                // retention deleted it since it was stored above, store it again and retry.
-                let stored = vault.contains(&hash)?;
-                if keep && !stored {
-                    return Ok(None);
+            let (vault, hash, rows) = (Arc::clone(&self.vault), hash.clone(), rows.clone());
+            let written = match &self.tables {
+                Tables::Sqlite(database) => database.write(move |connection| {
+                    // Retention deletes files inside write transactions, which run one at a time,
+                    // so a file that exists here still exists when this row is committed. If
+                    // retention deleted it since it was stored above, store it again and retry.
+                    let stored = vault.contains(&hash)?;
+                    if keep && !stored {
+                        return Ok(None);
+                    }
+                    let stored_path = stored.then(|| Vault::relative_path(&hash));
+                    let mut statement = connection.prepare_cached(UPSERT)?;
+                    let record = statement
+                        .query_row(params![hash.as_str(), size, now, stored_path], |row| {
+                            sample_from_row(&vault, row)
+                        })?;
+                    Ok(Some((record, rows.write_sqlite(connection, now)?)))
+                })?,
+                Tables::Postgres(database) => {
+                    let sample = postgres::samples::NewSample { hash, size, seen: now, keep };
+                    postgres::samples::record(database, vault, sample, rows)?
                 }
-                let stored_path = stored.then(|| Vault::relative_path(&hash));
-                let mut statement = connection.prepare_cached(UPSERT)?;
-                let record = statement.query_row(params![hash.as_str(), size, now, stored_path], |row| {
-                    sample_from_row(&vault, row)
-                })?;
-                Ok(Some((record, also(connection)?)))
-            })?;
+            };
             if let Some(written) = written {
                 return Ok(written);
             }
@@ -154,13 +196,27 @@ impl Store {
         Err(StoreError::VaultFileVanished { path: self.vault.path_of(hash) })
     }
 
+    /// Writes `rows` in a transaction of their own, without a sample.
+    pub(crate) fn write_rows<R: SampleRows>(&self, rows: R) -> Result<R::Written, StoreError> {
+        let now = self.now();
+        match &self.tables {
+            Tables::Sqlite(database) => database.write(move |connection| rows.write_sqlite(connection, now)),
+            Tables::Postgres(database) => postgres::samples::write_rows(database, rows, now),
+        }
+    }
+
     /// The record of a sample, or `None` if it was never recorded.
     pub fn sample(&self, sha256_hex: &str) -> Result<Option<SampleRecord>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.sqlite()?.read(|connection| {
-            let mut statement = connection.prepare_cached(SELECT)?;
-            Ok(statement.query_row([hash.as_str()], |row| sample_from_row(&self.vault, row)).optional()?)
-        })
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection.prepare_cached(SELECT)?;
+                Ok(statement
+                    .query_row([hash.as_str()], |row| sample_from_row(&self.vault, row))
+                    .optional()?)
+            }),
+            Tables::Postgres(database) => postgres::samples::get(database, Arc::clone(&self.vault), hash),
+        }
     }
 
     /// The original bytes of a sample, decompressed and verified against its hash; `None` if
@@ -211,7 +267,8 @@ mod tests {
         let holder = {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
-                store.sqlite().unwrap().write(move |_| Ok(gate.recv().is_ok())).unwrap()
+                let Tables::Sqlite(database) = &store.tables else { unreachable!("opened on SQLite") };
+                database.write(move |_| Ok(gate.recv().is_ok())).unwrap()
             })
         };
         let recorder = {
@@ -227,6 +284,62 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         release.send(()).unwrap();
         assert!(holder.join().unwrap());
+
+        let record = recorder.join().unwrap();
+        assert_eq!(record.stored_path, Some(path));
+        assert_eq!(store.read_sample(hash.as_str()).unwrap(), Some(bytes));
+    }
+
+    /// On PostgreSQL a replica's retention run holds the row's lock while it deletes the file;
+    /// a recorder of the sample that found the file still there must wait for the row, see the
+    /// file gone once it has the row, and store it again rather than commit a row listing it.
+    #[test]
+    fn a_file_deleted_while_its_row_is_locked_is_stored_again_on_postgres() {
+        let database = sentinel_testkit::postgres::ScratchDatabase::create("row_lock");
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(Store::open_postgres(database.url(), dir.path(), StoreSettings::default()).unwrap());
+        let bytes = b"MZ deleted under its row's lock".to_vec();
+        let hash = SampleHash::of(&bytes);
+        let path = store.record_sample(hash.as_str(), &bytes).unwrap().stored_path.unwrap();
+
+        // Another replica's retention run, as far as the row is concerned.
+        let (locked, is_locked) = mpsc::channel();
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let holder = {
+            let (store, sha256) = (Arc::clone(&store), hash.as_str().to_owned());
+            std::thread::spawn(move || {
+                let Tables::Postgres(database) = &store.tables else { unreachable!("opened on PostgreSQL") };
+                database.run(move |mut client| async move {
+                    let transaction = client.transaction().await?;
+                    transaction
+                        .execute("SELECT 1 FROM samples WHERE sha256 = $1 FOR UPDATE", &[&sha256])
+                        .await?;
+                    locked.send(()).unwrap();
+                    let _ = gate.await;
+                    transaction
+                        .execute("UPDATE samples SET stored_path = NULL WHERE sha256 = $1", &[&sha256])
+                        .await?;
+                    transaction.commit().await?;
+                    Ok(())
+                })
+            })
+        };
+        is_locked.recv().unwrap();
+        let recorder = {
+            let (store, bytes, hash) = (Arc::clone(&store), bytes.clone(), hash.clone());
+            std::thread::spawn(move || store.record_sample(hash.as_str(), &bytes).unwrap())
+        };
+        // Wait until the recorder, having found the file, waits for the row.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        while database.query_i64(waiting).unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the recorder never waited for the row");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::fs::remove_file(&path).unwrap();
+        release.send(()).unwrap();
+        holder.join().unwrap().unwrap();
 
         let record = recorder.join().unwrap();
         assert_eq!(record.stored_path, Some(path));

@@ -3,11 +3,13 @@
 //! A request's sample and verdicts can be recorded in one transaction ([`Store::record_analysis`]),
 //! so a crash never keeps half of them.
 
+use deadpool_postgres::Transaction;
 use rusqlite::{Connection, Row, params};
 
 use crate::sample_hash::SampleHash;
+use crate::samples::SampleRows;
 use crate::yara_matches::ValidMatches;
-use crate::{SampleRecord, Store, StoreError, VerifiedSample, YaraMatchRecord};
+use crate::{SampleRecord, Store, StoreError, Tables, VerifiedSample, YaraMatchRecord, postgres};
 
 /// The analyses a verdict can come from; `list` is an answer from the safelist or badlist.
 const ANALYSES: [&str; 5] = ["static", "dynamic", "virustotal", "combined", "list"];
@@ -67,12 +69,54 @@ const SELECT_LATEST_BY_SHA256: &str = "SELECT id, sha256, analysis, model_versio
 /// A verdict checked and copied, so the writer thread can insert it after the caller's
 /// borrowed [`NewVerdict`] is out of reach.
 #[derive(Debug, Clone)]
-struct ValidVerdict {
-    hash: SampleHash,
-    analysis: String,
-    model_version: String,
-    score: f64,
-    client: String,
+pub(crate) struct ValidVerdict {
+    pub(crate) hash: SampleHash,
+    pub(crate) analysis: String,
+    pub(crate) model_version: String,
+    pub(crate) score: f64,
+    pub(crate) client: String,
+}
+
+/// What a request writes besides its sample: what the YARA rules found (replacing what the same
+/// rule set found before), then its verdicts, whose ids it answers in the order given.
+#[derive(Clone)]
+struct RequestRows {
+    matches: Option<ValidMatches>,
+    verdicts: Vec<ValidVerdict>,
+}
+
+impl RequestRows {
+    /// The verdicts, checked, and no matches.
+    fn new(verdicts: &[NewVerdict<'_>]) -> Result<RequestRows, StoreError> {
+        let verdicts = verdicts.iter().map(ValidVerdict::new).collect::<Result<Vec<_>, _>>()?;
+        Ok(RequestRows { matches: None, verdicts })
+    }
+}
+
+impl SampleRows for RequestRows {
+    type Written = Vec<i64>;
+
+    fn write_sqlite(&self, connection: &Connection, now: i64) -> Result<Vec<i64>, StoreError> {
+        if let Some(matches) = &self.matches {
+            matches.replace(connection, now)?;
+        }
+        self.verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect()
+    }
+
+    async fn write_postgres<'a>(
+        &'a self,
+        transaction: &'a Transaction<'a>,
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if let Some(matches) = &self.matches {
+            postgres::yara_matches::replace(transaction, matches, now).await?;
+        }
+        let mut ids = Vec::with_capacity(self.verdicts.len());
+        for verdict in &self.verdicts {
+            ids.push(postgres::verdicts::insert(transaction, verdict, now).await?);
+        }
+        Ok(ids)
+    }
 }
 
 impl ValidVerdict {
@@ -104,9 +148,8 @@ impl ValidVerdict {
 impl Store {
     /// Records a verdict and returns its id. Durable when this returns.
     pub fn record_verdict(&self, verdict: &NewVerdict<'_>) -> Result<i64, StoreError> {
-        let verdict = ValidVerdict::new(verdict)?;
-        let now = self.now();
-        self.sqlite()?.write(move |connection| verdict.insert(connection, now))
+        let rows = RequestRows::new(std::slice::from_ref(verdict))?;
+        Ok(self.write_rows(rows)?[0])
     }
 
     /// Records a request at once: its sample (hash and bytes, as [`Store::record_sample`] takes
@@ -118,18 +161,13 @@ impl Store {
         sample: Option<(&str, &[u8])>,
         verdicts: &[NewVerdict<'_>],
     ) -> Result<(Option<SampleRecord>, Vec<i64>), StoreError> {
-        let verdicts = verdicts.iter().map(ValidVerdict::new).collect::<Result<Vec<_>, _>>()?;
-        let now = self.now();
-        let insert_verdicts = move |connection: &Connection| {
-            verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect::<Result<Vec<_>, _>>()
-        };
+        let rows = RequestRows::new(verdicts)?;
         match sample {
             Some((sha256_hex, bytes)) => {
                 let hash = SampleHash::verify(sha256_hex, bytes)?;
-                self.record_sample_with(&hash, bytes, insert_verdicts)
-                    .map(|(record, ids)| (Some(record), ids))
+                self.record_sample_with(&hash, bytes, rows).map(|(record, ids)| (Some(record), ids))
             }
-            None => self.sqlite()?.write(insert_verdicts).map(|ids| (None, ids)),
+            None => self.write_rows(rows).map(|ids| (None, ids)),
         }
     }
 
@@ -142,11 +180,8 @@ impl Store {
         sample: &VerifiedSample,
         verdicts: &[NewVerdict<'_>],
     ) -> Result<(SampleRecord, Vec<i64>), StoreError> {
-        let verdicts = verdicts.iter().map(ValidVerdict::new).collect::<Result<Vec<_>, _>>()?;
-        let now = self.now();
-        self.record_sample_with(&sample.hash, &sample.bytes, move |connection: &Connection| {
-            verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect::<Result<Vec<_>, _>>()
-        })
+        let rows = RequestRows::new(verdicts)?;
+        self.record_sample_with(&sample.hash, &sample.bytes, rows)
     }
 
     /// Records what a server request found, in one transaction: the sample's row when `sample`
@@ -161,30 +196,26 @@ impl Store {
         verdicts: &[NewVerdict<'_>],
         yara: Option<NewYaraMatches<'_>>,
     ) -> Result<Vec<i64>, StoreError> {
-        let verdicts = verdicts.iter().map(ValidVerdict::new).collect::<Result<Vec<_>, _>>()?;
-        let matches =
+        let mut rows = RequestRows::new(verdicts)?;
+        rows.matches =
             yara.map(|found| ValidMatches::new(sha256, found.ruleset, found.matches)).transpose()?;
-        let now = self.now();
-        let write = move |connection: &Connection| {
-            if let Some(matches) = &matches {
-                matches.replace(connection, now)?;
-            }
-            verdicts.iter().map(|verdict| verdict.insert(connection, now)).collect::<Result<Vec<_>, _>>()
-        };
         match sample {
-            Some(sample) => self.record_sample_with(&sample.hash, &sample.bytes, write).map(|(_, ids)| ids),
-            None => self.sqlite()?.write(write),
+            Some(sample) => self.record_sample_with(&sample.hash, &sample.bytes, rows).map(|(_, ids)| ids),
+            None => self.write_rows(rows),
         }
     }
 
     /// All verdicts on a sample, oldest first.
     pub fn verdicts(&self, sha256_hex: &str) -> Result<Vec<VerdictRecord>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
-        self.sqlite()?.read(|connection| {
-            let mut statement = connection.prepare_cached(SELECT_BY_SHA256)?;
-            let rows = statement.query_map([hash.as_str()], verdict_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection.prepare_cached(SELECT_BY_SHA256)?;
+                let rows = statement.query_map([hash.as_str()], verdict_from_row)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            }),
+            Tables::Postgres(database) => postgres::verdicts::of_sample(database, hash, None),
+        }
     }
 
     /// The newest `limit` verdicts on a sample, newest first: a sample asked about every day
@@ -192,11 +223,14 @@ impl Store {
     pub fn latest_verdicts(&self, sha256_hex: &str, limit: usize) -> Result<Vec<VerdictRecord>, StoreError> {
         let hash = SampleHash::parse(sha256_hex)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.sqlite()?.read(|connection| {
-            let mut statement = connection.prepare_cached(SELECT_LATEST_BY_SHA256)?;
-            let rows = statement.query_map(params![hash.as_str(), limit], verdict_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection.prepare_cached(SELECT_LATEST_BY_SHA256)?;
+                let rows = statement.query_map(params![hash.as_str(), limit], verdict_from_row)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            }),
+            Tables::Postgres(database) => postgres::verdicts::of_sample(database, hash, Some(limit)),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use rusqlite::{Connection, Row, params};
 use serde_json::{Map, Value};
 
 use crate::sample_hash::SampleHash;
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Tables, postgres};
 
 /// Longest rule, namespace or rule-set name, in bytes (YARA identifiers are short).
 const MAX_NAME_LEN: usize = 256;
@@ -31,20 +31,20 @@ pub struct YaraMatchRecord {
 
 /// One row checked and serialised for the writer thread.
 #[derive(Clone)]
-struct ValidRow {
-    namespace: String,
-    rule: String,
-    tags: String,
-    metadata: String,
+pub(crate) struct ValidRow {
+    pub(crate) namespace: String,
+    pub(crate) rule: String,
+    pub(crate) tags: String,
+    pub(crate) metadata: String,
 }
 
 /// What one rule set found in one sample, checked and serialised, so that the writer thread can
 /// write it in a request's transaction ([`Store::record_request`]).
 #[derive(Clone)]
 pub(crate) struct ValidMatches {
-    hash: SampleHash,
-    ruleset: String,
-    rows: Vec<ValidRow>,
+    pub(crate) hash: SampleHash,
+    pub(crate) ruleset: String,
+    pub(crate) rows: Vec<ValidRow>,
 }
 
 impl ValidMatches {
@@ -110,125 +110,47 @@ impl Store {
     /// The matches recorded for `sha256`, newest rule set first, then by namespace and rule.
     pub fn yara_matches(&self, sha256: &str) -> Result<Vec<YaraMatchRecord>, StoreError> {
         let hash = SampleHash::parse(sha256)?;
-        self.sqlite()?.read(|connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT ruleset, namespace, rule, tags, metadata, matched_at FROM yara_matches
-                 WHERE sha256 = ?1 ORDER BY matched_at DESC, ruleset, namespace, rule",
-            )?;
-            let rows = statement.query_map([hash.as_str()], match_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        match &self.tables {
+            Tables::Sqlite(database) => database.read(|connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT ruleset, namespace, rule, tags, metadata, matched_at FROM yara_matches
+                     WHERE sha256 = ?1 ORDER BY matched_at DESC, ruleset, namespace, rule",
+                )?;
+                let rows = statement.query_map([hash.as_str()], match_from_row)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            }),
+            Tables::Postgres(database) => postgres::yara_matches::of_sample(database, hash),
+        }
     }
 }
 
 fn match_from_row(row: &Row<'_>) -> rusqlite::Result<YaraMatchRecord> {
-    let (tags, metadata): (String, String) = (row.get(3)?, row.get(4)?);
-    Ok(YaraMatchRecord {
-        ruleset: row.get(0)?,
-        namespace: row.get(1)?,
-        rule: row.get(2)?,
-        // The columns are checked to be JSON when written, in the shapes written.
-        tags: serde_json::from_str(&tags).unwrap_or_default(),
-        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
-        matched_at: row.get(5)?,
-    })
+    Ok(match_record(
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        &row.get::<_, String>(3)?,
+        &row.get::<_, String>(4)?,
+        row.get(5)?,
+    ))
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-    use crate::{NewYaraMatches, StoreSettings};
-
-    const SHA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-
-    /// Records what `ruleset` found, with no verdict, as a server request does.
-    fn record(
-        store: &Store,
-        sha256: &str,
-        ruleset: &str,
-        matches: &[YaraMatchRecord],
-    ) -> Result<(), StoreError> {
-        store.record_request(sha256, None, &[], Some(NewYaraMatches { ruleset, matches })).map(drop)
-    }
-
-    fn found(rule: &str) -> YaraMatchRecord {
-        YaraMatchRecord {
-            ruleset: String::new(),
-            namespace: "markers".to_owned(),
-            rule: rule.to_owned(),
-            tags: vec!["dropper".to_owned()],
-            metadata: json!({"severity": "high", "score": 80}).as_object().unwrap().clone(),
-            matched_at: 0,
-        }
-    }
-
-    #[test]
-    fn matches_are_kept_per_rule_set_and_a_rescan_by_the_same_set_replaces_them() {
-        let directory = tempfile::tempdir().unwrap();
-        let store = Store::open(directory.path(), StoreSettings::default()).unwrap();
-        record(&store, SHA, "yara-1", &[found("a"), found("b")]).unwrap();
-        record(&store, SHA, "yara-1", &[found("b")]).unwrap();
-        record(&store, SHA, "yara-2", &[found("c")]).unwrap();
-        let mut recorded: Vec<(String, String)> =
-            store.yara_matches(SHA).unwrap().into_iter().map(|m| (m.ruleset, m.rule)).collect();
-        recorded.sort();
-        assert_eq!(recorded, [("yara-1".into(), "b".into()), ("yara-2".into(), "c".into())]);
-        let one = &store.yara_matches(&SHA.to_uppercase()).unwrap()[0];
-        assert_eq!(one.tags, ["dropper"]);
-        assert_eq!(one.metadata["score"], 80);
-
-        // A restart keeps them.
-        drop(store);
-        let store = Store::open(directory.path(), StoreSettings::default()).unwrap();
-        assert_eq!(store.yara_matches(SHA).unwrap().len(), 2);
-        assert!(store.yara_matches(&"b".repeat(64)).unwrap().is_empty());
-    }
-
-    #[test]
-    fn oversized_or_nameless_matches_are_refused() {
-        let directory = tempfile::tempdir().unwrap();
-        let store = Store::open(directory.path(), StoreSettings::default()).unwrap();
-        let mut huge = found("a");
-        huge.metadata.insert("description".to_owned(), json!("x".repeat(MAX_JSON_LEN)));
-        let nameless = found("");
-        for (ruleset, matches) in [("yara-1", vec![huge]), ("yara-1", vec![nameless]), ("", vec![found("a")])]
-        {
-            let error = record(&store, SHA, ruleset, &matches).unwrap_err();
-            assert!(matches!(error, StoreError::InvalidYaraMatch(_)), "{error}");
-        }
-        assert!(matches!(record(&store, "not a hash", "yara-1", &[]), Err(StoreError::InvalidSha256(_))));
-        assert!(store.yara_matches(SHA).unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_requests_verdicts_and_matches_are_recorded_together_or_not_at_all() {
-        let directory = tempfile::tempdir().unwrap();
-        let store = Store::open(directory.path(), StoreSettings::default()).unwrap();
-        let verdict = crate::NewVerdict {
-            sha256: SHA,
-            analysis: "static",
-            model_version: "m1",
-            score: 0.9,
-            client: "c",
-        };
-        let nameless = [found("")];
-        let refused = store.record_request(
-            SHA,
-            None,
-            &[verdict],
-            Some(NewYaraMatches { ruleset: "yara-1", matches: &nameless }),
-        );
-        assert!(matches!(refused, Err(StoreError::InvalidYaraMatch(_))));
-        assert!(store.verdicts(SHA).unwrap().is_empty(), "a refused match keeps its verdict out too");
-
-        let good = [found("a")];
-        let ids = store
-            .record_request(SHA, None, &[verdict], Some(NewYaraMatches { ruleset: "yara-1", matches: &good }))
-            .unwrap();
-        assert_eq!(ids.len(), 1);
-        assert_eq!(store.verdicts(SHA).unwrap()[0].id, ids[0]);
-        assert_eq!(store.yara_matches(SHA).unwrap()[0].rule, "a");
+/// A match from its columns, on either backend.
+pub(crate) fn match_record(
+    ruleset: String,
+    namespace: String,
+    rule: String,
+    tags: &str,
+    metadata: &str,
+    matched_at: i64,
+) -> YaraMatchRecord {
+    YaraMatchRecord {
+        ruleset,
+        namespace,
+        rule,
+        // The columns are checked to be JSON when written, in the shapes written.
+        tags: serde_json::from_str(tags).unwrap_or_default(),
+        metadata: serde_json::from_str(metadata).unwrap_or_default(),
+        matched_at,
     }
 }

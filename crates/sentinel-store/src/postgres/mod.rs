@@ -25,13 +25,18 @@
 pub(crate) mod alerts;
 pub(crate) mod api_tokens;
 pub(crate) mod audit;
+pub(crate) mod hash_lists;
+pub(crate) mod labels;
 pub(crate) mod leases;
 mod migrations;
 pub(crate) mod model_registry;
 pub(crate) mod network;
 mod network_schema;
+pub(crate) mod samples;
 mod schema;
+pub(crate) mod verdicts;
 pub(crate) mod vt_reports;
+pub(crate) mod yara_matches;
 
 use std::future::Future;
 use std::path::Path;
