@@ -23,6 +23,7 @@
 
 mod migrations;
 mod schema;
+pub(crate) mod vt_economy;
 pub(crate) mod vt_reports;
 
 use std::future::Future;
