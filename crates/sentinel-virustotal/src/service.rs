@@ -370,9 +370,10 @@ impl Inner {
         key_id: KeyId,
         file: Option<Bytes>,
     ) -> Result<(Verdict, Source), VtError> {
-        let renewal = tokio::spawn(renew_claim(Arc::clone(claims), Arc::clone(&self.clock), sha256));
+        // Aborted when dropped: however the calls end (even by a panic), renewing stops.
+        let renewal = Renewal(tokio::spawn(renew_claim(Arc::clone(claims), Arc::clone(&self.clock), sha256)));
         let outcome = self.call(sha256, key, key_id, file).await;
-        renewal.abort();
+        drop(renewal);
         let shared = match &outcome {
             Err(VtError::NotFound) => Some(SharedOutcome::NotFound),
             _ => None,
@@ -498,6 +499,15 @@ impl Inner {
 /// polls for all its requests of the hash).
 const MIN_CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 const MAX_CLAIM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The task renewing a claim, stopped when this is dropped.
+struct Renewal(tokio::task::JoinHandle<()>);
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Renews this replica's claim on `sha256` every third of a lease until aborted.
 async fn renew_claim(claims: Arc<dyn FlightClaims>, clock: Arc<dyn Clock>, sha256: FileHash) {
