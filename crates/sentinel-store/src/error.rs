@@ -62,6 +62,11 @@ pub enum StoreError {
     #[error("invalid VirusTotal report: {0}")]
     InvalidVtReport(String),
 
+    /// A request to the shared VirusTotal economy (key admissions, flight claims) with an
+    /// argument that cannot be stored: a malformed key id, hash, replica id or outcome.
+    #[error("invalid VirusTotal coordination request: {0}")]
+    InvalidVtCoordination(String),
+
     /// A CSV dataset whose first line is not the expected header.
     #[error("CSV header is {found:?}, expected {expected:?}")]
     CsvHeader { expected: &'static str, found: String },

@@ -56,6 +56,7 @@ mod vault;
 mod vault_cipher;
 mod vault_compaction;
 mod verdicts;
+mod vt_economy;
 mod vt_reports;
 mod yara_matches;
 
@@ -90,6 +91,7 @@ pub use samples::{SampleRecord, VerifiedSample};
 pub use settings::{StoreSettings, VaultCompression};
 pub use store_key::{STORE_KEY_ENV, StoreKey};
 pub use verdicts::{NewVerdict, NewYaraMatches, VerdictRecord};
+pub use vt_economy::{FlightClaim, FlightState, KeyAdmission, KeyLimits};
 pub use vt_reports::VtReportRow;
 pub use yara_matches::YaraMatchRecord;
 

@@ -207,6 +207,31 @@ const MALWARE_MIGRATIONS: &[&str] = &[
         owner      TEXT    NOT NULL,
         expires_at INTEGER NOT NULL
     ) STRICT;",
+    // 11: what replicas sharing a database agree on to spend VirusTotal quota once: claims of
+    // single flight across replicas, and each key's usage (day count, hold after a 429) and
+    // its reserved slots of the minute window. Used on PostgreSQL; kept here so the two
+    // backends have the same tables.
+    "CREATE TABLE vt_flight_claims (
+        sha256        TEXT    PRIMARY KEY NOT NULL CHECK (length(sha256) = 64),
+        owner         TEXT    NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        released      INTEGER NOT NULL CHECK (released IN (0, 1)),
+        outcome       TEXT
+    ) STRICT;
+    CREATE INDEX vt_flight_claims_by_expiry ON vt_flight_claims (expires_at_ms);
+    CREATE TABLE vt_key_usage (
+        key_id        TEXT    PRIMARY KEY NOT NULL CHECK (length(key_id) = 64),
+        day           INTEGER NOT NULL,
+        used_today    INTEGER NOT NULL CHECK (used_today >= 0),
+        held_until_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX vt_key_usage_by_day ON vt_key_usage (day);
+    CREATE TABLE vt_key_slots (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        key_id TEXT    NOT NULL,
+        at_ms  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX vt_key_slots_by_key ON vt_key_slots (key_id, at_ms);",
 ];
 
 /// Brings the database at `path` (open on `connection`) to the latest version of `schema`.

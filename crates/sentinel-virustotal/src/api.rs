@@ -17,6 +17,7 @@ use reqwest::header::{HeaderValue, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode, Url, redirect};
 
 use crate::clock::Clock;
+use crate::coordination::QuotaLedger;
 use crate::error::{QuotaOrigin, SettingsError, VtError, upstream_message};
 use crate::key::{ApiKey, KeyId};
 use crate::metrics::Metrics;
@@ -45,10 +46,13 @@ enum Attempt {
 }
 
 impl Api {
+    /// The API client; each key's limits are kept in `ledger` when given (shared by
+    /// replicas), in process otherwise.
     pub(crate) fn new(
         settings: Arc<CheckedSettings>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
+        ledger: Option<Arc<dyn QuotaLedger>>,
     ) -> Result<Api, SettingsError> {
         let http = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
@@ -61,6 +65,7 @@ impl Api {
             settings.default_tier,
             settings.key_limits.clone(),
             settings.max_queue_wait,
+            ledger,
         );
         Ok(Api { http, settings, limiter, metrics, clock })
     }
@@ -184,7 +189,7 @@ impl Api {
             unreachable = sent.as_ref().is_err_and(reqwest::Error::is_connect);
             if unreachable {
                 // Nothing was asked: an outage must not spend the key's quota.
-                self.limiter.release(key_id, slot);
+                self.limiter.release(key_id, slot).await;
             }
             let outcome = match sent {
                 Ok(response) => self.classify(response, key, key_id).await,
@@ -241,7 +246,7 @@ impl Api {
             StatusCode::FORBIDDEN => VtError::Forbidden { message },
             StatusCode::NOT_FOUND => VtError::NotFound,
             StatusCode::TOO_MANY_REQUESTS => {
-                self.limiter.hold_back(key_id);
+                self.limiter.hold_back(key_id).await;
                 VtError::QuotaExceeded { origin: QuotaOrigin::VirusTotal, retry_after }
             }
             StatusCode::REQUEST_TIMEOUT => {
@@ -306,7 +311,7 @@ mod tests {
 
     fn api(base_url: &str) -> Api {
         let settings = VirusTotalSettings { base_url: base_url.to_owned(), ..Default::default() };
-        Api::new(Arc::new(settings.check().unwrap()), Arc::default(), Arc::new(SystemClock)).unwrap()
+        Api::new(Arc::new(settings.check().unwrap()), Arc::default(), Arc::new(SystemClock), None).unwrap()
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum VtError {
     AnalysisTimeout(Duration),
     #[error("the VirusTotal lookup was interrupted: {0}")]
     Interrupted(String),
+    /// The state replicas share (the keys' ledger) could not be consulted: the request is not
+    /// sent rather than risk spending the key beyond its limits.
+    #[error("the state shared with the other replicas is unavailable: {0}")]
+    SharedState(String),
 }
 
 fn retry_hint(retry_after: Option<Duration>) -> String {
@@ -74,9 +78,10 @@ impl VtError {
             VtError::QuotaExceeded { origin: QuotaOrigin::VirusTotal, .. } => ErrorKind::QuotaExceeded,
             VtError::FileTooLarge { .. } => ErrorKind::UploadRefused,
             VtError::Rejected { .. } => ErrorKind::Rejected,
-            VtError::Unavailable { .. } | VtError::Unreachable { .. } | VtError::Interrupted(_) => {
-                ErrorKind::Unavailable
-            }
+            VtError::Unavailable { .. }
+            | VtError::Unreachable { .. }
+            | VtError::Interrupted(_)
+            | VtError::SharedState(_) => ErrorKind::Unavailable,
             VtError::InvalidResponse(_) => ErrorKind::InvalidResponse,
             VtError::AnalysisTimeout(_) => ErrorKind::AnalysisTimeout,
         }

@@ -8,11 +8,13 @@
 //! flight), made with the requesting client's key within that key's rate
 //! limits; unknown files are uploaded only when the settings allow it. The
 //! answer is a compact [`Verdict`], scored and labelled by a [`VerdictRule`].
-//! Keys are secrets: see [`ApiKey`] and [`KeyHasher`]. `docs/virustotal.md`
+//! Replicas sharing one results dataset share flights and rate limits too
+//! through a [`Coordination`]. Keys are secrets: see [`ApiKey`] and [`KeyHasher`]. `docs/virustotal.md`
 //! documents the behaviour, the settings and the scoring rule.
 
 mod api;
 mod clock;
+mod coordination;
 mod error;
 mod key;
 mod metrics;
@@ -24,6 +26,9 @@ mod verdict;
 mod wire;
 
 pub use clock::{Clock, Sleep, SystemClock};
+pub use coordination::{
+    Admission, Claim, Coordination, FlightClaims, FlightState, QuotaLedger, SharedOutcome, Slot,
+};
 pub use error::{ErrorKind, QuotaOrigin, SettingsError, VtError};
 pub use key::{ApiKey, KeyHasher, KeyId};
 pub use metrics::MetricsSnapshot;

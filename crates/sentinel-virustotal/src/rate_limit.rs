@@ -11,12 +11,19 @@
 //! UTC day and refuses once spent. After VirusTotal answers 429 for a key, the
 //! key is held back for a minute. A request that never reached VirusTotal (no
 //! connection could be made) gives its slot back: an outage spends no quota.
+//!
+//! The windows are kept by a [`QuotaLedger`]: in process by default
+//! ([`LocalLedger`]), or one shared by every replica of a fleet (see
+//! `coordination.rs`), so that each key's limits count once across the fleet.
+//! A shared ledger that cannot be consulted refuses the request rather than
+//! risk spending the key beyond its tier.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::coordination::{Admission, QuotaLedger, Slot, blocking};
 use crate::error::{QuotaOrigin, VtError};
 use crate::key::KeyId;
 use crate::settings::TierLimits;
@@ -26,21 +33,24 @@ const DAY_SECS: u64 = 86_400;
 /// Size of the key table below which no sweep of idle keys is made.
 const SWEEP_FLOOR: usize = 1024;
 
-/// The rate limiter's answer to one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admission {
-    Now(Slot),
-    /// A slot is reserved this far in the future.
-    After(Slot, Duration),
-    /// Refused; the limit allows a request again after this wait.
-    Refused(Duration),
-}
-
 pub(crate) struct RateLimiter {
     clock: Arc<dyn Clock>,
     default_tier: TierLimits,
     key_limits: BTreeMap<KeyId, TierLimits>,
     max_wait: Duration,
+    ledger: Ledger,
+}
+
+/// Where the windows are kept.
+enum Ledger {
+    /// In this process: consulted inline, it cannot fail.
+    Local(LocalLedger),
+    /// Shared with other replicas: consulted on a blocking thread.
+    Shared(Arc<dyn QuotaLedger>),
+}
+
+/// The in-process ledger: one window per key seen recently.
+pub(crate) struct LocalLedger {
     state: Mutex<Keys>,
 }
 
@@ -48,15 +58,6 @@ struct Keys {
     windows: HashMap<KeyId, KeyWindow>,
     /// The table is swept of idle keys when it grows past this size.
     sweep_at: usize,
-}
-
-/// One request's place in its key's limits, to give back with [`RateLimiter::release`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Slot {
-    /// The time the request was admitted at (an entry of `KeyWindow::recent`).
-    at: Duration,
-    /// The UTC day it was counted in.
-    day: u64,
 }
 
 #[derive(Default)]
@@ -72,20 +73,37 @@ struct KeyWindow {
 }
 
 impl RateLimiter {
+    /// A limiter keeping its windows in process, or in `shared` when given.
     pub(crate) fn new(
         clock: Arc<dyn Clock>,
         default_tier: TierLimits,
         key_limits: BTreeMap<KeyId, TierLimits>,
         max_wait: Duration,
+        shared: Option<Arc<dyn QuotaLedger>>,
     ) -> RateLimiter {
-        let state = Mutex::new(Keys { windows: HashMap::new(), sweep_at: SWEEP_FLOOR });
-        RateLimiter { clock, default_tier, key_limits, max_wait, state }
+        let ledger = match shared {
+            Some(ledger) => Ledger::Shared(ledger),
+            None => Ledger::Local(LocalLedger::new()),
+        };
+        RateLimiter { clock, default_tier, key_limits, max_wait, ledger }
     }
 
     /// Waits until `key` may make one request, or refuses with a quota error.
     /// A reserved slot stays spent if the caller gives up waiting.
     pub(crate) async fn acquire(&self, key: KeyId) -> Result<Slot, VtError> {
-        match self.admit(key) {
+        let limits = self.key_limits.get(&key).copied().unwrap_or(self.default_tier);
+        let now = self.clock.now();
+        let max_wait = self.max_wait;
+        let admission = match &self.ledger {
+            Ledger::Local(ledger) => ledger.admit_now(key, limits, now, max_wait),
+            Ledger::Shared(ledger) => {
+                let ledger = Arc::clone(ledger);
+                blocking(move || ledger.admit(key, limits, now, max_wait))
+                    .await
+                    .map_err(|error| VtError::SharedState(format!("the keys' shared ledger: {error}")))?
+            }
+        };
+        match admission {
             Admission::Now(slot) => Ok(slot),
             Admission::After(slot, wait) => {
                 self.clock.sleep(wait).await;
@@ -99,7 +117,39 @@ impl RateLimiter {
 
     /// Gives back `slot` of `key`: its request never reached VirusTotal, so it
     /// counts neither in the minute nor in the day.
-    pub(crate) fn release(&self, key: KeyId, slot: Slot) {
+    pub(crate) async fn release(&self, key: KeyId, slot: Slot) {
+        match &self.ledger {
+            Ledger::Local(ledger) => ledger.release_now(key, slot),
+            Ledger::Shared(ledger) => {
+                let ledger = Arc::clone(ledger);
+                if let Err(error) = blocking(move || ledger.release(key, slot)).await {
+                    tracing::warn!(key_id = %key, %error, "giving a slot back to the shared ledger failed");
+                }
+            }
+        }
+    }
+
+    /// Holds `key` back for a minute: VirusTotal said its quota is spent.
+    pub(crate) async fn hold_back(&self, key: KeyId) {
+        let until = self.clock.now() + MINUTE;
+        match &self.ledger {
+            Ledger::Local(ledger) => ledger.hold_now(key, until),
+            Ledger::Shared(ledger) => {
+                let ledger = Arc::clone(ledger);
+                if let Err(error) = blocking(move || ledger.hold_back(key, until)).await {
+                    tracing::warn!(key_id = %key, %error, "holding a key back in the shared ledger failed");
+                }
+            }
+        }
+    }
+}
+
+impl LocalLedger {
+    fn new() -> LocalLedger {
+        LocalLedger { state: Mutex::new(Keys { windows: HashMap::new(), sweep_at: SWEEP_FLOOR }) }
+    }
+
+    fn release_now(&self, key: KeyId, slot: Slot) {
         let mut keys = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(window) = keys.windows.get_mut(&key) else { return };
         if let Some(index) = window.recent.iter().rposition(|&time| time == slot.at) {
@@ -110,18 +160,14 @@ impl RateLimiter {
         }
     }
 
-    /// Holds `key` back for a minute: VirusTotal said its quota is spent.
-    pub(crate) fn hold_back(&self, key: KeyId) {
-        let now = self.clock.now();
+    fn hold_now(&self, key: KeyId, until: Duration) {
         let mut keys = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let window = keys.windows.entry(key).or_default();
-        window.held_until = window.held_until.max(now + MINUTE);
+        window.held_until = window.held_until.max(until);
     }
 
-    fn admit(&self, key: KeyId) -> Admission {
-        let now = self.clock.now();
+    fn admit_now(&self, key: KeyId, limits: TierLimits, now: Duration, max_wait: Duration) -> Admission {
         let today = now.as_secs() / DAY_SECS;
-        let limits = self.key_limits.get(&key).copied().unwrap_or(self.default_tier);
         let mut keys = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if keys.windows.len() >= keys.sweep_at {
             keys.sweep(now, today);
@@ -151,7 +197,7 @@ impl RateLimiter {
             start = start.max(last);
         }
         let wait = start.saturating_sub(now);
-        if wait > self.max_wait {
+        if wait > max_wait {
             return Admission::Refused(wait);
         }
         window.recent.push_back(start);
@@ -207,8 +253,19 @@ mod tests {
 
     fn limiter(limits: TierLimits, max_wait: Duration) -> (Arc<ManualClock>, RateLimiter) {
         let clock = Arc::new(ManualClock(AtomicU64::new(START_MS)));
-        let limiter = RateLimiter::new(clock.clone(), limits, BTreeMap::new(), max_wait);
+        let limiter = RateLimiter::new(clock.clone(), limits, BTreeMap::new(), max_wait, None);
         (clock, limiter)
+    }
+
+    fn local(limiter: &RateLimiter) -> &LocalLedger {
+        let Ledger::Local(ledger) = &limiter.ledger else { panic!("an in-process limiter") };
+        ledger
+    }
+
+    /// The admission `acquire` would get, without waiting for it.
+    fn admit_raw(limiter: &RateLimiter, key: KeyId) -> Admission {
+        let limits = limiter.key_limits.get(&key).copied().unwrap_or(limiter.default_tier);
+        local(limiter).admit_now(key, limits, limiter.clock.now(), limiter.max_wait)
     }
 
     fn key(byte: u8) -> KeyId {
@@ -224,7 +281,7 @@ mod tests {
     }
 
     fn admit(limiter: &RateLimiter, key: KeyId) -> Answer {
-        match limiter.admit(key) {
+        match admit_raw(limiter, key) {
             Admission::Now(_) => Answer::Now,
             Admission::After(_, wait) => Answer::After(wait),
             Admission::Refused(wait) => Answer::Refused(wait),
@@ -274,13 +331,18 @@ mod tests {
     fn tiers_are_per_key_and_a_429_holds_the_key_back() {
         let clock = Arc::new(ManualClock(AtomicU64::new(START_MS)));
         let premium = TierLimits { requests_per_minute: 100, requests_per_day: 10_000 };
-        let limiter =
-            RateLimiter::new(clock.clone(), PUBLIC, [(key(9), premium)].into(), Duration::from_secs(20));
+        let limiter = RateLimiter::new(
+            clock.clone(),
+            PUBLIC,
+            [(key(9), premium)].into(),
+            Duration::from_secs(20),
+            None,
+        );
         for _ in 0..100 {
             assert_eq!(admit(&limiter, key(9)), Answer::Now);
         }
         assert!(matches!(admit(&limiter, key(9)), Answer::Refused(_)));
-        limiter.hold_back(key(3));
+        local(&limiter).hold_now(key(3), clock.now() + MINUTE);
         assert_eq!(admit(&limiter, key(3)), Answer::Refused(MINUTE));
         clock.advance(MINUTE);
         assert_eq!(admit(&limiter, key(3)), Answer::Now);
@@ -291,8 +353,8 @@ mod tests {
         let (_clock, limiter) = limiter(TierLimits { requests_per_minute: 2, requests_per_day: 3 }, MINUTE);
         // Ten requests that never reached VirusTotal, each giving its slot back.
         for _ in 0..10 {
-            let Admission::Now(slot) = limiter.admit(key(1)) else { panic!("a free slot") };
-            limiter.release(key(1), slot);
+            let Admission::Now(slot) = admit_raw(&limiter, key(1)) else { panic!("a free slot") };
+            local(&limiter).release_now(key(1), slot);
         }
         assert_eq!(admit(&limiter, key(1)), Answer::Now);
         assert_eq!(admit(&limiter, key(1)), Answer::Now);
@@ -310,9 +372,9 @@ mod tests {
                 admit(&limiter, KeyId::from_hex(&hex::encode(id)).unwrap());
             }
         }
-        assert_eq!(limiter.state.lock().unwrap().windows.len(), 2048);
+        assert_eq!(local(&limiter).state.lock().unwrap().windows.len(), 2048);
         clock.advance(Duration::from_secs(DAY_SECS));
         admit(&limiter, key(1));
-        assert_eq!(limiter.state.lock().unwrap().windows.len(), 1);
+        assert_eq!(local(&limiter).state.lock().unwrap().windows.len(), 1);
     }
 }

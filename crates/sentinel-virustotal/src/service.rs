@@ -16,7 +16,15 @@
 //!    then makes its own attempt with its own key, so one client's bad or
 //!    exhausted key never fails another client's request, and one client's key
 //!    is never used for another's request.
-//! 4. If VirusTotal cannot be asked (quota, outage, no key) and the dataset has
+//! 4. When replicas share the dataset and a [`Coordination`], the request that
+//!    leads a flight in its replica first claims the hash for the fleet. If
+//!    another replica holds the claim, it waits for that replica's report to
+//!    appear in the dataset instead of calling (bounded by the longest a flight
+//!    may take), and takes the claim over if it is released without a report
+//!    or its lease runs out (the leader died). Of the outcomes that are not a
+//!    report, only VirusTotal's "not found" is shared across replicas, and only
+//!    with requests that have no file to upload.
+//! 5. If VirusTotal cannot be asked (quota, outage, no key) and the dataset has
 //!    a stale report, the stale report is answered.
 //!
 //! The key itself is held only for the duration of the calls it pays for.
@@ -27,6 +35,7 @@ use bytes::Bytes;
 
 use crate::api::Api;
 use crate::clock::{Clock, SystemClock};
+use crate::coordination::{Claim, Coordination, FlightClaims, FlightState, SharedOutcome, blocking};
 use crate::error::{ErrorKind, SettingsError, VtError};
 use crate::key::{ApiKey, KeyHasher, KeyId};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -101,6 +110,8 @@ struct Inner {
     cache: Arc<dyn ReportCache>,
     api: Api,
     flights: Arc<Flights<FileHash, FlightOutcome>>,
+    /// Claims of flights across replicas; `None` when this process is alone.
+    claims: Option<Arc<dyn FlightClaims>>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
 }
@@ -130,11 +141,40 @@ impl VirusTotal {
         cache: Arc<dyn ReportCache>,
         clock: Arc<dyn Clock>,
     ) -> Result<VirusTotal, SettingsError> {
+        VirusTotal::build(settings, hasher, cache, None, clock)
+    }
+
+    /// A client that is one replica of several sharing `cache`: flights and each
+    /// key's limits are coordinated through `coordination` (module documentation,
+    /// item 4), so the fleet calls once per hash and spends each key once.
+    pub fn with_coordination(
+        settings: &VirusTotalSettings,
+        hasher: KeyHasher,
+        cache: Arc<dyn ReportCache>,
+        coordination: Coordination,
+        clock: Arc<dyn Clock>,
+    ) -> Result<VirusTotal, SettingsError> {
+        VirusTotal::build(settings, hasher, cache, Some(coordination), clock)
+    }
+
+    fn build(
+        settings: &VirusTotalSettings,
+        hasher: KeyHasher,
+        cache: Arc<dyn ReportCache>,
+        coordination: Option<Coordination>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<VirusTotal, SettingsError> {
         let settings = Arc::new(settings.check()?);
         let metrics = Arc::new(Metrics::default());
-        let api = Api::new(Arc::clone(&settings), Arc::clone(&metrics), Arc::clone(&clock))?;
+        let (claims, ledger) = match coordination {
+            Some(Coordination { claims, ledger }) => (Some(claims), Some(ledger)),
+            None => (None, None),
+        };
+        let api = Api::new(Arc::clone(&settings), Arc::clone(&metrics), Arc::clone(&clock), ledger)?;
         let flights = Arc::new(Flights::new());
-        Ok(VirusTotal { inner: Arc::new(Inner { settings, hasher, cache, api, flights, metrics, clock }) })
+        Ok(VirusTotal {
+            inner: Arc::new(Inner { settings, hasher, cache, api, flights, claims, metrics, clock }),
+        })
     }
 
     /// The report of `request.sha256`: from the dataset when fresh, otherwise
@@ -208,7 +248,7 @@ impl Inner {
                     // The calls run in their own task so that followers get
                     // the outcome even if the leader's request is cancelled.
                     tokio::spawn(async move {
-                        let outcome = inner.call(sha256, &key, key_id, file).await;
+                        let outcome = inner.lead(sha256, &key, key_id, file).await;
                         flight.complete(outcome);
                     });
                     return match single_flight::outcome(receiver).await {
@@ -238,6 +278,137 @@ impl Inner {
         }
         let (verdict, source) = self.call(sha256, &key, key_id, file).await?;
         Ok(Lookup { verdict, source })
+    }
+
+    /// The flight of this replica's requests for `sha256`: across replicas when
+    /// they share claims, otherwise the calls themselves.
+    async fn lead(
+        self: &Arc<Self>,
+        sha256: FileHash,
+        key: &ApiKey,
+        key_id: KeyId,
+        file: Option<Bytes>,
+    ) -> Result<(Verdict, Source), VtError> {
+        let Some(claims) = self.claims.clone() else { return self.call(sha256, key, key_id, file).await };
+        let can_upload = self.settings.upload_enabled && file.is_some();
+        let deadline = self.clock.now().saturating_add(self.longest_flight());
+        loop {
+            let now = self.clock.now();
+            let claimed = blocking({
+                let claims = Arc::clone(&claims);
+                move || claims.claim(sha256, now)
+            })
+            .await;
+            match claimed {
+                Ok(Claim::Claimed) => return self.call_claimed(&claims, sha256, key, key_id, file).await,
+                Ok(Claim::HeldElsewhere) => {}
+                Err(error) => {
+                    // Without the claims the replica still makes one call per hash
+                    // itself: better than failing every lookup while they are down.
+                    tracing::warn!(%sha256, %error, "flight claims unavailable; calling without a claim");
+                    self.metrics.error(ErrorKind::Cache);
+                    return self.call(sha256, key, key_id, file).await;
+                }
+            }
+            if let Some(outcome) = self.follow_elsewhere(&claims, sha256, can_upload, deadline).await {
+                return outcome;
+            }
+        }
+    }
+
+    /// Waits for the flight another replica leads: `Some` outcome to answer, or
+    /// `None` when the flight ended without one this request can use (this
+    /// replica should then claim the hash itself).
+    async fn follow_elsewhere(
+        &self,
+        claims: &Arc<dyn FlightClaims>,
+        sha256: FileHash,
+        can_upload: bool,
+        deadline: std::time::Duration,
+    ) -> Option<Result<(Verdict, Source), VtError>> {
+        let poll = (claims.lease() / 10).clamp(MIN_CLAIM_POLL, MAX_CLAIM_POLL);
+        loop {
+            if self.clock.now() >= deadline {
+                return Some(Err(VtError::Interrupted(
+                    "another replica's lookup of this hash did not end in time".to_owned(),
+                )));
+            }
+            self.clock.sleep(poll).await;
+            if let Some(verdict) = self.stored(sha256).await.filter(|verdict| self.is_fresh(verdict)) {
+                self.metrics.single_flight_saved();
+                return Some(Ok((verdict, Source::SharedFlight)));
+            }
+            let now = self.clock.now();
+            let state = blocking({
+                let claims = Arc::clone(claims);
+                move || claims.state(sha256, now)
+            })
+            .await;
+            match state {
+                Ok(FlightState::Held) => {}
+                Ok(FlightState::Released(Some(SharedOutcome::NotFound))) if !can_upload => {
+                    self.metrics.single_flight_saved();
+                    return Some(Err(VtError::NotFound));
+                }
+                Ok(FlightState::Released(_) | FlightState::Vacant) => return None,
+                Err(error) => {
+                    tracing::warn!(%sha256, %error, "flight claims unavailable while waiting on another replica");
+                    self.metrics.error(ErrorKind::Cache);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The calls under this replica's claim on `sha256`: the claim is renewed
+    /// while they run and released with the outcome other replicas may share.
+    async fn call_claimed(
+        self: &Arc<Self>,
+        claims: &Arc<dyn FlightClaims>,
+        sha256: FileHash,
+        key: &ApiKey,
+        key_id: KeyId,
+        file: Option<Bytes>,
+    ) -> Result<(Verdict, Source), VtError> {
+        // Aborted when dropped: however the calls end (even by a panic), renewing stops.
+        let renewal = Renewal(tokio::spawn(renew_claim(Arc::clone(claims), Arc::clone(&self.clock), sha256)));
+        let outcome = self.call(sha256, key, key_id, file).await;
+        drop(renewal);
+        let shared = match &outcome {
+            Err(VtError::NotFound) => Some(SharedOutcome::NotFound),
+            _ => None,
+        };
+        let now = self.clock.now();
+        let released = blocking({
+            let claims = Arc::clone(claims);
+            move || claims.release(sha256, now, shared)
+        })
+        .await;
+        if let Err(error) = released {
+            // The lease runs out by itself; others wait until then.
+            tracing::warn!(%sha256, %error, "releasing a flight claim failed");
+            self.metrics.error(ErrorKind::Cache);
+        }
+        outcome
+    }
+
+    /// Longest a flight of these settings can take: every attempt of a report, an
+    /// upload (through an upload URL) and the analysis polls, each with its
+    /// back-off, plus a queue wait. Replicas waiting on another's flight give up
+    /// after this.
+    fn longest_flight(&self) -> std::time::Duration {
+        let settings = &self.settings;
+        let attempts = settings.max_retries + 1;
+        let per_request =
+            settings.request_timeout.saturating_add(settings.retry_max_delay).saturating_mul(attempts);
+        let mut longest = per_request.saturating_mul(3).saturating_add(settings.max_queue_wait);
+        if settings.upload_enabled {
+            longest = longest
+                .saturating_add(settings.upload_timeout.saturating_mul(attempts))
+                .saturating_add(settings.analysis_timeout)
+                .saturating_add(per_request);
+        }
+        longest
     }
 
     /// The upstream calls for one hash with one key, and storing the result.
@@ -320,6 +491,45 @@ impl Inner {
         };
         tracing::warn!(sha256 = %verdict.sha256, %error, "storing a VirusTotal report failed");
         self.metrics.error(ErrorKind::Cache);
+    }
+}
+
+/// Polls of another replica's flight: often enough to answer soon after its
+/// report is stored, seldom enough to cost the database little (one replica
+/// polls for all its requests of the hash).
+const MIN_CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+const MAX_CLAIM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The task renewing a claim, stopped when this is dropped.
+struct Renewal(tokio::task::JoinHandle<()>);
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews this replica's claim on `sha256` every third of a lease until aborted.
+async fn renew_claim(claims: Arc<dyn FlightClaims>, clock: Arc<dyn Clock>, sha256: FileHash) {
+    let every = claims.lease() / 3;
+    loop {
+        clock.sleep(every).await;
+        let now = clock.now();
+        let renewed = blocking({
+            let claims = Arc::clone(&claims);
+            move || claims.renew(sha256, now)
+        })
+        .await;
+        match renewed {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another replica took the expired claim: the calls go on (their
+                // report is stored either way) but there is nothing left to renew.
+                tracing::warn!(%sha256, "a flight claim was lost while its calls ran");
+                return;
+            }
+            Err(error) => tracing::warn!(%sha256, %error, "renewing a flight claim failed"),
+        }
     }
 }
 

@@ -60,6 +60,12 @@ pub struct VirusTotalSettings {
     /// beyond it, it fails with a quota error at once.
     #[serde(with = "humantime_serde")]
     pub max_queue_wait: Duration,
+    /// When replicas share the store (PostgreSQL), how long one replica's claim on
+    /// a hash's flight lasts without renewal (read by the server): the leader
+    /// renews it while its calls run, and a replica that dies keeps the others
+    /// waiting at most this long before one of them takes over.
+    #[serde(with = "humantime_serde")]
+    pub shared_flight_lease: Duration,
     /// Limits of keys without a tier in `key_tiers`: VirusTotal's public API.
     pub default_tier: TierLimits,
     /// Named tiers (`premium`…) with their limits.
@@ -103,6 +109,7 @@ impl Default for VirusTotalSettings {
             analysis_poll_interval: Duration::from_secs(30),
             analysis_timeout: Duration::from_secs(900),
             max_queue_wait: Duration::from_secs(20),
+            shared_flight_lease: Duration::from_secs(30),
             default_tier: TierLimits::default(),
             tiers: BTreeMap::new(),
             key_tiers: BTreeMap::new(),
@@ -132,6 +139,9 @@ pub(crate) struct CheckedSettings {
     pub verdict: VerdictRule,
 }
 
+/// A shorter lease would have to be renewed more often than a database round trip allows.
+const MIN_FLIGHT_LEASE: Duration = Duration::from_secs(1);
+
 /// More retries than this would only hide an outage while spending quota.
 const MAX_RETRIES: u32 = 10;
 
@@ -153,6 +163,9 @@ impl VirusTotalSettings {
         }
         if self.max_retries > MAX_RETRIES {
             return Err(SettingsError::new(format!("max_retries must be at most {MAX_RETRIES}")));
+        }
+        if self.shared_flight_lease < MIN_FLIGHT_LEASE {
+            return Err(SettingsError::new("shared_flight_lease must be at least 1s".to_owned()));
         }
         if self.max_response_bytes == 0 {
             return Err(SettingsError::new("max_response_bytes must be positive".to_owned()));
@@ -224,6 +237,7 @@ mod tests {
             VirusTotalSettings { base_url: "https://user:pw@example.com".into(), ..Default::default() },
             VirusTotalSettings { request_timeout: Duration::ZERO, ..Default::default() },
             VirusTotalSettings { max_retries: 1000, ..Default::default() },
+            VirusTotalSettings { shared_flight_lease: Duration::from_millis(10), ..Default::default() },
             VirusTotalSettings {
                 key_tiers: [("ab".to_owned(), "premium".to_owned())].into(),
                 ..Default::default()

@@ -11,6 +11,10 @@
 //! how the training data grows by itself from what clients send. The key lives
 //! only in the lookup of its own request (never stored, never logged), and
 //! every VirusTotal error becomes a protocol [`Reason`].
+//!
+//! When replicas share the store (PostgreSQL), they share the VirusTotal economy too
+//! ([`StoreCoordination`]): one replica at a time calls for a hash while the others wait for
+//! its report, and each key's rate limits and daily quota count once for the fleet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +23,12 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use sentinel_protocol::{Analysis, ErrorDetail, Reason, Request};
-use sentinel_store::{LabelSource, Store, StoreError, VtReportRow};
+use sentinel_store::{FlightClaim, KeyAdmission, KeyLimits, LabelSource, Store, StoreError, VtReportRow};
 use sentinel_virustotal::{
-    ApiKey, CacheError, EngineCategory, FileHash, KeyHasher, Label, LookupRequest, MetricsSnapshot,
-    ReportCache, SettingsError, Source, Verdict, VerdictRule, VirusTotal, VirusTotalSettings, VtError,
+    Admission, ApiKey, CacheError, Claim, Coordination, EngineCategory, FileHash, FlightClaims, FlightState,
+    KeyHasher, KeyId, Label, Lookup, LookupRequest, MetricsSnapshot, QuotaLedger, ReportCache, SettingsError,
+    SharedOutcome, Slot, Source, SystemClock, TierLimits, Verdict, VerdictRule, VirusTotal,
+    VirusTotalSettings, VtError,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -157,13 +163,24 @@ impl VirusTotalStep {
         hasher: KeyHasher,
         store: Arc<Store>,
     ) -> Result<VirusTotalStep, SettingsError> {
-        let dataset = Arc::new(StoreDataset { store, rule: settings.verdict.clone() });
-        let client = VirusTotal::new(settings, hasher, dataset)?;
+        let dataset = Arc::new(StoreDataset { store: Arc::clone(&store), rule: settings.verdict.clone() });
+        let client = if store.is_shared() {
+            let shared = Arc::new(StoreCoordination::new(store, settings.shared_flight_lease));
+            let coordination = Coordination { claims: shared.clone(), ledger: shared };
+            VirusTotal::with_coordination(settings, hasher, dataset, coordination, Arc::new(SystemClock))?
+        } else {
+            VirusTotal::new(settings, hasher, dataset)?
+        };
         // Only the sum of the two durations can overflow.
         let upload_time = settings
             .upload_enabled
             .then(|| settings.upload_timeout.checked_add(settings.analysis_timeout).unwrap_or(Duration::MAX));
         Ok(VirusTotalStep { client, upload_time })
+    }
+
+    /// One VirusTotal lookup, as a request's step makes it (module documentation).
+    pub async fn lookup(&self, request: LookupRequest) -> Result<Lookup, VtError> {
+        self.client.lookup(request).await
     }
 
     pub fn report(&self) -> VirusTotalReport {
@@ -245,7 +262,8 @@ fn detail(error: &VtError) -> ErrorDetail {
         | VtError::Unavailable { .. }
         | VtError::Unreachable { .. }
         | VtError::InvalidResponse(_)
-        | VtError::Interrupted(_) => Reason::Unavailable,
+        | VtError::Interrupted(_)
+        | VtError::SharedState(_) => Reason::Unavailable,
     };
     ErrorDetail::new(reason).with_step(Analysis::VirusTotal).with_message(error.to_string())
 }
@@ -280,6 +298,106 @@ impl ReportCache for StoreDataset {
         })?;
         label_from_report(&self.store, verdict, &self.rule)?;
         Ok(())
+    }
+}
+
+/// The VirusTotal economy replicas sharing the store agree on: flight claims held under this
+/// replica's id, and each key's limits, in the store's `vt_economy` tables.
+struct StoreCoordination {
+    store: Arc<Store>,
+    /// This replica's id: random per process, so a restarted replica never mistakes the claims
+    /// of its previous life for its own.
+    replica: String,
+    lease: Duration,
+}
+
+impl StoreCoordination {
+    fn new(store: Arc<Store>, lease: Duration) -> StoreCoordination {
+        let replica = format!("replica-{}-{:016x}", std::process::id(), rand::random::<u64>());
+        StoreCoordination { store, replica, lease }
+    }
+}
+
+/// Milliseconds since the epoch, as the store keeps times.
+fn millis(time: Duration) -> i64 {
+    i64::try_from(time.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn duration(millis: i64) -> Duration {
+    Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+}
+
+impl FlightClaims for StoreCoordination {
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn claim(&self, sha256: FileHash, now: Duration) -> Result<Claim, CacheError> {
+        let claim = self.store.vt_flight_claim(
+            &sha256.to_string(),
+            &self.replica,
+            millis(now),
+            millis(self.lease),
+        )?;
+        Ok(match claim {
+            FlightClaim::Claimed => Claim::Claimed,
+            FlightClaim::HeldBy { .. } => Claim::HeldElsewhere,
+        })
+    }
+
+    fn renew(&self, sha256: FileHash, now: Duration) -> Result<bool, CacheError> {
+        Ok(self.store.vt_flight_renew(&sha256.to_string(), &self.replica, millis(now), millis(self.lease))?)
+    }
+
+    fn release(
+        &self,
+        sha256: FileHash,
+        now: Duration,
+        outcome: Option<SharedOutcome>,
+    ) -> Result<(), CacheError> {
+        let outcome = outcome.map(SharedOutcome::as_str);
+        self.store.vt_flight_release(&sha256.to_string(), &self.replica, millis(now), outcome)?;
+        Ok(())
+    }
+
+    fn state(&self, sha256: FileHash, now: Duration) -> Result<FlightState, CacheError> {
+        Ok(match self.store.vt_flight(&sha256.to_string(), millis(now))? {
+            sentinel_store::FlightState::Held { .. } => FlightState::Held,
+            // An outcome this version does not know is no outcome: the waiter claims for itself.
+            sentinel_store::FlightState::Released { outcome } => {
+                FlightState::Released(outcome.as_deref().and_then(SharedOutcome::parse))
+            }
+            sentinel_store::FlightState::Free | sentinel_store::FlightState::Expired => FlightState::Vacant,
+        })
+    }
+}
+
+impl QuotaLedger for StoreCoordination {
+    fn admit(
+        &self,
+        key: KeyId,
+        limits: TierLimits,
+        now: Duration,
+        max_wait: Duration,
+    ) -> Result<Admission, CacheError> {
+        let limits = KeyLimits { per_minute: limits.requests_per_minute, per_day: limits.requests_per_day };
+        let admission = self.store.vt_key_admit(&key.to_string(), limits, millis(now), millis(max_wait))?;
+        Ok(match admission {
+            KeyAdmission::Granted { at_ms, day, wait_ms } => {
+                let slot = Slot { at: duration(at_ms), day: u64::try_from(day).unwrap_or(0) };
+                if wait_ms <= 0 { Admission::Now(slot) } else { Admission::After(slot, duration(wait_ms)) }
+            }
+            KeyAdmission::Refused { retry_after_ms } => Admission::Refused(duration(retry_after_ms)),
+        })
+    }
+
+    fn release(&self, key: KeyId, slot: Slot) -> Result<(), CacheError> {
+        let day = i64::try_from(slot.day).unwrap_or(i64::MAX);
+        Ok(self.store.vt_key_release(&key.to_string(), millis(slot.at), day)?)
+    }
+
+    fn hold_back(&self, key: KeyId, until: Duration) -> Result<(), CacheError> {
+        Ok(self.store.vt_key_hold(&key.to_string(), millis(until))?)
     }
 }
 

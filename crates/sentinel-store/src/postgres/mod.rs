@@ -35,6 +35,7 @@ mod network_schema;
 pub(crate) mod samples;
 mod schema;
 pub(crate) mod verdicts;
+pub(crate) mod vt_economy;
 pub(crate) mod vt_reports;
 pub(crate) mod yara_matches;
 

@@ -164,4 +164,29 @@ const MALWARE_MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL
     );
 ",
+    // 3: the shared VirusTotal economy (`crate::vt_economy`): flight claims across replicas,
+    // and each key's usage and reserved slots.
+    "
+    CREATE TABLE vt_flight_claims (
+        sha256        TEXT    PRIMARY KEY CHECK (length(sha256) = 64),
+        owner         TEXT    NOT NULL,
+        expires_at_ms BIGINT  NOT NULL,
+        released      BOOLEAN NOT NULL,
+        outcome       TEXT
+    );
+    CREATE INDEX vt_flight_claims_by_expiry ON vt_flight_claims (expires_at_ms);
+    CREATE TABLE vt_key_usage (
+        key_id        TEXT   PRIMARY KEY CHECK (length(key_id) = 64),
+        day           BIGINT NOT NULL,
+        used_today    BIGINT NOT NULL CHECK (used_today >= 0),
+        held_until_ms BIGINT NOT NULL
+    );
+    CREATE INDEX vt_key_usage_by_day ON vt_key_usage (day);
+    CREATE TABLE vt_key_slots (
+        id     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        key_id TEXT   NOT NULL,
+        at_ms  BIGINT NOT NULL
+    );
+    CREATE INDEX vt_key_slots_by_key ON vt_key_slots (key_id, at_ms);
+",
 ];
