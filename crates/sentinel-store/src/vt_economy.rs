@@ -160,12 +160,6 @@ fn checked_limits(limits: KeyLimits) -> Result<KeyLimits, StoreError> {
 }
 
 impl Store {
-    /// Whether other processes share this store's tables (PostgreSQL): what one replica
-    /// decides there, every replica sees at once.
-    pub fn is_shared(&self) -> bool {
-        matches!(self.tables, Tables::Postgres(_))
-    }
-
     /// Admits one request of the key `key_id` at `now_ms` under `limits`: at once, after a
     /// reserved wait of at most `max_wait_ms`, or refused with the wait as a hint (see
     /// [`KeyAdmission`]). Atomic per key across every process sharing the store.
