@@ -35,6 +35,7 @@ mod dataset_csv;
 mod error;
 mod hash_lists;
 mod labels;
+mod leases;
 mod migrations;
 mod model_registry;
 mod network;

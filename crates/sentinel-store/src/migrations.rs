@@ -201,6 +201,13 @@ const MALWARE_MIGRATIONS: &[&str] = &[
         PRIMARY KEY (alert_id, channel)
     ) STRICT;
     CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt_at);",
+    // 10: leases (`leases.rs`): which replica holds a share of the work, until when (unix
+    // seconds).
+    "CREATE TABLE leases (
+        name       TEXT    PRIMARY KEY,
+        owner      TEXT    NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// Brings the database at `path` (open on `connection`) to the latest version of `schema`.
