@@ -175,7 +175,8 @@ fn the_tables_have_exactly_the_columns_of_spec_2_3_and_the_schema_is_versioned()
     assert_eq!(indexes, 9);
     let version: i64 = database.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
     let application_id: i64 = database.query_row("PRAGMA application_id", [], |row| row.get(0)).unwrap();
-    assert_eq!((version, application_id), (2, 0x534E_544E));
+    assert_eq!(names("broker_deliveries"), ["msg_id TEXT", "stored_at DATETIME"]);
+    assert_eq!((version, application_id), (3, 0x534E_544E));
 }
 
 /// The schema the network service created itself before the store versioned it.
@@ -467,4 +468,59 @@ fn every_file_under_the_data_directory_is_private_to_the_service_user() {
 fn sentinel_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn a_broker_record_is_stored_once_however_often_it_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = NetworkStore::open(dir.path(), settings()).unwrap();
+    let now = SystemTime::now();
+    let (told, outcomes) = std::sync::mpsc::channel();
+    for attempt in 0..3 {
+        let told = told.clone();
+        let items = (0..2).map(|_| item(&store, now, "agentproc", "agent:a", true)).collect();
+        store.store_delivery("f00d".repeat(16), items, move |outcome| {
+            told.send((attempt, outcome.map_err(|error| error.to_string()))).unwrap()
+        });
+    }
+    store.store_delivery("beef".repeat(16), vec![item(&store, now, "other", "agent:b", false)], {
+        let told = told.clone();
+        move |outcome| told.send((3, outcome.map_err(|error| error.to_string()))).unwrap()
+    });
+    let mut seen: Vec<_> = (0..4).map(|_| outcomes.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+    seen.sort_by_key(|(attempt, _)| *attempt);
+    assert_eq!(seen, vec![(0, Ok(true)), (1, Ok(false)), (2, Ok(false)), (3, Ok(true))]);
+    let counts = store.row_counts().unwrap();
+    assert_eq!((counts.connections, counts.features, counts.predictions), (3, 3, 4), "{counts:?}");
+
+    store.close();
+    store.store_delivery("cafe".repeat(16), Vec::new(), move |outcome| {
+        told.send((4, outcome.map_err(|error| error.to_string()))).unwrap()
+    });
+    let (_, closed) = outcomes.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(closed.unwrap_err().contains("stopped"), "a closed writer says so at once");
+}
+
+#[test]
+fn processes_sharing_the_database_never_hand_out_the_same_item_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = WriterSettings { queue: 10_000, ..settings() };
+    let first = NetworkStore::open(dir.path(), settings).unwrap();
+    let second = NetworkStore::open(dir.path(), settings).unwrap();
+    first.share_item_ids();
+    second.share_item_ids();
+    let now = SystemTime::now();
+    let mut ids = std::collections::HashSet::new();
+    for round in 0..3000 {
+        let store = if round % 3 == 0 { &first } else { &second };
+        let item = item(store, now, "p", "agent:a", false);
+        assert!(ids.insert(item.id), "id {} handed out twice", item.id);
+        store.store(item);
+    }
+    first.close();
+    second.close();
+    let (first_stats, second_stats) = (first.writer_stats(), second.writer_stats());
+    assert_eq!(first_stats.failed + second_stats.failed, 0, "no write refused for a taken id");
+    assert_eq!(first_stats.dropped + second_stats.dropped, 0);
+    assert_eq!(first.row_counts().unwrap().features, 3000);
 }

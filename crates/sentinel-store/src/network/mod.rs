@@ -22,6 +22,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::params;
@@ -46,6 +47,9 @@ pub const NETWORK_DATABASE_FILE: &str = "network.db";
 /// writer and the journal's writer share it).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Item ids reserved at once in the database when processes share it.
+const ID_BLOCK: i64 = 1024;
+
 /// Idle read connections kept: training, status and the scheduler read at most a few at once.
 const READ_CONNECTIONS: usize = 2;
 
@@ -59,6 +63,9 @@ pub struct NetworkStore {
     /// The next `network_features.id` to hand out: above every id the table has had (its
     /// AUTOINCREMENT sequence), so that an id never names two items, even after retention.
     next_item_id: AtomicI64,
+    /// Set when several processes write this database (scale-out workers): ids then come from
+    /// blocks reserved in the database, `[next, end)`, instead of this process's counter.
+    id_block: Mutex<Option<(i64, i64)>>,
     /// Held while the store is open, so its encryption is not changed under it.
     _lock: StoreLock,
 }
@@ -96,13 +103,70 @@ impl NetworkStore {
         })?;
         let writer = ResultsWriter::start(&path, settings, BUSY_TIMEOUT, key.as_ref())?;
         crate::vault::sync_dir(data_dir)?;
-        Ok(NetworkStore { path, database, writer, next_item_id: AtomicI64::new(highest + 1), _lock: lock })
+        Ok(NetworkStore {
+            path,
+            database,
+            writer,
+            next_item_id: AtomicI64::new(highest + 1),
+            id_block: Mutex::new(None),
+            _lock: lock,
+        })
     }
 
     /// Reserves `count` consecutive item ids and returns the first: the ids of items to
     /// [`NetworkStore::store`]. An item dropped (its writer behind) leaves its id unused.
     pub fn reserve_item_ids(&self, count: usize) -> i64 {
-        self.next_item_id.fetch_add(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed)
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let mut block = self.id_block.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((next, end)) = block.as_mut() else {
+            return self.next_item_id.fetch_add(count, Ordering::Relaxed);
+        };
+        if end.saturating_sub(*next) < count {
+            match self.reserve_id_block(count.max(ID_BLOCK)) {
+                Ok((first, last)) => (*next, *end) = (first, last),
+                // The counter's ids may be taken by another process: the item's write then
+                // fails and its record is scored again, with new ids.
+                Err(error) => {
+                    tracing::error!(%error, "cannot reserve network item ids in the database");
+                    return self.next_item_id.fetch_add(count, Ordering::Relaxed);
+                }
+            }
+        }
+        let first = *next;
+        *next += count;
+        self.next_item_id.fetch_max(*next, Ordering::Relaxed);
+        first
+    }
+
+    /// Makes [`NetworkStore::reserve_item_ids`] safe when other processes write this database
+    /// too (scale-out workers sharing a data directory): ids are then reserved in blocks
+    /// through the database, so no two processes hand out the same one.
+    pub fn share_item_ids(&self) {
+        let mut block = self.id_block.lock().unwrap_or_else(PoisonError::into_inner);
+        block.get_or_insert((0, 0));
+    }
+
+    /// Reserves `count` ids in the database: `network_features`' AUTOINCREMENT sequence is
+    /// moved past them (explicit ids inserted later keep it at least at their value).
+    fn reserve_id_block(&self, count: i64) -> Result<(i64, i64), StoreError> {
+        self.database.write(move |connection| {
+            let highest: i64 = connection.query_row(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'network_features'), 0),
+                            coalesce((SELECT max(id) FROM network_features), 0))",
+                [],
+                |row| row.get(0),
+            )?;
+            let last = highest.saturating_add(count);
+            let updated = connection
+                .execute("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'network_features'", [last])?;
+            if updated == 0 {
+                connection.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('network_features', ?1)",
+                    [last],
+                )?;
+            }
+            Ok((highest + 1, last + 1))
+        })
     }
 
     /// Whether `id` was handed out by [`NetworkStore::reserve_item_ids`] since the store opened
@@ -297,6 +361,20 @@ impl NetworkStore {
     /// committed in one transaction. Waits for room in the queue rather than dropping them.
     pub fn store_snapshot(&self, journal_id: i64, items: Vec<ScoredItem>) {
         self.writer.store_snapshot(journal_id, items);
+    }
+
+    /// Queues a broker record's items (scale-out mode): they and a `broker_deliveries` row of
+    /// `msg_id` are written in one transaction, unless that row exists, in which case nothing
+    /// is written (the record was stored before, by this or another worker). `stored` is
+    /// called after the commit: `Ok(true)` written, `Ok(false)` stored before, `Err` nothing
+    /// written. Waits for room in the queue rather than dropping them.
+    pub fn store_delivery(
+        &self,
+        msg_id: String,
+        items: Vec<ScoredItem>,
+        stored: impl FnOnce(Result<bool, StoreError>) + Send + 'static,
+    ) {
+        self.writer.store_delivery(msg_id, items, Box::new(stored));
     }
 
     /// Queues a model's evaluation rows (`model_metrics`).

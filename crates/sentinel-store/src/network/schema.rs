@@ -63,4 +63,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE model_metrics ADD COLUMN source TEXT NOT NULL DEFAULT 'held_out';
     ALTER TABLE model_metrics ADD COLUMN samples INTEGER;
     ALTER TABLE model_metrics ADD COLUMN anomalies INTEGER;",
+    // 3: the broker's records whose items are stored (scale-out mode): a record delivered again
+    // (its worker died before acknowledging it) is recognised by its message id and not stored
+    // twice.
+    "CREATE TABLE broker_deliveries (msg_id TEXT PRIMARY KEY, stored_at DATETIME NOT NULL);",
 ];

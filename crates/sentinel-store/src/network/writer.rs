@@ -42,6 +42,10 @@ pub struct WriterSettings {
 /// How often the retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
+/// Told, after the commit, whether a delivery's items were written (`false`: the record had
+/// been stored before), or why they could not be.
+pub(crate) type DeliveryCallback = Box<dyn FnOnce(Result<bool, StoreError>) + Send>;
+
 enum WriterItem {
     Item(Box<ScoredItem>),
     /// An accepted snapshot's items, written with the deletion of its journal entry.
@@ -50,6 +54,13 @@ enum WriterItem {
         items: Vec<ScoredItem>,
     },
     Metrics(Vec<ModelMetricsRow>),
+    /// A broker record's items, written with its `broker_deliveries` row unless that row is
+    /// there already; `stored` is told which after the commit.
+    Delivery {
+        msg_id: String,
+        items: Vec<ScoredItem>,
+        stored: DeliveryCallback,
+    },
     /// Asks for what is queued before it to be written now; answered once it is.
     Flush(SyncSender<()>),
 }
@@ -58,7 +69,7 @@ impl WriterItem {
     fn items(&self) -> usize {
         match self {
             WriterItem::Item(_) => 1,
-            WriterItem::Snapshot { items, .. } => items.len(),
+            WriterItem::Snapshot { items, .. } | WriterItem::Delivery { items, .. } => items.len(),
             WriterItem::Metrics(rows) => rows.len(),
             WriterItem::Flush(_) => 0,
         }
@@ -122,6 +133,23 @@ impl ResultsWriter {
             // The sender lock is held while waiting: `close` waits for it, then for the writer,
             // which keeps draining the queue.
             let _ = sender.send(WriterItem::Snapshot { journal_id, items });
+        }
+    }
+
+    /// Queues a broker record's items, written with its `broker_deliveries` row in one
+    /// transaction (skipped if the row exists); waits for room rather than dropping them.
+    /// `stored` is called once the transaction is committed or failed, or at once with
+    /// [`StoreError::WriterStopped`] when the writer is closed.
+    pub(crate) fn store_delivery(&self, msg_id: String, items: Vec<ScoredItem>, stored: DeliveryCallback) {
+        let guard = lock(&self.sender);
+        let Some(sender) = guard.as_ref() else {
+            stored(Err(StoreError::WriterStopped));
+            return;
+        };
+        if let Err(std::sync::mpsc::SendError(WriterItem::Delivery { stored, .. })) =
+            sender.send(WriterItem::Delivery { msg_id, items, stored })
+        {
+            stored(Err(StoreError::WriterStopped));
         }
     }
 
@@ -208,14 +236,15 @@ fn write_loop(
             }
         }
         if !batch.is_empty() {
-            match write_batch(&mut connection, &batch) {
-                Ok(()) => counters.written.fetch_add(items as u64, Ordering::Relaxed),
+            let outcome = write_batch(&mut connection, &batch);
+            match &outcome {
+                Ok(_) => counters.written.fetch_add(items as u64, Ordering::Relaxed),
                 Err(error) => {
                     tracing::error!(%error, items, "network results could not be stored");
                     counters.failed.fetch_add(items as u64, Ordering::Relaxed)
                 }
             };
-            batch.clear();
+            tell_deliveries(std::mem::take(&mut batch), outcome);
         }
         for done in flush {
             let _ = done.send(());
@@ -231,10 +260,29 @@ fn write_loop(
     }
 }
 
-fn write_batch(connection: &mut Connection, batch: &[WriterItem]) -> Result<(), rusqlite::Error> {
+/// Tells each delivery of a written (or failed) batch what became of it, in queue order.
+fn tell_deliveries(batch: Vec<WriterItem>, outcome: Result<Vec<bool>, rusqlite::Error>) {
+    let (mut written, error) = match outcome {
+        Ok(written) => (written.into_iter(), None),
+        Err(error) => (Vec::new().into_iter(), Some(Arc::new(error))),
+    };
+    for item in batch {
+        if let WriterItem::Delivery { stored, .. } = item {
+            match &error {
+                Some(error) => stored(Err(StoreError::Commit(Arc::clone(error)))),
+                None => stored(Ok(written.next().unwrap_or(false))),
+            }
+        }
+    }
+}
+
+/// Writes a batch in one transaction; returns, for each delivery in order, whether its items
+/// were written (false: its record had been stored before).
+fn write_batch(connection: &mut Connection, batch: &[WriterItem]) -> Result<Vec<bool>, rusqlite::Error> {
     // IMMEDIATE: the write lock is taken (waiting for the journal's writer if need be) before
     // anything is read, so the transaction never has to upgrade a read snapshot.
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut deliveries = Vec::new();
     for item in batch {
         match item {
             WriterItem::Item(item) => insert_item(&transaction, item)?,
@@ -246,11 +294,26 @@ fn write_batch(connection: &mut Connection, batch: &[WriterItem]) -> Result<(), 
                     .prepare_cached("DELETE FROM ingest_journal WHERE id = ?1")?
                     .execute([journal_id])?;
             }
+            WriterItem::Delivery { msg_id, items, .. } => {
+                let recorded = transaction
+                    .prepare_cached(
+                        "INSERT INTO broker_deliveries (msg_id, stored_at) VALUES (?1, ?2)
+                         ON CONFLICT (msg_id) DO NOTHING",
+                    )?
+                    .execute(params![msg_id, timestamp(SystemTime::now())])?;
+                if recorded == 1 {
+                    for item in items {
+                        insert_item(&transaction, item)?;
+                    }
+                }
+                deliveries.push(recorded == 1);
+            }
             WriterItem::Metrics(rows) => insert_metrics(&transaction, rows)?,
             WriterItem::Flush(_) => {}
         }
     }
-    transaction.commit()
+    transaction.commit()?;
+    Ok(deliveries)
 }
 
 /// Inserts rows of `model_metrics`.
