@@ -237,6 +237,11 @@ impl Store {
         })
     }
 
+    /// The id of the active version of `kind`, without loading it: cheap enough to poll.
+    pub fn active_model_id(&self, kind: ModelKind) -> Result<Option<i64>, StoreError> {
+        self.sqlite()?.read(|connection| active_id(connection, kind))
+    }
+
     /// A version of `kind` with its artifact; `None` if there is no such version or its
     /// artifact was pruned.
     pub fn stored_model(&self, kind: ModelKind, id: i64) -> Result<Option<StoredModel>, StoreError> {
