@@ -33,6 +33,6 @@ pub use exposure::ExposureError;
 pub use models::{BEHAVIOUR_MODEL_PATH, ModelLoadError, Models, ModelsInService, STATIC_MODEL_PATH};
 pub use outcomes::AnalysisOutcome;
 pub use server::{ClientRecords, Server, ServerError};
-pub use settings::{ServerSettings, SettingsError};
+pub use settings::{Role, ServerSettings, SettingsError};
 pub use state::{ReloadError, Reloader};
 pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sentinel_netmon::{ConnectionEvent, ConnectionTracker, Snapshot};
-use sentinel_store::ScoredItem;
-use tokio::sync::mpsc;
+use sentinel_store::{ScoredItem, StoreError};
+use tokio::sync::{mpsc, oneshot};
 
 use super::journal;
 use super::results::{scored_item, summary};
@@ -24,6 +24,13 @@ pub(super) enum PipelineInput {
     Event(Box<ConnectionEvent>),
     /// An agent's snapshot, with its id in the ingest journal.
     Snapshot(Box<Snapshot>, i64),
+    /// An agent's snapshot delivered by the broker (scale-out mode), with its message id;
+    /// `stored` is told once its items are committed, or why they are not.
+    Record {
+        snapshot: Box<Snapshot>,
+        msg_id: String,
+        stored: oneshot::Sender<Result<bool, StoreError>>,
+    },
 }
 
 impl NetworkService {
@@ -47,10 +54,31 @@ impl NetworkService {
                 PipelineInput::Snapshot(snapshot, journal_id) => {
                     let tracker = trackers.entry(snapshot.host.clone()).or_default();
                     let events = tracker.update(snapshot.timestamp, &snapshot.connections);
-                    let items = self.process_snapshot(&mut extractor, events);
+                    let (items, results) = self.process_snapshot(&mut extractor, events);
                     // Its items and the deletion of its journal entry are one transaction, so a
                     // crash can neither lose nor duplicate them.
                     self.store.store_snapshot(journal_id, items);
+                    for result in results {
+                        self.publish(result);
+                    }
+                }
+                PipelineInput::Record { snapshot, msg_id, stored } => {
+                    let tracker = trackers.entry(snapshot.host.clone()).or_default();
+                    let events = tracker.update(snapshot.timestamp, &snapshot.connections);
+                    let (items, results) = self.process_snapshot(&mut extractor, events);
+                    // Published once stored, and only by the delivery that stored them: a
+                    // record delivered again after a worker died is not shown twice.
+                    let outgoing = self.scale_out.as_ref().map(|state| state.outgoing.clone());
+                    self.store.store_delivery(msg_id, items, move |outcome| {
+                        if matches!(outcome, Ok(true))
+                            && let Some(outgoing) = outgoing
+                        {
+                            for result in results {
+                                let _ = outgoing.try_send(result);
+                            }
+                        }
+                        let _ = stored.send(outcome);
+                    });
                 }
             }
         }
@@ -78,14 +106,15 @@ impl NetworkService {
 
     /// The events of one agent snapshot (up to its whole socket table on the first one): their
     /// features in order, since each event's windows include the ones before it, then one
-    /// batch verdict, where each model scores them all in one call. Returns the items to store.
+    /// batch verdict, where each model scores them all in one call. Returns the items to store
+    /// and the results to publish.
     fn process_snapshot(
         &self,
         extractor: &mut FeatureExtractor,
         events: Vec<ConnectionEvent>,
-    ) -> Vec<ScoredItem> {
+    ) -> (Vec<ScoredItem>, Vec<Arc<DetectionResult>>) {
         if events.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         self.counters.events.fetch_add(events.len() as u64, Ordering::Relaxed);
         let observed: Vec<(ConnectionEvent, RawFeatures)> = events
@@ -104,15 +133,14 @@ impl NetworkService {
             });
         let mut verdicts = verdicts.into_iter().flatten();
         let mut items = Vec::with_capacity(observed.len());
+        let mut results = Vec::new();
         for (event, features) in &observed {
             let (item, result) =
                 self.conclude(model.as_deref(), event, features, Source::Agent, verdicts.next());
             items.push(item);
-            if let Some(result) = result {
-                self.publish(result);
-            }
+            results.extend(result);
         }
-        items
+        (items, results)
     }
 
     /// The item to store for an event, and the result to publish when a model gave a verdict.
@@ -147,10 +175,17 @@ impl NetworkService {
         (item, result)
     }
 
-    fn publish(&self, result: Arc<DetectionResult>) {
-        self.count_and_keep(&result);
-        // No subscriber is not an error: results are streamed to whoever listens.
-        let _ = self.results.send(result);
+    /// Accepts an agent's snapshot: in the scale-out mode, publishes it to the broker
+    /// (`scale_out`); else journals and queues it ([`NetworkService::ingest`]). `Ok(false)`:
+    /// the agent should retry.
+    pub(crate) async fn accept(self: &Arc<Self>, snapshot: Snapshot) -> Result<bool, StorageError> {
+        if self.scale_out.is_some() {
+            return self.publish_snapshot(&snapshot).await;
+        }
+        let service = Arc::clone(self);
+        tokio::task::spawn_blocking(move || service.ingest(snapshot))
+            .await
+            .map_err(|error| StorageError::Task(error.to_string()))?
     }
 
     /// Accepts an agent's snapshot: journals it (its addresses pseudonymised, `journal`), then
