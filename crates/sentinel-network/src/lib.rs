@@ -36,7 +36,7 @@ pub use model::{Evaluation, FeatureExplanation, ModelScore, Verdict};
 pub use saved_model::ModelVersion;
 pub use service::{
     AccuracyFigures, AnalyzeError, ConnectionSummary, DetectionResult, JobReport, JobState, NetworkError,
-    NetworkService, ServiceHealth, Source, StorageError, TrainError,
+    NetworkService, ScaleOut, ServiceHealth, Source, StorageError, TrainError,
 };
 pub use settings::{
     AgentSettings, ApiSettings, FeatureSettings, FeedbackSettings, ModelSettings, NetworkSettings,

@@ -4,6 +4,7 @@
 //! measuring on held-out rows in `model/evaluation.rs`; storing versions is `saved_model`'s job,
 //! scheduling is the service's.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rand::seq::SliceRandom;
@@ -72,16 +73,17 @@ pub(crate) struct ModelBundle {
 }
 
 /// One model's opinion of one item.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelScore {
-    pub model: &'static str,
+    /// Borrowed when scored here, owned when received from another replica.
+    pub model: Cow<'static, str>,
     pub score: f64,
     pub threshold: f64,
     pub is_anomaly: bool,
 }
 
 /// A feature that made an item unusual.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FeatureExplanation {
     pub feature: String,
     /// The item's value (raw), or the unseen category.
@@ -94,7 +96,7 @@ pub struct FeatureExplanation {
 }
 
 /// The verdict on one item.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     pub models: Vec<ModelScore>,
     /// The ensemble's score: about the share of normal training rows scoring lower, above 1
@@ -355,7 +357,7 @@ impl ModelBundle {
             .iter()
             .zip(member_scores)
             .map(|(member, &score)| ModelScore {
-                model: member.name(),
+                model: Cow::Borrowed(member.name()),
                 score,
                 threshold: member.threshold(),
                 is_anomaly: score >= member.threshold(),

@@ -35,6 +35,6 @@ pub use models::{BEHAVIOUR_MODEL_PATH, ModelLoadError, Models, ModelsInService, 
 pub use outcomes::AnalysisOutcome;
 pub use registry_watch::follow_registry;
 pub use server::{ClientRecords, Server, ServerError};
-pub use settings::{ServerSettings, SettingsError};
+pub use settings::{Role, ServerSettings, SettingsError};
 pub use state::{ReloadError, Reloader};
 pub use status::{COMMAND_INVALID, ConnectionCounts, ModelReport, OUTCOME_YES, ReloadCounts, StatusReport};

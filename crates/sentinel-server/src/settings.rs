@@ -54,6 +54,11 @@ pub struct ServerSettings {
     /// Time a connection may wait between requests. Default 300 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// What this replica runs: `frontend` (the malware protocol, the HTTP API, accepting
+    /// agents' snapshots), `worker` (scoring agents' snapshots from the broker) and `collector`
+    /// (watching this host's connections). All three by default; without `--broker` a replica
+    /// is always its own front end and worker.
+    pub roles: Vec<Role>,
     /// Time from accepting a connection to the first byte of its first request
     /// (and for the TLS handshake). Default 10 s.
     #[serde(with = "humantime_serde")]
@@ -111,6 +116,7 @@ impl Default for ServerSettings {
             frame_timeout: limits.frame_timeout,
             idle_timeout: limits.idle_timeout,
             first_byte_timeout: Duration::from_secs(10),
+            roles: vec![Role::Frontend, Role::Worker, Role::Collector],
             max_connections: 1024,
             max_connections_per_client: 64,
             max_requests_per_client: 16,
@@ -126,6 +132,15 @@ impl Default for ServerSettings {
             yara_scan_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// A part of what a replica runs (`[server] roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Frontend,
+    Worker,
+    Collector,
 }
 
 /// Settings that cannot work.
@@ -171,6 +186,9 @@ impl ServerSettings {
 
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.limits().validate()?;
+        if self.roles.is_empty() {
+            return Err(SettingsError::Zero("roles (frontend, worker, collector)"));
+        }
         for (name, value) in [
             ("max_connections", self.max_connections),
             ("max_connections_per_client", self.max_connections_per_client),

@@ -114,7 +114,7 @@ struct Accepted {
         (status = 202, body = Accepted),
         (status = 400, description = "not JSON, not a snapshot, or a record out of range: fix it, do not resend", body = ErrorBody),
         (status = 413, description = "body over api.max_body_bytes", body = ErrorBody),
-        (status = 503, description = "the ingestion queue is full: retry later", body = ErrorBody),
+        (status = 503, description = "the ingestion queue is full, or the broker did not store the snapshot (scale-out mode): retry later", body = ErrorBody),
 ))]
 async fn ingest(State(api): State<NetworkApi>, body: Body) -> Result<Response, ApiError> {
     let service = api.service;
@@ -123,15 +123,11 @@ async fn ingest(State(api): State<NetworkApi>, body: Body) -> Result<Response, A
     let snapshot = sentinel_netmon::Snapshot::from_json(&bytes, &limits)
         .map_err(|error| ApiError::bad_request(error.to_string()))?;
     let connections = snapshot.connections.len();
-    let accepting = Arc::clone(&service);
-    let accepted = tokio::task::spawn_blocking(move || accepting.ingest(snapshot))
-        .await
-        .map_err(|error| ApiError::internal(format!("ingestion failed: {error}")))?
-        .map_err(store_error)?;
+    let accepted = service.accept(snapshot).await.map_err(store_error)?;
     if !accepted {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the analysis pipeline is busy: retry the snapshot later",
+            "the analysis pipeline or its broker is busy or unavailable: retry the snapshot later",
         ));
     }
     Ok((StatusCode::ACCEPTED, axum::Json(Accepted { accepted_connections: connections })).into_response())

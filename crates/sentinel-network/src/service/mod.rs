@@ -19,8 +19,10 @@ mod jobs;
 mod journal;
 mod metrics;
 mod pipeline;
+mod relay;
 mod replay;
 mod results;
+mod scale_out;
 mod schedule;
 mod status;
 mod training;
@@ -44,6 +46,7 @@ pub use health::{AccuracyFigures, ServiceHealth};
 pub use jobs::{JobReport, JobState, TrainingJob};
 pub(crate) use metrics::ModelFigures;
 pub use results::{ConnectionSummary, DetectionResult, Source};
+pub use scale_out::ScaleOut;
 
 use crate::model::ModelBundle;
 use crate::saved_model::{self, ModelVersion};
@@ -105,6 +108,8 @@ pub struct NetworkService {
     feedback: Mutex<feedback::FeedbackSummary>,
     /// Held while the window is measured: one measurement at a time.
     feedback_refresh: Mutex<()>,
+    /// Set in the scale-out mode (`--broker`).
+    scale_out: Option<scale_out::ScaleOutState>,
 }
 
 /// The locks guard plain values that a panic cannot leave half-updated: a poisoned lock is
@@ -141,8 +146,24 @@ impl NetworkService {
         registry: Arc<Store>,
         addresses: Pseudonymiser,
     ) -> Result<Arc<NetworkService>, NetworkError> {
+        NetworkService::start_scaled(settings, data_dir, registry, addresses, None)
+    }
+
+    /// [`NetworkService::start_with`], in the scale-out mode when `scale_out` is given: agents'
+    /// snapshots go through its broker to the scoring workers, results come back through it
+    /// (see `scale_out`), and this replica runs the roles it says.
+    pub fn start_scaled(
+        settings: NetworkSettings,
+        data_dir: &Path,
+        registry: Arc<Store>,
+        addresses: Pseudonymiser,
+        scale_out: Option<ScaleOut>,
+    ) -> Result<Arc<NetworkService>, NetworkError> {
         settings.validate()?;
-        let store = NetworkStore::open_with_key(
+        // Where the registry's tables are: network.db beside sentinel.db (encrypted exactly when
+        // it is), or the shared PostgreSQL database.
+        let store = NetworkStore::open_beside(
+            &registry,
             data_dir,
             WriterSettings {
                 batch: settings.storage.write_batch,
@@ -150,12 +171,12 @@ impl NetworkService {
                 queue: settings.storage.write_queue,
                 retention: settings.storage.retention,
             },
-            // network.db is encrypted (under its own subkey) exactly when sentinel.db is.
-            registry.store_key(),
         )?;
         saved_model::adopt_legacy(&registry, &store)?;
         let active = saved_model::active(&registry)?;
         let unfinished = store.journalled_snapshots()?;
+        let (outgoing, outgoing_receiver) = mpsc::channel(scale_out::OUTGOING_RESULTS);
+        let scale_out = scale_out.map(|config| scale_out::ScaleOutState { config, outgoing });
         let (results, _) = broadcast::channel(settings.api.websocket_buffer);
         let (pipeline_sender, pipeline_receiver) =
             mpsc::channel(settings.api.ingest_queue + settings.collector.buffer_capacity);
@@ -179,6 +200,7 @@ impl NetworkService {
             counters: Counters::default(),
             feedback: Mutex::new(feedback::FeedbackSummary::default()),
             feedback_refresh: Mutex::new(()),
+            scale_out,
             settings,
         });
 
@@ -196,7 +218,7 @@ impl NetworkService {
         // Without a collector (another platform, a container refusing netlink) the service still
         // has work: agents' snapshots and /api/v1/analyze. It says so rather than not starting.
         if service.settings.collect
-            && let Err(error) = service.start_collection(pipeline_sender)
+            && let Err(error) = service.start_collection(pipeline_sender.clone())
         {
             tracing::warn!(
                 %error,
@@ -204,6 +226,7 @@ impl NetworkService {
             );
             let _ = service.collector_unavailable.set(error.to_string());
         }
+        service.start_scale_out(outgoing_receiver, pipeline_sender);
         let scheduler = tokio::spawn(Arc::clone(&service).schedule());
         lock(&service.tasks).push(scheduler);
         let measuring = tokio::spawn(Arc::clone(&service).measure_feedback());
@@ -259,6 +282,7 @@ impl NetworkService {
             if let Some(thread) = thread {
                 let _ = thread.join();
             }
+            service.release_leases();
             service.store.close();
         });
         if let Err(error) = joined.await {
@@ -301,6 +325,27 @@ impl NetworkService {
     /// The most recent results, newest last.
     pub(crate) fn recent(&self) -> Vec<Arc<DetectionResult>> {
         lock(&self.recent).iter().cloned().collect()
+    }
+
+    /// Publishes a result scored here: to this replica's stream, or to the broker, from
+    /// which every front end shows it (`scale_out`).
+    fn publish(&self, result: Arc<DetectionResult>) {
+        match &self.scale_out {
+            // At most once, as the live stream: a full queue drops it rather than wait.
+            Some(state) => {
+                if state.outgoing.try_send(result).is_err() {
+                    tracing::debug!("a result was not published: the broker is behind");
+                }
+            }
+            None => self.show(result),
+        }
+    }
+
+    /// Shows a result to this replica's WebSocket clients and keeps it among the recent ones.
+    fn show(&self, result: Arc<DetectionResult>) {
+        self.count_and_keep(&result);
+        // No subscriber is not an error: results are streamed to whoever listens.
+        let _ = self.results.send(result);
     }
 
     /// Counts a published result and keeps it among the recent ones.

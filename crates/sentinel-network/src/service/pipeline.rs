@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sentinel_netmon::{ConnectionEvent, ConnectionTracker, Snapshot};
-use sentinel_store::ScoredItem;
-use tokio::sync::mpsc;
+use sentinel_store::{ScoredItem, StoreError};
+use tokio::sync::{mpsc, oneshot};
 
 use super::journal;
 use super::results::{scored_item, summary};
@@ -24,6 +24,13 @@ pub(super) enum PipelineInput {
     Event(Box<ConnectionEvent>),
     /// An agent's snapshot, with its id in the ingest journal.
     Snapshot(Box<Snapshot>, i64),
+    /// An agent's snapshot delivered by the broker (scale-out mode), with its message id;
+    /// `stored` is told once its items are committed, or why they are not.
+    Record {
+        snapshot: Box<Snapshot>,
+        msg_id: String,
+        stored: oneshot::Sender<Result<bool, StoreError>>,
+    },
 }
 
 impl NetworkService {
@@ -51,9 +58,37 @@ impl NetworkService {
                     // crash can neither lose nor duplicate them. Without ids for all of them
                     // (the shared database is unreachable, so their transaction would fail
                     // too), it stays journalled and is replayed at the next start.
-                    if let Some(items) = self.process_snapshot(&mut extractor, events) {
+                    if let Some((items, results)) = self.process_snapshot(&mut extractor, events) {
                         self.store.store_snapshot(journal_id, items);
+                        for result in results {
+                            self.publish(result);
+                        }
                     }
+                }
+                PipelineInput::Record { snapshot, msg_id, stored } => {
+                    let tracker = trackers.entry(snapshot.host.clone()).or_default();
+                    let events = tracker.update(snapshot.timestamp, &snapshot.connections);
+                    let Some((items, results)) = self.process_snapshot(&mut extractor, events) else {
+                        // No ids for its items (the shared database is unreachable): neither
+                        // stored nor acknowledged, so the broker delivers it again.
+                        let _ = stored.send(Err(StoreError::DeliveryNotStored(
+                            "no item ids could be reserved: the store is unreachable".into(),
+                        )));
+                        continue;
+                    };
+                    // Published once stored, and only by the delivery that stored them: a
+                    // record delivered again after a worker died is not shown twice.
+                    let outgoing = self.scale_out.as_ref().map(|state| state.outgoing.clone());
+                    self.store.store_delivery(msg_id, items, move |outcome| {
+                        if matches!(outcome, Ok(true))
+                            && let Some(outgoing) = outgoing
+                        {
+                            for result in results {
+                                let _ = outgoing.try_send(result);
+                            }
+                        }
+                        let _ = stored.send(outcome);
+                    });
                 }
             }
         }
@@ -83,15 +118,15 @@ impl NetworkService {
 
     /// The events of one agent snapshot (up to its whole socket table on the first one): their
     /// features in order, since each event's windows include the ones before it, then one
-    /// batch verdict, where each model scores them all in one call. Returns the items to store,
-    /// or `None` when an item got no id.
+    /// batch verdict, where each model scores them all in one call. Returns the items to store
+    /// and the results to publish, or `None` when an item got no id.
     fn process_snapshot(
         &self,
         extractor: &mut FeatureExtractor,
         events: Vec<ConnectionEvent>,
-    ) -> Option<Vec<ScoredItem>> {
+    ) -> Option<(Vec<ScoredItem>, Vec<Arc<DetectionResult>>)> {
         if events.is_empty() {
-            return Some(Vec::new());
+            return Some((Vec::new(), Vec::new()));
         }
         self.counters.events.fetch_add(events.len() as u64, Ordering::Relaxed);
         let observed: Vec<(ConnectionEvent, RawFeatures)> = events
@@ -110,15 +145,14 @@ impl NetworkService {
             });
         let mut verdicts = verdicts.into_iter().flatten();
         let mut items = Vec::with_capacity(observed.len());
+        let mut results = Vec::new();
         for (event, features) in &observed {
             let (item, result) =
                 self.conclude(model.as_deref(), event, features, Source::Agent, verdicts.next());
             items.push(item);
-            if let Some(result) = result {
-                self.publish(result);
-            }
+            results.extend(result);
         }
-        items.into_iter().collect()
+        Some((items.into_iter().collect::<Option<Vec<_>>>()?, results))
     }
 
     /// The item to store for an event (none when no id could be reserved for it: logged), and
@@ -160,10 +194,17 @@ impl NetworkService {
         (item, result)
     }
 
-    fn publish(&self, result: Arc<DetectionResult>) {
-        self.count_and_keep(&result);
-        // No subscriber is not an error: results are streamed to whoever listens.
-        let _ = self.results.send(result);
+    /// Accepts an agent's snapshot: in the scale-out mode, publishes it to the broker
+    /// (`scale_out`); else journals and queues it ([`NetworkService::ingest`]). `Ok(false)`:
+    /// the agent should retry.
+    pub(crate) async fn accept(self: &Arc<Self>, snapshot: Snapshot) -> Result<bool, StorageError> {
+        if self.scale_out.is_some() {
+            return self.publish_snapshot(&snapshot).await;
+        }
+        let service = Arc::clone(self);
+        tokio::task::spawn_blocking(move || service.ingest(snapshot))
+            .await
+            .map_err(|error| StorageError::Task(error.to_string()))?
     }
 
     /// Accepts an agent's snapshot: journals it (its addresses pseudonymised, `journal`), then

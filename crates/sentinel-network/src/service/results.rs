@@ -18,7 +18,7 @@ use crate::features::RawFeatures;
 use crate::model::Verdict;
 
 /// Where a result comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// This host's collectors.
@@ -178,7 +178,7 @@ fn predictions_of(verdict: &Verdict) -> Vec<PredictionRow> {
         .models
         .iter()
         .map(|model| PredictionRow {
-            model: model.model.to_owned(),
+            model: model.model.clone().into_owned(),
             score: model.score,
             is_anomaly: model.is_anomaly,
             confidence: verdict.confidence,
@@ -246,8 +246,8 @@ mod tests {
     fn verdict() -> Verdict {
         Verdict {
             models: vec![
-                ModelScore { model: "isolation_forest", score: 0.7, threshold: 0.6, is_anomaly: true },
-                ModelScore { model: "lof", score: 1.1, threshold: 1.5, is_anomaly: false },
+                ModelScore { model: "isolation_forest".into(), score: 0.7, threshold: 0.6, is_anomaly: true },
+                ModelScore { model: "lof".into(), score: 1.1, threshold: 1.5, is_anomaly: false },
             ],
             score: 0.9,
             threshold: 0.8,

@@ -32,7 +32,29 @@ impl NetworkService {
         let job = self.new_job(trigger)?;
         let service = Arc::clone(self);
         let running = Arc::clone(&job);
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            // With a broker, one replica trains at a time; the others follow its model.
+            let lease = match service.training_lease(&runtime) {
+                Ok(lease) => lease,
+                Err(error) => {
+                    tracing::info!(%error, "network model training not started");
+                    running.finish(JobState::Failed { error });
+                    return;
+                }
+            };
+            if lease.is_some() {
+                let before = service.model.load().as_ref().map(|model| model.info.version);
+                if let Err(error) = service.follow_registry() {
+                    tracing::warn!(%error, "the active network model could not be checked");
+                }
+                let after = service.model.load().as_ref().map(|model| model.info.version);
+                if trigger != "api" && before != after {
+                    let error = "another replica trained a network model meanwhile".to_owned();
+                    running.finish(JobState::Failed { error });
+                    return;
+                }
+            }
             let state = match service.run_training(&running) {
                 Ok((version, rows)) => {
                     tracing::info!(version, rows, "network model trained");
@@ -45,6 +67,7 @@ impl NetworkService {
                 }
             };
             running.finish(state);
+            drop(lease);
         });
         Ok(job)
     }

@@ -172,6 +172,22 @@ impl NetworkStore {
         })
     }
 
+    /// Opens the network tables where `store` keeps its own: `network.db` in `data_dir` beside
+    /// an SQLite store (encrypted exactly when the store is), the same PostgreSQL database (and
+    /// password) for a shared one.
+    pub fn open_beside(
+        store: &crate::Store,
+        data_dir: &Path,
+        settings: WriterSettings,
+    ) -> Result<NetworkStore, StoreError> {
+        match (&store.tables, &store.settings.url) {
+            (crate::Tables::Postgres(_), Some(url)) => {
+                NetworkStore::open_postgres(url, store.settings.password_file.as_deref(), settings)
+            }
+            _ => NetworkStore::open_with_key(data_dir, settings, store.store_key()),
+        }
+    }
+
     /// Opens the network tables in the PostgreSQL database at `url`, the database of the
     /// malware tables ([`crate::Store::open_postgres`]), creating or migrating them (under the
     /// name `network` in `sentinel_schema`), and starts the results writer, which applies the

@@ -24,11 +24,12 @@ use anyhow::Context;
 use sentinel_alerts::AlertSettings;
 use sentinel_api::{ApiBuilder, HttpListener, HttpSettings};
 use sentinel_auth::AuthSettings;
-use sentinel_network::{NetworkService, NetworkSettings};
+use sentinel_broker::{Broker, BrokerSettings};
+use sentinel_network::{NetworkService, NetworkSettings, ScaleOut};
 use sentinel_privacy::{PrivacySettings, Pseudonymiser};
 use sentinel_sandbox::{ApiToken, CapeClient, SandboxSettings};
 use sentinel_server::{
-    ClientRecords, Models, ModelsInService, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep,
+    ClientRecords, Models, ModelsInService, Role, Server, ServerSettings, VT_KEY_SECRET_FILE, VirusTotalStep,
 };
 use sentinel_store::{Store, StoreSettings};
 use sentinel_transport::{AccessLog, AccessLogSettings, TlsOptions, TlsServer};
@@ -95,6 +96,12 @@ pub struct Args {
     /// `POST /admin/reload` recompile them.
     #[arg(long, env = "SENTINEL_YARA_RULES", value_name = "DIR")]
     yara_rules: Option<PathBuf>,
+    /// Scale out through this NATS JetStream server, e.g. nats://nats:4222: agents' snapshots
+    /// go to scoring workers on any replica sharing the store, results come back to every
+    /// front end (`[broker]` holds the other settings, `[server] roles` what this replica
+    /// runs). Without it, one replica does everything.
+    #[arg(long, env = "SENTINEL_BROKER_URL", value_name = "URL")]
+    broker: Option<String>,
 }
 
 /// How often a replica on a shared store looks for models promoted through another one.
@@ -145,7 +152,25 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     if let Ok(token) = std::env::var(CAPE_TOKEN_ENV) {
         sandbox_settings.token = ApiToken::new(token);
     }
-    let network_settings: NetworkSettings = config.section("network")?;
+    let mut network_settings: NetworkSettings = config.section("network")?;
+    // This host's connections are watched only by replicas with the collector role.
+    network_settings.collect &= settings.roles.contains(&Role::Collector);
+    let broker = match args.broker {
+        Some(url) => {
+            let mut broker: BrokerSettings = config.section("broker")?;
+            broker.url = url;
+            broker.validate().context("invalid [broker] settings")?;
+            // Workers store what they score where every replica reads it, and partitions are
+            // shared out through leases in it: a data directory's SQLite cannot be that.
+            if store_settings.url.is_none() {
+                anyhow::bail!(
+                    "--broker needs a shared store: give --store postgres://… too (docs/scale-out.md)"
+                );
+            }
+            Some(broker)
+        }
+        None => None,
+    };
     let data_dir = config.resolve_data_dir(args.data_dir);
     let auth_settings: AuthSettings = config.section("auth")?;
     let access_log_settings: AccessLogSettings = config.section("access_log")?;
@@ -181,6 +206,7 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
         access_log: access_log_settings,
         privacy: privacy_settings,
         alerts: alert_settings,
+        broker,
     };
     runtime.block_on(serve(sections, data_dir))
 }
@@ -197,6 +223,8 @@ struct Sections {
     access_log: AccessLogSettings,
     privacy: PrivacySettings,
     alerts: AlertSettings,
+    /// The scale-out mode's broker, when `--broker` is given.
+    broker: Option<BrokerSettings>,
 }
 
 async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
@@ -211,6 +239,7 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         access_log: access_log_settings,
         privacy: privacy_settings,
         alerts: alert_settings,
+        broker: broker_settings,
     } = sections;
     let location = store_location(&data_dir, &store_settings);
     let store = {
@@ -253,7 +282,20 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         tracing::info!(base_url = %settings.base_url, timeout = ?settings.analysis_timeout, max_in_flight = settings.max_in_flight, "CAPE sandbox configured");
         Some(client)
     };
-    let network = start_network(network_settings, &data_dir, &store, addresses.clone())?;
+    let roles = settings.roles.clone();
+    let scale_out = match &broker_settings {
+        Some(broker_settings) => Some(scale_out(broker_settings, &roles).await?),
+        None => {
+            if !(roles.contains(&Role::Frontend) && roles.contains(&Role::Worker)) {
+                tracing::warn!(
+                    "[server] roles without --broker: this replica is its own front end and worker"
+                );
+            }
+            None
+        }
+    };
+    let frontend = scale_out.as_ref().is_none_or(|scale_out| scale_out.frontend);
+    let network = start_network(network_settings, &data_dir, &store, addresses.clone(), scale_out)?;
     let alert_store = Arc::clone(&store);
     let access = serve_auth::access(&auth_settings, &store, &data_dir)?;
     // Client addresses in the access log (and the audit table's, through it) as `[privacy]` says.
@@ -296,7 +338,10 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
     access_log.register_metrics(api.metrics());
     if let Some(network) = &network {
         sentinel_network::register_metrics(network, api.metrics());
-        api = api.service(sentinel_network::router(Arc::clone(network)));
+        // A worker-only replica accepts no snapshots and relays no results.
+        if frontend {
+            api = api.service(sentinel_network::router(Arc::clone(network)));
+        }
     }
     if let Some(watch) = &alerts {
         watch.alerts.register_metrics(api.metrics());
@@ -396,18 +441,43 @@ fn https(settings: &HttpSettings) -> anyhow::Result<Option<TlsServer>> {
     Ok(Some(TlsServer::new(&options).context("cannot serve HTTPS")?))
 }
 
+/// Connects to the broker of the scale-out mode, and says what this replica runs.
+async fn scale_out(settings: &BrokerSettings, roles: &[Role]) -> anyhow::Result<ScaleOut> {
+    let broker = Broker::connect(settings).await.context("cannot connect to the broker (--broker)")?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    // Unique among running replicas: the owner of this process's leases.
+    let replica = format!("{}-{}", if host.is_empty() { "sentinel" } else { &host }, std::process::id());
+    let scale_out = ScaleOut {
+        broker,
+        frontend: roles.contains(&Role::Frontend),
+        worker: roles.contains(&Role::Worker),
+        replica,
+    };
+    tracing::info!(
+        replica = %scale_out.replica,
+        frontend = scale_out.frontend,
+        worker = scale_out.worker,
+        partitions = settings.partitions,
+        "scale-out mode: agents' snapshots go through the broker"
+    );
+    Ok(scale_out)
+}
+
 /// Starts the network AI service unless `[network] enabled = false`.
 fn start_network(
     settings: NetworkSettings,
     data_dir: &Path,
     store: &Arc<Store>,
     addresses: Pseudonymiser,
+    scale_out: Option<ScaleOut>,
 ) -> anyhow::Result<Option<Arc<NetworkService>>> {
     if !settings.enabled {
         tracing::info!("network service disabled by [network] enabled = false");
         return Ok(None);
     }
-    let service = NetworkService::start_with(settings, data_dir, Arc::clone(store), addresses)
+    let service = NetworkService::start_scaled(settings, data_dir, Arc::clone(store), addresses, scale_out)
         .context("cannot start the network service")?;
     tracing::info!(database = %data_dir.join("network.db").display(), "network service started");
     Ok(Some(service))
