@@ -105,7 +105,10 @@ fn a_redelivered_record_is_stored_once_and_its_answer_says_so() {
         store.store_delivery(String::new(), items(&store, 9, 1), move |result| {
             let _ = answer.send(result);
         });
-        assert!(matches!(answered.recv_timeout(ANSWER_TIMEOUT).unwrap(), Err(StoreError::DeliveryNotStored(_))));
+        assert!(matches!(
+            answered.recv_timeout(ANSWER_TIMEOUT).unwrap(),
+            Err(StoreError::DeliveryNotStored(_))
+        ));
         // A delivery with no item is recorded too.
         assert!(deliver(&store, 0, 8, Vec::new()).unwrap());
         assert!(!deliver(&store, 0, 8, Vec::new()).unwrap());
@@ -162,12 +165,16 @@ fn delivery_child() {
         _ => return,
     };
     for sequence in 0..CHILD_DELIVERIES {
-        store.store_delivery(record_id(3, sequence), items(&store, sequence, ITEMS_PER_DELIVERY), move |result| {
-            if result.is_ok() {
-                // println! writes the whole line under stdout's lock and flushes it.
-                println!("ack {sequence}");
-            }
-        });
+        store.store_delivery(
+            record_id(3, sequence),
+            items(&store, sequence, ITEMS_PER_DELIVERY),
+            move |result| {
+                if result.is_ok() {
+                    // println! writes the whole line under stdout's lock and flushes it.
+                    println!("ack {sequence}");
+                }
+            },
+        );
     }
     store.close();
 }

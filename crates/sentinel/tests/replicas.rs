@@ -72,7 +72,17 @@ async fn replicas_share_one_virustotal_economy_tokens_and_models() {
     // A token made against the shared store (the CLI, through the data directory's settings and
     // --store) is accepted by every replica; the first admin token was made once.
     let token = std::process::Command::new(BINARY)
-        .args(["token", "create", "--name", "reader", "--scope", "read", "--store", database.url(), "--data-dir"])
+        .args([
+            "token",
+            "create",
+            "--name",
+            "reader",
+            "--scope",
+            "read",
+            "--store",
+            database.url(),
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .env("RUST_LOG", "warn")
         .output()

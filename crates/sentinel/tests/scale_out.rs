@@ -1,6 +1,6 @@
 //! The scale-out mode with real processes: a front end and two scoring workers (`sentinel
-//! serve --broker`, `[server] roles`) sharing one data directory, and a NATS server of the
-//! test's own. Agents' snapshots posted to the front end are stored exactly once although a
+//! serve --broker`, `[server] roles`) sharing one PostgreSQL database (`--store`) and one data
+//! directory, and a NATS server of the test's own. Agents' snapshots posted to the front end are stored exactly once although a
 //! worker is killed (SIGKILL) while they stream in; a model trained through the front end
 //! scores on the surviving worker, whose results reach the front end's `/ws/realtime`; and a
 //! NATS outage makes ingest answer 503 until the server is back, with nothing accepted lost.
@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use sentinel_testkit::connection_records::{connection_record, snapshot};
 use sentinel_testkit::http_client::ApiClient;
 use sentinel_testkit::nats_server::{self, NatsServer};
+use sentinel_testkit::postgres::ScratchDatabase;
 use sentinel_testkit::serve_process::{QUICK_NETWORK, ServeCommand, ServeProcess};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -21,13 +22,16 @@ const SENTINEL: &str = env!("CARGO_BIN_EXE_sentinel");
 /// Connections in each posted snapshot.
 const CONNECTIONS: usize = 3;
 
-/// `sentinel serve --broker URL` with `roles`, sharing `data_dir`.
-fn replica(data_dir: &Path, broker: &str, roles: &str) -> ServeProcess {
+/// `sentinel serve --store DATABASE --broker URL` with `roles`, sharing `data_dir`.
+fn replica(database: &ScratchDatabase, data_dir: &Path, broker: &str, roles: &str) -> ServeProcess {
     let config = format!(
         "[server]\nroles = [{roles}]\n\n[broker]\npartitions = 4\nack_wait = \"3s\"\npublish_timeout = \"1s\"\n\n\
          [network]\ncollect = false\n{QUICK_NETWORK}"
     );
-    ServeCommand::new(SENTINEL, data_dir).config(&config).args(["--broker", broker]).start()
+    ServeCommand::new(SENTINEL, data_dir)
+        .config(&config)
+        .args(["--broker", broker, "--store", database.url()])
+        .start()
 }
 
 /// The first snapshot of a host of its own: its connections are new wherever it is scored, so
@@ -45,27 +49,19 @@ async fn post(api: &ApiClient, snapshot: &Value) -> u16 {
     api.send("POST", "/api/v1/ingest", Some(snapshot.to_string().as_bytes())).await.status
 }
 
-/// (feature rows, broker deliveries) stored in the shared `network.db`.
-fn stored(data_dir: &Path) -> (i64, i64) {
-    let database = rusqlite::Connection::open_with_flags(
-        data_dir.join("network.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    database.busy_timeout(Duration::from_secs(5)).unwrap();
-    let count = |table: &str| -> i64 {
-        database.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0)).unwrap()
-    };
+/// (feature rows, broker deliveries) stored in the shared database.
+fn stored(database: &ScratchDatabase) -> (i64, i64) {
+    let count = |table: &str| database.query_i64(&format!("SELECT count(*) FROM {table}")).unwrap();
     (count("network_features"), count("broker_deliveries"))
 }
 
 /// Waits until exactly `snapshots` records and their items are stored, and checks that no more
 /// arrive: a record stored twice would show as more rows.
-async fn wait_stored(data_dir: &Path, snapshots: usize, within: Duration) {
+async fn wait_stored(database: &ScratchDatabase, snapshots: usize, within: Duration) {
     let expected = ((snapshots * CONNECTIONS) as i64, snapshots as i64);
     let deadline = Instant::now() + within;
     loop {
-        let now = stored(data_dir);
+        let now = stored(database);
         if now == expected {
             break;
         }
@@ -75,7 +71,7 @@ async fn wait_stored(data_dir: &Path, snapshots: usize, within: Duration) {
     }
     // Longer than `ack_wait`: a record left unacknowledged would be delivered again by now.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(stored(data_dir), expected, "stored once, and only once");
+    assert_eq!(stored(database), expected, "stored once, and only once");
 }
 
 async fn train(api: &ApiClient) -> i64 {
@@ -103,10 +99,11 @@ async fn a_front_end_and_two_workers_store_every_snapshot_once_through_crashes_a
     let dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::start(dir.path());
     let data_dir = dir.path().join("data");
+    let database = ScratchDatabase::create("scale out");
     let url = nats.url();
-    let front = replica(&data_dir, &url, "\"frontend\"");
-    let mut first = replica(&data_dir, &url, "\"worker\"");
-    let second = replica(&data_dir, &url, "\"worker\"");
+    let front = replica(&database, &data_dir, &url, "\"frontend\"");
+    let mut first = replica(&database, &data_dir, &url, "\"worker\"");
+    let second = replica(&database, &data_dir, &url, "\"worker\"");
     let api = front.api();
 
     // A stream of agents' snapshots; one worker dies (SIGKILL) in the middle of it.
@@ -120,7 +117,7 @@ async fn a_front_end_and_two_workers_store_every_snapshot_once_through_crashes_a
     }
     // The survivor takes the dead worker's partitions once their leases expire (15 s), and its
     // unacknowledged records after `ack_wait`.
-    wait_stored(&data_dir, total, Duration::from_secs(90)).await;
+    wait_stored(&database, total, Duration::from_secs(90)).await;
 
     // A model trained through the front end scores on the worker, whose results reach the
     // front end's WebSocket.
@@ -171,7 +168,7 @@ async fn a_front_end_and_two_workers_store_every_snapshot_once_through_crashes_a
         }
     }
     posted += 20;
-    wait_stored(&data_dir, posted, Duration::from_secs(90)).await;
+    wait_stored(&database, posted, Duration::from_secs(90)).await;
 
     for mut process in [front, second] {
         process.signal("-TERM");

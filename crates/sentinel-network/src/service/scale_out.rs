@@ -406,7 +406,7 @@ impl NetworkService {
             leases
                 .iter()
                 .filter(|(_, owner)| *owner == config.replica)
-                .try_for_each(|(name, owner)| self.registry.release_lease(name, owner))
+                .try_for_each(|(name, owner)| self.registry.release_lease(name, owner).map(drop))
         });
         if let Err(error) = released {
             tracing::warn!(%error, "the worker's leases could not be released: they expire by themselves");

@@ -231,8 +231,7 @@ impl ResultsWriter {
         let unsent = {
             let guard = lock(&self.sender);
             match guard.as_ref() {
-                Some(sender) => match sender.send(WriterItem::Deliver { record_id, items, answer })
-                {
+                Some(sender) => match sender.send(WriterItem::Deliver { record_id, items, answer }) {
                     Ok(()) => None,
                     Err(std::sync::mpsc::SendError(WriterItem::Deliver { answer, .. })) => Some(answer),
                     Err(_) => None,
@@ -415,7 +414,9 @@ fn write_transaction(
             BatchEntry::Metrics(rows) => insert_metrics(&transaction, rows)?,
             BatchEntry::Delivery { record_id, items } => {
                 let claimed = transaction
-                    .prepare_cached("INSERT OR IGNORE INTO broker_deliveries (record_id, stored_at) VALUES (?1, ?2)")?
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO broker_deliveries (record_id, stored_at) VALUES (?1, ?2)",
+                    )?
                     .execute(params![record_id, stored_at])?
                     == 1;
                 outcome.claimed.push(claimed);
