@@ -15,8 +15,12 @@ use sentinel_testkit::serve_process::{ServeCommand, ServeProcess};
 const BINARY: &str = env!("CARGO_BIN_EXE_sentinel");
 const KEY: &str = "5ec12e7a5ec12e7a5ec12e7a5ec12e7a5ec12e7a5ec12e7a5ec12e7a5ec12e7a";
 
-/// Only the malware server: the network service is the broker's story (tests/scale_out.rs).
+/// Only the malware server (the network service is the broker's story, tests/scale_out.rs),
+/// and room for the test's 50 clients, who all come from 127.0.0.1.
 const CONFIG: &str = "
+[server]
+max_requests_per_client = 64
+
 [network]
 enabled = false
 ";
@@ -78,7 +82,7 @@ async fn replicas_share_one_virustotal_economy_tokens_and_models() {
             "--name",
             "reader",
             "--scope",
-            "read",
+            "malware:read",
             "--store",
             database.url(),
             "--data-dir",
@@ -138,7 +142,7 @@ async fn a_replica_killed_and_started_again_rejoins_with_what_the_others_stored(
     let first = replica(&database, &data_dir, &vt);
     let mut second = replica(&database, &data_dir, &vt);
 
-    second.signal("KILL");
+    second.signal("-KILL");
     second.wait_exit(Duration::from_secs(10));
     // While it is down, the other replica pays for a report.
     let sha256 = sha256_hex(b"asked while a replica was down");
