@@ -3,7 +3,8 @@
 //! directory, and a NATS server of the test's own. Agents' snapshots posted to the front end are stored exactly once although a
 //! worker is killed (SIGKILL) while they stream in; a model trained through the front end
 //! scores on the surviving worker, whose results reach the front end's `/ws/realtime`; and a
-//! NATS outage makes ingest answer 503 until the server is back, with nothing accepted lost.
+//! NATS outage makes ingest answer 503 until the server is back, and PostgreSQL dropping every
+//! connection under load costs nothing accepted either.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -168,6 +169,23 @@ async fn a_front_end_and_two_workers_store_every_snapshot_once_through_crashes_a
         }
     }
     posted += 20;
+    wait_stored(&database, posted, Duration::from_secs(90)).await;
+
+    // PostgreSQL drops every connection of the replicas (what its restart does to them) while
+    // snapshots stream in: writes in flight fail and are not acknowledged, the pools reconnect
+    // by themselves, and every accepted snapshot is stored once.
+    for index in posted..posted + 40 {
+        if index % 10 == 0 {
+            database
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                )
+                .unwrap();
+        }
+        assert_eq!(post(&api, &host_snapshot(index, "webclient")).await, 202);
+    }
+    posted += 40;
     wait_stored(&database, posted, Duration::from_secs(90)).await;
 
     for mut process in [front, second] {
