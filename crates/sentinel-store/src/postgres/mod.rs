@@ -54,9 +54,11 @@ pub(crate) use migrations::PgSchema;
 pub(crate) use network_schema::NETWORK;
 pub(crate) use schema::MALWARE;
 
-/// Connections kept by a replica's pool: each serves one call at a time, and callers beyond it
-/// wait (up to the wait timeout) rather than open connections PostgreSQL would refuse.
-const POOL_SIZE: usize = 16;
+/// Connections of one pool (a replica has two: the malware tables' and the network tables'):
+/// each serves one call at a time, and callers beyond it wait (up to the wait timeout) rather
+/// than open connections PostgreSQL would refuse — its default `max_connections` of 100 then
+/// serves five replicas with room for the operator's own sessions.
+const POOL_SIZE: usize = 10;
 
 /// How long a call waits for a free connection, or for a new one to be made, before failing.
 const POOL_TIMEOUT: Duration = Duration::from_secs(10);
