@@ -16,8 +16,8 @@ use sentinel_testkit::synthetic_pe;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/local-cluster/cluster");
 
 fn cluster(action: &str, dir: &Path, database: &str) -> Output {
-    let admin =
-        std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var(POSTGRES_URL_ENV)
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     Command::new("bash")
         .arg(SCRIPT)
         .arg(action)
@@ -69,13 +69,19 @@ async fn the_documented_cluster_serves_through_haproxy_and_stops() {
     }
     // The malware protocol through HAProxy.
     for seed in 0..3 {
-        let mut client = Client::connect("127.0.0.1:9600".parse().unwrap()).await.unwrap();
+        let mut client = Client::connect("127.0.0.1:9600").await.unwrap();
         let sample = Bytes::from(synthetic_pe(64 * 1024, seed));
-        let answer =
-            client.request(&Request::new(sentinel_protocol::Command::StaticAnalyse, vec![sample])).await.unwrap();
+        let answer = client
+            .request(&Request::new(sentinel_protocol::Command::StaticAnalyse, vec![sample]))
+            .await
+            .unwrap();
         assert!(matches!(answer, Response::Yes(_) | Response::No(Some(_))), "{answer:?}");
     }
-    assert_eq!(scratch.query_i64("SELECT count(*) FROM verdicts").unwrap(), 3, "verdicts in the shared database");
+    assert_eq!(
+        scratch.query_i64("SELECT count(*) FROM verdicts").unwrap(),
+        3,
+        "verdicts in the shared database"
+    );
 
     let status = cluster("status", dir.path(), &database);
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
@@ -84,7 +90,8 @@ async fn the_documented_cluster_serves_through_haproxy_and_stops() {
     }
     drop(running);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect("127.0.0.1:9601").is_ok() || std::net::TcpStream::connect("127.0.0.1:9611").is_ok()
+    while std::net::TcpStream::connect("127.0.0.1:9601").is_ok()
+        || std::net::TcpStream::connect("127.0.0.1:9611").is_ok()
     {
         assert!(Instant::now() < deadline, "the cluster still listens after stop");
         std::thread::sleep(Duration::from_millis(200));
