@@ -39,6 +39,7 @@ impl ScratchDatabase {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        drop_orphans(&admin_url);
         admin(&admin_url, format!("CREATE DATABASE {name}")).unwrap_or_else(|error| {
             panic!(
                 "cannot create a scratch PostgreSQL database through {admin_url}: {error}; start PostgreSQL \
@@ -78,6 +79,32 @@ impl Drop for ScratchDatabase {
             admin(&self.admin_url, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
         {
             eprintln!("could not drop scratch database {}: {error}", self.name);
+        }
+    }
+}
+
+/// Drops the scratch databases of test processes that are gone (killed before their guard
+/// dropped them), so that a test machine's server does not fill up with them. The process id
+/// is the third field from the end of a scratch database's name.
+fn drop_orphans(admin_url: &str) {
+    // Whether a process is gone is read from /proc.
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let url = admin_url.to_owned();
+    let names = on_own_runtime(move || async move {
+        let client = connect(&url).await?;
+        let rows = client
+            .query("SELECT datname FROM pg_database WHERE datname LIKE 'sentinel\\_test\\_%'", &[])
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect::<Vec<_>>())
+    });
+    for name in names.unwrap_or_default() {
+        let pid = name.rsplit('_').nth(2).and_then(|pid| pid.parse::<u32>().ok());
+        let gone = pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            let _ = admin(admin_url, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
 }
