@@ -70,3 +70,47 @@ fn the_server_bench_shows_its_default_sizes_in_the_form_it_accepts() {
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("[default: 10,100,1024,5120,20480]"), "{help}");
 }
+
+/// The scale-out bench with tiny counts: every posted connection is stored in each mode (the
+/// command fails otherwise), the cached report is answered without a second VirusTotal call, and
+/// the fleet estimate is the arithmetic of the measured rate.
+#[test]
+fn the_scale_out_bench_stores_every_record_in_each_mode_and_estimates_from_the_measure() {
+    let output = sentinel()
+        .args([
+            "bench",
+            "scale-out",
+            "--agents",
+            "6",
+            "--connections",
+            "3",
+            "--clients",
+            "2",
+            "--vt-requests",
+            "5",
+            "--settle-seconds",
+            "1",
+            "--fleet-hosts",
+            "100",
+            "--fleet-connections",
+            "10",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for run in ["embedded", "broker_1_worker", "broker_2_workers"] {
+        assert_eq!(report["ingest"][run]["rows"], 18, "{report:#}");
+        assert!(report["ingest"][run]["records_per_s"].as_f64().unwrap() > 0.0, "{report:#}");
+    }
+    for store in ["sqlite", "postgres"] {
+        let cache_hit = &report["vt_cache_hit"][store];
+        assert!(cache_hit["p50_ms"].as_f64().unwrap() <= cache_hit["p99_ms"].as_f64().unwrap(), "{report:#}");
+    }
+    let fleet = &report["fleet"];
+    assert_eq!(fleet["records_per_s"], 1000.0);
+    assert_eq!(fleet["database_rows_per_s"], 1100.0);
+    let per_worker = fleet["records_per_s_per_worker"].as_f64().unwrap();
+    assert_eq!(fleet["workers"].as_f64().unwrap(), (1000.0 / per_worker).ceil(), "{report:#}");
+}

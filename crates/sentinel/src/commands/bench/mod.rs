@@ -4,6 +4,7 @@
 mod anomaly;
 mod dynamic_model;
 mod https;
+mod scale_out;
 mod server;
 mod server_tls;
 mod static_model;
@@ -26,6 +27,9 @@ pub enum Command {
     /// Encryption at rest: sample submission latency and network ingest throughput, plain
     /// store against encrypted store.
     Store(store::Args),
+    /// The scale-out mode: ingest through NATS JetStream and PostgreSQL with one and two
+    /// workers against the embedded mode, VirusTotal cache hits on PostgreSQL against SQLite.
+    ScaleOut(scale_out::Args),
 }
 
 impl Command {
@@ -37,6 +41,7 @@ impl Command {
             Command::Static(args) => static_model::run(args, config),
             Command::Dynamic(args) => dynamic_model::run(args, config),
             Command::Store(args) => store::run(args, config),
+            Command::ScaleOut(args) => scale_out::run(args, config),
         }
     }
 }
