@@ -29,6 +29,9 @@ pub(super) enum PipelineInput {
     Record {
         snapshot: Box<Snapshot>,
         msg_id: String,
+        /// Delivered before (its items were not stored, or not acknowledged): the host's
+        /// tracker may have seen it already, and would find nothing new in it.
+        redelivered: bool,
         stored: oneshot::Sender<Result<bool, StoreError>>,
     },
 }
@@ -65,7 +68,14 @@ impl NetworkService {
                         }
                     }
                 }
-                PipelineInput::Record { snapshot, msg_id, stored } => {
+                PipelineInput::Record { snapshot, msg_id, redelivered, stored } => {
+                    // A record delivered again (its first delivery failed to store, or was not
+                    // acknowledged) may already be in its host's tracker, which would turn it
+                    // into no event and store nothing for it: it is scored from a fresh tracker,
+                    // every connection in it new, so that no accepted connection goes unstored.
+                    if redelivered {
+                        trackers.remove(&snapshot.host);
+                    }
                     let tracker = trackers.entry(snapshot.host.clone()).or_default();
                     let events = tracker.update(snapshot.timestamp, &snapshot.connections);
                     let Some((items, results)) = self.process_snapshot(&mut extractor, events) else {

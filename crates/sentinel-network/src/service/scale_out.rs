@@ -445,7 +445,12 @@ impl NetworkService {
                 match self.decode(&delivery) {
                     Ok((snapshot, msg_id)) => {
                         let (stored, outcome) = oneshot::channel();
-                        let input = PipelineInput::Record { snapshot: Box::new(snapshot), msg_id, stored };
+                        let input = PipelineInput::Record {
+                            snapshot: Box::new(snapshot),
+                            msg_id,
+                            redelivered: delivery.delivered > 1,
+                            stored,
+                        };
                         if pipeline.send(input).await.is_err() {
                             return;
                         }
