@@ -212,27 +212,7 @@ where
     let expected = bodies.len() as u64 * u64::from(args.connections);
     let bodies: std::sync::Arc<Vec<String>> = std::sync::Arc::new(bodies.to_vec());
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    let clients = args.clients.max(1);
-    for client in 0..clients {
-        let (bodies, api) = (std::sync::Arc::clone(&bodies), api.clone());
-        tasks.push(tokio::spawn(async move {
-            for body in bodies.iter().skip(client).step_by(clients) {
-                loop {
-                    let answer = api.try_send("POST", "/api/v1/ingest", Some(body.as_bytes())).await?;
-                    match answer.status {
-                        202 => break,
-                        503 => tokio::time::sleep(Duration::from_millis(5)).await,
-                        status => bail!("ingest answered {status}: {}", answer.body),
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
+    super::store::post_snapshots(api, std::sync::Arc::clone(&bodies), args.clients).await?;
     let posted = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(900);
     let stored = loop {

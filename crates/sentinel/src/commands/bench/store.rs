@@ -180,26 +180,7 @@ async fn ingest_throughput(args: &Args, api: &ApiClient) -> anyhow::Result<Value
             .collect(),
     );
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..args.clients.max(1) {
-        let (bodies, api, clients) = (Arc::clone(&bodies), api.clone(), args.clients.max(1));
-        tasks.push(tokio::spawn(async move {
-            for body in bodies.iter().skip(client).step_by(clients) {
-                loop {
-                    let answer = api.try_send("POST", "/api/v1/ingest", Some(body.as_bytes())).await?;
-                    match answer.status {
-                        202 => break,
-                        503 => tokio::time::sleep(Duration::from_millis(5)).await,
-                        status => bail!("ingest answered {status}: {}", answer.body),
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
+    post_snapshots(api, bodies, args.clients).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let rows = loop {
         let (pending, rows) = stored_rows(api).await?;
@@ -254,4 +235,36 @@ fn print_table(args: &Args, report: &Value) {
         0,
     );
     println!("{table}");
+}
+
+/// Posts every body to `/api/v1/ingest`, spread over `clients` concurrent clients, each retrying
+/// a 503 (the ingest queue full, or the broker away) until it is accepted; fails on any other
+/// answer. Shared by `bench store` and `bench scale-out`.
+pub(super) async fn post_snapshots(
+    api: &ApiClient,
+    bodies: Arc<Vec<String>>,
+    clients: usize,
+) -> anyhow::Result<()> {
+    let clients = clients.max(1);
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (bodies, api) = (Arc::clone(&bodies), api.clone());
+        tasks.push(tokio::spawn(async move {
+            for body in bodies.iter().skip(client).step_by(clients) {
+                loop {
+                    let answer = api.try_send("POST", "/api/v1/ingest", Some(body.as_bytes())).await?;
+                    match answer.status {
+                        202 => break,
+                        503 => tokio::time::sleep(Duration::from_millis(5)).await,
+                        status => bail!("ingest answered {status}: {}", answer.body),
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
 }
