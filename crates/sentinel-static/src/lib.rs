@@ -9,6 +9,7 @@ mod corpus;
 mod header_csv;
 mod model;
 mod training;
+mod transfer;
 
 pub use corpus::{Corpus, CorpusFile, read_corpus};
 pub use header_csv::{FEATURES, LABEL_COLUMN, LabelledRows, read_header_csv, read_header_csv_from};
@@ -16,6 +17,10 @@ pub use model::{FeatureContribution, MODEL_FORMAT_VERSION, SCHEMA, StaticModel, 
 pub use training::{
     BaselineEvaluation, BenignEvaluation, CorpusSplit, Evaluation, TrainingOptions, TrainingSummary,
     balanced_weights, deduplicate, holdout_split, train,
+};
+pub use transfer::{
+    CrossSourceOptions, CrossSourceReport, EXCLUDED_FEATURES, FEATURE_GROUPS, FeatureGroup, TransferFigures,
+    cross_source,
 };
 
 /// Why a model file cannot be used.
@@ -81,4 +86,6 @@ pub enum TrainError {
     Metric(#[from] sentinel_metrics::MetricError),
     #[error("not enough data: {0}")]
     TooFew(String),
+    #[error("{0:?} is not a pe-header column")]
+    UnknownFeature(String),
 }

@@ -17,12 +17,14 @@ use rand::seq::SliceRandom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sentinel_gbdt::{Booster, Dataset, Params, PlattScaling};
 use sentinel_metrics::{Report, detection_at_fpr};
+use sentinel_pe::PE_HEADER_COLUMNS as FEATURE_NAMES;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::corpus::Corpus;
 use crate::header_csv::{FEATURES, LabelledRows};
 use crate::model::StaticModel;
+use crate::transfer::{EXCLUDED_FEATURES, feature_mask};
 
 /// Settings of a training run.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +46,12 @@ pub struct TrainingOptions {
     pub corpus_weight: f64,
     /// Also train a model on the data set alone and report its figures.
     pub header_only_baseline: bool,
+    /// `pe-header` columns the trees may not split on (they stay in every row,
+    /// so the extraction and the file schema do not change): by default the
+    /// fields that record how a file was built rather than what it does, which
+    /// do not transfer from one source of executables to another
+    /// ([`crate::EXCLUDED_FEATURES`], docs/static-model.md).
+    pub excluded_features: Vec<String>,
 }
 
 impl Default for TrainingOptions {
@@ -65,6 +73,7 @@ impl Default for TrainingOptions {
             target_fpr: 0.01,
             corpus_weight: 1.0,
             header_only_baseline: true,
+            excluded_features: EXCLUDED_FEATURES.iter().map(|f| (*f).to_owned()).collect(),
         }
     }
 }
@@ -87,6 +96,10 @@ pub struct TrainingSummary {
     pub header_test_rows: usize,
     pub corpus: Option<CorpusSplit>,
     pub trees: usize,
+    /// Columns the trees were not allowed to use (absent in models trained before
+    /// the exclusion existed: they used all columns).
+    #[serde(default)]
+    pub excluded_features: Vec<String>,
 }
 
 /// How the corpus was divided (by package).
@@ -200,6 +213,27 @@ pub fn balanced_weights(labels: &[bool]) -> Vec<f64> {
     labels.iter().map(|&l| if l { total / (2.0 * positives) } else { total / (2.0 * negatives) }).collect()
 }
 
+/// The data set's unique rows split into train / calibration / test, stratified.
+pub(crate) struct HeaderSplit {
+    pub(crate) train: LabelledRows,
+    pub(crate) calibration: LabelledRows,
+    pub(crate) test: LabelledRows,
+}
+
+/// The split every run of the pipeline makes first (so the same seed gives the
+/// same data set rows to `train` and to the cross-source evaluation).
+pub(crate) fn split_header(
+    unique: &LabelledRows,
+    options: &TrainingOptions,
+    rng: &mut Xoshiro256PlusPlus,
+) -> HeaderSplit {
+    let (rest, test) = stratified_split(&unique.labels, options.test_fraction, rng);
+    let rest = unique.select(&rest);
+    let test = unique.select(&test);
+    let (train, calibration) = stratified_split(&rest.labels, options.calibration_fraction, rng);
+    HeaderSplit { train: rest.select(&train), calibration: rest.select(&calibration), test }
+}
+
 /// Corpus files divided by package into (train, calibration, test) rows, all benign.
 struct CorpusParts {
     train: LabelledRows,
@@ -281,14 +315,14 @@ fn split_corpus(
 }
 
 /// A boosted, calibrated model with its threshold.
-struct FittedModel {
+pub(crate) struct FittedModel {
     booster: Booster,
     calibration: PlattScaling,
-    threshold: f64,
+    pub(crate) threshold: f64,
 }
 
 impl FittedModel {
-    fn scores(&self, rows: &LabelledRows) -> Result<Vec<f64>, TrainError> {
+    pub(crate) fn scores(&self, rows: &LabelledRows) -> Result<Vec<f64>, TrainError> {
         Ok(self
             .booster
             .predict_margins(&rows.values)?
@@ -299,12 +333,15 @@ impl FittedModel {
 }
 
 /// Boosts on `train` (+ `extra_benign`, weighted), calibrates on
-/// `calibration` (+ `extra_calibration`) and picks the threshold.
-fn fit(
+/// `calibration` (+ `extra_calibration`) and picks the threshold. The columns
+/// of `excluded` (true = excluded) are set to one constant for the boosting, so
+/// no tree can split on them and a file's real value there never moves a score.
+pub(crate) fn fit(
     train: &LabelledRows,
     extra_benign: Option<&LabelledRows>,
     calibration: &LabelledRows,
     extra_calibration: Option<&LabelledRows>,
+    excluded: &[bool; FEATURES],
     options: &TrainingOptions,
 ) -> Result<FittedModel, TrainError> {
     let mut rows = train.clone();
@@ -319,6 +356,13 @@ fn fit(
         .zip(&corpus_rows)
         .map(|(weight, &from_corpus)| if from_corpus { weight * options.corpus_weight } else { weight })
         .collect();
+    if excluded.iter().any(|&e| e) {
+        for row in rows.values.chunks_mut(FEATURES) {
+            for (value, _) in row.iter_mut().zip(excluded).filter(|(_, e)| **e) {
+                *value = 0.0;
+            }
+        }
+    }
     let params = Params { seed: options.seed, ..options.params.clone() };
     let data =
         Dataset { values: &rows.values, n_features: FEATURES, labels: &rows.labels, weights: Some(&weights) };
@@ -384,15 +428,11 @@ pub fn train(
     corpus: Option<&Corpus>,
     options: &TrainingOptions,
 ) -> Result<StaticModel, TrainError> {
+    let excluded = feature_mask(&options.excluded_features)?;
     let (unique, conflicting) = deduplicate(header);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(options.seed);
-    let (rest, test) = stratified_split(&unique.labels, options.test_fraction, &mut rng);
-    let rest = unique.select(&rest);
-    let header_test = unique.select(&test);
-    let (train_rows, calibration_rows) =
-        stratified_split(&rest.labels, options.calibration_fraction, &mut rng);
-    let header_train = rest.select(&train_rows);
-    let header_calibration = rest.select(&calibration_rows);
+    let split = split_header(&unique, options, &mut rng);
+    let HeaderSplit { train: header_train, calibration: header_calibration, test: header_test } = split;
 
     let corpus_parts = corpus.map(|c| split_corpus(c, options, &mut rng, &header_train)).transpose()?;
     let fitted = fit(
@@ -400,6 +440,7 @@ pub fn train(
         corpus_parts.as_ref().map(|p| &p.train),
         &header_calibration,
         corpus_parts.as_ref().map(|p| &p.calibration),
+        &excluded,
         options,
     )?;
 
@@ -415,7 +456,7 @@ pub fn train(
             labels.extend_from_slice(&parts.test.labels);
             let combined = Report::new(&scores, &labels, fitted.threshold)?;
             let baseline = if options.header_only_baseline {
-                let alone = fit(&header_train, None, &header_calibration, None, options)?;
+                let alone = fit(&header_train, None, &header_calibration, None, &excluded, options)?;
                 let alone_scores = alone.scores(&header_test)?;
                 Some(BaselineEvaluation {
                     threshold: alone.threshold,
@@ -447,6 +488,12 @@ pub fn train(
         header_test_rows: header_test.len(),
         corpus: corpus_parts.map(|p| p.split),
         trees: fitted.booster.n_trees(),
+        excluded_features: FEATURE_NAMES
+            .iter()
+            .zip(&excluded)
+            .filter(|(_, e)| **e)
+            .map(|(name, _)| (*name).to_owned())
+            .collect(),
     };
     let evaluation =
         Evaluation { header_test: header_report, held_out_packages, combined_test, header_only_baseline };

@@ -6,8 +6,9 @@
 use sentinel_metrics::Report;
 use sentinel_pe::PE_HEADER_COLUMNS;
 use sentinel_static::{
-    AnalyseError, Corpus, CorpusFile, FEATURES, LabelledRows, ModelError, StaticModel, TrainingOptions,
-    read_header_csv_from, train,
+    AnalyseError, Corpus, CorpusFile, CrossSourceOptions, EXCLUDED_FEATURES, FEATURE_GROUPS, FEATURES,
+    LabelledRows, ModelError, StaticModel, TrainError, TrainingOptions, cross_source, read_header_csv_from,
+    train,
 };
 use sentinel_testkit::Prerequisite;
 
@@ -24,7 +25,7 @@ fn column(name: &str) -> usize {
     PE_HEADER_COLUMNS.iter().position(|c| *c == name).unwrap()
 }
 
-/// Synthetic header rows: malware has an older linker and a smaller code size,
+/// Synthetic header rows: malware has fewer sections and a smaller code size,
 /// with overlap so that the task is not trivially separable.
 fn synthetic(rows: usize, seed: u64) -> LabelledRows {
     let mut rng = Lcg(seed);
@@ -36,7 +37,7 @@ fn synthetic(rows: usize, seed: u64) -> LabelledRows {
             *value = (rng.uniform() * 100.0).floor();
         }
         let shift = if malware { 0.0 } else { 4.0 };
-        row[column("MajorLinkerVersion")] = (rng.uniform() * 8.0 + shift).floor();
+        row[column("NumberOfSections")] = (rng.uniform() * 8.0 + shift).floor();
         row[column("SizeOfCode")] = ((rng.uniform() + if malware { 0.0 } else { 0.7 }) * 100_000.0).floor();
         row[column("e_magic")] = 23117.0;
         data.push(&row, malware);
@@ -165,7 +166,7 @@ fn training_is_reproducible_under_a_seed() {
 
 #[test]
 fn corpus_packages_are_held_out_whole_and_reduce_false_positives() {
-    // Benign files of "other toolchains": benign except for a malware-like linker version.
+    // Benign files of "other toolchains": benign except for a malware-like section count.
     let mut rng = Lcg(20);
     let mut corpus = Corpus::default();
     let source = synthetic(3000, 21);
@@ -176,7 +177,7 @@ fn corpus_packages_are_held_out_whole_and_reduce_false_positives() {
         }
         let mut features = [0.0; FEATURES];
         features.copy_from_slice(source.row(i));
-        features[column("MajorLinkerVersion")] = (rng.uniform() * 4.0).floor();
+        features[column("NumberOfSections")] = (rng.uniform() * 4.0).floor();
         features[column("SizeOfCode")] = (rng.uniform() * 100_000.0).floor();
         features[column("Subsystem")] = 1000.0 + (k % 3) as f64;
         corpus.files.push(CorpusFile {
@@ -239,4 +240,89 @@ fn bad_model_files_are_clear_errors() {
         StaticModel::load(std::path::Path::new("/nonexistent/static.json")),
         Err(ModelError::Io { .. })
     ));
+}
+
+#[test]
+fn excluded_features_never_move_a_score() {
+    let mut options = small_options();
+    options.excluded_features = vec!["SizeOfCode".into(), "CheckSum".into()];
+    let model = train(&synthetic(1500, 30), None, &options).unwrap();
+    assert_eq!(model.training().excluded_features, ["SizeOfCode", "CheckSum"]);
+    // The other signal is still learnt.
+    assert!(model.evaluation().header_test.roc_auc > 0.8, "{}", model.evaluation().header_test.roc_auc);
+    let (code, checksum) = (column("SizeOfCode"), column("CheckSum"));
+    for row in synthetic(50, 31).values.chunks(FEATURES) {
+        let verdict = model.verdict(row).unwrap();
+        assert!(verdict.contributions.iter().all(|c| c.feature != "SizeOfCode" && c.feature != "CheckSum"));
+        let mut changed = row.to_vec();
+        changed[code] = 7e9;
+        changed[checksum] = 123_456.0;
+        assert_eq!(model.score_features(&changed).unwrap(), verdict.score);
+    }
+
+    options.excluded_features = vec!["TimeDateStamp".into()];
+    assert!(matches!(
+        train(&synthetic(300, 32), None, &options),
+        Err(TrainError::UnknownFeature(name)) if name == "TimeDateStamp"
+    ));
+}
+
+#[test]
+fn feature_groups_cover_every_column_once_and_the_builtin_model_leaves_out_the_shipped_selection() {
+    let mut grouped: Vec<&str> = FEATURE_GROUPS.iter().flat_map(|g| g.features.iter().copied()).collect();
+    grouped.sort_unstable();
+    let mut columns = PE_HEADER_COLUMNS.to_vec();
+    columns.sort_unstable();
+    assert_eq!(grouped, columns);
+    // Only build metadata is left out.
+    for feature in EXCLUDED_FEATURES {
+        let group = FEATURE_GROUPS.iter().find(|g| g.features.contains(feature)).unwrap();
+        assert!(group.build_metadata, "{feature} is in {}", group.name);
+    }
+    assert_eq!(StaticModel::builtin().training().excluded_features, EXCLUDED_FEATURES);
+    assert_eq!(TrainingOptions::default().excluded_features, EXCLUDED_FEATURES);
+}
+
+#[test]
+fn cross_source_measures_every_selection_on_unseen_packages() {
+    let header = synthetic(1200, 40);
+    let mut rng = Lcg(41);
+    let mut corpus = Corpus::default();
+    let source = synthetic(2000, 42);
+    for i in (0..source.len()).filter(|&i| !source.labels[i]).take(120) {
+        let mut features = [0.0; FEATURES];
+        features.copy_from_slice(source.row(i));
+        features[column("SizeOfCode")] = (rng.uniform() * 100_000.0).floor();
+        let k = corpus.files.len();
+        corpus.files.push(CorpusFile {
+            package: format!("npm/p{}", k % 6),
+            sha256: format!("{k:064x}"),
+            features,
+        });
+    }
+    let mut training = small_options();
+    training.params.max_iter = 15;
+    let options = CrossSourceOptions { training, folds: 3, ablations: true };
+    let report = cross_source(&header, &corpus, &options).unwrap();
+    assert_eq!((report.corpus_files, report.corpus_packages, report.folds), (120, 6, 3));
+    assert_eq!(report.selections.len(), 2 + 2 * FEATURE_GROUPS.len());
+    let find = |name: &str| report.selections.iter().find(|s| s.name == name).unwrap();
+    assert_eq!(find("all").features, FEATURES);
+    assert_eq!(find("shipped").features, FEATURES - EXCLUDED_FEATURES.len());
+    assert_eq!(find("without dos_stub").features, FEATURES - 15);
+    assert_eq!(find("only image_base").features, 1);
+    for s in &report.selections {
+        for figure in
+            [s.in_source_auc, s.corpus_auc, s.unseen_package_auc, s.unseen_package_false_positive_rate]
+        {
+            assert!((0.0..=1.0).contains(&figure), "{}: {figure}", s.name);
+        }
+    }
+    // The signal that separates the data set's classes is there with all features
+    // and gone with the groups that carry it removed.
+    assert!(find("all").in_source_auc > 0.85, "{}", find("all").in_source_auc);
+    assert!(find("only image_base").in_source_auc < 0.7, "{}", find("only image_base").in_source_auc);
+
+    let too_few = CrossSourceOptions { folds: 7, ..options };
+    assert!(matches!(cross_source(&header, &corpus, &too_few), Err(TrainError::TooFew(_))));
 }
