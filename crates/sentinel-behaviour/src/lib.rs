@@ -7,7 +7,8 @@
 //! * [`BehaviourModel`]: for "malware or not", an L2 logistic regression over
 //!   TF-IDF n-grams of calls stacked with boosted trees over a behaviour
 //!   profile (call order, bigrams, call categories, statistics), calibrated;
-//!   for the malware family, a multinomial logistic regression;
+//!   for the malware family, multinomial logistic regressions over the whole
+//!   sequence and over its start blended with boosted trees;
 //!   [`BehaviourModel::score`] gives a [`BehaviourVerdict`].
 //! * [`ClassificationReport`]: accuracy, macro F1 and confusion of family
 //!   predictions.

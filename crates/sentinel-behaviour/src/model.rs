@@ -151,8 +151,11 @@ pub(crate) struct DetectorParts {
 }
 
 /// The family classifier: a multinomial logistic regression over TF-IDF
-/// n-grams of the calls with runs collapsed, averaged with one-against-the-rest
-/// boosted trees over the family profile (call counts, shares, first calls).
+/// n-grams of the calls with runs collapsed, a second one over the n-grams of
+/// the first calls only (the program's start-up, which tells families apart
+/// better than the behaviour they share later), and one-against-the-rest
+/// boosted trees over the family profile (call counts, shares, first calls),
+/// blended with weights chosen out of fold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FamilyClassifier {
@@ -164,13 +167,129 @@ pub struct FamilyClassifier {
     pub(crate) profile: FamilyProfile,
     /// One booster per class (that class against the others), over `profile`.
     pub(crate) trees: Vec<Booster>,
-    /// The linear model's weight in the blend (the trees get the rest),
-    /// chosen on out-of-fold probabilities; files written before it was
-    /// chosen blend evenly.
+    /// The linear model's weight in the blend, chosen on out-of-fold
+    /// probabilities; files written before it was chosen blend evenly.
     #[serde(default = "even_blend")]
     pub(crate) linear_weight: f64,
+    /// The start-up model; files written before it existed have none.
+    #[serde(default)]
+    pub(crate) prefix: Option<PrefixModel>,
+    /// The start-up model's weight in the blend (the trees get what the two
+    /// linear models leave).
+    #[serde(default)]
+    pub(crate) prefix_weight: f64,
     #[serde(skip)]
     dense_weights: Vec<Vec<f64>>,
+}
+
+/// A multinomial logistic regression over the TF-IDF n-grams of the first
+/// `calls` calls of a sequence (runs collapsed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PrefixModel {
+    pub calls: usize,
+    pub space: NgramSpace,
+    /// One weight row per class, each with one weight per feature of `space`.
+    pub weights: Vec<Vec<f32>>,
+    pub biases: Vec<f64>,
+    #[serde(skip)]
+    dense_weights: Vec<Vec<f64>>,
+}
+
+/// The class weights as stored (f32) and as used (f64).
+fn stored_weights(rows: &[Vec<f64>]) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
+    let stored: Vec<Vec<f32>> = rows.iter().map(|row| row.iter().map(|&w| w as f32).collect()).collect();
+    let dense = widen(&stored);
+    (stored, dense)
+}
+
+fn widen(rows: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    rows.iter().map(|row| row.iter().map(|&w| f64::from(w)).collect()).collect()
+}
+
+/// Checks one multinomial model's shape against `classes` classes and its space.
+fn check_multinomial(
+    what: &str,
+    space: &NgramSpace,
+    weights: &[Vec<f32>],
+    biases: &[f64],
+    classes: usize,
+) -> Result<(), ModelError> {
+    if weights.len() != classes || biases.len() != classes {
+        return Err(ModelError::Invalid(format!("{what}: need one weight row and bias per class")));
+    }
+    let dim = space.dimension();
+    if weights.iter().any(|row| row.len() != dim || row.iter().any(|w| !w.is_finite()))
+        || biases.iter().any(|b| !b.is_finite())
+    {
+        return Err(ModelError::Invalid(format!(
+            "{what}: weight rows must match the features and be finite"
+        )));
+    }
+    Ok(())
+}
+
+/// Softmax probabilities of a multinomial model over `tokens`.
+fn multinomial_probabilities(
+    space: &NgramSpace,
+    weights: &[Vec<f64>],
+    biases: &[f64],
+    tokens: &[&str],
+) -> Vec<f64> {
+    let vector = space.transform(tokens).0;
+    let mut z: Vec<f64> = weights.iter().zip(biases).map(|(w, b)| vector.dot(w) + b).collect();
+    softmax(&mut z);
+    z
+}
+
+impl PrefixModel {
+    pub(crate) fn new(calls: usize, space: NgramSpace, weights: &[Vec<f64>], biases: Vec<f64>) -> Self {
+        let (weights, dense_weights) = stored_weights(weights);
+        PrefixModel { calls, space, weights, biases, dense_weights }
+    }
+
+    fn validate(&mut self, classes: usize) -> Result<(), ModelError> {
+        self.space.validate("families prefix")?;
+        if self.calls == 0 || self.calls > MAX_FAMILY_CALLS {
+            return Err(ModelError::Invalid(format!(
+                "families prefix: calls must be 1..={MAX_FAMILY_CALLS}"
+            )));
+        }
+        check_multinomial("families prefix", &self.space, &self.weights, &self.biases, classes)?;
+        self.dense_weights = widen(&self.weights);
+        Ok(())
+    }
+
+    /// Class probabilities of the start of `collapsed`.
+    pub(crate) fn probabilities(&self, collapsed: &[&str]) -> Vec<f64> {
+        let head = &collapsed[..collapsed.len().min(self.calls)];
+        multinomial_probabilities(&self.space, &self.dense_weights, &self.biases, head)
+    }
+}
+
+/// The blend weights of a family classifier: linear, start-up, trees (the
+/// rest).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BlendWeights {
+    pub linear: f64,
+    pub prefix: f64,
+}
+
+impl BlendWeights {
+    pub fn trees(self) -> f64 {
+        (1.0 - self.linear - self.prefix).max(0.0)
+    }
+
+    /// `linear`, `prefix` and `trees` probabilities mixed.
+    pub fn mix(self, linear: &[f64], prefix: &[f64], trees: &[f64]) -> Vec<f64> {
+        let t = self.trees();
+        linear
+            .iter()
+            .zip(prefix)
+            .zip(trees)
+            .map(|((l, p), r)| self.linear * l + self.prefix * p + t * r)
+            .collect()
+    }
 }
 
 impl FamilyClassifier {
@@ -180,11 +299,10 @@ impl FamilyClassifier {
         linear: (&[Vec<f64>], Vec<f64>),
         profile: FamilyProfile,
         trees: Vec<Booster>,
-        linear_weight: f64,
+        prefix: PrefixModel,
+        blend: BlendWeights,
     ) -> Self {
-        let weights: Vec<Vec<f32>> =
-            linear.0.iter().map(|row| row.iter().map(|&w| w as f32).collect()).collect();
-        let dense_weights = weights.iter().map(|row| row.iter().map(|&w| f64::from(w)).collect()).collect();
+        let (weights, dense_weights) = stored_weights(linear.0);
         FamilyClassifier {
             space,
             classes,
@@ -192,7 +310,9 @@ impl FamilyClassifier {
             biases: linear.1,
             profile,
             trees,
-            linear_weight,
+            linear_weight: blend.linear,
+            prefix: Some(prefix),
+            prefix_weight: blend.prefix,
             dense_weights,
         }
     }
@@ -200,33 +320,35 @@ impl FamilyClassifier {
     fn validate(&mut self) -> Result<(), ModelError> {
         self.space.validate("families")?;
         let k = self.classes.len();
-        if k < 2 || self.weights.len() != k || self.biases.len() != k {
-            return Err(ModelError::Invalid(
-                "families: need at least 2 classes, one weight row and bias each".into(),
-            ));
+        if k < 2 {
+            return Err(ModelError::Invalid("families: need at least 2 classes".into()));
         }
         if self.classes.iter().any(|c| c.is_empty() || c.len() > 64) {
             return Err(ModelError::Invalid("families: class names must be 1 to 64 bytes".into()));
         }
-        let dim = self.space.dimension();
-        if self.weights.iter().any(|row| row.len() != dim || row.iter().any(|w| !w.is_finite()))
-            || self.biases.iter().any(|b| !b.is_finite())
-        {
+        check_multinomial("families", &self.space, &self.weights, &self.biases, k)?;
+        self.profile.validate()?;
+        let weights_valid = (0.0..=1.0).contains(&self.linear_weight)
+            && (0.0..=1.0).contains(&self.prefix_weight)
+            && self.linear_weight + self.prefix_weight <= 1.0 + 1e-9;
+        if !weights_valid {
             return Err(ModelError::Invalid(
-                "families: weight rows must match the features and be finite".into(),
+                "families: linear_weight and prefix_weight must be within 0..=1 and sum to at most 1".into(),
             ));
         }
-        self.profile.validate()?;
-        if !(0.0..=1.0).contains(&self.linear_weight) {
-            return Err(ModelError::Invalid("families: linear_weight must be within 0..=1".into()));
+        match self.prefix.as_mut() {
+            Some(prefix) => prefix.validate(k)?,
+            None if self.prefix_weight > 0.0 => {
+                return Err(ModelError::Invalid("families: prefix_weight without a prefix model".into()));
+            }
+            None => {}
         }
         if self.trees.len() != k || self.trees.iter().any(|t| t.n_features() != self.profile.dimension()) {
             return Err(ModelError::Invalid(
                 "families: need one booster per class, each reading the family profile".into(),
             ));
         }
-        self.dense_weights =
-            self.weights.iter().map(|row| row.iter().map(|&w| f64::from(w)).collect()).collect();
+        self.dense_weights = widen(&self.weights);
         Ok(())
     }
 
@@ -253,17 +375,17 @@ impl FamilyClassifier {
     }
 
     /// Class probabilities of a sequence (`collapsed`: the classifier's view,
-    /// `all`: every call): the linear model's softmax and the trees'
-    /// one-against-the-rest probabilities normalised to sum to 1, blended
-    /// with `linear_weight`.
+    /// `all`: every call): the linear models' softmax and the trees'
+    /// one-against-the-rest probabilities normalised to sum to 1, blended.
     pub(crate) fn probabilities(&self, collapsed: &[&str], all: &[String]) -> Vec<f64> {
-        let vector = self.space.transform(collapsed).0;
-        let mut linear: Vec<f64> =
-            self.dense_weights.iter().zip(&self.biases).map(|(w, b)| vector.dot(w) + b).collect();
-        softmax(&mut linear);
+        let linear = multinomial_probabilities(&self.space, &self.dense_weights, &self.biases, collapsed);
         // The profile always has the trees' width (checked on load).
         let trees = crate::training::tree_probabilities(&self.trees, &self.profile.transform(all, collapsed));
-        crate::training::blend(self.linear_weight, &linear, &trees)
+        let prefix = match &self.prefix {
+            Some(prefix) => prefix.probabilities(collapsed),
+            None => vec![0.0; linear.len()],
+        };
+        BlendWeights { linear: self.linear_weight, prefix: self.prefix_weight }.mix(&linear, &prefix, &trees)
     }
 }
 

@@ -16,8 +16,8 @@ use crate::evaluation::ClassificationReport;
 use crate::features::{NgramSpace, SparseVector};
 use crate::linear::{Solver, fit_binary, fit_multinomial, fit_stacking, softmax};
 use crate::model::{
-    BehaviourModel, Detector, DetectorParts, FamilyClassifier, MAX_DISTINCT_APIS, MAX_FAMILY_CALLS,
-    TrainingRecord,
+    BehaviourModel, BlendWeights, Detector, DetectorParts, FamilyClassifier, MAX_DISTINCT_APIS,
+    MAX_FAMILY_CALLS, PrefixModel, TrainingRecord,
 };
 use crate::profile::{FamilyProfile, ProfileSpace};
 
@@ -29,6 +29,8 @@ pub struct TrainingOptions {
     pub max_n: usize,
     /// Longest n-gram of the family classifier (1..=5).
     pub family_max_n: usize,
+    /// Calls (runs collapsed) read by the family classifier's start-up model.
+    pub family_prefix_calls: usize,
     /// An n-gram enters the vocabulary when it occurs in this many sequences.
     pub min_df: u32,
     /// Most n-grams kept by the detector and by the family classifier (the
@@ -60,6 +62,7 @@ impl Default for TrainingOptions {
             seed: 42,
             max_n: 3,
             family_max_n: 3,
+            family_prefix_calls: 50,
             min_df: 2,
             max_features: 50_000,
             family_max_features: 8_000,
@@ -287,8 +290,10 @@ fn fit_trees(
 pub(crate) struct FamilyFit {
     pub classifier: FamilyClassifier,
     pub c: f64,
-    /// The linear model's weight in the blend, chosen out of fold.
-    pub linear_weight: f64,
+    /// The start-up model's C.
+    pub prefix_c: f64,
+    /// The blend weights, chosen out of fold.
+    pub blend: BlendWeights,
     /// Out-of-fold accuracy of the blend (at the chosen C and weight).
     pub cv_accuracy: f64,
 }
@@ -312,35 +317,33 @@ fn fit_families(samples: &[&FamilySample], options: &TrainingOptions) -> Result<
     let docs: Vec<Vec<&str>> = samples.iter().map(|s| family_tokens(s)).collect();
     let all_calls: Vec<&[String]> = samples.iter().map(|s| s.calls.calls()).collect();
     let folds = grouped_folds(&docs, &labels, options.folds, options.seed);
-    let out_of_fold = cross_validate(
-        &docs,
-        &labels,
-        &folds,
-        options,
-        options.family_max_features,
-        options.family_max_n,
-        &options.c_grid,
-        |x, y, dim, c| fit_multinomial(x, y, dim, k, c, options.solver()),
-        |model, vector| {
-            let mut z: Vec<f64> =
-                model.weights.iter().zip(&model.biases).map(|(w, b)| vector.dot(w) + b).collect();
-            softmax(&mut z);
-            z
-        },
-    );
-    // The first C with the most correct answers: ties keep the smaller C.
-    let mut best = (0usize, 0usize);
-    for (c_index, probabilities) in out_of_fold.iter().enumerate() {
-        let correct = probabilities.iter().zip(&labels).filter(|(p, y)| argmax(p) == **y).count();
-        if c_index == 0 || correct > best.1 {
-            best = (c_index, correct);
-        }
-    }
-    let c = options.c_grid[best.0];
-    let linear_out_of_fold = &out_of_fold[best.0];
+    let prefix_calls = options.family_prefix_calls.clamp(1, MAX_FAMILY_CALLS);
+    let heads: Vec<Vec<&str>> = docs.iter().map(|d| d[..d.len().min(prefix_calls)].to_vec()).collect();
+    let multinomial_out_of_fold = |docs: &[Vec<&str>]| {
+        cross_validate(
+            docs,
+            &labels,
+            &folds,
+            options,
+            options.family_max_features,
+            options.family_max_n,
+            &options.c_grid,
+            |x, y, dim, c| fit_multinomial(x, y, dim, k, c, options.solver()),
+            |model, vector| {
+                let mut z: Vec<f64> =
+                    model.weights.iter().zip(&model.biases).map(|(w, b)| vector.dot(w) + b).collect();
+                softmax(&mut z);
+                z
+            },
+        )
+    };
+    let (c_index, linear_out_of_fold) = most_accurate(multinomial_out_of_fold(&docs), &labels);
+    let c = options.c_grid[c_index];
+    let (prefix_c_index, prefix_out_of_fold) = most_accurate(multinomial_out_of_fold(&heads), &labels);
+    let prefix_c = options.c_grid[prefix_c_index];
 
     // The trees' out-of-fold probabilities on the same folds (profile fitted
-    // inside each fold), to weigh the two models on rows neither has seen.
+    // inside each fold), to weigh the models on rows none of them has seen.
     let tree_folds: Vec<Vec<(usize, Vec<f64>)>> = (0..options.folds)
         .into_par_iter()
         .map(|fold| {
@@ -356,14 +359,24 @@ fn fit_families(samples: &[&FamilySample], options: &TrainingOptions) -> Result<
     for (row, probabilities) in tree_folds.into_iter().flatten() {
         tree_out_of_fold[row] = probabilities;
     }
-    let linear_weight = choose_linear_weight(linear_out_of_fold, &tree_out_of_fold, &labels, k);
+    let parts = [linear_out_of_fold.as_slice(), prefix_out_of_fold.as_slice(), tree_out_of_fold.as_slice()];
+    let blend = choose_blend(parts, &labels, k);
     let blended_correct = (0..docs.len())
-        .filter(|&r| argmax(&blend(linear_weight, &linear_out_of_fold[r], &tree_out_of_fold[r])) == labels[r])
+        .filter(|&r| {
+            argmax(&blend.mix(&linear_out_of_fold[r], &prefix_out_of_fold[r], &tree_out_of_fold[r]))
+                == labels[r]
+        })
         .count();
 
-    let space = NgramSpace::fit(&docs, options.family_max_n, options.min_df, options.family_max_features);
-    let vectors: Vec<SparseVector> = docs.iter().map(|d| space.transform(d).0).collect();
-    let model = fit_multinomial(&vectors, &labels, space.dimension(), k, c, options.solver());
+    let fit_all = |docs: &[Vec<&str>], c: f64| {
+        let space = NgramSpace::fit(docs, options.family_max_n, options.min_df, options.family_max_features);
+        let vectors: Vec<SparseVector> = docs.iter().map(|d| space.transform(d).0).collect();
+        let model = fit_multinomial(&vectors, &labels, space.dimension(), k, c, options.solver());
+        (space, model)
+    };
+    let (space, model) = fit_all(&docs, c);
+    let (prefix_space, prefix_model) = fit_all(&heads, prefix_c);
+    let prefix = PrefixModel::new(prefix_calls, prefix_space, &prefix_model.weights, prefix_model.biases);
     let all: Vec<usize> = (0..docs.len()).collect();
     let (profile, trees) = fit_family_trees(&docs, &all_calls, &labels, k, &all, options)?;
     Ok(FamilyFit {
@@ -373,12 +386,28 @@ fn fit_families(samples: &[&FamilySample], options: &TrainingOptions) -> Result<
             (&model.weights, model.biases),
             profile,
             trees,
-            linear_weight,
+            prefix,
+            blend,
         ),
         c,
-        linear_weight,
+        prefix_c,
+        blend,
         cv_accuracy: blended_correct as f64 / samples.len() as f64,
     })
+}
+
+/// The index of the first candidate (of out-of-fold probabilities, one list
+/// per C) with the most correct answers, so ties keep the smaller C, and that
+/// candidate's probabilities.
+fn most_accurate(mut candidates: Vec<Vec<Vec<f64>>>, labels: &[usize]) -> (usize, Vec<Vec<f64>>) {
+    let mut best = (0usize, 0usize);
+    for (index, probabilities) in candidates.iter().enumerate() {
+        let correct = probabilities.iter().zip(labels).filter(|(p, y)| argmax(p) == **y).count();
+        if index == 0 || correct > best.1 {
+            best = (index, correct);
+        }
+    }
+    (best.0, candidates.swap_remove(best.0))
 }
 
 /// The family profile and one booster per family (that family against the
@@ -420,41 +449,48 @@ pub(crate) fn tree_probabilities(trees: &[sentinel_gbdt::Booster], row: &[f64]) 
     probabilities.into_iter().map(|p| p / total).collect()
 }
 
-/// The classifier's probabilities: `weight` of the linear model's and the
-/// rest of the trees'.
-pub(crate) fn blend(weight: f64, linear: &[f64], trees: &[f64]) -> Vec<f64> {
-    linear.iter().zip(trees).map(|(l, t)| weight * l + (1.0 - weight) * t).collect()
-}
+/// Steps of the blend weights: tenths.
+const BLEND_STEPS: u32 = 10;
 
-/// Candidate weights of the linear model in the blend.
-const BLEND_WEIGHTS: [f64; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
-
-/// The linear model's weight in the blend: the candidate with the best
-/// out-of-fold accuracy plus macro F1 (both targets of the classifier), ties
-/// broken by the lower log-loss, then by the weight closer to an even blend.
-fn choose_linear_weight(linear: &[Vec<f64>], trees: &[Vec<f64>], labels: &[usize], classes: usize) -> f64 {
+/// The blend weights (linear, start-up; the trees get the rest), in tenths:
+/// the candidate with the best out-of-fold accuracy plus macro F1 (both
+/// targets of the classifier), ties broken by the lower log-loss, then by the
+/// weights closer to an even blend of the three.
+fn choose_blend(parts: [&[Vec<f64>]; 3], labels: &[usize], classes: usize) -> BlendWeights {
     let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
     let truth: Vec<&str> = labels.iter().map(|&y| names[y].as_str()).collect();
-    let mut best: Option<(f64, f64, f64)> = None;
-    for &weight in &BLEND_WEIGHTS {
-        let blended: Vec<Vec<f64>> = linear.iter().zip(trees).map(|(l, t)| blend(weight, l, t)).collect();
-        let predicted: Vec<&str> = blended.iter().map(|p| names[argmax(p)].as_str()).collect();
-        let score = ClassificationReport::new(&truth, &predicted).map_or(0.0, |r| r.accuracy + r.macro_f1);
-        let log_loss: f64 = blended.iter().zip(labels).map(|(p, &y)| -p[y].max(1e-12).ln()).sum();
-        let better = best.is_none_or(|(best_score, best_loss, best_weight)| {
-            if (score - best_score).abs() > 1e-9 {
-                score > best_score
-            } else if (log_loss - best_loss).abs() > 1e-9 {
-                log_loss < best_loss
-            } else {
-                (weight - 0.5).abs() < (best_weight - 0.5).abs()
+    let third = 1.0 / 3.0;
+    let mut best: Option<(f64, f64, f64, BlendWeights)> = None;
+    for linear in 0..=BLEND_STEPS {
+        for prefix in 0..=BLEND_STEPS - linear {
+            let weights = BlendWeights {
+                linear: f64::from(linear) / f64::from(BLEND_STEPS),
+                prefix: f64::from(prefix) / f64::from(BLEND_STEPS),
+            };
+            let blended: Vec<Vec<f64>> =
+                (0..labels.len()).map(|r| weights.mix(&parts[0][r], &parts[1][r], &parts[2][r])).collect();
+            let predicted: Vec<&str> = blended.iter().map(|p| names[argmax(p)].as_str()).collect();
+            let score =
+                ClassificationReport::new(&truth, &predicted).map_or(0.0, |r| r.accuracy + r.macro_f1);
+            let log_loss: f64 = blended.iter().zip(labels).map(|(p, &y)| -p[y].max(1e-12).ln()).sum();
+            let spread = (weights.linear - third).powi(2)
+                + (weights.prefix - third).powi(2)
+                + (weights.trees() - third).powi(2);
+            let better = best.is_none_or(|(best_score, best_loss, best_spread, _)| {
+                if (score - best_score).abs() > 1e-9 {
+                    score > best_score
+                } else if (log_loss - best_loss).abs() > 1e-9 {
+                    log_loss < best_loss
+                } else {
+                    spread < best_spread - 1e-12
+                }
+            });
+            if better {
+                best = Some((score, log_loss, spread, weights));
             }
-        });
-        if better {
-            best = Some((score, log_loss, weight));
         }
     }
-    best.map_or(0.5, |(_, _, weight)| weight)
+    best.map_or(BlendWeights { linear: 1.0, prefix: 0.0 }, |(_, _, _, weights)| weights)
 }
 
 pub(crate) fn argmax(values: &[f64]) -> usize {
@@ -483,8 +519,15 @@ pub struct FamilyReport {
     /// training part, at the C and the weight it chose.
     pub cv_accuracy: f64,
     pub c: f64,
-    /// The linear model's weight in the blend, chosen out of fold.
+    /// C of the start-up model (n-grams of the first calls).
+    pub prefix_c: f64,
+    /// Calls read by the start-up model.
+    pub prefix_calls: usize,
+    /// The blend weights of the linear model, the start-up model and the
+    /// trees, chosen out of fold.
     pub linear_weight: f64,
+    pub prefix_weight: f64,
+    pub trees_weight: f64,
 }
 
 /// Trains a family classifier on `samples` only (C chosen by grouped
@@ -603,7 +646,11 @@ fn train_families(
         holdout,
         cv_accuracy: measured.cv_accuracy,
         c: measured.c,
-        linear_weight: measured.linear_weight,
+        prefix_c: measured.prefix_c,
+        prefix_calls: options.family_prefix_calls.clamp(1, MAX_FAMILY_CALLS),
+        linear_weight: measured.blend.linear,
+        prefix_weight: measured.blend.prefix,
+        trees_weight: measured.blend.trees(),
     };
     Ok((final_fit, report))
 }
@@ -613,9 +660,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_blend_weight_follows_the_model_that_is_right_out_of_fold() {
-        // Three classes; the "good" model puts 0.6 on the true class, the
-        // "bad" one 0.6 on the next class.
+    fn the_blend_follows_the_models_that_are_right_out_of_fold() {
+        // Three classes; a "good" model puts 0.6 on the true class, a "bad"
+        // one 0.6 on the next class.
         let labels: Vec<usize> = (0..30).map(|i| i % 3).collect();
         let put = |class: usize| {
             let mut p = vec![0.2; 3];
@@ -624,10 +671,58 @@ mod tests {
         };
         let good: Vec<Vec<f64>> = labels.iter().map(|&y| put(y)).collect();
         let bad: Vec<Vec<f64>> = labels.iter().map(|&y| put((y + 1) % 3)).collect();
-        assert_eq!(choose_linear_weight(&good, &bad, &labels, 3), 1.0);
-        assert_eq!(choose_linear_weight(&bad, &good, &labels, 3), 0.0);
-        // Equally good models: the log-loss ties too, so the even blend wins.
-        assert_eq!(choose_linear_weight(&good, &good, &labels, 3), 0.5);
-        assert_eq!(blend(0.25, &[1.0, 0.0], &[0.0, 1.0]), vec![0.25, 0.75]);
+        let chosen = |parts: [&[Vec<f64>]; 3]| {
+            let w = choose_blend(parts, &labels, 3);
+            (w.linear, w.prefix)
+        };
+        // All weight on the one good model, wherever it is.
+        assert_eq!(chosen([&good, &bad, &bad]), (1.0, 0.0));
+        assert_eq!(chosen([&bad, &good, &bad]), (0.0, 1.0));
+        assert_eq!(chosen([&bad, &bad, &good]), (0.0, 0.0));
+        // Three equally good models: the log-loss ties too, so the blend
+        // closest to even thirds wins.
+        assert_eq!(chosen([&good, &good, &good]), (0.3, 0.3));
+        let w = BlendWeights { linear: 0.25, prefix: 0.5 };
+        assert_eq!(w.mix(&[1.0, 0.0], &[0.0, 1.0], &[1.0, 1.0]), vec![0.5, 0.75]);
+    }
+
+    #[test]
+    fn the_start_up_model_reads_only_the_first_calls() {
+        // Two families that differ only in their first calls and share a long
+        // tail: the start-up model separates them from the first calls alone.
+        let tail: Vec<String> = (0..200).map(|i| format!("api{}", i % 7)).collect();
+        let sample = |family: &str, first: &str, i: usize| {
+            let mut calls = vec![first.to_owned(), format!("setup{}", i % 3)];
+            calls.extend(tail.iter().cloned());
+            FamilySample { family: family.to_owned(), calls: crate::ApiCallSequence::from_calls(calls) }
+        };
+        let samples: Vec<FamilySample> =
+            (0..24)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        sample("alpha", "ntopenfile", i)
+                    } else {
+                        sample("beta", "regopenkeyw", i)
+                    }
+                })
+                .collect();
+        let refs: Vec<&FamilySample> = samples.iter().collect();
+        let options =
+            TrainingOptions { family_prefix_calls: 2, c_grid: vec![10.0], ..TrainingOptions::default() };
+        let fit = fit_families(&refs, &options).unwrap();
+        let prefix = fit.classifier.prefix.as_ref().unwrap();
+        assert_eq!(prefix.calls, 2);
+        // Its vocabulary holds n-grams of the first two calls only: the two
+        // first calls, the setup calls, and their bigrams.
+        let head = ["ntopenfile", "setup0", "api0", "api1"];
+        let alpha = prefix.probabilities(&head);
+        assert!(alpha[0] > 0.8, "{alpha:?}");
+        let beta = prefix.probabilities(&["regopenkeyw", "setup1", "api0"]);
+        assert!(beta[1] > 0.8, "{beta:?}");
+        // The tail is beyond the prefix: alone it tells nothing.
+        let tail_only: Vec<&str> = tail.iter().map(String::as_str).collect();
+        let neither = prefix.probabilities(&tail_only);
+        assert!((neither[0] - neither[1]).abs() < 0.2, "{neither:?}");
+        assert!(fit.cv_accuracy > 0.9, "{}", fit.cv_accuracy);
     }
 }

@@ -136,6 +136,26 @@ fn bad_model_files_are_clear_errors() {
         let mut json = valid_model_json();
         json["families"]["linear_weight"] = serde_json::json!(1.5);
         check(json.to_string().as_bytes(), "linear_weight");
+
+        let mut json = valid_model_json();
+        json["families"]["linear_weight"] = serde_json::json!(0.6);
+        json["families"]["prefix_weight"] = serde_json::json!(0.6);
+        check(json.to_string().as_bytes(), "sum to at most 1");
+
+        let mut json = valid_model_json();
+        json["families"]["linear_weight"] = serde_json::json!(0.5);
+        json["families"]["prefix_weight"] = serde_json::json!(0.2);
+        json["families"]["prefix"] = serde_json::Value::Null;
+        check(json.to_string().as_bytes(), "prefix_weight without a prefix model");
+    }
+    let mut json = valid_model_json();
+    if json["families"]["prefix"].is_object() {
+        json["families"]["prefix"]["calls"] = serde_json::json!(0);
+        check(json.to_string().as_bytes(), "calls must be");
+
+        let mut json = valid_model_json();
+        json["families"]["prefix"]["biases"].as_array_mut().unwrap().pop();
+        check(json.to_string().as_bytes(), "one weight row and bias per class");
     }
 
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,10 @@ pub struct Args {
     /// Skip the family comparison.
     #[arg(long)]
     no_families: bool,
+    /// Skip the detector comparison (the family one alone takes minutes, the
+    /// detector's tens of minutes).
+    #[arg(long, conflicts_with = "no_families")]
+    no_detector: bool,
     /// The scikit-learn peer.
     #[arg(long, default_value = "bench/behaviour_sklearn.py")]
     script: PathBuf,
@@ -140,8 +144,11 @@ fn mean_error(values: impl IntoIterator<Item = f64>) -> MeanError {
 
 pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
     anyhow::ensure!(args.splits >= 1, "--splits must be at least 1");
-    let rows =
-        load_labelled_csv(&args.data).with_context(|| format!("cannot read {}", args.data.display()))?;
+    let rows = if args.no_detector {
+        Vec::new()
+    } else {
+        load_labelled_csv(&args.data).with_context(|| format!("cannot read {}", args.data.display()))?
+    };
     let families = if args.no_families {
         None
     } else {
@@ -153,7 +160,7 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
 
     let mut detector_splits = Vec::new();
     let mut throughput = None;
-    for split in 0..args.splits {
+    for split in (0..args.splits).filter(|_| !args.no_detector) {
         let seed = args.seed + split;
         let (figures, speed) = detector_split(&args, &rows, seed, dir.path(), split == 0)?;
         eprintln!(
@@ -190,7 +197,7 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
         let out = serde_json::json!({
             "seed": args.seed,
             "splits": args.splits,
-            "detector": {
+            "detector": (!detector_splits.is_empty()).then(|| serde_json::json!({
                 "sentinel_roc_auc": summary(&|s| s.sentinel_roc_auc),
                 "peer_roc_auc": summary(&|s| s.peer_roc_auc),
                 "roc_auc_difference": summary(&|s| s.sentinel_roc_auc - s.peer_roc_auc),
@@ -198,7 +205,7 @@ pub fn run(args: Args, _config: &Config) -> anyhow::Result<()> {
                 "peer_tpr_at_1pct_fpr": summary(&|s| s.peer_tpr_at_1pct_fpr),
                 "tpr_at_1pct_fpr_difference": summary(&|s| s.sentinel_tpr_at_1pct_fpr - s.peer_tpr_at_1pct_fpr),
                 "per_split": detector_splits,
-            },
+            })),
             "families": (!family_splits.is_empty()).then(|| serde_json::json!({
                 "sentinel_accuracy": family_summary(&|s| s.sentinel_accuracy),
                 "peer_accuracy": family_summary(&|s| s.peer_accuracy),
@@ -388,34 +395,53 @@ fn throughput(model: &BehaviourModel, rows: &[&LabelledSequence]) -> (f64, f64) 
     (single, batch)
 }
 
+fn cell(m: MeanError, scale: f64, digits: usize) -> String {
+    format!("{:.*} ± {:.*}", digits, scale * m.mean, digits, scale * m.standard_error)
+}
+
+fn row(name: &str, a: String, b: String, d: String) -> String {
+    format!("| {name} | {a} | {b} | {d} |\n")
+}
+
 fn markdown(
     args: &Args,
     detector: &[DetectorSplit],
     families: &[FamilySplit],
     speed: Option<&Throughput>,
 ) -> String {
-    let cell = |m: MeanError, scale: f64, digits: usize| {
-        format!("{:.*} ± {:.*}", digits, scale * m.mean, digits, scale * m.standard_error)
+    let part = match (detector.is_empty(), families.is_empty()) {
+        (true, _) => " --no-detector",
+        (_, true) => " --no-families",
+        _ => "",
     };
-    let row = |name: &str, a: String, b: String, d: String| format!("| {name} | {a} | {b} | {d} |\n");
-    let d = |f: &dyn Fn(&DetectorSplit) -> f64| mean_error(detector.iter().map(f));
-    let first = &detector[0];
     let mut out = format!(
-        "`sentinel bench dynamic --seed {} --splits {}` (release build, 2 cores). Mean ± standard error over \
-         {} splits (seeds {}–{}); the difference is computed split by split (paired).\n\n\
-         **Malware detector**, MalBehavD-V1 split by sequence ({} training / {} test rows in the first split, \
-         no sequence on both sides). Sentinel: TF-IDF 1–3-grams + logistic regression stacked with boosted \
-         trees over the behaviour profile, calibrated; scikit-learn: TF-IDF 1–3-grams + logistic regression; \
-         both choose C by grouped 5-fold cross-validation over the same grid, and both test score lists go \
-         through sentinel-metrics.\n\n\
-         | | Sentinel (Rust) | scikit-learn | difference |\n|---|---|---|---|\n",
+        "`sentinel bench dynamic --seed {} --splits {}{part}` (release build, 2 cores). Mean ± standard error \
+         over {} splits (seeds {}–{}); the difference is computed split by split (paired).\n",
         args.seed,
         args.splits,
         args.splits,
         args.seed,
         args.seed + args.splits - 1,
-        first.train_rows,
-        first.test_rows,
+    );
+    if !detector.is_empty() {
+        out.push_str(&detector_markdown(detector, speed));
+    }
+    if !families.is_empty() {
+        out.push_str(&family_markdown(families));
+    }
+    out
+}
+
+fn detector_markdown(detector: &[DetectorSplit], speed: Option<&Throughput>) -> String {
+    let d = |f: &dyn Fn(&DetectorSplit) -> f64| mean_error(detector.iter().map(f));
+    let mut out = format!(
+        "\n**Malware detector**, MalBehavD-V1 split by sequence ({} training / {} test rows in the first split, \
+         no sequence on both sides). Sentinel: TF-IDF 1–3-grams + logistic regression stacked with boosted \
+         trees over the behaviour profile, calibrated; scikit-learn: TF-IDF 1–3-grams + logistic regression; \
+         both choose C by grouped 5-fold cross-validation over the same grid, and both test score lists go \
+         through sentinel-metrics.\n\n\
+         | | Sentinel (Rust) | scikit-learn | difference |\n|---|---|---|---|\n",
+        detector[0].train_rows, detector[0].test_rows,
     );
     out.push_str(&row(
         "ROC AUC",
@@ -452,32 +478,38 @@ fn markdown(
     let per_split: Vec<String> =
         detector.iter().map(|s| format!("{:.4} / {:.4}", s.sentinel_roc_auc, s.peer_roc_auc)).collect();
     out.push_str(&format!("\nROC AUC per split (Sentinel / scikit-learn): {}.\n", per_split.join("; ")));
-    if !families.is_empty() {
-        let f = |g: &dyn Fn(&FamilySplit) -> f64| mean_error(families.iter().map(g));
-        out.push_str(&format!(
-            "\n**Family classifier**, the {} Mal-API-2019 sequences labelled by families.csv, split by sequence \
-             and stratified by family ({} training / {} test rows per split). Both sides get the same calls \
-             (runs collapsed, first 20,000) and choose C by grouped 5-fold cross-validation; Sentinel: TF-IDF \
-             1–{}-grams + multinomial logistic regression blended with one boosted-trees model per family \
-             over the family profile (the blend weight chosen on the same folds); scikit-learn: TF-IDF 1–3-grams + logistic regression.\n\n| | Sentinel (Rust) | scikit-learn | difference |\n|---|---|---|---|\n",
-            families[0].train_rows + families[0].test_rows,
-            families[0].train_rows,
-            families[0].test_rows,
-            TrainingOptions::default().family_max_n,
-        ));
-        out.push_str(&row(
-            "accuracy (%)",
-            cell(f(&|s| s.sentinel_accuracy), 100.0, 1),
-            cell(f(&|s| s.peer_accuracy), 100.0, 1),
-            cell(f(&|s| s.sentinel_accuracy - s.peer_accuracy), 100.0, 1),
-        ));
-        out.push_str(&row(
-            "macro F1",
-            cell(f(&|s| s.sentinel_macro_f1), 1.0, 3),
-            cell(f(&|s| s.peer_macro_f1), 1.0, 3),
-            cell(f(&|s| s.sentinel_macro_f1 - s.peer_macro_f1), 1.0, 3),
-        ));
-    }
+    out
+}
+
+fn family_markdown(families: &[FamilySplit]) -> String {
+    let mut out = String::new();
+    let f = |g: &dyn Fn(&FamilySplit) -> f64| mean_error(families.iter().map(g));
+    out.push_str(&format!(
+        "\n**Family classifier**, the {} Mal-API-2019 sequences labelled by families.csv, split by sequence \
+         and stratified by family ({} training / {} test rows per split). Both sides get the same calls \
+         (runs collapsed, first 20,000) and choose C by grouped 5-fold cross-validation; Sentinel: TF-IDF \
+         1–{}-grams + multinomial logistic regression, a second one over the first {} calls only (the \
+         start-up), and one boosted-trees model per family over the family profile, blended with weights \
+         chosen on the same folds; scikit-learn: TF-IDF 1–3-grams + logistic regression.\n\n\
+         | | Sentinel (Rust) | scikit-learn | difference |\n|---|---|---|---|\n",
+        families[0].train_rows + families[0].test_rows,
+        families[0].train_rows,
+        families[0].test_rows,
+        TrainingOptions::default().family_max_n,
+        TrainingOptions::default().family_prefix_calls,
+    ));
+    out.push_str(&row(
+        "accuracy (%)",
+        cell(f(&|s| s.sentinel_accuracy), 100.0, 1),
+        cell(f(&|s| s.peer_accuracy), 100.0, 1),
+        cell(f(&|s| s.sentinel_accuracy - s.peer_accuracy), 100.0, 1),
+    ));
+    out.push_str(&row(
+        "macro F1",
+        cell(f(&|s| s.sentinel_macro_f1), 1.0, 3),
+        cell(f(&|s| s.peer_macro_f1), 1.0, 3),
+        cell(f(&|s| s.sentinel_macro_f1 - s.peer_macro_f1), 1.0, 3),
+    ));
     out
 }
 

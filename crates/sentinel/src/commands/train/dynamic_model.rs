@@ -136,7 +136,8 @@ fn summary_markdown(
             let h = &f.holdout;
             out.push_str(&format!(
                 "\nFamily classifier (labels from {}; {} families, split by sequence and stratified by family: \
-                 {} training / {} held-out sequences, C = {}, linear weight {:.1} against the trees' {:.1}): \
+                 {} training / {} held-out sequences; blend of the n-gram model (C = {}), the start-up model \
+                 over the first {} calls (C = {}) and the trees, weighted {:.1} / {:.1} / {:.1}): \
                  held-out accuracy {:.1} %, macro F1 {:.3}; grouped 5-fold cross-validation accuracy of the \
                  blend {:.1} % on the training part (chance: {:.1} %). \
                  The committed classifier is refitted on all {} labelled sequences.\n\n",
@@ -145,8 +146,11 @@ fn summary_markdown(
                 f.train_samples,
                 f.test_samples,
                 f.c,
+                f.prefix_calls,
+                f.prefix_c,
                 f.linear_weight,
-                1.0 - f.linear_weight,
+                f.prefix_weight,
+                f.trees_weight,
                 100.0 * h.accuracy,
                 h.macro_f1,
                 100.0 * f.cv_accuracy,
