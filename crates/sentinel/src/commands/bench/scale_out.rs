@@ -87,7 +87,7 @@ async fn measure(args: &Args) -> anyhow::Result<Value> {
             .envs_unlimited()
             .start();
         let api = served.api();
-        let measured = ingest(args, &bodies, &api, || embedded_rows(&api)).await;
+        let measured = ingest(args, &bodies, &api, || super::store::stored_rows(&api)).await;
         stop(vec![served]);
         measured?
     };
@@ -180,16 +180,6 @@ async fn broker_ingest(args: &Args, bodies: &[String], dir: &Path, workers: usiz
         value["workers"] = json!(workers);
         value
     })
-}
-
-async fn embedded_rows(api: &ApiClient) -> anyhow::Result<(u64, u64)> {
-    let answer = api.try_send("GET", "/api/v1/models/status", None).await?;
-    if answer.status != 200 {
-        bail!("/api/v1/models/status answered {}: {}", answer.status, answer.body);
-    }
-    let status: Value = serde_json::from_str(&answer.body).context("/api/v1/models/status is not JSON")?;
-    let number = |value: &Value| value.as_u64().context("/api/v1/models/status lacks a count");
-    Ok((number(&status["storage"]["pending_snapshots"])?, number(&status["warmup"]["rows"])?))
 }
 
 async fn postgres_rows(database: &ScratchDatabase) -> anyhow::Result<(u64, u64)> {

@@ -198,7 +198,7 @@ async fn ingest_throughput(args: &Args, api: &ApiClient) -> anyhow::Result<Value
 }
 
 /// Snapshots waiting in the journal, and feature rows stored.
-async fn stored_rows(api: &ApiClient) -> anyhow::Result<(u64, u64)> {
+pub(super) async fn stored_rows(api: &ApiClient) -> anyhow::Result<(u64, u64)> {
     let answer = api.try_send("GET", "/api/v1/models/status", None).await?;
     if answer.status != 200 {
         bail!("/api/v1/models/status answered {}: {}", answer.status, answer.body);
