@@ -5,7 +5,7 @@ rows with scikit-learn's Isolation Forest, One-Class SVM and LOF. It does the wo
 `POST /api/v1/analyze` does for feature vectors, with the same model sizes as Sentinel's
 defaults: parse the JSON body, encode the rows (ln(1 + x) of the heavy-tailed numbers, one-hot
 categories, standard scaling), score with the three models (Isolation Forest of 100 trees on
-256-row samples; LOF with 20 neighbours and the One-Class SVM with nu = 0.05, each fitted on at
+256-row samples; LOF with 20 neighbours and the One-Class SVM with nu = 0.5, each fitted on at
 most 1,000 training rows), turn each model's score into its rank among the training rows' scores,
 average the three, flag rows above the training rows' 99th percentile, and answer JSON.
 
@@ -106,7 +106,7 @@ class Models:
         self.members = [
             IsolationForest(n_estimators=100, max_samples=256, random_state=SEED).fit(x),
             LocalOutlierFactor(n_neighbors=20, novelty=True).fit(x[kept]),
-            OneClassSVM(kernel="rbf", nu=0.05, gamma="scale").fit(x[kept]),
+            OneClassSVM(kernel="rbf", nu=0.5, gamma="scale").fit(x[kept]),
         ]
         # Each member's training scores, sorted: a new score becomes its rank among them.
         self.reference = [np.sort(-member.score_samples(x)) for member in self.members]

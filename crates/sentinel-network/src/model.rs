@@ -12,9 +12,9 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use sentinel_anomaly::{
-    BeyondRange, ColumnKind, Combination, Contamination, Detector, Ensemble, EnsembleParams, Gamma,
-    IsolationForest, IsolationForestParams, LocalOutlierFactor, LofParams, Matrix, MissingPolicy, Model,
-    OneClassSvm, OneClassSvmParams, PreprocessParams, Preprocessor, Scaling, Value, Weighting,
+    ColumnKind, Combination, Contamination, Detector, Ensemble, EnsembleParams, Gamma, IsolationForest,
+    IsolationForestParams, LocalOutlierFactor, LofParams, Matrix, MissingPolicy, Model, OneClassSvm,
+    OneClassSvmParams, PreprocessParams, Preprocessor, Scaling, Value,
 };
 use serde::{Deserialize, Serialize};
 
@@ -254,14 +254,8 @@ impl ModelBundle {
                 combination: settings.combination,
                 false_positive_rate: settings.false_positive_rate,
                 feedback_rate: 0.5,
-                // A port scan or a bulk transfer is often clear to one or two members only
-                // (LOF and the SVM see the volume; the forest sees little): the member that
-                // sees it must be able to carry the verdict.
-                beyond_range: BeyondRange::Linear,
-                // Trained on clean normal traffic, where members that see different attacks
-                // complement one another (NSL-KDD in docs/benchmarks.md: the average of all
-                // three is above each member), so every member counts.
-                weighting: Weighting::Equal,
+                beyond_range: settings.beyond_range,
+                weighting: settings.weighting,
             },
         )?;
         let mut bundle = ModelBundle { preprocessor, ensemble, facts };

@@ -206,6 +206,42 @@ fn the_test_file_can_be_cut_to_its_hard_rows_and_bad_input_is_a_clear_error() {
 }
 
 #[test]
+fn the_model_settings_of_the_configuration_are_the_ones_evaluated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = write_files(dir.path());
+    let config = dir.path().join("sentinel.toml");
+    std::fs::write(
+        &config,
+        "[network.model]\nsvm_nu = 0.05\nweighting = \"central\"\nbeyond_range = \"saturating\"\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let shipped = eval(&train, &test, &[]);
+    let configured = eval(&train, &test, &["--config", config_arg]);
+    let svm = |report: &Value| report["runs"][0]["models"][2].clone();
+    assert_eq!(svm(&shipped)["model"], "one_class_svm");
+    assert_ne!(
+        svm(&shipped)["threshold"],
+        svm(&configured)["threshold"],
+        "ν from the file fits another SVM: {} against {}",
+        svm(&shipped),
+        svm(&configured)
+    );
+    assert_eq!(shipped["runs"][0]["models"][0], configured["runs"][0]["models"][0], "the forest is the same");
+
+    std::fs::write(&config, "[network.model]\nweighting = \"middle\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .args(["--config", config_arg, "eval", "network"])
+        .arg(&train)
+        .arg(&test)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("middle") && stderr.contains("central"), "{stderr}");
+}
+
+#[test]
 fn with_peer_scikit_learn_runs_on_the_same_rows_with_both_feature_sets() {
     let ready = Command::new("python3").args(["-c", "import sklearn, numpy"]).status();
     if !ready.is_ok_and(|status| status.success()) {

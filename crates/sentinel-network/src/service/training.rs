@@ -166,6 +166,8 @@ fn model_settings(settings: &crate::settings::ModelSettings) -> serde_json::Valu
         "lof_neighbors": settings.lof_neighbors,
         "svm_max_rows": settings.svm_max_rows,
         "svm_nu": settings.svm_nu,
+        "weighting": settings.weighting,
+        "beyond_range": settings.beyond_range,
         "seed": settings.seed,
     })
 }
