@@ -138,6 +138,19 @@ fn eval(train: &Path, test: &Path, extra: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).expect("one JSON object")
 }
 
+/// Runs `sentinel eval network` expecting a refusal; returns what it printed on stderr.
+fn refused(train: &Path, test: &Path, extra: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .args(extra)
+        .args(["eval", "network"])
+        .arg(train)
+        .arg(test)
+        .output()
+        .expect("run sentinel");
+    assert!(!output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn the_service_s_models_learn_the_normal_rows_and_rank_the_planted_attacks_above_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,14 +207,7 @@ fn the_test_file_can_be_cut_to_its_hard_rows_and_bad_input_is_a_clear_error() {
     let mut broken = String::new();
     writeln!(broken, "0,tcp,http,XX,1,2").unwrap();
     std::fs::write(&test, broken).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .args(["eval", "network"])
-        .arg(&train)
-        .arg(&test)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(&train, &test, &[]);
     assert!(stderr.contains("test.txt line 1") && stderr.contains("columns"), "{stderr}");
 }
 
@@ -230,14 +236,7 @@ fn the_model_settings_of_the_configuration_are_the_ones_evaluated() {
     assert_eq!(shipped["runs"][0]["models"][0], configured["runs"][0]["models"][0], "the forest is the same");
 
     std::fs::write(&config, "[network.model]\nweighting = \"middle\"\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .args(["--config", config_arg, "eval", "network"])
-        .arg(&train)
-        .arg(&test)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(&train, &test, &["--config", config_arg]);
     assert!(stderr.contains("middle") && stderr.contains("central"), "{stderr}");
 }
 
