@@ -81,6 +81,17 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) {
     File::open(dir.join("leaf")).and_then(|leaf| leaf.sync_all()).expect("directory fsync");
 }
 
+/// A new fan-out leaf as the vault makes one for a hash whose `ab/cd/` directory is not known
+/// durable yet (`Vault::create_fan_out`): each directory created, then its parent fsynced.
+fn make_leaf_durably(dir: &Path, seed: u64) {
+    let first = dir.join("fan-out").join(format!("{seed:x}"));
+    let leaf = first.join("cd");
+    fs::create_dir(&first).expect("first level");
+    File::open(dir.join("fan-out")).and_then(|parent| parent.sync_all()).expect("directory fsync");
+    fs::create_dir(&leaf).expect("leaf");
+    File::open(&first).and_then(|parent| parent.sync_all()).expect("directory fsync");
+}
+
 /// A file allocated and written once in full, then overwritten one sample-sized slot at a time:
 /// the least a durable write of a sample's bytes can cost on this disk (one data flush, no
 /// file-system metadata to commit), the floor under any sample journal.
@@ -118,7 +129,7 @@ fn main() {
         .map_or(1024, |argument| argument.parse().expect("SIZE_KIB, a number"));
     let size = size_kib * 1024;
     let dir = tempfile::tempdir().expect("temporary directory");
-    for sub in ["incoming", "leaf"] {
+    for sub in ["incoming", "leaf", "fan-out"] {
         fs::create_dir(dir.path().join(sub)).expect("directory");
     }
     let random = |seed| random_bytes(size, seed);
@@ -157,6 +168,12 @@ fn main() {
         "what the vault does for a new file",
         |seed| (seed, random(seed)),
         |(seed, bytes)| write_durably(dir.path(), &format!("file-{seed}"), &bytes),
+    ));
+    timings.push(time(
+        "new fan-out leaf: two mkdirs, each parent fsynced",
+        "what a new sample pays when its vault/ab/cd/ is new",
+        |seed| seed,
+        |seed| make_leaf_durably(dir.path(), seed),
     ));
     let journal = AllocatedJournal::new(dir.path(), size);
     timings.push(time(
