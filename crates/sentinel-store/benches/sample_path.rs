@@ -78,7 +78,12 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) {
     file.sync_all().expect("fsync");
     drop(file);
     fs::rename(&temporary, dir.join("leaf").join(name)).expect("rename");
-    File::open(dir.join("leaf")).and_then(|leaf| leaf.sync_all()).expect("directory fsync");
+    sync_dir(&dir.join("leaf"));
+}
+
+/// Makes a directory's entries durable.
+fn sync_dir(dir: &Path) {
+    File::open(dir).and_then(|handle| handle.sync_all()).expect("directory fsync");
 }
 
 /// A new fan-out leaf as the vault makes one for a hash whose `ab/cd/` directory is not known
@@ -87,9 +92,9 @@ fn make_leaf_durably(dir: &Path, seed: u64) {
     let first = dir.join("fan-out").join(format!("{seed:x}"));
     let leaf = first.join("cd");
     fs::create_dir(&first).expect("first level");
-    File::open(dir.join("fan-out")).and_then(|parent| parent.sync_all()).expect("directory fsync");
+    sync_dir(&dir.join("fan-out"));
     fs::create_dir(&leaf).expect("leaf");
-    File::open(&first).and_then(|parent| parent.sync_all()).expect("directory fsync");
+    sync_dir(&first);
 }
 
 /// A file allocated and written once in full, then overwritten one sample-sized slot at a time:

@@ -125,11 +125,15 @@ fn write_files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (train_path, test_path)
 }
 
+/// `sentinel eval network TRAIN TEST`, to which a test adds its options.
+fn eval_command(train: &Path, test: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sentinel"));
+    command.args(["eval", "network"]).arg(train).arg(test);
+    command
+}
+
 fn eval(train: &Path, test: &Path, extra: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .args(["eval", "network"])
-        .arg(train)
-        .arg(test)
+    let output = eval_command(train, test)
         .args(["--json", "--seeds", "1,2"])
         .args(extra)
         .output()
@@ -140,13 +144,7 @@ fn eval(train: &Path, test: &Path, extra: &[&str]) -> Value {
 
 /// Runs `sentinel eval network` expecting a refusal; returns what it printed on stderr.
 fn refused(train: &Path, test: &Path, extra: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .args(extra)
-        .args(["eval", "network"])
-        .arg(train)
-        .arg(test)
-        .output()
-        .expect("run sentinel");
+    let output = eval_command(train, test).args(extra).output().expect("run sentinel");
     assert!(!output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
