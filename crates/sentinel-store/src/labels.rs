@@ -180,6 +180,10 @@ impl Store {
         writer.write_record(CSV_HEADER.split(','))?;
         let mut written = 0u64;
         self.each_labelled_sample(|sample| {
+            // The path is handed out: a sample still in the journal gets its file first.
+            if sample.file_path.is_some() {
+                self.vault.ensure_file(&SampleHash::parse(&sample.sha256)?)?;
+            }
             let file_path =
                 sample.file_path.map(|path| path.to_string_lossy().into_owned()).unwrap_or_default();
             writer.write_record([file_path, sample.sha256, sample.y.to_string()])?;

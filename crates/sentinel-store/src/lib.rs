@@ -47,6 +47,7 @@ mod postgres;
 mod reencryption;
 mod retention;
 mod sample_hash;
+mod sample_journal;
 mod samples;
 mod settings;
 mod sqlcipher;
@@ -55,6 +56,7 @@ mod store_lock;
 mod vault;
 mod vault_cipher;
 mod vault_compaction;
+mod vault_settling;
 mod verdicts;
 mod vt_economy;
 mod vt_reports;
@@ -63,7 +65,7 @@ mod yara_matches;
 use std::fmt;
 use std::fs::DirBuilder;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use alerts::{
@@ -103,6 +105,7 @@ use store_lock::StoreLock;
 use vault::{Codec, Vault};
 use vault_cipher::VaultCipher;
 use vault_compaction::VaultCompaction;
+use vault_settling::VaultSettling;
 
 /// Name of the database file inside the data directory.
 const DATABASE_FILE: &str = "sentinel.db";
@@ -131,6 +134,9 @@ pub struct Store {
     /// Compresses masked vault files in the background (`vault_compression = "background"`);
     /// stopped when the store is dropped.
     _compaction: Option<VaultCompaction>,
+    /// Settles samples journaled for requests, once [`Store::start_sample_journal`] started it;
+    /// what is left is settled when the store is dropped.
+    settling: OnceLock<VaultSettling>,
     /// Held while the store is open, so its encryption is not changed under it.
     _lock: StoreLock,
 }
@@ -245,8 +251,31 @@ impl Store {
             clock,
             key,
             _compaction: compaction,
+            settling: OnceLock::new(),
             _lock: lock,
         })
+    }
+
+    /// Starts the sample journal, for a server: from now on the samples of requests
+    /// ([`Store::keep_sample_file`]) are made durable with one data flush and their vault files
+    /// written in the background (docs/storage.md, "The sample journal"). Returns false, and
+    /// samples' files keep being written directly, on PostgreSQL (replicas share the vault, and
+    /// a journal is one process's) or when another process journals this vault.
+    pub fn start_sample_journal(&self) -> Result<bool, StoreError> {
+        if self.is_shared() {
+            return Ok(false);
+        }
+        if self.settling.get().is_some() {
+            return Ok(true);
+        }
+        match VaultSettling::start(Arc::clone(&self.vault))? {
+            Some(settling) => {
+                // One caller at start-up; a second one's thread is dropped, settling nothing.
+                let _ = self.settling.set(settling);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Whether the tables are in a database other replicas may share (PostgreSQL): what is

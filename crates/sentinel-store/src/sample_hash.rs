@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use crate::StoreError;
 
 /// A SHA-256, kept both as 64 lowercase hexadecimal characters and as its 32 raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SampleHash {
     text: String,
     raw: [u8; 32],
@@ -24,6 +24,11 @@ impl SampleHash {
                 Err(StoreError::InvalidSha256(format!("{preview:?} ({} bytes)", text.len())))
             }
         }
+    }
+
+    /// The hash of these raw bytes (as read back from a file the store wrote).
+    pub(crate) fn from_raw(raw: [u8; 32]) -> SampleHash {
+        SampleHash { text: hex::encode(raw), raw }
     }
 
     pub(crate) fn of(bytes: &[u8]) -> SampleHash {

@@ -134,9 +134,12 @@ impl Store {
     /// verdicts ([`Store::record_verified`]), thereby does the sample's disk work while it
     /// analyses it, and commits one transaction. A crash in between leaves a file without a row,
     /// which the next record of that sample adopts; a row never lists a file that is not durable.
+    ///
+    /// With the sample journal started ([`Store::start_sample_journal`]) the bytes are made
+    /// durable in the journal and the file is written in the background.
     pub fn keep_sample_file(&self, sample: &VerifiedSample) -> Result<(), StoreError> {
         match self.keeps(&sample.bytes) {
-            true => self.vault.store(&sample.hash, &sample.bytes),
+            true => self.vault.keep_new(&sample.hash, &sample.bytes),
             false => Ok(()),
         }
     }

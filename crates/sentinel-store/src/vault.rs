@@ -17,6 +17,11 @@
 //! reader never sees a partial file. Reads check the header, the zstd checksum, the size and
 //! the SHA-256 of the content, so corruption or tampering is reported instead of served.
 //!
+//! A sample a request brings can instead be made durable in the sample journal
+//! (`sample_journal.rs`), one data flush, when the server has started it
+//! ([`Vault::start_journal`]): it counts as stored from then on (it is read from the journal),
+//! and the settling thread (`vault_settling.rs`) writes its file as above soon after.
+//!
 //! When the store has a key, files are written encrypted (format version 2, `vault_cipher.rs`):
 //! compressed, then sealed with AES-256-GCM under the vault's subkey. Files of either version
 //! are read; [`Vault::reseal_all`] rewrites every file under a new key (`sentinel store encrypt`,
@@ -24,15 +29,16 @@
 
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
-use std::sync::{Mutex, PoisonError};
+use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::StoreError;
 use crate::sample_hash::SampleHash;
+use crate::sample_journal::{JOURNAL_DIR, SampleJournal};
 use crate::vault_cipher::{self, VaultCipher};
 
 /// First bytes of every vault file.
@@ -74,6 +80,18 @@ pub(crate) struct Vault {
     /// Leaf directories (`ab/cd`, keyed by the hash's first two bytes) this process has made
     /// durable, so their parents are fsynced once per process instead of on every write.
     durable_leaves: Mutex<HashSet<u16>>,
+    /// The sample journal, once this process has started it.
+    journal: OnceLock<SampleJournal>,
+    /// Where journaled samples are sent to be settled, while the settling thread runs.
+    settling: Mutex<Option<Sender<SettlingWork>>>,
+}
+
+/// Work for the settling thread (`vault_settling.rs`).
+pub(crate) enum SettlingWork {
+    /// Write the file of a journaled sample.
+    Settle(SampleHash),
+    /// An append found no room in the journal: get a segment ready.
+    Prepare,
 }
 
 impl Vault {
@@ -99,9 +117,155 @@ impl Vault {
             compaction: Mutex::new(None),
             replacing: Mutex::new(()),
             durable_leaves: Mutex::new(HashSet::new()),
+            journal: OnceLock::new(),
+            settling: Mutex::new(None),
         };
         vault.remove_stale_temporaries()?;
+        // Samples acknowledged through the journal of a process that stopped before writing
+        // their files: written now, unless another process is journaling this vault (then they
+        // are its own). The journal is left for [`Vault::start_journal`].
+        if let Some((_, recovered)) =
+            SampleJournal::open(&vault.root, false, |hash, contents| vault.recover_record(&hash, &contents))?
+            && recovered > 0
+        {
+            tracing::info!(
+                samples = recovered,
+                "wrote the vault files of samples left in the sample journal"
+            );
+        }
         Ok(vault)
+    }
+
+    /// Takes the sample journal for this process: from now on [`Vault::keep_new`] journals new
+    /// samples and sends them to `queue` to be settled. Returns false, changing nothing, when
+    /// another process journals this vault.
+    pub(crate) fn start_journal(&self, queue: Sender<SettlingWork>) -> Result<bool, StoreError> {
+        if self.journal.get().is_some() {
+            return Ok(true);
+        }
+        let Some((journal, _)) =
+            SampleJournal::open(&self.root, true, |hash, contents| self.recover_record(&hash, &contents))?
+        else {
+            return Ok(false);
+        };
+        // Only one caller (the store's start-up) starts the journal.
+        let _ = self.journal.set(journal);
+        *self.settling.lock().unwrap_or_else(PoisonError::into_inner) = Some(queue);
+        Ok(true)
+    }
+
+    /// Stops sending journaled samples to the settling thread: a sample journaled from now on
+    /// is settled on the caller's thread.
+    pub(crate) fn stop_settling(&self) {
+        self.settling.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+
+    /// Writes the file of a record left in the journal, if its contents are whole; returns
+    /// whether they were.
+    fn recover_record(&self, hash: &SampleHash, contents: &[u8]) -> Result<bool, StoreError> {
+        if let Err(reason) = decode(contents, hash, self.cipher.as_ref()) {
+            let encrypted = format_version(contents).and_then(parse_format_version).is_some_and(|(e, _)| e);
+            let sealed_under_another_key = encrypted
+                && vault_cipher::encrypted_key_id(MAGIC, contents).is_some_and(|key_id| {
+                    self.cipher.as_ref().is_none_or(|cipher| cipher.key_id() != key_id)
+                });
+            if !sealed_under_another_key {
+                // Never acknowledged: its append was cut short by the stop.
+                tracing::debug!(
+                    sha256 = hash.as_str(),
+                    reason,
+                    "skipping an incomplete sample journal record"
+                );
+                return Ok(false);
+            }
+            // The store's key changed since (`sentinel store rekey`): the file is written as it
+            // is, for the rekey to reseal; its authentication is checked when it is read.
+        }
+        if !self.file_exists(hash)? {
+            self.write_contents(hash, contents)?;
+        }
+        Ok(true)
+    }
+
+    /// Stores a sample a request brought, as [`Vault::store`] does, but through the journal when
+    /// this process has started it: durable when this returns either way, and quicker.
+    pub(crate) fn keep_new(&self, hash: &SampleHash, bytes: &[u8]) -> Result<(), StoreError> {
+        let queue = self.settling.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (Some(journal), Some(queue)) = (self.journal.get(), queue) else {
+            return self.store(hash, bytes);
+        };
+        if self.contains(hash)? {
+            return Ok(());
+        }
+        let contents = self.encode_file(hash, bytes, self.codec)?;
+        if journal.append(hash, &contents)? {
+            if queue.send(SettlingWork::Settle(hash.clone())).is_err() {
+                // The settling thread has stopped (the store is closing).
+                self.settle(hash)?;
+            }
+            return Ok(());
+        }
+        let _ = queue.send(SettlingWork::Prepare);
+        self.write_contents(hash, &contents)?;
+        if self.codec == Codec::Masked {
+            self.queue_compaction(hash);
+        }
+        Ok(())
+    }
+
+    /// Writes the file of a journaled sample and releases its record; does nothing if it has
+    /// none (settled already, or deleted).
+    pub(crate) fn settle(&self, hash: &SampleHash) -> Result<(), StoreError> {
+        let Some(journal) = self.journal.get() else { return Ok(()) };
+        let Some(contents) = journal.read(hash)? else { return Ok(()) };
+        let temporary = self.temporary_path(hash.as_str());
+        let settled = self.write_temporary(&temporary, &contents).and_then(|()| {
+            let _replacing = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
+            // Deleted (retention) or settled by another caller since it was read.
+            if !journal.contains(hash) {
+                return Ok(false);
+            }
+            self.move_into_place(&temporary, hash)?;
+            journal.release(hash);
+            Ok(true)
+        });
+        if !matches!(settled, Ok(true)) {
+            let _ = fs::remove_file(&temporary);
+        }
+        if settled? && self.codec == Codec::Masked {
+            self.queue_compaction(hash);
+        }
+        Ok(())
+    }
+
+    /// Settles every journaled sample and voids their records (when the settling thread stops).
+    pub(crate) fn settle_all(&self) -> Result<(), StoreError> {
+        let Some(journal) = self.journal.get() else { return Ok(()) };
+        journal.unsettled().iter().try_for_each(|hash| self.settle(hash))?;
+        journal.retire_settled()
+    }
+
+    /// How long since a sample was last journaled, and whether the journal needs records
+    /// settled to make room; `None` without a journal.
+    pub(crate) fn journal_load(&self) -> Option<(Duration, bool)> {
+        self.journal.get().map(|journal| (journal.idle_for(), journal.is_pressed()))
+    }
+
+    /// One step of keeping a journal segment ready; false when there is none to do.
+    pub(crate) fn prepare_journal(&self) -> Result<bool, StoreError> {
+        match self.journal.get() {
+            Some(journal) => journal.prepare(),
+            None => Ok(false),
+        }
+    }
+
+    /// Makes sure the sample's file is in the vault, settling it now if it is still only in
+    /// the journal: for callers that hand out the file's path.
+    pub(crate) fn ensure_file(&self, hash: &SampleHash) -> Result<(), StoreError> {
+        match self.journal.get() {
+            Some(journal) if journal.contains(hash) => self.settle(hash),
+            _ => Ok(()),
+        }
     }
 
     /// Where the sample's file is, relative to the data directory, with `/` separators on
@@ -115,7 +279,15 @@ impl Vault {
         self.data_dir.join(Vault::relative_path(hash))
     }
 
+    /// Whether the vault holds the sample: its file, or its record in the journal.
     pub(crate) fn contains(&self, hash: &SampleHash) -> Result<bool, StoreError> {
+        if self.journal.get().is_some_and(|journal| journal.contains(hash)) {
+            return Ok(true);
+        }
+        self.file_exists(hash)
+    }
+
+    fn file_exists(&self, hash: &SampleHash) -> Result<bool, StoreError> {
         let path = self.path_of(hash);
         path.try_exists().map_err(StoreError::io(path))
     }
@@ -137,10 +309,15 @@ impl Vault {
     /// Writes the file of `hash` in `codec` durably (temporary file, fsync, rename, directory
     /// fsync), replacing any file there.
     fn write_file(&self, hash: &SampleHash, bytes: &[u8], codec: Codec) -> Result<(), StoreError> {
+        let contents = self.encode_file(hash, bytes, codec)?;
+        self.write_contents(hash, &contents)
+    }
+
+    /// Writes `contents`, a vault file of `hash`, durably in its place, as [`Vault::write_file`].
+    fn write_contents(&self, hash: &SampleHash, contents: &[u8]) -> Result<(), StoreError> {
         let temporary = self.temporary_path(hash.as_str());
-        let written = self
-            .write_temporary(&temporary, hash, bytes, codec)
-            .and_then(|()| self.move_into_place(&temporary, hash));
+        let written =
+            self.write_temporary(&temporary, contents).and_then(|()| self.move_into_place(&temporary, hash));
         if written.is_err() {
             // Best effort: a leftover is removed at the next open anyway.
             let _ = fs::remove_file(&temporary);
@@ -198,12 +375,12 @@ impl Vault {
             return Ok(false);
         }
         let original = decode(&contents, hash, self.cipher.as_ref()).map_err(corrupt)?;
+        let compressed = self.encode_file(hash, &original, Codec::Zstd)?;
+        if !saves_enough(contents.len(), compressed.len()) {
+            return Ok(false);
+        }
         let temporary = self.temporary_path(hash.as_str());
-        let replaced = self.write_temporary(&temporary, hash, &original, Codec::Zstd).and_then(|()| {
-            let compressed_len = fs::metadata(&temporary).map_err(StoreError::io(&temporary))?.len();
-            if !saves_enough(contents.len(), compressed_len as usize) {
-                return Ok(false);
-            }
+        let replaced = self.write_temporary(&temporary, &compressed).and_then(|()| {
             let _replacing = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
             if !self.contains(hash)? {
                 return Ok(false);
@@ -216,8 +393,16 @@ impl Vault {
         replaced
     }
 
-    /// Reads back the original bytes of a sample, verified against its hash.
+    /// Reads back the original bytes of a sample, verified against its hash: from its file, or
+    /// from its journal record while it has one.
     pub(crate) fn load(&self, hash: &SampleHash) -> Result<Vec<u8>, StoreError> {
+        if let Some(journal) = self.journal.get()
+            && let Some(contents) = journal.read(hash)?
+        {
+            return decode(&contents, hash, self.cipher.as_ref()).map_err(|reason| {
+                StoreError::CorruptVaultFile { path: self.root.join(JOURNAL_DIR), reason }
+            });
+        }
         let path = self.path_of(hash);
         let contents = match fs::read(&path) {
             Ok(contents) => contents,
@@ -281,7 +466,7 @@ impl Vault {
     fn files(&self) -> Result<Vec<PathBuf>, StoreError> {
         let mut files = Vec::new();
         for first in read_dir_paths(&self.root)? {
-            if first == self.incoming || !first.is_dir() {
+            if first == self.incoming || first == self.root.join(JOURNAL_DIR) || !first.is_dir() {
                 continue;
             }
             for leaf in read_dir_paths(&first)?.into_iter().filter(|leaf| leaf.is_dir()) {
@@ -300,6 +485,11 @@ impl Vault {
     pub(crate) fn remove(&self, hash: &SampleHash) -> Result<Option<u64>, StoreError> {
         let path = self.path_of(hash);
         let _replacing = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
+        // A journaled sample has no file yet: releasing its record is deleting it (its segment
+        // is retired once its other records are settled).
+        if let Some(journaled) = self.journal.get().and_then(|journal| journal.release(hash)) {
+            return Ok(Some(journaled));
+        }
         let size = match fs::symlink_metadata(&path) {
             Ok(metadata) => metadata.len(),
             Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
@@ -331,35 +521,33 @@ impl Vault {
         self.incoming.join(format!("{stem}.{}.{sequence}.tmp", std::process::id()))
     }
 
-    fn write_temporary(
-        &self,
-        temporary: &Path,
-        hash: &SampleHash,
-        bytes: &[u8],
-        codec: Codec,
-    ) -> Result<(), StoreError> {
+    /// The whole vault file of a sample in `codec`: header, then the content, sealed when the
+    /// vault has a cipher. Built in memory: samples are at most `max_sample_size`.
+    fn encode_file(&self, hash: &SampleHash, bytes: &[u8], codec: Codec) -> Result<Vec<u8>, StoreError> {
         let encrypted = self.cipher.is_some();
         let version = format_version_of(encrypted, codec);
+        // Encoding into memory fails only by running out of it.
+        let encoding_failed = |error| StoreError::Io { path: self.path_of(hash), source: error };
         if let Some(cipher) = &self.cipher {
             let mut plaintext = Vec::with_capacity(8 + bytes.len());
             plaintext.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-            self.encode_content(bytes, hash, codec, &mut plaintext).map_err(StoreError::io(temporary))?;
-            let sealed = cipher.seal(MAGIC, version, hash, plaintext)?;
-            let write = || -> io::Result<()> {
-                let mut file = create_private_file(temporary)?;
-                file.write_all(&sealed)?;
-                file.sync_all()
-            };
-            return write().map_err(StoreError::io(temporary));
+            self.encode_content(bytes, hash, codec, &mut plaintext).map_err(encoding_failed)?;
+            return cipher.seal(MAGIC, version, hash, plaintext);
         }
+        let mut file = Vec::with_capacity(HEADER_LEN + bytes.len());
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&version.to_le_bytes());
+        file.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        file.extend_from_slice(hash.raw());
+        self.encode_content(bytes, hash, codec, &mut file).map_err(encoding_failed)?;
+        Ok(file)
+    }
+
+    /// Writes `contents` to a new temporary file and fsyncs it.
+    fn write_temporary(&self, temporary: &Path, contents: &[u8]) -> Result<(), StoreError> {
         let write = || -> io::Result<()> {
-            let mut writer = BufWriter::with_capacity(256 * 1024, create_private_file(temporary)?);
-            writer.write_all(MAGIC)?;
-            writer.write_all(&version.to_le_bytes())?;
-            writer.write_all(&(bytes.len() as u64).to_le_bytes())?;
-            writer.write_all(hash.raw())?;
-            self.encode_content(bytes, hash, codec, &mut writer)?;
-            let file = writer.into_inner().map_err(io::IntoInnerError::into_error)?;
+            let mut file = create_private_file(temporary)?;
+            file.write_all(contents)?;
             file.sync_all()
         };
         write().map_err(StoreError::io(temporary))
@@ -632,7 +820,7 @@ fn create_private_file(path: &Path) -> io::Result<File> {
 }
 
 /// Creates `dir` (mode 0700) if missing and fsyncs `parent` so the entry is durable.
-fn create_private_dir(dir: &Path, parent: &Path) -> Result<(), StoreError> {
+pub(crate) fn create_private_dir(dir: &Path, parent: &Path) -> Result<(), StoreError> {
     let mut builder = DirBuilder::new();
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
@@ -768,7 +956,8 @@ mod tests {
         bytes
     }
 
-    /// Bytes zstd cannot shrink (a packed executable).
+    /// Bytes zstd cannot shrink (a packed executable); seeds differing only in their lowest bit
+    /// give the same bytes.
     fn incompressible(seed: u64) -> Vec<u8> {
         let mut state = seed | 1;
         (0..200_000)
@@ -904,6 +1093,138 @@ mod tests {
         assert!(!vault.compact(&hash).unwrap());
         assert!(!path.exists());
         assert_eq!(fs::read_dir(dir.path().join("samples/incoming")).unwrap().count(), 0);
+    }
+
+    /// A vault whose journal is started and prepared, with no settling thread: journaled
+    /// samples stay in the journal, as when the process is killed before settling them.
+    fn journaling_vault(
+        dir: &Path,
+        cipher: Option<VaultCipher>,
+    ) -> (Vault, std::sync::mpsc::Receiver<SettlingWork>) {
+        let vault = Vault::open(dir, 3, Codec::Masked, cipher).unwrap();
+        let (queue, work) = std::sync::mpsc::channel();
+        assert!(vault.start_journal(queue).unwrap());
+        while vault.prepare_journal().unwrap() {}
+        (vault, work)
+    }
+
+    /// `count` distinct incompressible samples from `first_seed` on, with their hashes.
+    fn distinct_samples(count: u64, first_seed: u64) -> (Vec<Vec<u8>>, Vec<SampleHash>) {
+        let samples: Vec<Vec<u8>> = (0..count).map(|seed| incompressible(2 * seed + first_seed)).collect();
+        let hashes = samples.iter().map(|sample| SampleHash::of(sample)).collect();
+        (samples, hashes)
+    }
+
+    #[test]
+    fn journaled_samples_are_read_before_settling_and_recovered_after_a_stop() {
+        for cipher_byte in [None, Some(1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (samples, hashes) = distinct_samples(3, 21);
+            {
+                let (vault, work) = journaling_vault(dir.path(), cipher_byte.map(cipher));
+                for (sample, hash) in samples.iter().zip(&hashes) {
+                    vault.keep_new(hash, sample).unwrap();
+                    assert!(!vault.path_of(hash).exists(), "journaled, not written");
+                    assert!(vault.contains(hash).unwrap());
+                    assert_eq!(&vault.load(hash).unwrap(), sample);
+                }
+                assert_eq!(work.try_iter().filter(|work| matches!(work, SettlingWork::Settle(_))).count(), 3);
+                // Dropped without settling, as a killed process would leave it.
+            }
+            let reopened = Vault::open(dir.path(), 3, Codec::Masked, cipher_byte.map(cipher)).unwrap();
+            for (sample, hash) in samples.iter().zip(&hashes) {
+                assert!(reopened.path_of(hash).exists(), "recovered at open");
+                assert_eq!(&reopened.load(hash).unwrap(), sample);
+            }
+            // The segments were retired: a file deleted now is not written again at the next open.
+            fs::remove_file(reopened.path_of(&hashes[0])).unwrap();
+            drop(reopened);
+            let again = Vault::open(dir.path(), 3, Codec::Masked, None).unwrap();
+            assert!(!again.path_of(&hashes[0]).exists());
+        }
+    }
+
+    #[test]
+    fn a_record_cut_short_is_skipped_and_the_records_after_it_recovered() {
+        for cipher_byte in [None, Some(1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (samples, hashes) = distinct_samples(3, 41);
+            {
+                let (vault, _work) = journaling_vault(dir.path(), cipher_byte.map(cipher));
+                for (sample, hash) in samples.iter().zip(&hashes) {
+                    vault.keep_new(hash, sample).unwrap();
+                }
+            }
+            // The first record's content loses a byte in the middle, as a write cut short would.
+            let segment = dir.path().join("samples/journal/segment-0.journal");
+            let mut contents = fs::read(&segment).unwrap();
+            contents[4096 + 20_000] ^= 0x40;
+            fs::write(&segment, &contents).unwrap();
+
+            let reopened = Vault::open(dir.path(), 3, Codec::Masked, cipher_byte.map(cipher)).unwrap();
+            assert!(!reopened.path_of(&hashes[0]).exists());
+            for (sample, hash) in samples.iter().zip(&hashes).skip(1) {
+                assert_eq!(&reopened.load(hash).unwrap(), sample);
+            }
+        }
+    }
+
+    #[test]
+    fn the_settling_thread_writes_journaled_files_and_frees_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Arc::new(Vault::open(dir.path(), 3, Codec::Masked, None).unwrap());
+        let settling = crate::vault_settling::VaultSettling::start(Arc::clone(&vault)).unwrap().unwrap();
+        let first = incompressible(59);
+        let first_hash = SampleHash::of(&first);
+        // No segment is ready before the first request: its file is written directly.
+        vault.keep_new(&first_hash, &first).unwrap();
+        assert!(vault.path_of(&first_hash).exists());
+
+        let journal = vault.journal.get().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !journal.is_ready() {
+            assert!(std::time::Instant::now() < deadline, "no journal segment was prepared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (samples, hashes) = distinct_samples(10, 61);
+        for (sample, hash) in samples.iter().zip(&hashes) {
+            vault.keep_new(hash, sample).unwrap();
+        }
+        let segment = fs::read(dir.path().join("samples/journal/segment-0.journal")).unwrap();
+        assert!(segment.windows(32).any(|window| window == hashes[0].raw()), "the first was journaled");
+        while !hashes.iter().all(|hash| vault.path_of(hash).exists() && !journal.contains(hash)) {
+            assert!(std::time::Instant::now() < deadline, "journaled samples were never settled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (sample, hash) in samples.iter().zip(&hashes) {
+            assert_eq!(&vault.load(hash).unwrap(), sample);
+        }
+        // Another process cannot take the journal while this one has it.
+        let other = Vault::open(dir.path(), 3, Codec::Masked, None).unwrap();
+        assert!(!other.start_journal(std::sync::mpsc::channel().0).unwrap());
+        drop(settling);
+        assert!(journal.unsettled().is_empty());
+        // Closed: the records are voided and their bytes wiped, the samples' files remain.
+        let segment = fs::read(dir.path().join("samples/journal/segment-0.journal")).unwrap();
+        assert!(hashes.iter().all(|hash| !segment.windows(32).any(|window| window == hash.raw())));
+        assert!(segment[4096..].iter().all(|&byte| byte == 0));
+        for (sample, hash) in samples.iter().zip(&hashes) {
+            assert_eq!(&vault.load(hash).unwrap(), sample);
+        }
+    }
+
+    #[test]
+    fn deleting_a_journaled_sample_releases_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, _work) = journaling_vault(dir.path(), None);
+        let sample = incompressible(81);
+        let hash = SampleHash::of(&sample);
+        vault.keep_new(&hash, &sample).unwrap();
+        assert!(vault.remove(&hash).unwrap().is_some());
+        assert!(!vault.contains(&hash).unwrap());
+        assert!(matches!(vault.load(&hash), Err(StoreError::MissingVaultFile { .. })));
+        vault.settle(&hash).unwrap();
+        assert!(!vault.path_of(&hash).exists(), "settling a deleted sample writes nothing");
     }
 
     #[test]

@@ -55,8 +55,11 @@ impl Drop for VaultCompaction {
     }
 }
 
+/// Compression is never urgent: the lowest priority.
+const COMPACTION_NICE: i32 = 19;
+
 fn compact_queued(vault: &Vault, files: &Receiver<SampleHash>, stopping: &AtomicBool) {
-    lower_priority();
+    lower_priority(COMPACTION_NICE);
     while let Ok(hash) = files.recv() {
         if stopping.load(Ordering::Relaxed) {
             return;
@@ -69,15 +72,17 @@ fn compact_queued(vault: &Vault, files: &Receiver<SampleHash>, stopping: &Atomic
     }
 }
 
-/// Runs the thread at the lowest CPU priority (nice 19): compression must never take a core from
-/// the requests being answered.
-fn lower_priority() {
+/// Runs the calling thread at CPU priority `nice` (19 is the lowest): background work must
+/// not take a core from the requests being answered.
+pub(crate) fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority with PRIO_PROCESS and a thread id changes only this thread's nice
     // value (Linux threads are scheduled entities with their own), reads no memory of ours, and
     // its failure leaves the priority as it was.
     unsafe {
         let thread = libc::gettid();
-        let _ = libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 19);
+        let _ = libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, nice);
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use sentinel_store::{NewVerdict, Store, StoreSettings};
+use sentinel_store::{NewVerdict, Store, StoreSettings, VerifiedSample};
 use sha2::{Digest, Sha256};
 
 mod backends;
@@ -56,6 +56,7 @@ fn crash_child() {
         Err(_) => Store::open(Path::new(&dir), StoreSettings::default()),
     };
     let store = Arc::new(store.unwrap());
+    store.start_sample_journal().unwrap();
     let threads: Vec<_> = (0..CHILD_THREADS)
         .map(|thread| {
             let store = Arc::clone(&store);
@@ -70,12 +71,21 @@ fn crash_child() {
                         score: 0.5,
                         client: "child",
                     };
-                    // Alternately the two ways of recording a request.
-                    if index % 2 == 0 {
-                        store.record_analysis(Some((&hash, &bytes)), &[verdict]).unwrap();
-                    } else {
-                        store.record_sample(&hash, &bytes).unwrap();
-                        store.record_verdict(&verdict).unwrap();
+                    // In turn the three ways of recording a request; the third is the
+                    // server's, through the sample journal on SQLite.
+                    match index % 3 {
+                        0 => {
+                            store.record_analysis(Some((&hash, &bytes)), &[verdict]).unwrap();
+                        }
+                        1 => {
+                            store.record_sample(&hash, &bytes).unwrap();
+                            store.record_verdict(&verdict).unwrap();
+                        }
+                        _ => {
+                            let sample = VerifiedSample::new(bytes.into(), Some(&hash)).unwrap();
+                            store.keep_sample_file(&sample).unwrap();
+                            store.record_verified(&sample, &[verdict]).unwrap();
+                        }
                     }
                     // println! writes the whole line under stdout's lock and flushes it: the
                     // parent sees the line once written.

@@ -75,3 +75,60 @@ async fn what_was_answered_yes_survives_sigkill() {
     let mut client = Client::connect(served.tcp).await.unwrap();
     assert!(matches!(client.request(&static_request(&pe)).await.unwrap(), Response::Yes(_)));
 }
+
+/// The server makes requests' samples durable in the sample journal and writes their vault
+/// files after answering: samples answered just before a SIGKILL, many still only in the
+/// journal, are in the vault once the store is opened again.
+#[tokio::test]
+async fn journaled_samples_answered_before_sigkill_reach_the_vault() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut served = ServeProcess::start(SENTINEL, data_dir.path());
+    // Segments are made ready in the background after the first sample.
+    let mut client = Client::connect(served.tcp).await.unwrap();
+    assert!(matches!(
+        client.request(&static_request(&synthetic_pe(256 * 1024, 1))).await.unwrap(),
+        Response::Yes(_)
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let clients: Vec<_> = (0..4u64)
+        .map(|client_index| {
+            let tcp = served.tcp;
+            tokio::spawn(async move {
+                let mut client = Client::connect(tcp).await.unwrap();
+                let mut answered = Vec::new();
+                for index in 0..8u64 {
+                    let pe = synthetic_pe(256 * 1024, 100 + client_index * 8 + index);
+                    let response = client.request(&static_request(&pe)).await.unwrap();
+                    assert!(matches!(response, Response::Yes(_)), "{response:?}");
+                    answered.push(pe);
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for client in clients {
+        answered.extend(client.await.unwrap());
+    }
+    served.signal("-KILL");
+    served.wait_exit(Duration::from_secs(5));
+    let segments = std::fs::read_dir(data_dir.path().join("samples/journal")).unwrap();
+    assert!(
+        segments
+            .filter_map(Result::ok)
+            .any(|entry| entry.file_name().to_string_lossy().starts_with("segment-"))
+    );
+
+    let store = Store::open(data_dir.path(), StoreSettings::default()).unwrap();
+    for pe in &answered {
+        let sha256 = Sha256Hash::of(pe).to_hex();
+        let sample = store.sample(&sha256).unwrap().expect("the acknowledged sample is recorded");
+        assert!(
+            sample.stored_path.as_ref().is_some_and(|path| path.is_file()),
+            "{sha256} has its vault file"
+        );
+        assert_eq!(store.read_sample(&sha256).unwrap().as_deref(), Some(&pe[..]));
+        assert_eq!(store.verdicts(&sha256).unwrap().len(), 1);
+    }
+}

@@ -135,8 +135,19 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     found
 }
 
+/// The vault's sample files, without the sample journal's segments (see `journal_files`).
 fn vault_files(data_dir: &Path) -> Vec<Vec<u8>> {
-    files(&data_dir.join("samples")).into_values().collect()
+    let journal = data_dir.join("samples/journal");
+    files(&data_dir.join("samples"))
+        .into_iter()
+        .filter(|(path, _)| !path.starts_with(&journal))
+        .map(|(_, bytes)| bytes)
+        .collect()
+}
+
+/// The sample journal's files: its segments hold the vault files of samples not yet settled.
+fn journal_files(data_dir: &Path) -> Vec<Vec<u8>> {
+    files(&data_dir.join("samples/journal")).into_values().collect()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -157,6 +168,12 @@ fn assert_encrypted(data_dir: &Path, overlay: &[u8]) {
     let vault = vault_files(data_dir);
     assert_eq!(vault.len(), 1);
     assert!(!contains(&vault[0], &overlay[..64]), "the vault file shows the sample's bytes");
+    let journal = journal_files(data_dir);
+    assert!(!journal.is_empty(), "the server journals samples");
+    assert!(
+        journal.iter().all(|file| !contains(file, &overlay[..64])),
+        "a journal segment shows the sample's bytes"
+    );
 }
 
 /// Runs `sentinel ARGS` to its end (at most 60 s) with `envs`; its exit status and stderr.

@@ -236,7 +236,22 @@ impl Analyser {
         }
         let size = executable.len() as u64;
         let local_only = steps.iter().all(|step| *step == Analysis::Static);
-        let (sha256, unrecorded) = self.record_sample(sha256, executable.clone(), local_only).await?;
+        // Every step uses the models in service when the request started.
+        let models = self.models.current();
+        // A static analysis needs neither the sample's hash nor its durable copy: it runs while
+        // they are made, on the other worker, and waits for the list below like any step.
+        let (recorded, mut early_static) = match steps.contains(&Analysis::Static) {
+            true => {
+                let yara = self.yara.clone();
+                let analysis =
+                    static_analysis::run(&self.workers, Arc::clone(&models), yara, executable.clone());
+                let recording = self.record_sample(sha256, executable.clone(), local_only);
+                let (recorded, analysed) = tokio::join!(recording, analysis);
+                (recorded, Some(analysed))
+            }
+            false => (self.record_sample(sha256, executable.clone(), local_only).await, None),
+        };
+        let (sha256, unrecorded) = recorded?;
 
         // A listed hash is answered from its list, without any analysis.
         if let Some(entry) = self.list_entry(&sha256).await? {
@@ -253,17 +268,18 @@ impl Analyser {
             });
         }
 
-        // Every step uses the models in service when the request started.
-        let models = self.models.current();
         let steps_run = async {
             let mut found = Vec::with_capacity(steps.len());
             for &step in &steps {
                 let outcome = match step {
-                    Analysis::Static => {
-                        let yara = self.yara.clone();
-                        static_analysis::run(&self.workers, Arc::clone(&models), yara, executable.clone())
-                            .await?
-                    }
+                    Analysis::Static => match early_static.take() {
+                        Some(analysed) => analysed?,
+                        None => {
+                            let yara = self.yara.clone();
+                            static_analysis::run(&self.workers, Arc::clone(&models), yara, executable.clone())
+                                .await?
+                        }
+                    },
                     Analysis::Dynamic => {
                         let report = behaviour_report.take();
                         let sandbox = self.sandbox.as_ref();

@@ -242,12 +242,18 @@ async fn serve(sections: Sections, data_dir: PathBuf) -> anyhow::Result<()> {
         broker: broker_settings,
     } = sections;
     let location = store_location(&data_dir, &store_settings);
-    let store = {
+    let (store, journaling) = {
         let data_dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || Store::open_configured(&data_dir, store_settings)).await?
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open_configured(&data_dir, store_settings)?;
+            // Requests' samples are made durable with one data flush (docs/storage.md).
+            let journaling = store.start_sample_journal()?;
+            anyhow::Ok((store, journaling))
+        })
+        .await?
     }
     .with_context(|| format!("cannot open the store {location}"))?;
-    tracing::info!(store = %location, "store opened");
+    tracing::info!(store = %location, sample_journal = journaling, "store opened");
     let store = Arc::new(store);
     // After the store, which creates the data directory (0700) where the key file goes.
     let addresses = {

@@ -95,6 +95,23 @@ impl Variant {
 
 /// Requests per size in the latency run: enough for a p99 on small files,
 /// fewer for large ones so the run stays within minutes.
+/// Before a size is timed, each server answers requests of that size for this long, then rests
+/// for as long: first-touch costs (the vault's fan-out directories, the sample journal's
+/// segments sized for the new size) are not the steady state, and a burst of requests after a
+/// quiet moment is.
+const WARM_UP: Duration = Duration::from_secs(1);
+
+/// The warm-up of one size on one connection (see [`WARM_UP`]); `seed` advances past the files
+/// it sent. Returns when the rest is over.
+async fn warm_up(client: &mut Client, size: usize, seed: &mut u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < WARM_UP {
+        *seed += 1;
+        client.request(&static_request(synthetic_pe(size, u64::MAX - *seed))).await?;
+    }
+    Ok(())
+}
+
 fn latency_requests(size: usize) -> usize {
     (256 * 1024 * 1024 / size.max(1)).clamp(10, 200)
 }
@@ -249,8 +266,8 @@ async fn latency(args: &Args, connector: &Connector, mut seed: u64) -> anyhow::R
         let size = size_kib * 1024;
         let requests = latency_requests(size);
         let mut client = connector.connect().await?;
-        // One warm-up request: first-touch costs are not the steady state.
-        client.request(&static_request(synthetic_pe(size, u64::MAX - seed))).await?;
+        warm_up(&mut client, size, &mut seed).await?;
+        tokio::time::sleep(WARM_UP).await;
         let mut times = Vec::with_capacity(requests);
         for _ in 0..requests {
             seed += 1;
@@ -338,9 +355,10 @@ async fn compare_latency(
         let mut clients = Vec::new();
         for server in servers {
             let mut client = Connector::Plain(server.tcp).connect().await?;
-            client.request(&static_request(synthetic_pe(size, u64::MAX - seed))).await?;
+            warm_up(&mut client, size, &mut seed).await?;
             clients.push(client);
         }
+        tokio::time::sleep(WARM_UP).await;
         let mut times = vec![Vec::with_capacity(requests); servers.len()];
         for _ in 0..requests {
             for (client, times) in clients.iter_mut().zip(&mut times) {
