@@ -143,8 +143,14 @@ async fn a_rule_matching_a_string_in_a_pe_raises_the_static_verdict_and_is_recor
 async fn rules_reload_under_load_and_a_broken_rule_leaves_the_rules_in_service() {
     let data_dir = tempfile::tempdir().unwrap();
     let rules = rules_directory(&[("markers.yar", MARKER_RULE)]);
-    let served =
-        ServeCommand::new(SENTINEL, data_dir.path()).args(["--yara-rules"]).args([rules.path()]).start();
+    // The load below comes from one address as fast as the server answers: the per-client rate
+    // limit, which is not what this test is about, must not refuse it.
+    let served = ServeCommand::new(SENTINEL, data_dir.path())
+        .args(["--yara-rules"])
+        .args([rules.path()])
+        .env("SENTINEL_SERVER__CLIENT_REQUEST_RATE", "1000000")
+        .env("SENTINEL_SERVER__CLIENT_REQUEST_BURST", "1000000")
+        .start();
     let first_version = ready_rules_version(&served).await;
 
     // Four clients keep asking while the rules change under them.
