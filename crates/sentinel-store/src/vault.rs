@@ -218,21 +218,16 @@ impl Vault {
     pub(crate) fn settle(&self, hash: &SampleHash) -> Result<(), StoreError> {
         let Some(journal) = self.journal.get() else { return Ok(()) };
         let Some(contents) = journal.read(hash)? else { return Ok(()) };
-        let temporary = self.temporary_path(hash.as_str());
-        let settled = self.write_temporary(&temporary, &contents).and_then(|()| {
-            let _replacing = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
-            // Deleted (retention) or settled by another caller since it was read.
-            if !journal.contains(hash) {
-                return Ok(false);
-            }
-            self.move_into_place(&temporary, hash)?;
-            journal.release(hash);
-            Ok(true)
-        });
-        if !matches!(settled, Ok(true)) {
-            let _ = fs::remove_file(&temporary);
-        }
-        if settled? && self.codec == Codec::Masked {
+        // Not if it was deleted (retention) or settled by another caller since it was read.
+        let settled = self.place_if(
+            hash,
+            &contents,
+            || Ok(journal.contains(hash)),
+            || {
+                journal.release(hash);
+            },
+        )?;
+        if settled && self.codec == Codec::Masked {
             self.queue_compaction(hash);
         }
         Ok(())
@@ -379,18 +374,34 @@ impl Vault {
         if !saves_enough(contents.len(), compressed.len()) {
             return Ok(false);
         }
+        self.place_if(hash, &compressed, || self.contains(hash), || {})
+    }
+
+    /// Writes `contents`, a vault file of `hash`, to a temporary file and moves it into place
+    /// only if `wanted` still says so under the `replacing` lock (so that a file deleted
+    /// meanwhile is not put back); `placed` runs under the same lock once it is in place.
+    /// Returns whether it was placed.
+    fn place_if(
+        &self,
+        hash: &SampleHash,
+        contents: &[u8],
+        wanted: impl FnOnce() -> Result<bool, StoreError>,
+        placed: impl FnOnce(),
+    ) -> Result<bool, StoreError> {
         let temporary = self.temporary_path(hash.as_str());
-        let replaced = self.write_temporary(&temporary, &compressed).and_then(|()| {
+        let moved = self.write_temporary(&temporary, contents).and_then(|()| {
             let _replacing = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
-            if !self.contains(hash)? {
+            if !wanted()? {
                 return Ok(false);
             }
-            self.move_into_place(&temporary, hash).map(|()| true)
+            self.move_into_place(&temporary, hash)?;
+            placed();
+            Ok(true)
         });
-        if !matches!(replaced, Ok(true)) {
+        if !matches!(moved, Ok(true)) {
             let _ = fs::remove_file(&temporary);
         }
-        replaced
+        moved
     }
 
     /// Reads back the original bytes of a sample, verified against its hash: from its file, or
