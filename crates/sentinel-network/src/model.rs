@@ -482,33 +482,16 @@ fn subsample(matrix: &Matrix, limit: usize, rng: &mut impl Rng) -> Result<Matrix
 /// every density finite and on the scale of the data (docs/network.md, "Models").
 fn distinct_rows(matrix: &Matrix) -> Result<Matrix, FitError> {
     let mut seen = HashSet::with_capacity(matrix.rows());
-    let kept: Vec<usize> =
-        (0..matrix.rows()).filter(|&index| seen.insert(RowBits(matrix.row(index)))).collect();
+    let kept: Vec<usize> = (0..matrix.rows())
+        .filter(|&index| {
+            seen.insert(matrix.row(index).iter().map(|value| value.to_bits()).collect::<Vec<u64>>())
+        })
+        .collect();
     // One row repeated is all there is to learn: LOF needs two, so it keeps the repeats.
     if kept.len() < 2 {
         return Ok(matrix.clone());
     }
     Ok(matrix.select_rows(&kept)?)
-}
-
-/// A row compared bit for bit, borrowed from its matrix: the training matrix can hold 200,000
-/// rows, and a copy of each as a key would double what a training holds in memory.
-struct RowBits<'a>(&'a [f64]);
-
-impl PartialEq for RowBits<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.iter().zip(other.0).all(|(a, b)| a.to_bits() == b.to_bits())
-    }
-}
-
-impl Eq for RowBits<'_> {}
-
-impl std::hash::Hash for RowBits<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        for value in self.0 {
-            state.write_u64(value.to_bits());
-        }
-    }
 }
 
 /// The ensemble confirms, it does not invent: an item is anomalous when the combined score is
