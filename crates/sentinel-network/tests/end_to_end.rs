@@ -174,19 +174,14 @@ async fn spawn_role(dir: &std::path::Path, name: &str, env: &[(&str, String)]) -
 
 type Received = Arc<Mutex<Vec<(Instant, serde_json::Value)>>>;
 
-/// Waits until `received` holds an anomaly of `process`; returns when it arrived.
-async fn first_anomaly(
+/// Polls what `received` holds until `find` finds something in it, or `deadline` has passed.
+async fn wait_for<T>(
     received: &Received,
-    process: &str,
-    since: Instant,
-    timeout: Duration,
-) -> Option<Instant> {
-    let deadline = since + timeout;
+    deadline: Instant,
+    find: impl Fn(&[(Instant, serde_json::Value)]) -> Option<T>,
+) -> Option<T> {
     loop {
-        let found = received.lock().unwrap().iter().find_map(|(at, result)| {
-            (*at >= since && result["connection"]["process_name"] == process && result["is_anomaly"] == true)
-                .then_some(*at)
-        });
+        let found = find(&received.lock().unwrap());
         if found.is_some() || Instant::now() > deadline {
             return found;
         }
@@ -194,16 +189,20 @@ async fn first_anomaly(
     }
 }
 
-/// What `received` holds once it holds anything, or when `timeout` has passed.
-async fn once_received(received: &Received, timeout: Duration) -> Vec<(Instant, serde_json::Value)> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let held = received.lock().unwrap().clone();
-        if !held.is_empty() || Instant::now() > deadline {
-            return held;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits until `received` holds an anomaly of `process`; returns when it arrived.
+async fn first_anomaly(
+    received: &Received,
+    process: &str,
+    since: Instant,
+    timeout: Duration,
+) -> Option<Instant> {
+    wait_for(received, since + timeout, |held| {
+        held.iter().find_map(|(at, result)| {
+            (*at >= since && result["connection"]["process_name"] == process && result["is_anomaly"] == true)
+                .then_some(*at)
+        })
+    })
+    .await
 }
 
 /// False-positive rate of the ordinary traffic among the results the API keeps, from `skip` on.
@@ -348,7 +347,11 @@ async fn port_scan_and_bulk_transfer_are_flagged_within_two_seconds() {
     assert!(scan_latency.is_some_and(|latency| latency <= Duration::from_secs(2)), "scan not flagged in 2 s");
     // The filtered stream is a subscription of its own: its copy of the results can arrive a
     // moment after the first stream's.
-    let filtered = once_received(&scanner_only, Duration::from_secs(2)).await;
+    let filtered = wait_for(&scanner_only, Instant::now() + Duration::from_secs(2), |held| {
+        (!held.is_empty()).then(|| held.to_vec())
+    })
+    .await
+    .unwrap_or_default();
     assert!(!filtered.is_empty(), "nothing on the stream filtered on the scanner");
     assert!(filtered.iter().all(|(_, result)| result["connection"]["process_name"] == "portscan"));
     let (status, api) =
@@ -381,17 +384,14 @@ async fn port_scan_and_bulk_transfer_are_flagged_within_two_seconds() {
     let closed_scan_started = Instant::now();
     let deadline = closed_scan_started + Duration::from_secs(2);
     let targets: Vec<String> = closed_only_ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
-    let closed_scan_seen = loop {
-        let found = received.lock().unwrap().iter().find_map(|(at, result)| {
+    let closed_scan_seen = wait_for(&received, deadline, |held| {
+        held.iter().find_map(|(at, result)| {
             let remote = result["connection"]["remote"].as_str().unwrap_or_default();
             (*at >= closed_scan_started && targets.iter().any(|target| target == remote))
                 .then(|| (*at, result.clone()))
-        });
-        if found.is_some() || Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        })
+    })
+    .await;
     let closed_scan_latency = closed_scan_seen.map(|(at, result)| {
         println!("a closed-port scan result: {result:#}");
         at - closed_scan_started
