@@ -411,6 +411,12 @@ pub(crate) fn connection_features(event: &ConnectionEvent, windows: WindowValues
     let WindowValues { process, host } = windows;
     let record = &event.record;
     let interval = event.interval_ms.filter(|&ms| ms > 0).map(|ms| ms as f64 / 1000.0);
+    let loopback = is_loopback(record.remote_ip);
+    // A loopback connection has no path: its round-trip time is how soon the host's scheduler ran
+    // the kernel's acknowledgement, microseconds that grow tenfold whenever the host is busy. Kept,
+    // it flags every local connection (an application and its database on 127.0.0.1) of a loaded
+    // host; left missing, it is the training median, as for a platform that does not measure it.
+    let rtt_ms = record.rtt_us.filter(|_| !loopback).map(|us| f64::from(us) / 1000.0);
     let rate = |delta: Option<u64>| Some(delta? as f64 / interval?);
     let numbers = [
         event.bytes_sent_delta.map(|v| v as f64),
@@ -419,9 +425,9 @@ pub(crate) fn connection_features(event: &ConnectionEvent, windows: WindowValues
         record.bytes_received.map(|v| v as f64),
         rate(event.bytes_sent_delta),
         rate(event.bytes_received_delta),
-        record.rtt_us.map(|us| f64::from(us) / 1000.0),
+        rtt_ms,
         record.retransmits.map(f64::from),
-        Some(f64::from(u8::from(is_loopback(record.remote_ip)))),
+        Some(f64::from(u8::from(loopback))),
         process[0],
         process[1],
         process[2],
@@ -465,12 +471,17 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// IANA port ranges: a scan or a connection to an odd service shows in the class.
+/// A scan or a connection to an odd service shows in the class. `dynamic` starts at 32768, not at
+/// IANA's 49152: it is every port an operating system picks client ports from (Linux 32768–60999,
+/// Windows and IANA 49152–65535), so the remote side of an accepted connection is `dynamic`
+/// whichever port the kernel gave the client. With IANA's boundary, a server's ordinary clients
+/// changed class when Linux's allocator crossed 49152 — a category the model had not seen for
+/// them, and a burst of false alarms on unchanged traffic.
 fn port_class(port: u16) -> &'static str {
     match port {
         0 => "none",
         1..=1023 => "well_known",
-        1024..=49151 => "registered",
+        1024..=32767 => "registered",
         _ => "dynamic",
     }
 }

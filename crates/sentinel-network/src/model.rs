@@ -5,7 +5,7 @@
 //! scheduling is the service's.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -212,7 +212,7 @@ impl ModelBundle {
             },
         )?;
         observer.stage("local_outlier_factor", 0.45)?;
-        let lof_rows = subsample(&matrix, settings.lof_max_rows, &mut rng)?;
+        let lof_rows = subsample(&distinct_rows(&matrix)?, settings.lof_max_rows, &mut rng)?;
         let lof = LocalOutlierFactor::fit(
             &lof_rows,
             &LofParams {
@@ -471,6 +471,44 @@ fn subsample(matrix: &Matrix, limit: usize, rng: &mut impl Rng) -> Result<Matrix
     indices.truncate(limit);
     indices.sort_unstable();
     Ok(matrix.select_rows(&indices)?)
+}
+
+/// The rows of `matrix` without repeats, in their first order. LOF is fitted on these. Traffic
+/// repeats itself (the same request, the same idle socket), and a row with more copies than LOF
+/// has neighbours sits at distance 0 from all of them: a density that only scikit-learn's 1e-10
+/// keeps finite. Ordinary rows next to it then score LOF in the millions, the member's threshold
+/// at the target false-positive rate lands there, and LOF flags nothing at all. Counting each
+/// distinct row once, as the k-distinct distance Breunig et al. propose for duplicates does, keeps
+/// every density finite and on the scale of the data (docs/network.md, "Models").
+fn distinct_rows(matrix: &Matrix) -> Result<Matrix, FitError> {
+    let mut seen = HashSet::with_capacity(matrix.rows());
+    let kept: Vec<usize> =
+        (0..matrix.rows()).filter(|&index| seen.insert(RowBits(matrix.row(index)))).collect();
+    // One row repeated is all there is to learn: LOF needs two, so it keeps the repeats.
+    if kept.len() < 2 {
+        return Ok(matrix.clone());
+    }
+    Ok(matrix.select_rows(&kept)?)
+}
+
+/// A row compared bit for bit, borrowed from its matrix: the training matrix can hold 200,000
+/// rows, and a copy of each as a key would double what a training holds in memory.
+struct RowBits<'a>(&'a [f64]);
+
+impl PartialEq for RowBits<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.iter().zip(other.0).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+}
+
+impl Eq for RowBits<'_> {}
+
+impl std::hash::Hash for RowBits<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for value in self.0 {
+            state.write_u64(value.to_bits());
+        }
+    }
 }
 
 /// The ensemble confirms, it does not invent: an item is anomalous when the combined score is

@@ -76,7 +76,15 @@ fn a_connection_gives_its_own_bytes_rates_round_trip_and_categories() {
     assert_eq!(category(&features, "remote_port_class"), "well_known");
     let loopback = standalone_features(&event(0.0, "db", [127, 0, 0, 1], 50_000, SocketState::Established));
     assert_eq!(number(&loopback, "remote_is_loopback"), Some(1.0));
+    assert_eq!(number(&loopback, "rtt_ms"), None, "a loopback round trip is the scheduler's, not a path's");
     assert_eq!(category(&loopback, "remote_port_class"), "dynamic");
+    // Linux gives client ports from 32768: below IANA's 49152 they are client ports all the same.
+    for (port, class) in
+        [(32_767, "registered"), (32_768, "dynamic"), (40_000, "dynamic"), (65_535, "dynamic")]
+    {
+        let client = standalone_features(&event(0.0, "db", [127, 0, 0, 1], port, SocketState::Established));
+        assert_eq!(category(&client, "remote_port_class"), class, "port {port}");
+    }
 }
 
 #[test]

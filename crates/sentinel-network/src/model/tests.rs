@@ -134,3 +134,28 @@ fn too_little_history_is_refused_with_the_numbers() {
         other => panic!("{:?}", other.map(|_| "a model")),
     }
 }
+
+/// Traffic repeats itself: here half the history is one idle socket seen over and over. LOF must
+/// still have a threshold on the scale of the data, and see a burst of refused connects from a
+/// socket with no owner (a scan of closed ports) that the forest cannot, as failed connects
+/// were 0 throughout training.
+#[test]
+fn repeated_rows_leave_lof_a_threshold_it_can_use() {
+    let mut rows = training_rows(400);
+    let idle = rows[0].features.clone();
+    for row in rows.iter_mut().skip(200) {
+        row.features = idle.clone();
+    }
+    let stages = Stages { seen: RefCell::new(Vec::new()), stop_at: None };
+    let bundle = ModelBundle::fit(&rows, &small_settings(), &stages).unwrap();
+    let lof_threshold = bundle.thresholds()["local_outlier_factor"];
+    assert!(lof_threshold < 10.0, "LOF's threshold is {lof_threshold}");
+
+    let mut refused = normal_row(&mut Xoshiro256PlusPlus::seed_from_u64(3));
+    for name in ["process_failed_connects", "host_failed_connects"] {
+        refused.numbers[NUMERIC_FEATURES.iter().position(|known| *known == name).unwrap()] = Some(60.0);
+    }
+    let verdict = bundle.judge(&refused, None, &mut Vec::new()).unwrap();
+    let lof = verdict.models.iter().find(|model| model.model == "local_outlier_factor").unwrap();
+    assert!(lof.is_anomaly, "{verdict:?}");
+}
