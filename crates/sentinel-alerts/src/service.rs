@@ -4,7 +4,8 @@
 //! acknowledgements and test notifications.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use sentinel_store::{AlertQuery, NewAlert, Raised, Store, StoreError};
 use tokio::sync::Notify;
@@ -14,6 +15,7 @@ use crate::alert::{Alert, AlertView, Rule, Severity, rfc3339};
 use crate::channels::{Channel, ChannelError};
 use crate::metrics::AlertMetrics;
 use crate::outbox::{ChannelLoop, unix_now};
+use crate::rules::Failure;
 use crate::settings::{AlertSettings, SettingsError};
 
 /// Why the alert service could not start.
@@ -63,6 +65,43 @@ struct Inner {
     channels: BTreeMap<String, ChannelEntry>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     metrics: AlertMetrics,
+    budget: Mutex<SendingBudget>,
+}
+
+/// How many new alerts may go to the channels now: a bucket of `[alerts] max_per_minute`
+/// tokens, refilled continuously at that rate. One replica's alone: with several, each sends
+/// up to the limit.
+struct SendingBudget {
+    per_minute: u32,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl SendingBudget {
+    fn new(per_minute: u32) -> SendingBudget {
+        SendingBudget { per_minute, tokens: f64::from(per_minute), refilled: Instant::now() }
+    }
+
+    /// Takes one token; false when there is none left (never without a limit).
+    fn take(&mut self, now: Instant) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let capacity = f64::from(self.per_minute);
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * capacity / 60.0).min(capacity);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// Returns a token taken for an alert that turned out a repeat, which sends nothing.
+    fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(self.per_minute));
+    }
 }
 
 impl Alerts {
@@ -108,10 +147,14 @@ impl Alerts {
             })
             .collect();
         tracing::info!(channels = ?settings.channels.keys().collect::<Vec<_>>(), "alerts enabled");
-        Ok(Alerts { inner: Arc::new(Inner { settings, store, channels, tasks: Mutex::new(tasks), metrics }) })
+        let budget = Mutex::new(SendingBudget::new(settings.max_per_minute));
+        Ok(Alerts {
+            inner: Arc::new(Inner { settings, store, channels, tasks: Mutex::new(tasks), metrics, budget }),
+        })
     }
 
-    /// Registers `alerts_raised_total` and `alert_deliveries_total` in the process's registry.
+    /// Registers `alerts_raised_total`, `alerts_held_back_total` and `alert_deliveries_total` in the
+    /// process's registry.
     pub fn register_metrics(&self, registry: &mut sentinel_api::prometheus_client::registry::Registry) {
         self.inner.metrics.register(registry);
     }
@@ -121,13 +164,33 @@ impl Alerts {
     }
 
     /// Raises `alert`: recorded durably with its deliveries (or counted as a repeat within the
-    /// cooldown) before this returns.
+    /// cooldown) before this returns. A new alert past `[alerts] max_per_minute` is recorded
+    /// without deliveries, and the `alerts_held_back` failure alert, which the limit does not
+    /// hold back, says so (once per cooldown; its repeats count the alerts held back since).
     pub async fn raise(&self, alert: Alert) -> Result<Raised, AlertError> {
+        let (raised, held_back) = self.record(alert, true).await?;
+        if held_back {
+            let notice = Failure::AlertsHeldBack { max_per_minute: self.inner.settings.max_per_minute };
+            if let Some(notice) = notice.alert(&self.inner.settings.rules.failures) {
+                self.record(notice, false).await?;
+            }
+        }
+        Ok(raised)
+    }
+
+    /// Records `alert`, sent to the channels that want it unless `limited` and the sending
+    /// budget is spent; says whether it was a new alert held back.
+    async fn record(&self, mut alert: Alert, limited: bool) -> Result<(Raised, bool), AlertError> {
         let settings = &self.inner.settings;
+        let budget = || self.inner.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = !limited || budget().take(Instant::now());
+        if !sent {
+            alert.details.insert("held_back".to_owned(), serde_json::Value::Bool(true));
+        }
         let channels: Vec<String> = settings
             .channels
             .iter()
-            .filter(|(_, channel)| channel.wants(alert.rule.as_str(), alert.severity))
+            .filter(|(_, channel)| sent && channel.wants(alert.rule.as_str(), alert.severity))
             .map(|(name, _)| name.clone())
             .collect();
         let cooldown_seconds = settings.cooldown.as_secs() as i64;
@@ -147,16 +210,30 @@ impl Alerts {
         })
         .await
         .map_err(|error| AlertError::Task(error.to_string()))??;
-        if let Raised::New(id) = raised {
-            self.inner.metrics.raised(rule);
-            tracing::info!(alert = id, channels = ?channels, "alert raised");
-            for name in &channels {
-                if let Some(entry) = self.inner.channels.get(name) {
-                    entry.wake.notify_one();
+        match raised {
+            Raised::New(id) => {
+                self.inner.metrics.raised(rule);
+                if !sent {
+                    self.inner.metrics.held_back(rule);
+                    tracing::warn!(
+                        alert = id,
+                        rule,
+                        "alert recorded but not sent: over [alerts] max_per_minute"
+                    );
+                    return Ok((raised, true));
+                }
+                tracing::info!(alert = id, channels = ?channels, "alert raised");
+                for name in &channels {
+                    if let Some(entry) = self.inner.channels.get(name) {
+                        entry.wake.notify_one();
+                    }
                 }
             }
+            // A repeat sends nothing: its token goes back.
+            Raised::Repeat(_) if sent && limited => budget().give_back(),
+            Raised::Repeat(_) => {}
         }
-        Ok(raised)
+        Ok((raised, false))
     }
 
     /// Alerts, newest first.

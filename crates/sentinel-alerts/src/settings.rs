@@ -25,6 +25,12 @@ pub struct AlertSettings {
     /// repeat of it, not raised (nor delivered) again.
     #[serde(with = "humantime_serde")]
     pub cooldown: Duration,
+    /// New alerts sent to the channels per minute, all rules together, in bursts of as many;
+    /// past it an alert is recorded (the API lists it) but not sent, and one `failure` alert
+    /// says so. A scan of thousands of addresses, or a malware corpus run through the server,
+    /// would otherwise bury a channel (Slack answers it with 429s for minutes) and every alert
+    /// after it. 0: no limit.
+    pub max_per_minute: u32,
     pub delivery: DeliverySettings,
     pub rules: RuleSettings,
     pub channels: BTreeMap<String, ChannelSettings>,
@@ -35,6 +41,7 @@ impl Default for AlertSettings {
         AlertSettings {
             enabled: true,
             cooldown: Duration::from_secs(600),
+            max_per_minute: 60,
             delivery: DeliverySettings::default(),
             rules: RuleSettings::default(),
             channels: BTreeMap::new(),

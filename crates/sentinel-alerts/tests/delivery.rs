@@ -293,3 +293,65 @@ async fn deliveries_to_a_channel_removed_from_the_configuration_are_given_up() {
     assert_eq!(stored.deliveries[0].state, DeliveryState::Failed.as_str());
     assert_eq!(stored.deliveries[0].last_error.as_deref(), Some("the channel is no longer configured"));
 }
+
+#[tokio::test]
+async fn alerts_past_max_per_minute_are_recorded_not_sent_and_one_failure_alert_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = WebhookReceiver::start().await;
+    let alerts = Alerts::start(
+        AlertSettings {
+            max_per_minute: 3,
+            ..settings([("soc-hook".to_owned(), webhook(&receiver.url))].into())
+        },
+        open_store(dir.path()),
+    )
+    .await
+    .unwrap();
+    // A scan of ten addresses: ten keys, ten new alerts, within a second.
+    let mut ids = Vec::new();
+    for address in 0..10 {
+        let Raised::New(id) = alerts.raise(alert(&format!("web-1/203.0.113.{address}"))).await.unwrap()
+        else {
+            panic!("a new alert")
+        };
+        ids.push(id);
+        // A repeat within the cooldown sends nothing and takes nothing from the limit.
+        assert_eq!(alerts.raise(alert("web-1/203.0.113.0")).await.unwrap(), Raised::Repeat(ids[0]));
+    }
+
+    // The first three, then the notice: nothing else reaches the channel.
+    let calls = receiver.wait_for(4, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.calls().len(),
+        4,
+        "{:#?}",
+        receiver.calls().iter().map(|c| c.json()).collect::<Vec<_>>()
+    );
+    let mut sent: Vec<String> = calls
+        .iter()
+        .map(|call| call.json()["sentinel"]["alert"]["key"].as_str().unwrap().to_owned())
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        ["alerts_held_back/alerts", "web-1/203.0.113.0", "web-1/203.0.113.1", "web-1/203.0.113.2"]
+    );
+    let notice = calls.iter().map(|call| call.json()).find(|body| body["rule"]["name"] == "failure").unwrap();
+    assert_eq!(notice["sentinel"]["alert"]["severity"], "critical");
+    assert_eq!(notice["sentinel"]["alert"]["details"]["max_per_minute"], 3);
+
+    // Nothing is lost: every alert is listed, the held-back ones marked and without deliveries,
+    // and the notice's repeats count the ones held back after it.
+    let listed = alerts.list(AlertQuery { acknowledged: None, before: None, limit: 100 }).await.unwrap();
+    assert_eq!(listed.len(), 11);
+    for (index, id) in ids.iter().enumerate() {
+        let view = listed.iter().find(|view| view.id == *id).unwrap();
+        let held_back = index >= 3;
+        assert_eq!(view.details.get("held_back").is_some(), held_back, "{view:?}");
+        assert_eq!(view.deliveries.is_empty(), held_back, "{view:?}");
+    }
+    let notice = listed.iter().find(|view| view.rule == "failure").unwrap();
+    assert_eq!(notice.repeats, 6, "seven held back: the first raised the notice");
+    alerts.shutdown();
+}

@@ -18,6 +18,9 @@ pub enum Failure {
     SandboxUnreachable { message: String },
     /// A network model's training failed.
     TrainingFailed { job: u64, error: String },
+    /// Alerts are raised faster than `[alerts] max_per_minute`: the ones over it are recorded,
+    /// not sent.
+    AlertsHeldBack { max_per_minute: u32 },
 }
 
 impl Failure {
@@ -50,6 +53,15 @@ impl Failure {
                 "network-training".to_owned(),
                 format!("network model training job {job} failed: {error}"),
                 json!({ "job": job, "error": error }),
+            ),
+            Failure::AlertsHeldBack { max_per_minute } => (
+                "alerts_held_back",
+                "alerts".to_owned(),
+                format!(
+                    "alerts are raised faster than [alerts] max_per_minute ({max_per_minute}): the ones \
+                     over it are recorded, not sent; GET /api/v1/alerts lists them all"
+                ),
+                json!({ "max_per_minute": max_per_minute }),
             ),
         };
         let mut details = details;
