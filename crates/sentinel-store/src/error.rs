@@ -197,6 +197,12 @@ pub enum StoreError {
     #[error("PostgreSQL error: {0}")]
     Postgres(String),
 
+    /// PostgreSQL ended the connection a call was given — a restart, `pg_terminate_backend`, a
+    /// crash of its backend — or it was already closed. The pool replaces it; a read can be
+    /// tried again at once.
+    #[error("PostgreSQL ended the connection: {0}")]
+    PostgresConnectionEnded(String),
+
     /// A broker delivery was not stored: its sequence is out of range, or the transaction of its
     /// batch failed (the reason), so the message must not be acknowledged.
     #[error("the delivery was not stored: {0}")]

@@ -119,3 +119,33 @@ fn passwords_come_from_a_private_file_never_from_the_url() {
     assert!(store.is_shared());
     assert!(format!("{store:?}").find("hunter2").is_none());
 }
+
+/// What a PostgreSQL restart does to the replicas' pooled connections, a hundred times: every
+/// connection ended by the server, then at once the read every API request makes (its token).
+/// The pool can hand out a connection the server has just ended before the client has read the
+/// goodbye; the read is then made again on a new one instead of failing the request.
+#[test]
+fn a_token_read_right_after_postgresql_ends_every_connection_is_answered() {
+    let database = ScratchDatabase::create("ended connections");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_postgres(database.url(), dir.path(), StoreSettings::default()).unwrap();
+    let hash = [7u8; 32];
+    store
+        .create_api_token(sentinel_store::NewApiToken {
+            name: "agent".into(),
+            hash,
+            scopes: "network:ingest".into(),
+            expires_at: None,
+        })
+        .unwrap();
+    for round in 0..100 {
+        database
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .unwrap();
+        let found = store.api_token_by_hash(&hash).unwrap_or_else(|error| panic!("round {round}: {error}"));
+        assert_eq!(found.unwrap().name, "agent");
+    }
+}

@@ -38,8 +38,9 @@ pub(crate) fn create(
     })
 }
 
+/// Read on every API request: tried again on another connection if PostgreSQL ended this one.
 pub(crate) fn by_hash(database: &PgDatabase, hash: [u8; 32]) -> Result<Option<ApiTokenRecord>, StoreError> {
-    database.run(move |client| async move {
+    database.run_read(move |client| async move {
         let statement =
             client.prepare_cached(&format!("SELECT {COLUMNS} FROM api_tokens WHERE hash = $1")).await?;
         client.query_opt(&statement, &[&&hash[..]]).await?.as_ref().map(record).transpose()

@@ -41,7 +41,7 @@ pub(crate) mod yara_matches;
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
@@ -153,6 +153,35 @@ impl PgDatabase {
     }
 }
 
+impl PgDatabase {
+    /// [`PgDatabase::run`] for a job that only reads, run again on another connection when
+    /// PostgreSQL had ended the one it was given. The pool notices a connection the server ended
+    /// only once the client has read the server's goodbye, so in the moment after a restart or a
+    /// `pg_terminate_backend` it can still hand one out; a read is safe to repeat, and failing it
+    /// would answer an API request 503 (its token is read on every request) for nothing. Each
+    /// ended connection is dropped when it comes back to the pool, so a pool's worth of tries
+    /// reaches a new one; a server that is down fails the connect instead, and that is returned.
+    pub(crate) fn run_read<T, F, Fut>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Object) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let job = Arc::new(job);
+        let mut tries = 0;
+        loop {
+            let attempt = Arc::clone(&job);
+            match self.run(move |client| attempt(client)) {
+                Err(StoreError::PostgresConnectionEnded(error)) if tries < POOL_SIZE => {
+                    tries += 1;
+                    tracing::warn!(%error, "PostgreSQL ended a pooled connection: the read is tried on another");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+}
+
 /// The first line of a password file private to its owner.
 fn read_password_file(path: &Path) -> Result<Zeroizing<String>, StoreError> {
     #[cfg(unix)]
@@ -188,6 +217,12 @@ impl From<tokio_postgres::Error> for StoreError {
             Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
             None => error.to_string(),
         };
-        StoreError::Postgres(text)
+        // Class 57P: the server ended the session (admin_shutdown, crash_shutdown,
+        // cannot_connect_now).
+        let ended = error.is_closed() || error.code().is_some_and(|code| code.code().starts_with("57P"));
+        match ended {
+            true => StoreError::PostgresConnectionEnded(text),
+            false => StoreError::Postgres(text),
+        }
     }
 }
