@@ -187,12 +187,15 @@ impl Alerts {
         if !sent {
             alert.details.insert("held_back".to_owned(), serde_json::Value::Bool(true));
         }
-        let channels: Vec<String> = settings
-            .channels
-            .iter()
-            .filter(|(_, channel)| sent && channel.wants(alert.rule.as_str(), alert.severity))
-            .map(|(name, _)| name.clone())
-            .collect();
+        let channels: Vec<String> = match sent {
+            true => settings
+                .channels
+                .iter()
+                .filter(|(_, channel)| channel.wants(alert.rule.as_str(), alert.severity))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            false => Vec::new(),
+        };
         let cooldown_seconds = settings.cooldown.as_secs() as i64;
         let rule = alert.rule.as_str();
         let store = Arc::clone(&self.inner.store);

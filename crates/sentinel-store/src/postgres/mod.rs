@@ -151,9 +151,7 @@ impl PgDatabase {
         // The job's task always sends unless it panicked; its sender is then dropped.
         answer.recv().map_err(|_| StoreError::Postgres("a PostgreSQL job panicked".into()))?
     }
-}
 
-impl PgDatabase {
     /// [`PgDatabase::run`] for a job that only reads, run again on another connection when
     /// PostgreSQL had ended the one it was given. The pool notices a connection the server ended
     /// only once the client has read the server's goodbye, so in the moment after a restart or a
