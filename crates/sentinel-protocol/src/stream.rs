@@ -31,6 +31,8 @@ pub struct FrameReader<R> {
     limits: Limits,
     /// When the frame being read got its first byte; `None` between frames.
     frame_started: Option<Instant>,
+    /// When the frame last read got its first byte.
+    last_frame_started: Option<Instant>,
     /// What the frame being read (or the request last read) holds of the
     /// server's memory budget; `None` without a budget.
     reservation: Option<Reservation>,
@@ -38,7 +40,14 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, limits: Limits) -> FrameReader<R> {
-        FrameReader { inner, buffer: BytesMut::new(), limits, frame_started: None, reservation: None }
+        FrameReader {
+            inner,
+            buffer: BytesMut::new(),
+            limits,
+            frame_started: None,
+            last_frame_started: None,
+            reservation: None,
+        }
     }
 
     /// Counts the frames read from now on against `budget`: a frame over
@@ -47,6 +56,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// they became has been handled by then) or the reader is dropped.
     pub fn set_memory_budget(&mut self, budget: &MemoryBudget) {
         self.reservation = Some(budget.reservation());
+    }
+
+    /// When the frame last read got its first byte (a pipelined frame's, when the frame before
+    /// it was read), so a server can time a request from its first byte: `None` before the
+    /// first frame.
+    pub fn last_frame_started(&self) -> Option<std::time::Instant> {
+        self.last_frame_started.map(Instant::into_std)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -89,6 +105,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let at_least = match scan(&self.buffer)? {
                 Scan::Complete(layout) => {
                     let frame = self.buffer.split_to(layout.len).freeze();
+                    // A frame complete in bytes already buffered started when they came.
+                    self.last_frame_started = Some(self.frame_started.unwrap_or_else(Instant::now));
                     // Bytes already here belong to the next (pipelined) frame,
                     // whose clock starts now.
                     self.frame_started = (!self.buffer.is_empty()).then(Instant::now);

@@ -35,6 +35,7 @@ use sentinel_transport::{AccessEntry, AccessKind, AccessStatus, ClientKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 
+use crate::stage_times::Stage;
 use crate::state::Shared;
 use crate::status::{COMMAND_INVALID, OUTCOME_YES};
 
@@ -109,6 +110,14 @@ where
             reader.set_limits(limits);
         }
         let started = Instant::now();
+        // From the frame's first byte, for the stage and request times; `None` for no frame.
+        let first_byte = matches!(next, Ok(Some(_))).then(|| reader.last_frame_started()).flatten();
+        if let Some(first_byte) = first_byte {
+            shared
+                .analyser
+                .stage_times
+                .observe(Stage::Receive, started.saturating_duration_since(first_byte));
+        }
         let (command, bytes_in) = match &next {
             Ok(Some(request)) => (request.command().name(), frame_length(request)),
             _ => (COMMAND_INVALID, 0),
@@ -161,12 +170,18 @@ where
         };
         let mut frame = BytesMut::new();
         encode_answer(&response, options, &mut frame);
+        let answering = Instant::now();
         let written = tokio::time::timeout(shared.settings.frame_timeout, async {
             write.write_all(&frame).await?;
             write.flush().await
         })
         .await;
         let sent = matches!(written, Ok(Ok(())));
+        if let (Some(first_byte), true) = (first_byte, sent) {
+            let stage_times = &shared.analyser.stage_times;
+            stage_times.since(Stage::Answer, answering);
+            stage_times.request(command, first_byte.elapsed());
+        }
         shared.access_log.record(AccessEntry {
             kind: AccessKind::Protocol,
             principal: peer.principal.clone(),

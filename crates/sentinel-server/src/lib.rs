@@ -25,6 +25,7 @@ mod outcomes;
 mod registry_watch;
 mod server;
 mod settings;
+mod stage_times;
 mod state;
 mod status;
 mod workers;

@@ -2,7 +2,8 @@
 //! second copy of any counter): `malware_connections_open`, `malware_connections_total{result}`,
 //! `malware_requests_total{command,outcome}`, `malware_model_reloads_total{result}`,
 //! `malware_refusals_total{reason}` (connections and requests refused by the listeners' limits,
-//! counted by the refusal log) and, when
+//! counted by the refusal log), the stage and request times of `stage_times`
+//! (`malware_request_stage_seconds{stage}`, `malware_request_seconds{command}`) and, when
 //! the VirusTotal step is on, `virustotal_calls_total`, `virustotal_cache_hits_total`,
 //! `virustotal_calls_saved_total` and `virustotal_errors_total{kind}`.
 //!
@@ -29,6 +30,7 @@ pub(crate) fn register(shared: &Arc<Shared>, registry: &mut Registry) {
          (max_requests_per_client, client_request_rate, frame_memory_budget), by reason.",
         shared.refusals.counter(),
     );
+    shared.analyser.stage_times.register(registry);
 }
 
 #[derive(Debug)]

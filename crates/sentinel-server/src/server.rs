@@ -31,6 +31,7 @@ use crate::connection::{self, Peer};
 use crate::models::ModelsInService;
 use crate::outcomes::{AnalysisOutcome, Outcomes};
 use crate::settings::{ServerSettings, SettingsError};
+use crate::stage_times::StageTimes;
 use crate::state::{Reloader, Shared};
 use crate::status::Status;
 use crate::workers::AnalysisWorkers;
@@ -132,6 +133,7 @@ impl Server {
             virustotal,
             fusion: settings.fusion.clone(),
             outcomes: Outcomes::new(),
+            stage_times: StageTimes::new(),
         };
         let shared =
             Arc::new(Shared::new(settings, analyser, data_dir, clients.access_log, clients.addresses));

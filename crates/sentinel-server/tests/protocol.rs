@@ -53,6 +53,50 @@ async fn static_analysis_answers_yes_and_stores_sample_and_verdict() {
     server.stop().await;
 }
 
+/// The value of the series `name` (with its labels, as exposed) in `metrics`.
+fn metric(metrics: &str, name: &str) -> f64 {
+    let line = metrics.lines().find(|line| line.starts_with(&format!("{name} "))).unwrap_or_else(|| {
+        panic!("no {name} in {metrics}");
+    });
+    line[name.len() + 1..].parse().unwrap()
+}
+
+#[tokio::test]
+async fn each_stage_of_a_request_is_timed_in_the_metrics_from_the_frames_first_byte() {
+    let server = TestServer::start(|_| {}).await;
+    let pe = synthetic_pe(64 * 1024, 3);
+    let mut client = Client::connect(server.tcp).await.unwrap();
+    let answered = client.request(&request(Command::StaticAnalyse, &pe, None, None)).await.unwrap();
+    assert!(matches!(answered, Response::Yes(_)), "{answered:?}");
+
+    // A second request whose frame arrives in two parts 300 ms apart: its receive stage and
+    // the whole request count from the first part.
+    let mut frame = bytes::BytesMut::new();
+    encode_request(&request(Command::StaticAnalyse, &synthetic_pe(64 * 1024, 4), None, None), &mut frame);
+    let mut stream = TcpStream::connect(server.tcp).await.unwrap();
+    stream.write_all(&frame[..1000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&frame[1000..]).await.unwrap();
+    let mut status = [0u8; 4];
+    stream.read_exact(&mut status).await.unwrap();
+    assert_ne!(u32::from_le_bytes(status), STATUS_NO, "the trickled request is answered");
+
+    let (code, metrics) = harness::http(server.http, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    for stage in ["receive", "hash", "sample_write", "static", "list", "record", "answer"] {
+        let count = metric(&metrics, &format!("malware_request_stage_seconds_count{{stage=\"{stage}\"}}"));
+        assert_eq!(count, 2.0, "{stage} observed once per request");
+    }
+    let receive = metric(&metrics, "malware_request_stage_seconds_sum{stage=\"receive\"}");
+    assert!((0.3..5.0).contains(&receive), "receive counts from the first byte: {receive} s");
+    let command = "{command=\"Static_analyse\"}";
+    assert_eq!(metric(&metrics, &format!("malware_request_seconds_count{command}")), 2.0);
+    let whole = metric(&metrics, &format!("malware_request_seconds_sum{command}"));
+    assert!(whole >= receive, "a request takes at least its receive stage: {whole} s, {receive} s");
+    assert!(!metrics.contains("stage=\"virustotal\""), "no stage a request did not run");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn commands_without_their_analysis_answer_a_plain_no_or_unavailable_with_the_failing_step() {
     let server = TestServer::start(|_| {}).await;

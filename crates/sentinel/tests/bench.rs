@@ -1,7 +1,7 @@
 //! `sentinel bench`: the anomaly bench reads ADBench files in the element types
 //! users have (int32 labels, as ADBench ships), reports and skips a file it
 //! cannot read and runs the others; the server bench's help shows its defaults
-//! in the form the option accepts.
+//! in the form the option accepts, and its compare run reports each server's stages.
 
 use std::fs::File;
 use std::path::Path;
@@ -69,6 +69,32 @@ fn the_server_bench_shows_its_default_sizes_in_the_form_it_accepts() {
     let output = sentinel().args(["bench", "server", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("[default: 10,100,1024,5120,20480]"), "{help}");
+}
+
+/// A compare run of one small size: each server's stages are read from its metrics, one
+/// observation of each stage per timed request, and none of a stage no request ran.
+#[test]
+fn the_server_compare_reports_where_each_servers_time_went_from_its_metrics() {
+    let output = sentinel()
+        .args(["bench", "server", "--compare", "background,inline", "--sizes-kib", "16", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "one row per server: {rows:?}");
+    for row in rows {
+        let stages = &row["stages"];
+        let mean = |stage: &str| stages[stage].as_f64().unwrap_or_else(|| panic!("no {stage} in {row}"));
+        for stage in ["receive", "hash", "sample_write", "static", "list", "record", "answer"] {
+            assert!(mean(stage) > 0.0, "{stage} in {row}");
+        }
+        // The waited path is inside the request, which also holds the stages beside it.
+        let waited = ["hash", "sample_write", "list", "record"].map(mean).iter().sum::<f64>();
+        assert!(mean("request") > waited, "{row}");
+        assert!(mean("request") < row["p99_ms"].as_f64().unwrap() * 10.0, "{row}");
+        assert!(stages["virustotal"].is_null() && stages["dynamic"].is_null(), "{row}");
+    }
 }
 
 /// The scale-out bench with tiny counts: every posted connection is stored in each mode (the

@@ -29,7 +29,7 @@ mod virustotal;
 mod yara_scan;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sentinel_behaviour::BehaviourVerdict;
@@ -42,6 +42,7 @@ use sentinel_yara::YaraRules;
 
 use crate::models::ModelsInService;
 use crate::outcomes::{AnalysisOutcome, Outcomes};
+use crate::stage_times::{Stage, StageTimes};
 use crate::workers::{AnalysisWorkers, WorkerError};
 
 pub use fusion::FusionSettings;
@@ -166,6 +167,8 @@ pub(crate) struct Analyser {
     pub yara: Option<Arc<YaraRules>>,
     /// Where each request's outcome is told.
     pub outcomes: Outcomes,
+    /// How long each stage of the requests takes.
+    pub stage_times: StageTimes,
 }
 
 impl Analyser {
@@ -243,8 +246,10 @@ impl Analyser {
         let (recorded, mut early_static) = match steps.contains(&Analysis::Static) {
             true => {
                 let yara = self.yara.clone();
-                let analysis =
-                    static_analysis::run(&self.workers, Arc::clone(&models), yara, executable.clone());
+                let analysis = self.timed(
+                    Stage::Static,
+                    static_analysis::run(&self.workers, Arc::clone(&models), yara, executable.clone()),
+                );
                 let recording = self.record_sample(sha256, executable.clone(), local_only);
                 let (recorded, analysed) = tokio::join!(recording, analysis);
                 (recorded, Some(analysed))
@@ -276,26 +281,33 @@ impl Analyser {
                         Some(analysed) => analysed?,
                         None => {
                             let yara = self.yara.clone();
-                            static_analysis::run(&self.workers, Arc::clone(&models), yara, executable.clone())
-                                .await?
+                            let analysis = static_analysis::run(
+                                &self.workers,
+                                Arc::clone(&models),
+                                yara,
+                                executable.clone(),
+                            );
+                            self.timed(Stage::Static, analysis).await?
                         }
                     },
                     Analysis::Dynamic => {
                         let report = behaviour_report.take();
                         let sandbox = self.sandbox.as_ref();
-                        dynamic::run(
+                        let analysis = dynamic::run(
                             &self.workers,
                             Arc::clone(&models),
                             sandbox,
                             report,
                             &executable,
                             &sha256,
-                        )
-                        .await?
+                        );
+                        self.timed(Stage::Dynamic, analysis).await?
                     }
                     Analysis::VirusTotal => match &self.virustotal {
                         Some(virustotal) => {
-                            virustotal::run(virustotal, &sha256, api_key.take(), executable.clone()).await?
+                            let lookup =
+                                virustotal::run(virustotal, &sha256, api_key.take(), executable.clone());
+                            self.timed(Stage::VirusTotal, lookup).await?
                         }
                         None => return Err(ErrorDetail::new(Reason::Unavailable).with_step(step)),
                     },
@@ -335,7 +347,8 @@ impl Analyser {
     async fn list_entry(&self, sha256: &str) -> Result<Option<ListEntry>, ErrorDetail> {
         let store = Arc::clone(&self.store);
         let sha256 = sha256.to_owned();
-        let entry = tokio::task::spawn_blocking(move || store.list_entry(&sha256)).await;
+        let entry =
+            self.timed(Stage::List, tokio::task::spawn_blocking(move || store.list_entry(&sha256))).await;
         entry.map_err(|_| worker_failure(WorkerError::Panicked))?.map_err(store_failure)
     }
 
@@ -360,6 +373,7 @@ impl Analyser {
         defer_row: bool,
     ) -> Result<(String, Option<VerifiedSample>), ErrorDetail> {
         let store = Arc::clone(&self.store);
+        let stage_times = self.stage_times.clone();
         let recorded = self
             .workers
             .run(move || {
@@ -368,26 +382,24 @@ impl Analyser {
                     let sha256 = claimed.ok_or_else(|| missing("executable or sha256"))?;
                     return Ok((sha256, None));
                 }
-                let sample =
-                    VerifiedSample::new(executable, claimed.as_deref()).map_err(|error| match error {
-                        StoreError::HashMismatch { claimed, actual } => {
-                            ErrorDetail::new(Reason::HashMismatch).with_message(format!(
-                                "the executable's SHA-256 is {actual}, not the {claimed} sent with it"
-                            ))
-                        }
-                        other => store_failure(other),
-                    })?;
+                let hashing = Instant::now();
+                let sample = VerifiedSample::new(executable, claimed.as_deref());
+                stage_times.since(Stage::Hash, hashing);
+                let sample = sample.map_err(|error| match error {
+                    StoreError::HashMismatch { claimed, actual } => ErrorDetail::new(Reason::HashMismatch)
+                        .with_message(format!(
+                            "the executable's SHA-256 is {actual}, not the {claimed} sent with it"
+                        )),
+                    other => store_failure(other),
+                })?;
                 let sha256 = sample.sha256().to_owned();
-                match defer_row {
-                    true => {
-                        store.keep_sample_file(&sample).map_err(store_failure)?;
-                        Ok((sha256, Some(sample)))
-                    }
-                    false => {
-                        store.record_verified(&sample, &[]).map_err(store_failure)?;
-                        Ok((sha256, None))
-                    }
-                }
+                let writing = Instant::now();
+                let written = match defer_row {
+                    true => store.keep_sample_file(&sample).map(|()| Some(sample)),
+                    false => store.record_verified(&sample, &[]).map(|_| None),
+                };
+                stage_times.since(Stage::SampleWrite, writing);
+                Ok((sha256, written.map_err(store_failure)?))
             })
             .await;
         recorded.map_err(worker_failure)?
@@ -406,7 +418,7 @@ impl Analyser {
     ) -> Result<(), ErrorDetail> {
         let store = Arc::clone(&self.store);
         let client = client.to_owned();
-        let recorded = tokio::task::spawn_blocking(move || {
+        let recording = tokio::task::spawn_blocking(move || {
             let verdicts: Vec<NewVerdict<'_>> = verdicts
                 .iter()
                 .map(|(analysis, model_version, score)| NewVerdict {
@@ -430,9 +442,17 @@ impl Analyser {
                 .record_request(&sha256, sample.as_ref(), &verdicts, matches)
                 .map(drop)
                 .map_err(store_failure)
-        })
-        .await;
+        });
+        let recorded = self.timed(Stage::Record, recording).await;
         recorded.map_err(|_| worker_failure(WorkerError::Panicked))?
+    }
+
+    /// Awaits `work`, observing its time as `stage`'s (whatever its outcome).
+    async fn timed<T>(&self, stage: Stage, work: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let outcome = work.await;
+        self.stage_times.since(stage, started);
+        outcome
     }
 }
 

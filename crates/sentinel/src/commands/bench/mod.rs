@@ -6,6 +6,7 @@ mod dynamic_model;
 mod https;
 mod scale_out;
 mod server;
+mod server_stages;
 mod server_tls;
 mod static_model;
 mod store;

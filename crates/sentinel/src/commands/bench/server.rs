@@ -9,7 +9,8 @@
 //! measured (`server_tls`). With `--compare`, it instead starts one server per variant (vault
 //! compression settings of this build, or another `sentinel` executable as a baseline) and
 //! measures their latency side by side, request by request in turn, so every variant sees the
-//! same machine load.
+//! same machine load, and where each server's time went, stage by stage, from its metrics
+//! (`server_stages`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use sentinel_testkit::synthetic_pe;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use super::server_stages::{self, StageTotals};
 use super::server_tls::{self, Connector};
 use crate::commands::table::{self, Style};
 use crate::config::Config;
@@ -145,6 +147,8 @@ struct ServerProcess {
     tcp: SocketAddr,
     /// The TLS port, when started with certificates.
     tcp_tls: Option<SocketAddr>,
+    /// The HTTP listener (`/metrics`).
+    http: SocketAddr,
 }
 
 impl ServerProcess {
@@ -188,7 +192,7 @@ impl ServerProcess {
         let mut lines = BufReader::new(stdout).lines();
         let (mut tcp, mut tcp_tls) = (None, None);
         // The HTTP address comes last.
-        loop {
+        let http = loop {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
                 bail!("the server exited before printing its addresses");
@@ -198,14 +202,14 @@ impl ServerProcess {
                 tcp = Some(address.parse().context("unreadable server address")?);
             } else if let Some(address) = line.strip_prefix("tcp tls listening on ") {
                 tcp_tls = Some(address.parse().context("unreadable server address")?);
-            } else if line.starts_with("http listening on ") {
-                break;
+            } else if let Some(address) = line.strip_prefix("http listening on ") {
+                break address.parse().context("unreadable server address")?;
             }
-        }
+        };
         // Keep reading, so the server never writes into a pipe nobody reads.
         std::thread::spawn(move || lines.for_each(drop));
         let tcp = tcp.context("the server did not print its protocol address")?;
-        Ok(ServerProcess { child, tcp, tcp_tls })
+        Ok(ServerProcess { child, tcp, tcp_tls, http })
     }
 
     fn pid(&self) -> u32 {
@@ -339,6 +343,7 @@ fn compare(args: &Args) -> anyhow::Result<()> {
         ]);
     }
     println!("{table}");
+    server_stages::print(report.as_array().map(Vec::as_slice).unwrap_or_default());
     Ok(())
 }
 
@@ -349,6 +354,7 @@ async fn compare_latency(
 ) -> anyhow::Result<serde_json::Value> {
     let mut rows = Vec::new();
     let mut seed = 1u64 << 50;
+    let http = reqwest::Client::new();
     for &size_kib in &args.sizes_kib {
         let size = size_kib * 1024;
         let requests = latency_requests(size);
@@ -359,6 +365,7 @@ async fn compare_latency(
             clients.push(client);
         }
         tokio::time::sleep(WARM_UP).await;
+        let stages_before = stage_totals(&http, servers).await;
         let mut times = vec![Vec::with_capacity(requests); servers.len()];
         for _ in 0..requests {
             for (client, times) in clients.iter_mut().zip(&mut times) {
@@ -372,17 +379,30 @@ async fn compare_latency(
                 }
             }
         }
-        for (variant, mut times) in variants.iter().zip(times) {
+        let stages_after = stage_totals(&http, servers).await;
+        for (((variant, mut times), before), after) in
+            variants.iter().zip(times).zip(stages_before).zip(stages_after)
+        {
             times.sort();
             let p50 = percentile(&times, 0.5);
             rows.push(json!({
                 "size_kib": size_kib, "server": variant.name, "requests": requests,
                 "p50_ms": p50, "p99_ms": percentile(&times, 0.99),
                 "mib_per_s": size as f64 / (1024.0 * 1024.0) / (p50 / 1000.0),
+                "stages": after.map(|after| after.mean_ms_since(&before.unwrap_or_default())),
             }));
         }
     }
     Ok(serde_json::Value::Array(rows))
+}
+
+/// Each server's stage totals; `None` for a server whose metrics cannot be read.
+async fn stage_totals(http: &reqwest::Client, servers: &[ServerProcess]) -> Vec<Option<StageTotals>> {
+    let mut totals = Vec::with_capacity(servers.len());
+    for server in servers {
+        totals.push(StageTotals::scrape(http, server.http).await.ok());
+    }
+    totals
 }
 
 async fn idle_memory(args: &Args, server: &ServerProcess) -> anyhow::Result<serde_json::Value> {
