@@ -35,10 +35,7 @@ impl StageTotals {
         for line in exposition.lines() {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
             let Ok(value) = value.parse::<f64>() else { continue };
-            let (name, label) = match series.split_once('{') {
-                Some((name, labels)) => (name, labels),
-                None => continue,
-            };
+            let Some((name, label)) = series.split_once('{') else { continue };
             let key = match name {
                 "malware_request_stage_seconds_sum" | "malware_request_stage_seconds_count" => {
                     label_value(label, "stage")
