@@ -107,7 +107,7 @@ pub(crate) enum Scan {
     },
 }
 
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
     let bytes = buf.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }

@@ -28,11 +28,22 @@ pub const OPTION_ERROR_DETAIL: &str = "error_detail";
 pub const OPTION_LIST_DETAIL: &str = "list_detail";
 
 /// One request.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Request {
     command: Command,
     fields: Vec<Bytes>,
+    /// The SHA-256 of field `[0]`, when the reader hashed it as it arrived.
+    executable_sha256: Option<Sha256Hash>,
 }
+
+/// Requests are equal by what they say: the digest is only ever the one of their executable.
+impl PartialEq for Request {
+    fn eq(&self, other: &Request) -> bool {
+        self.command == other.command && self.fields == other.fields
+    }
+}
+
+impl Eq for Request {}
 
 /// A field of a request that is present but unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,13 +131,20 @@ impl fmt::Display for ApiKey<'_> {
 impl Request {
     /// A request with `fields` in wire order.
     pub fn new(command: Command, fields: Vec<Bytes>) -> Request {
-        Request { command, fields }
+        Request { command, fields, executable_sha256: None }
+    }
+
+    /// This request with the SHA-256 of its executable, which the caller computed from field
+    /// `[0]` itself ([`crate::FrameReader`], as the bytes arrived).
+    pub(crate) fn with_executable_sha256(self, digest: Sha256Hash) -> Request {
+        debug_assert_eq!(Some(digest), self.executable().map(|executable| Sha256Hash::of(executable)));
+        Request { executable_sha256: Some(digest), ..self }
     }
 
     /// The opt-in request turning on the named options for the connection.
     pub fn options(names: &[&str]) -> Request {
         let fields = names.iter().map(|name| Bytes::copy_from_slice(name.as_bytes())).collect();
-        Request { command: Command::Options, fields }
+        Request { command: Command::Options, fields, executable_sha256: None }
     }
 
     pub fn command(&self) -> Command {
@@ -141,6 +159,13 @@ impl Request {
     /// Field `[0]`, the executable (may be empty, e.g. for command 3).
     pub fn executable(&self) -> Option<&Bytes> {
         self.fields.get(FIELD_EXECUTABLE)
+    }
+
+    /// The SHA-256 of field `[0]` when it is already known: a [`crate::FrameReader`] hashed the
+    /// executable of an analysis request as its bytes arrived. `None` for a request built here,
+    /// or without an executable.
+    pub fn executable_sha256(&self) -> Option<Sha256Hash> {
+        self.executable_sha256
     }
 
     /// Field `[1]` parsed; `None` when absent or empty.

@@ -6,15 +6,22 @@
 //! timeouts: the idle timeout runs while no frame has started, the frame
 //! timeout from a frame's first byte to its last. Given a [`MemoryBudget`], it
 //! reserves each frame's announced bytes before reading them.
+//!
+//! It hashes an analysis request's executable (field `[0]`) while the rest of
+//! the frame is still arriving, so that the SHA-256 every such request needs is
+//! ready when the frame is: a megabyte of hashing is more than half a
+//! millisecond, which no longer waits for the last byte.
 
 use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::budget::{MemoryBudget, Reservation, UNCOUNTED_FRAME_BYTES};
-use crate::frame::{self, FrameError, FrameLayout, Scan, TERMINATOR};
+use crate::command::Command;
+use crate::frame::{self, FrameError, FrameLayout, Scan, TERMINATOR, TERMINATOR_AS_LENGTH, u32_at};
 use crate::limits::Limits;
-use crate::request::Request;
+use crate::request::{Request, Sha256Hash};
 use crate::response::Response;
 
 /// Smallest read: enough for small frames in one system call.
@@ -36,6 +43,20 @@ pub struct FrameReader<R> {
     /// What the frame being read (or the request last read) holds of the
     /// server's memory budget; `None` without a budget.
     reservation: Option<Reservation>,
+    /// The executable of the analysis request being read, hashed so far.
+    executable_hash: Option<ExecutableHash>,
+}
+
+/// Where an analysis request's executable starts in its frame: after the command and the
+/// field's length.
+const EXECUTABLE_AT: usize = 8;
+
+/// The SHA-256 of field `[0]` of the request being read, over the bytes arrived so far.
+#[derive(Debug)]
+struct ExecutableHash {
+    hasher: Sha256,
+    /// Bytes of the field hashed.
+    hashed: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -47,6 +68,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             frame_started: None,
             last_frame_started: None,
             reservation: None,
+            executable_hash: None,
         }
     }
 
@@ -77,12 +99,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads the next request. `Ok(None)` when the peer closed the stream
     /// between frames. After an error for which
     /// [`FrameError::keeps_stream`] is false the reader must not be used again.
+    ///
+    /// An analysis request with an executable comes with its SHA-256
+    /// ([`Request::executable_sha256`]), hashed as the bytes arrived.
     pub async fn read_request(&mut self) -> Result<Option<Request>, FrameError> {
         let limits = self.limits;
-        let Some((layout, frame)) = self.read_frame(|buf| frame::scan_frame(buf, &limits)).await? else {
+        self.executable_hash = None;
+        let scan = |buf: &[u8]| frame::scan_frame(buf, &limits);
+        let Some((layout, frame)) = self.read_frame(scan, true).await? else {
             return Ok(None);
         };
-        frame::request_from(layout, &frame).map(Some)
+        let digest = self.executable_hash.take().map(|hash| Sha256Hash(hash.hasher.finalize().into()));
+        let request = frame::request_from(layout, &frame)?;
+        Ok(Some(match digest {
+            Some(digest) => request.with_executable_sha256(digest),
+            None => request,
+        }))
     }
 
     /// Reads the next response; `error_detail` tells whether this connection
@@ -90,19 +122,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn read_response(&mut self, error_detail: bool) -> Result<Option<Response>, FrameError> {
         let limits = self.limits;
         let scan = |buf: &[u8]| frame::scan_response(buf, &limits, error_detail);
-        let Some((layout, frame)) = self.read_frame(scan).await? else { return Ok(None) };
+        let Some((layout, frame)) = self.read_frame(scan, false).await? else { return Ok(None) };
         frame::response_from(layout, &frame).map(Some)
     }
 
+    /// Reads the next frame; with `hash_executable`, hashes an analysis request's field `[0]`
+    /// into [`FrameReader::executable_hash`] as it arrives.
     async fn read_frame(
         &mut self,
         scan: impl Fn(&[u8]) -> Result<Scan, FrameError>,
+        hash_executable: bool,
     ) -> Result<Option<(FrameLayout, Bytes)>, FrameError> {
         if let Some(reservation) = &mut self.reservation {
             reservation.clear();
         }
         loop {
-            let at_least = match scan(&self.buffer)? {
+            // Scanned first: bytes of a frame refused for its size are not hashed.
+            let scanned = scan(&self.buffer)?;
+            if hash_executable {
+                self.hash_executable();
+            }
+            let at_least = match scanned {
                 Scan::Complete(layout) => {
                     let frame = self.buffer.split_to(layout.len).freeze();
                     // A frame complete in bytes already buffered started when they came.
@@ -133,6 +173,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return if self.buffer.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
             }
             self.frame_started.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Hashes the bytes of an analysis request's field `[0]` that arrived since the last call.
+    /// A frame whose command is not an analysis, or that has no field, is not hashed.
+    fn hash_executable(&mut self) {
+        let (Some(command), Some(length)) = (u32_at(&self.buffer, 0), u32_at(&self.buffer, 4)) else {
+            return;
+        };
+        let analysis = Command::from_wire(command).is_some_and(|command| !command.analyses().is_empty());
+        // An empty executable (a hash-only VirusTotal request) has nothing to hash.
+        if !analysis || length == 0 || length == TERMINATOR_AS_LENGTH {
+            return;
+        }
+        let end = (EXECUTABLE_AT + length as usize).min(self.buffer.len());
+        let hash =
+            self.executable_hash.get_or_insert_with(|| ExecutableHash { hasher: Sha256::new(), hashed: 0 });
+        let from = EXECUTABLE_AT + hash.hashed;
+        if end > from {
+            hash.hasher.update(&self.buffer[from..end]);
+            hash.hashed = end - EXECUTABLE_AT;
         }
     }
 

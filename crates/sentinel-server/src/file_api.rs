@@ -555,8 +555,14 @@ async fn analyse(
             ))));
         }
     };
-    let submission =
-        Submission { steps, executable: upload.file, sha256, api_key, behaviour_report: upload.report };
+    let submission = Submission {
+        steps,
+        executable: upload.file,
+        sha256,
+        executable_sha256: None,
+        api_key,
+        behaviour_report: upload.report,
+    };
     // Verdicts name an HTTP client by its principal (a token's name), else by its address in
     // the form `[privacy]` stores addresses.
     let client = match &caller.principal {

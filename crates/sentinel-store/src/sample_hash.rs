@@ -38,12 +38,16 @@ impl SampleHash {
 
     /// Parses `claimed` and checks that `bytes` hash to it.
     pub(crate) fn verify(claimed: &str, bytes: &[u8]) -> Result<SampleHash, StoreError> {
+        SampleHash::of(bytes).matches(claimed)
+    }
+
+    /// Parses `claimed` and checks that it is this hash.
+    pub(crate) fn matches(self, claimed: &str) -> Result<SampleHash, StoreError> {
         let claimed = SampleHash::parse(claimed)?;
-        let actual = SampleHash::of(bytes);
-        if actual == claimed {
+        if self == claimed {
             Ok(claimed)
         } else {
-            Err(StoreError::HashMismatch { claimed: claimed.text, actual: actual.text })
+            Err(StoreError::HashMismatch { claimed: claimed.text, actual: self.text })
         }
     }
 

@@ -56,6 +56,22 @@ impl VerifiedSample {
         Ok(VerifiedSample { hash, bytes })
     }
 
+    /// Like [`VerifiedSample::new`] for bytes whose SHA-256 the caller computed itself as they
+    /// arrived (`digest`), so they are not hashed a second time.
+    pub fn hashed(
+        bytes: Bytes,
+        digest: [u8; 32],
+        claimed: Option<&str>,
+    ) -> Result<VerifiedSample, StoreError> {
+        let actual = SampleHash::from_raw(digest);
+        debug_assert_eq!(actual, SampleHash::of(&bytes), "the digest is not the bytes' SHA-256");
+        let hash = match claimed {
+            Some(claimed) => actual.matches(claimed)?,
+            None => actual,
+        };
+        Ok(VerifiedSample { hash, bytes })
+    }
+
     /// The SHA-256, 64 lowercase hexadecimal characters.
     pub fn sha256(&self) -> &str {
         self.hash.as_str()
@@ -254,8 +270,29 @@ mod tests {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
+    use sha2::Digest;
+
     use super::*;
     use crate::StoreSettings;
+
+    #[test]
+    fn a_digest_computed_on_arrival_is_checked_against_the_claimed_hash() {
+        let bytes = Bytes::from_static(b"MZ sample");
+        let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        let hex = hex::encode(digest);
+        let taken = VerifiedSample::hashed(bytes.clone(), digest, Some(&hex.to_uppercase())).unwrap();
+        assert_eq!(taken.sha256(), hex);
+        assert_eq!(VerifiedSample::hashed(bytes.clone(), digest, None).unwrap().sha256(), hex);
+        let other = hex::encode([7u8; 32]);
+        assert!(matches!(
+            VerifiedSample::hashed(bytes.clone(), digest, Some(&other)),
+            Err(StoreError::HashMismatch { claimed, actual }) if claimed == other && actual == hex
+        ));
+        assert!(matches!(
+            VerifiedSample::hashed(bytes, digest, Some("not a hash")),
+            Err(StoreError::InvalidSha256(_))
+        ));
+    }
 
     #[test]
     fn a_file_deleted_before_its_row_is_committed_is_stored_again() {

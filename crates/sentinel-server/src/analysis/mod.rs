@@ -65,6 +65,9 @@ pub(crate) struct Submission {
     pub executable: Bytes,
     /// The SHA-256 sent with it: checked against the executable, or taken alone without one.
     pub sha256: Option<Sha256Hash>,
+    /// The executable's SHA-256 when the front end hashed it as it arrived (the protocol's
+    /// reader): the store takes it instead of hashing the bytes again.
+    pub executable_sha256: Option<Sha256Hash>,
     /// The client's VirusTotal key, for this request only (its `Debug` is redacted).
     pub api_key: Option<ApiKey>,
     /// A behaviour report the client already has (CAPE JSON or a JSON list of API names):
@@ -88,6 +91,7 @@ impl Submission {
             steps,
             executable: request.executable().cloned().unwrap_or_default(),
             sha256,
+            executable_sha256: request.executable_sha256(),
             api_key,
             behaviour_report: dynamic::sent_report(request).cloned(),
         })
@@ -221,7 +225,8 @@ impl Analyser {
     }
 
     async fn run(&self, submission: Submission, client: &str) -> Result<Findings, ErrorDetail> {
-        let Submission { steps, executable, sha256, mut api_key, mut behaviour_report } = submission;
+        let Submission { steps, executable, sha256, executable_sha256, mut api_key, mut behaviour_report } =
+            submission;
         // A combined request must not spend a static analysis on a request a
         // later step cannot serve: say which step is missing before any runs.
         let report_sent = behaviour_report.is_some();
@@ -243,23 +248,36 @@ impl Analyser {
         let models = self.models.current();
         // A static analysis needs neither the sample's hash nor its durable copy: it runs while
         // they are made, on the other worker, and waits for the list below like any step.
-        let (recorded, mut early_static) = match steps.contains(&Analysis::Static) {
-            true => {
-                let yara = self.yara.clone();
-                let analysis = self.timed(
-                    Stage::Static,
-                    static_analysis::run(&self.workers, Arc::clone(&models), yara, executable.clone()),
-                );
-                let recording = self.record_sample(sha256, executable.clone(), local_only);
-                let (recorded, analysed) = tokio::join!(recording, analysis);
-                (recorded, Some(analysed))
+        let early_static = async {
+            match steps.contains(&Analysis::Static) {
+                true => {
+                    let yara = self.yara.clone();
+                    let analysis =
+                        static_analysis::run(&self.workers, Arc::clone(&models), yara, executable.clone());
+                    Some(self.timed(Stage::Static, analysis).await)
+                }
+                false => None,
             }
-            false => (self.record_sample(sha256, executable.clone(), local_only).await, None),
         };
+        // A hash known already (hashed as the request arrived) is looked up in the lists while
+        // the sample is written, rather than after.
+        let early_listing = async {
+            match executable_sha256 {
+                Some(digest) => Some(self.list_entry(&digest.to_hex()).await),
+                None => None,
+            }
+        };
+        let recording = self.record_sample(sha256, executable_sha256, executable.clone(), local_only);
+        let (recorded, mut early_static, early_listing) =
+            tokio::join!(recording, early_static, early_listing);
         let (sha256, unrecorded) = recorded?;
+        let listed = match early_listing {
+            Some(listed) => listed?,
+            None => self.list_entry(&sha256).await?,
+        };
 
         // A listed hash is answered from its list, without any analysis.
-        if let Some(entry) = self.list_entry(&sha256).await? {
+        if let Some(entry) = listed {
             let verdict = entry.list.score();
             let recorded = vec![(LIST_ANALYSIS, entry.list.title().to_owned(), verdict)];
             self.record_verdicts(sha256.clone(), unrecorded, recorded, None, client).await?;
@@ -362,13 +380,15 @@ impl Analyser {
         }
     }
 
-    /// Checks the executable against its SHA-256 (hashing it once) and writes its vault file;
+    /// Checks the executable against its SHA-256 (hashing it once, unless `digest` is its hash
+    /// already: a protocol request's, hashed as it arrived) and writes its vault file;
     /// returns the hash. With `defer_row`, the sample's row is left for [`Analyser::record_verdicts`]
     /// to commit with the verdicts, and the sample is returned for it; otherwise it is committed
     /// now.
     async fn record_sample(
         &self,
         claimed: Option<Sha256Hash>,
+        digest: Option<Sha256Hash>,
         executable: Bytes,
         defer_row: bool,
     ) -> Result<(String, Option<VerifiedSample>), ErrorDetail> {
@@ -383,7 +403,10 @@ impl Analyser {
                     return Ok((sha256, None));
                 }
                 let hashing = Instant::now();
-                let sample = VerifiedSample::new(executable, claimed.as_deref());
+                let sample = match digest {
+                    Some(digest) => VerifiedSample::hashed(executable, digest.0, claimed.as_deref()),
+                    None => VerifiedSample::new(executable, claimed.as_deref()),
+                };
                 stage_times.since(Stage::Hash, hashing);
                 let sample = sample.map_err(|error| match error {
                     StoreError::HashMismatch { claimed, actual } => ErrorDetail::new(Reason::HashMismatch)

@@ -4,6 +4,7 @@
 mod anomaly;
 mod dynamic_model;
 mod https;
+mod paced_link;
 mod scale_out;
 mod server;
 mod server_stages;

@@ -10,7 +10,8 @@
 //! compression settings of this build, or another `sentinel` executable as a baseline) and
 //! measures their latency side by side, request by request in turn, so every variant sees the
 //! same machine load, and where each server's time went, stage by stage, from its metrics
-//! (`server_stages`).
+//! (`server_stages`); with `--link-mbit`, the timed requests leave at a network link's speed
+//! (`paced_link`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use sentinel_testkit::synthetic_pe;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use super::paced_link::PacedClient;
 use super::server_stages::{self, StageTotals};
 use super::server_tls::{self, Connector};
 use crate::commands::table::{self, Style};
@@ -61,6 +63,10 @@ pub struct Args {
     /// of an earlier revision, with its defaults). Separated by commas.
     #[arg(long, value_delimiter = ',')]
     compare: Vec<String>,
+    /// With --compare: send each timed request at this many megabits per second, as a central
+    /// server's request arrives over a network link, instead of at loopback speed.
+    #[arg(long, requires = "compare", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    link_mbit: Option<u64>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -325,7 +331,15 @@ fn compare(args: &Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("Malware server over TCP, static analysis, variants measured in turn on the same machine");
+    match args.link_mbit {
+        Some(mbit) => println!(
+            "Malware server over TCP, static analysis, variants measured in turn on the same machine, \
+             requests sent at {mbit} Mbit/s"
+        ),
+        None => println!(
+            "Malware server over TCP, static analysis, variants measured in turn on the same machine"
+        ),
+    }
     let mut table = table::new(
         Style::Markdown,
         &["size KiB", "server", "requests", "p50 ms", "p99 ms", "MiB/s"],
@@ -362,17 +376,24 @@ async fn compare_latency(
         for server in servers {
             let mut client = Connector::Plain(server.tcp).connect().await?;
             warm_up(&mut client, size, &mut seed).await?;
-            clients.push(client);
+            let paced = match args.link_mbit {
+                Some(mbit) => Some(PacedClient::connect(server.tcp, mbit).await?),
+                None => None,
+            };
+            clients.push((client, paced));
         }
         tokio::time::sleep(WARM_UP).await;
         let stages_before = stage_totals(&http, servers).await;
         let mut times = vec![Vec::with_capacity(requests); servers.len()];
         for _ in 0..requests {
-            for (client, times) in clients.iter_mut().zip(&mut times) {
+            for ((client, paced), times) in clients.iter_mut().zip(&mut times) {
                 seed += 1;
                 let request = static_request(synthetic_pe(size, seed));
                 let started = Instant::now();
-                let response = client.request(&request).await?;
+                let response = match paced {
+                    Some(paced) => paced.request(&request).await?,
+                    None => client.request(&request).await?,
+                };
                 times.push(started.elapsed());
                 if !matches!(response, Response::Yes(_)) {
                     bail!("a {size_kib} KiB request failed: {response:?}");
@@ -387,6 +408,7 @@ async fn compare_latency(
             let p50 = percentile(&times, 0.5);
             rows.push(json!({
                 "size_kib": size_kib, "server": variant.name, "requests": requests,
+                "link_mbit": args.link_mbit,
                 "p50_ms": p50, "p99_ms": percentile(&times, 0.99),
                 "mib_per_s": size as f64 / (1024.0 * 1024.0) / (p50 / 1000.0),
                 "stages": after.map(|after| after.mean_ms_since(&before.unwrap_or_default())),

@@ -16,6 +16,8 @@ use crate::commands::table::{self, Style};
 const STAGES: [&str; 9] =
     ["receive", "hash", "sample_write", "static", "list", "record", "answer", "dynamic", "virustotal"];
 const REQUEST: &str = "request";
+/// The request's mean less its receiving's: how long the answer takes once the last byte is in.
+const AFTER_RECEIVE: &str = "after_receive";
 
 /// Sum of seconds and count of each series, by stage (and [`REQUEST`] for the whole request).
 #[derive(Debug, Default, Clone)]
@@ -67,6 +69,11 @@ impl StageTotals {
             let mean = (count > 0).then(|| (sum - sum_before) / count as f64 * 1000.0);
             means.insert((*stage).to_owned(), json!(mean));
         }
+        let after_receive = match (means["receive"].as_f64(), means[REQUEST].as_f64()) {
+            (Some(receive), Some(request)) => Some(request - receive),
+            _ => None,
+        };
+        means.insert(AFTER_RECEIVE.to_owned(), json!(after_receive));
         serde_json::Value::Object(means)
     }
 }
@@ -84,7 +91,7 @@ fn label_value<'a>(labels: &'a str, label: &str) -> Option<&'a str> {
 pub(super) fn print(rows: &[serde_json::Value]) {
     let observed: Vec<&str> = STAGES
         .iter()
-        .chain(&[REQUEST])
+        .chain(&[REQUEST, AFTER_RECEIVE])
         .copied()
         .filter(|stage| rows.iter().any(|row| !row["stages"][*stage].is_null()))
         .collect();
@@ -93,7 +100,8 @@ pub(super) fn print(rows: &[serde_json::Value]) {
     }
     println!(
         "Mean ms per request of each stage, from the servers' malware_request_stage_seconds \
-         (stages overlap: static runs beside hash and sample_write; request = first byte to answer written)"
+         (stages overlap: static runs beside hash and sample_write; request = first byte to answer written; \
+         after_receive = request - receive)"
     );
     let headers: Vec<&str> = ["size KiB", "server"].into_iter().chain(observed.iter().copied()).collect();
     let right: Vec<usize> = std::iter::once(0).chain(2..headers.len()).collect();
@@ -112,6 +120,11 @@ pub(super) fn print(rows: &[serde_json::Value]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn close_in(means: &serde_json::Value, stage: &str, expected: f64) {
+        let mean = means[stage].as_f64().unwrap();
+        assert!((mean - expected).abs() < 1e-9, "{stage}: {mean} against {expected}");
+    }
 
     #[test]
     fn means_are_taken_over_the_observations_between_two_scrapes() {
@@ -133,13 +146,19 @@ mod tests {
              malware_requests_total{command=\"static_analyse\",outcome=\"yes\"} 20\n",
         );
         let means = after.mean_ms_since(&before);
-        let close = |stage: &str, expected: f64| {
-            let mean = means[stage].as_f64().unwrap();
-            assert!((mean - expected).abs() < 1e-9, "{stage}: {mean} against {expected}");
-        };
-        close("hash", 0.6);
-        close("record", 0.3);
-        close(REQUEST, 2.0);
+        close_in(&means, "hash", 0.6);
+        close_in(&means, "record", 0.3);
+        close_in(&means, REQUEST, 2.0);
         assert!(means["receive"].is_null());
+        assert!(means[AFTER_RECEIVE].is_null());
+        let received = StageTotals::parse(
+            "malware_request_stage_seconds_sum{stage=\"receive\"} 0.005\n\
+             malware_request_stage_seconds_count{stage=\"receive\"} 10\n\
+             malware_request_seconds_sum{command=\"static_analyse\"} 0.52\n\
+             malware_request_seconds_count{command=\"static_analyse\"} 20\n",
+        );
+        let means = received.mean_ms_since(&before);
+        close_in(&means, "receive", 0.5);
+        close_in(&means, AFTER_RECEIVE, 1.5);
     }
 }
