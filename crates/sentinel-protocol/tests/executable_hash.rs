@@ -70,9 +70,10 @@ async fn pipelined_requests_each_get_their_own_digest_and_only_analyses_with_an_
     assert_eq!(digests, [Some(Sha256Hash::of(&first)), None, None, Some(Sha256Hash::of(&second)), None]);
 }
 
+/// Also a large executable arriving in one read, which is hashed in several slices.
 #[tokio::test]
 async fn a_request_built_in_memory_has_no_digest_and_equals_the_one_read() {
-    let sample = executable(1000);
+    let sample = executable(700 * 1024 + 3);
     let request = Request::new(Command::StaticAnalyse, vec![sample.clone()]);
     assert_eq!(request.executable_sha256(), None);
     let frame = frame_of(&request);

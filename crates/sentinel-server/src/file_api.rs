@@ -5,13 +5,13 @@
 //!
 //! The body is the file itself (`application/octet-stream`) or a `multipart/form-data` form
 //! with a `file` part and an optional `report` part (the behaviour report the protocol takes in
-//! field `[3]`). It is read as it arrives, within the protocol's limits: each part at most
-//! `max_field_size`, all of it at most `max_frame_size`, and every byte above 64 KiB reserved
-//! from the `frame_memory_budget` the protocol's frames share (`busy` when it is spent), so
-//! uploads over HTTP cannot take more memory than protocol frames can. A request counts against
-//! its client's limits like a protocol request. The VirusTotal key comes in the
-//! `X-VirusTotal-Key` header and goes, like field `[2]`, only to VirusTotal: never logged,
-//! never stored.
+//! field `[3]`). It is read as it arrives (the file hashed meanwhile, as the protocol's reader
+//! does), within the protocol's limits: each part at most `max_field_size`, all of it at most
+//! `max_frame_size`, and every byte above 64 KiB reserved from the `frame_memory_budget` the
+//! protocol's frames share (`busy` when it is spent), so uploads over HTTP cannot take more
+//! memory than protocol frames can. A request counts against its client's limits like a
+//! protocol request. The VirusTotal key comes in the `X-VirusTotal-Key` header and goes, like
+//! field `[2]`, only to VirusTotal: never logged, never stored.
 //!
 //! Failures are the protocol's reasons as JSON — `{"error", "reason", "step"}` — with an HTTP
 //! status per reason ([`status_of`]).
@@ -38,6 +38,7 @@ use sentinel_transport::ClientKey;
 use sentinel_virustotal::{ApiKey, VerdictRule};
 use sentinel_yara::RuleMatch;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::analysis::{COMBINED_RULE, Findings, StepDetail, Submission, VirusTotalSummary};
@@ -237,7 +238,35 @@ fn body_failure(error: &(dyn std::error::Error + 'static)) -> AnalysisError {
 #[derive(Default)]
 struct Upload {
     file: Bytes,
+    /// The file's SHA-256, hashed as its bytes were read; `None` without a file.
+    file_sha256: Option<Sha256Hash>,
     report: Option<Bytes>,
+}
+
+/// The bytes of a part being read and, for the file, its SHA-256 hashed chunk by chunk as they
+/// come: the analysis then does not hash a file it has already read once the body is in.
+struct PartBytes {
+    bytes: BytesMut,
+    hasher: Option<Sha256>,
+}
+
+impl PartBytes {
+    fn new(capacity: usize, hashed: bool) -> PartBytes {
+        PartBytes { bytes: BytesMut::with_capacity(capacity), hasher: hashed.then(Sha256::new) }
+    }
+
+    fn extend(&mut self, chunk: &[u8]) {
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(chunk);
+        }
+        self.bytes.extend_from_slice(chunk);
+    }
+
+    /// The bytes, and their SHA-256 when hashed and not empty.
+    fn finish(self) -> (Bytes, Option<Sha256Hash>) {
+        let hasher = self.hasher.filter(|_| !self.bytes.is_empty());
+        (self.bytes.freeze(), hasher.map(|hasher| Sha256Hash(hasher.finalize().into())))
+    }
 }
 
 /// Reads an `application/octet-stream` body.
@@ -245,19 +274,20 @@ async fn read_raw(
     request: Request,
     declared: Option<u64>,
     budget: &mut BodyBudget,
-) -> Result<Bytes, AnalysisError> {
+) -> Result<Upload, AnalysisError> {
     if let Some(declared) = declared {
         budget.announce(declared)?;
     }
     let capacity = declared.unwrap_or(0).min(budget.max_part) as usize;
-    let mut file = BytesMut::with_capacity(capacity);
+    let mut file = PartBytes::new(capacity, true);
     let mut stream = request.into_body().into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| body_failure(&error))?;
-        budget.take((file.len() + chunk.len()) as u64, chunk.len() as u64, "file")?;
-        file.extend_from_slice(&chunk);
+        budget.take((file.bytes.len() + chunk.len()) as u64, chunk.len() as u64, "file")?;
+        file.extend(&chunk);
     }
-    Ok(file.freeze())
+    let (file, file_sha256) = file.finish();
+    Ok(Upload { file, file_sha256, report: None })
 }
 
 /// Reads a `multipart/form-data` body: its `file` part and its optional `report` part.
@@ -272,11 +302,11 @@ async fn read_form(request: Request, budget: &mut BodyBudget) -> Result<Upload, 
         match name.as_deref() {
             Some("file") if !seen_file => {
                 seen_file = true;
-                upload.file = read_part(field, budget, "file").await?;
+                (upload.file, upload.file_sha256) = read_part(field, budget, "file", true).await?;
             }
             Some("report") if upload.report.is_none() => {
-                upload.report = Some(read_part(field, budget, "behaviour report").await?)
-                    .filter(|report| !report.is_empty());
+                let (report, _) = read_part(field, budget, "behaviour report", false).await?;
+                upload.report = Some(report).filter(|report| !report.is_empty());
             }
             name => {
                 let name: String = name.unwrap_or_default().chars().take(40).collect();
@@ -289,17 +319,19 @@ async fn read_form(request: Request, budget: &mut BodyBudget) -> Result<Upload, 
     Ok(upload)
 }
 
+/// Reads a form part, hashing it when `hashed` (see [`PartBytes::finish`]).
 async fn read_part(
     mut field: Field<'_>,
     budget: &mut BodyBudget,
     what: &str,
-) -> Result<Bytes, AnalysisError> {
-    let mut part = BytesMut::new();
+    hashed: bool,
+) -> Result<(Bytes, Option<Sha256Hash>), AnalysisError> {
+    let mut part = PartBytes::new(0, hashed);
     while let Some(chunk) = field.chunk().await.map_err(|error| form_failure(&error))? {
-        budget.take((part.len() + chunk.len()) as u64, chunk.len() as u64, what)?;
-        part.extend_from_slice(&chunk);
+        budget.take((part.bytes.len() + chunk.len()) as u64, chunk.len() as u64, what)?;
+        part.extend(&chunk);
     }
-    Ok(part.freeze())
+    Ok(part.finish())
 }
 
 fn form_failure(error: &MultipartError) -> AnalysisError {
@@ -542,9 +574,7 @@ async fn analyse(
         .and_then(|value| value.parse::<u64>().ok());
     let mut budget = BodyBudget::new(shared);
     let upload = match media_type.as_deref() {
-        Some("application/octet-stream") => {
-            Upload { file: read_raw(request, declared, &mut budget).await?, report: None }
-        }
+        Some("application/octet-stream") => read_raw(request, declared, &mut budget).await?,
         Some("multipart/form-data") => read_form(request, &mut budget).await?,
         // A VirusTotal lookup by hash needs no body.
         None if declared.unwrap_or(0) == 0 => Upload::default(),
@@ -559,7 +589,7 @@ async fn analyse(
         steps,
         executable: upload.file,
         sha256,
-        executable_sha256: None,
+        executable_sha256: upload.file_sha256,
         api_key,
         behaviour_report: upload.report,
     };

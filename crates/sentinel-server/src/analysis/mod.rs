@@ -66,7 +66,7 @@ pub(crate) struct Submission {
     /// The SHA-256 sent with it: checked against the executable, or taken alone without one.
     pub sha256: Option<Sha256Hash>,
     /// The executable's SHA-256 when the front end hashed it as it arrived (the protocol's
-    /// reader): the store takes it instead of hashing the bytes again.
+    /// reader, the HTTP body's): the store takes it instead of hashing the bytes again.
     pub executable_sha256: Option<Sha256Hash>,
     /// The client's VirusTotal key, for this request only (its `Debug` is redacted).
     pub api_key: Option<ApiKey>,
@@ -381,7 +381,7 @@ impl Analyser {
     }
 
     /// Checks the executable against its SHA-256 (hashing it once, unless `digest` is its hash
-    /// already: a protocol request's, hashed as it arrived) and writes its vault file;
+    /// already, hashed as it arrived) and writes its vault file;
     /// returns the hash. With `defer_row`, the sample's row is left for [`Analyser::record_verdicts`]
     /// to commit with the verdicts, and the sample is returned for it; otherwise it is committed
     /// now.
