@@ -33,7 +33,7 @@ pub use frame::{
 pub use limits::{Limits, LimitsError};
 pub use request::{
     ApiKey, FIELD_API_KEY, FIELD_EXECUTABLE, FIELD_SHA256, FIRST_EXTRA_FIELD, OPTION_ERROR_DETAIL,
-    OPTION_LIST_DETAIL, Request, RequestError, Sha256Hash, verified_sha256,
+    OPTION_LIST_DETAIL, Request, RequestError, Sha256Hash,
 };
 pub use response::{ErrorDetail, ListDetail, MAX_MESSAGE_LEN, Reason, Response};
 pub use stream::{FrameReader, write_request, write_response};

@@ -50,8 +50,6 @@ impl Eq for Request {}
 pub enum RequestError {
     #[error("the SHA-256 field is not 64 hexadecimal characters")]
     InvalidSha256,
-    #[error("the executable's SHA-256 is {actual}, not the {claimed} sent with it")]
-    HashMismatch { claimed: Sha256Hash, actual: Sha256Hash },
     #[error("the API key field is not printable ASCII")]
     InvalidApiKey,
     #[error("the {0} field is missing or empty")]
@@ -63,7 +61,6 @@ impl RequestError {
     pub fn reason(&self) -> Reason {
         match self {
             RequestError::InvalidSha256 | RequestError::InvalidApiKey => Reason::Malformed,
-            RequestError::HashMismatch { .. } => Reason::HashMismatch,
             RequestError::MissingField(_) => Reason::MissingField,
         }
     }
@@ -198,31 +195,6 @@ impl Request {
     pub fn extra_fields(&self) -> &[Bytes] {
         self.fields.get(FIRST_EXTRA_FIELD..).unwrap_or_default()
     }
-
-    /// The sample's SHA-256, checked: with a non-empty executable, its digest
-    /// (which must equal field `[1]` when that is given); without one, field
-    /// `[1]` as sent. Hashing is CPU work proportional to the executable's size:
-    /// servers call this off their I/O threads.
-    pub fn verified_sha256(&self) -> Result<Option<Sha256Hash>, RequestError> {
-        verified_sha256(self.sha256()?, self.executable().map_or(&[][..], |executable| &executable[..]))
-    }
-}
-
-/// A sample's SHA-256, checked: with a non-empty `executable`, its digest (which must equal
-/// `claimed` when that is given); without one, `claimed` as sent. The rule of
-/// [`Request::verified_sha256`], for servers that take samples in other forms too (HTTP).
-pub fn verified_sha256(
-    claimed: Option<Sha256Hash>,
-    executable: &[u8],
-) -> Result<Option<Sha256Hash>, RequestError> {
-    if executable.is_empty() {
-        return Ok(claimed);
-    }
-    let actual = Sha256Hash::of(executable);
-    match claimed {
-        Some(claimed) if claimed != actual => Err(RequestError::HashMismatch { claimed, actual }),
-        _ => Ok(Some(actual)),
-    }
 }
 
 impl fmt::Debug for Request {
@@ -244,23 +216,14 @@ mod tests {
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
     #[test]
-    fn the_hash_is_checked_case_insensitively_against_the_executable() {
-        let ok = request(&[b"abc", ABC_SHA256.to_uppercase().as_bytes()]);
-        assert_eq!(ok.verified_sha256().unwrap().unwrap().to_hex(), ABC_SHA256);
-        let wrong = request(&[b"abd", ABC_SHA256.as_bytes()]);
-        assert!(matches!(wrong.verified_sha256(), Err(RequestError::HashMismatch { .. })));
-        let not_hex = request(&[b"abc", b"zz"]);
-        assert_eq!(not_hex.verified_sha256(), Err(RequestError::InvalidSha256));
-        let only_exe = request(&[b"abc"]);
-        assert_eq!(only_exe.verified_sha256().unwrap().unwrap().to_hex(), ABC_SHA256);
-    }
-
-    #[test]
-    fn an_empty_executable_takes_the_hash_as_sent() {
-        let hash_only = request(&[b"", ABC_SHA256.as_bytes()]);
-        assert_eq!(hash_only.verified_sha256().unwrap().unwrap().to_hex(), ABC_SHA256);
-        assert_eq!(request(&[]).verified_sha256(), Ok(None));
-        assert_eq!(request(&[b"", b""]).verified_sha256(), Ok(None));
+    fn the_hash_field_is_parsed_in_either_case_and_absent_when_empty() {
+        let upper = request(&[b"abc", ABC_SHA256.to_uppercase().as_bytes()]);
+        assert_eq!(upper.sha256().unwrap().unwrap().to_hex(), ABC_SHA256);
+        assert_eq!(upper.sha256().unwrap(), Some(Sha256Hash::of(b"abc")));
+        assert_eq!(request(&[b"abc", b"zz"]).sha256(), Err(RequestError::InvalidSha256));
+        assert_eq!(request(&[b"abc"]).sha256(), Ok(None));
+        assert_eq!(request(&[]).sha256(), Ok(None));
+        assert_eq!(request(&[b"", b""]).sha256(), Ok(None));
     }
 
     #[test]
