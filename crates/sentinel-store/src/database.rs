@@ -327,12 +327,22 @@ mod tests {
                 .unwrap(),
         );
 
-        // Hold the writer thread inside a write until every other writer has queued.
+        // Hold the writer thread inside a write until every other writer has queued; the
+        // writers start only once it is inside, or a busy machine could run some of them first.
         let (release, gate) = mpsc::channel::<()>();
+        let (entering, entered) = mpsc::channel::<()>();
         let holder = {
             let database = Arc::clone(&database);
-            thread::spawn(move || database.write(move |_| Ok(gate.recv().is_ok())).unwrap())
+            thread::spawn(move || {
+                database
+                    .write(move |_| {
+                        let _ = entering.send(());
+                        Ok(gate.recv().is_ok())
+                    })
+                    .unwrap()
+            })
         };
+        entered.recv().unwrap();
         let started = Arc::new(Barrier::new(WRITERS + 1));
         let writers: Vec<_> = (0..WRITERS)
             .map(|index| {
