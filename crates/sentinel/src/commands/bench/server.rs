@@ -331,15 +331,8 @@ fn compare(args: &Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    match args.link_mbit {
-        Some(mbit) => println!(
-            "Malware server over TCP, static analysis, variants measured in turn on the same machine, \
-             requests sent at {mbit} Mbit/s"
-        ),
-        None => println!(
-            "Malware server over TCP, static analysis, variants measured in turn on the same machine"
-        ),
-    }
+    let link = args.link_mbit.map(|mbit| format!(", requests sent at {mbit} Mbit/s")).unwrap_or_default();
+    println!("Malware server over TCP, static analysis, variants measured in turn on the same machine{link}");
     let mut table = table::new(
         Style::Markdown,
         &["size KiB", "server", "requests", "p50 ms", "p99 ms", "MiB/s"],
