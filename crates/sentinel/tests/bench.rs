@@ -94,6 +94,14 @@ fn the_server_compare_reports_where_each_servers_time_went_from_its_metrics() {
         let waited = mean("hash") + mean("sample_write").max(mean("list")) + mean("record");
         assert!(mean("request") > waited, "{row}");
         assert!(mean("request") < row["p99_ms"].as_f64().unwrap() * 10.0, "{row}");
+        // The slowest request is the last of the sorted times: at least the p99.
+        assert!(row["max_ms"].as_f64().unwrap() >= row["p99_ms"].as_f64().unwrap(), "{row}");
+        // Requests over 5 ms, by stage, from the histograms: none counted more than were timed.
+        let slow = row["slow_stages"].as_object().unwrap_or_else(|| panic!("no slow_stages in {row}"));
+        assert!(
+            slow.values().all(|count| count.as_u64().unwrap() <= row["requests"].as_u64().unwrap()),
+            "{row}"
+        );
         assert!(stages["virustotal"].is_null() && stages["dynamic"].is_null(), "{row}");
     }
 }

@@ -7,6 +7,7 @@ mod https;
 mod paced_link;
 mod scale_out;
 mod server;
+mod server_quiet;
 mod server_stages;
 mod server_tls;
 mod static_model;

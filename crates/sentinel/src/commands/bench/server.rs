@@ -8,10 +8,11 @@
 //! certificates (mutual TLS) in the same run, and the cost of a handshake is
 //! measured (`server_tls`). With `--compare`, it instead starts one server per variant (vault
 //! compression settings of this build, or another `sentinel` executable as a baseline) and
-//! measures their latency side by side, request by request in turn, so every variant sees the
-//! same machine load, and where each server's time went, stage by stage, from its metrics
-//! (`server_stages`); with `--link-mbit`, the timed requests leave at a network link's speed
-//! (`paced_link`).
+//! measures their latency side by side (p50, p99 and the slowest request), request by request
+//! in turn, so every variant sees the same machine load, and where each server's time went,
+//! stage by stage, from its metrics (`server_stages`); with `--link-mbit`, the timed requests
+//! leave at a network link's speed (`paced_link`). Timed requests follow a rest that lasts until
+//! the servers' background work is done (`server_quiet`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use super::paced_link::PacedClient;
+use super::server_quiet;
 use super::server_stages::{self, StageTotals};
 use super::server_tls::{self, Connector};
 use crate::commands::table::{self, Style};
@@ -101,10 +103,9 @@ impl Variant {
     }
 }
 
-/// Requests per size in the latency run: enough for a p99 on small files,
-/// fewer for large ones so the run stays within minutes.
 /// Before a size is timed, each server answers requests of that size for this long, then rests
-/// for as long: first-touch costs (the vault's fan-out directories, the sample journal's
+/// for at least as long, and until the work the warm-up left in its background is done
+/// (`server_quiet`): first-touch costs (the vault's fan-out directories, the sample journal's
 /// segments sized for the new size) are not the steady state, and a burst of requests after a
 /// quiet moment is.
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -120,6 +121,8 @@ async fn warm_up(client: &mut Client, size: usize, seed: &mut u64) -> anyhow::Re
     Ok(())
 }
 
+/// Requests per size in the latency run: enough for a p99 on small files,
+/// fewer for large ones so the run stays within minutes.
 fn latency_requests(size: usize) -> usize {
     (256 * 1024 * 1024 / size.max(1)).clamp(10, 200)
 }
@@ -255,12 +258,12 @@ async fn measure(
 ) -> anyhow::Result<serde_json::Value> {
     let plain = Connector::Plain(server.tcp);
     let mut report = json!({
-        "latency": latency(args, &plain, 0).await?,
+        "latency": latency(args, &plain, server.pid(), 0).await?,
         "throughput": throughput(args, &plain).await?,
     });
     if let (Some(certificates), Some(address)) = (tls, server.tcp_tls) {
         let tls = Connector::tls(address, certificates)?;
-        report["latency_tls"] = latency(args, &tls, 1 << 20).await?;
+        report["latency_tls"] = latency(args, &tls, server.pid(), 1 << 20).await?;
         report["throughput_tls"] = throughput(args, &tls).await?;
         report["handshake"] = server_tls::handshakes(args.handshakes, &plain, &tls).await?;
     }
@@ -270,14 +273,19 @@ async fn measure(
 
 /// Sequential requests on one connection for each size; `seed` keeps the files of a second
 /// run distinct from the first's (every request must store a new sample).
-async fn latency(args: &Args, connector: &Connector, mut seed: u64) -> anyhow::Result<serde_json::Value> {
+async fn latency(
+    args: &Args,
+    connector: &Connector,
+    pid: u32,
+    mut seed: u64,
+) -> anyhow::Result<serde_json::Value> {
     let mut latency = Vec::new();
     for &size_kib in &args.sizes_kib {
         let size = size_kib * 1024;
         let requests = latency_requests(size);
         let mut client = connector.connect().await?;
         warm_up(&mut client, size, &mut seed).await?;
-        tokio::time::sleep(WARM_UP).await;
+        server_quiet::rest(&[pid], WARM_UP).await;
         let mut times = Vec::with_capacity(requests);
         for _ in 0..requests {
             seed += 1;
@@ -335,8 +343,8 @@ fn compare(args: &Args) -> anyhow::Result<()> {
     println!("Malware server over TCP, static analysis, variants measured in turn on the same machine{link}");
     let mut table = table::new(
         Style::Markdown,
-        &["size KiB", "server", "requests", "p50 ms", "p99 ms", "MiB/s"],
-        &[0, 2, 3, 4, 5],
+        &["size KiB", "server", "requests", "p50 ms", "p99 ms", "max ms", "MiB/s"],
+        &[0, 2, 3, 4, 5, 6],
     );
     for row in report.as_array().into_iter().flatten() {
         let number = |key: &str, digits: usize| format!("{:.digits$}", row[key].as_f64().unwrap_or(0.0));
@@ -346,6 +354,7 @@ fn compare(args: &Args) -> anyhow::Result<()> {
             row["requests"].to_string(),
             number("p50_ms", 2),
             number("p99_ms", 2),
+            number("max_ms", 2),
             number("mib_per_s", 1),
         ]);
     }
@@ -375,7 +384,7 @@ async fn compare_latency(
             };
             clients.push((client, paced));
         }
-        tokio::time::sleep(WARM_UP).await;
+        server_quiet::rest(&servers.iter().map(ServerProcess::pid).collect::<Vec<_>>(), WARM_UP).await;
         let stages_before = stage_totals(&http, servers).await;
         let mut times = vec![Vec::with_capacity(requests); servers.len()];
         for _ in 0..requests {
@@ -394,6 +403,7 @@ async fn compare_latency(
             }
         }
         let stages_after = stage_totals(&http, servers).await;
+
         for (((variant, mut times), before), after) in
             variants.iter().zip(times).zip(stages_before).zip(stages_after)
         {
@@ -402,9 +412,10 @@ async fn compare_latency(
             rows.push(json!({
                 "size_kib": size_kib, "server": variant.name, "requests": requests,
                 "link_mbit": args.link_mbit,
-                "p50_ms": p50, "p99_ms": percentile(&times, 0.99),
+                "p50_ms": p50, "p99_ms": percentile(&times, 0.99), "max_ms": percentile(&times, 1.0),
                 "mib_per_s": size as f64 / (1024.0 * 1024.0) / (p50 / 1000.0),
-                "stages": after.map(|after| after.mean_ms_since(&before.unwrap_or_default())),
+                "stages": after.as_ref().map(|after| after.mean_ms_since(&before.clone().unwrap_or_default())),
+                "slow_stages": after.map(|after| after.slow_since(&before.unwrap_or_default())),
             }));
         }
     }

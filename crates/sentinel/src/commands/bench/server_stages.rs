@@ -1,8 +1,9 @@
 //! Where a benchmarked server's time went: `sentinel bench server --compare` reads each
 //! server's `malware_request_stage_seconds` and `malware_request_seconds` from its `/metrics`
 //! (open on its loopback listener) before and after the timed requests of a size, and reports
-//! the mean time of each stage over those requests. A server without these series (an earlier
-//! build given as a baseline) reports none.
+//! the mean time of each stage over those requests, and how many of them took longer than
+//! [`SLOW_SECONDS`] in each stage (from the histograms' buckets: where the tail comes from). A
+//! server without these series (an earlier build given as a baseline) reports none.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,10 +19,20 @@ const STAGES: [&str; 9] =
 const REQUEST: &str = "request";
 /// The request's mean less its receiving's: how long the answer takes once the last byte is in.
 const AFTER_RECEIVE: &str = "after_receive";
+/// Observations slower than this are counted apart: the bound of one of the server's buckets.
+const SLOW_SECONDS: &str = "0.005";
 
-/// Sum of seconds and count of each series, by stage (and [`REQUEST`] for the whole request).
+/// One series' totals: seconds, observations, and observations within [`SLOW_SECONDS`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    sum: f64,
+    count: u64,
+    within_slow: u64,
+}
+
+/// The totals of each series, by stage (and [`REQUEST`] for the whole request).
 #[derive(Debug, Default, Clone)]
-pub(super) struct StageTotals(BTreeMap<String, (f64, u64)>);
+pub(super) struct StageTotals(BTreeMap<String, Totals>);
 
 impl StageTotals {
     /// Reads the totals from the server's metrics at `http`.
@@ -38,21 +49,24 @@ impl StageTotals {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
             let Ok(value) = value.parse::<f64>() else { continue };
             let Some((name, label)) = series.split_once('{') else { continue };
-            let key = match name {
-                "malware_request_stage_seconds_sum" | "malware_request_stage_seconds_count" => {
+            let key = match name.strip_prefix("malware_request_") {
+                Some("stage_seconds_sum" | "stage_seconds_count" | "stage_seconds_bucket") => {
                     label_value(label, "stage")
                 }
-                "malware_request_seconds_sum" | "malware_request_seconds_count" => {
+                Some("seconds_sum" | "seconds_count" | "seconds_bucket") => {
                     label_value(label, "command").map(|_| REQUEST)
                 }
                 _ => None,
             };
             let Some(key) = key else { continue };
-            let entry: &mut (f64, u64) = totals.entry(key.to_owned()).or_default();
-            match name.ends_with("_sum") {
-                true => entry.0 += value,
-                // Counts are integers written as such.
-                false => entry.1 += value as u64,
+            let entry = totals.entry(key.to_owned()).or_insert_with(Totals::default);
+            // Counts are integers written as such.
+            if name.ends_with("_sum") {
+                entry.sum += value;
+            } else if name.ends_with("_count") {
+                entry.count += value as u64;
+            } else if label_value(label, "le") == Some(SLOW_SECONDS) {
+                entry.within_slow += value as u64;
             }
         }
         StageTotals(totals)
@@ -63,10 +77,9 @@ impl StageTotals {
     pub fn mean_ms_since(&self, before: &StageTotals) -> serde_json::Value {
         let mut means = serde_json::Map::new();
         for stage in STAGES.iter().chain(&[REQUEST]) {
-            let (sum, count) = self.0.get(*stage).copied().unwrap_or_default();
-            let (sum_before, count_before) = before.0.get(*stage).copied().unwrap_or_default();
-            let count = count.saturating_sub(count_before);
-            let mean = (count > 0).then(|| (sum - sum_before) / count as f64 * 1000.0);
+            let (now, then) = self.since(before, stage);
+            let count = now.count.saturating_sub(then.count);
+            let mean = (count > 0).then(|| (now.sum - then.sum) / count as f64 * 1000.0);
             means.insert((*stage).to_owned(), json!(mean));
         }
         let after_receive = match (means["receive"].as_f64(), means[REQUEST].as_f64()) {
@@ -75,6 +88,26 @@ impl StageTotals {
         };
         means.insert(AFTER_RECEIVE.to_owned(), json!(after_receive));
         serde_json::Value::Object(means)
+    }
+
+    /// How many observations of each stage between `before` and `self` took longer than
+    /// [`SLOW_SECONDS`], as JSON (only the stages with some).
+    pub fn slow_since(&self, before: &StageTotals) -> serde_json::Value {
+        let mut slow = serde_json::Map::new();
+        for stage in STAGES.iter().chain(&[REQUEST]) {
+            let (now, then) = self.since(before, stage);
+            let count = now.count.saturating_sub(then.count);
+            let within = now.within_slow.saturating_sub(then.within_slow);
+            if count > within {
+                slow.insert((*stage).to_owned(), json!(count - within));
+            }
+        }
+        serde_json::Value::Object(slow)
+    }
+
+    /// The totals of `stage` now and in `before`.
+    fn since(&self, before: &StageTotals, stage: &str) -> (Totals, Totals) {
+        (self.0.get(stage).copied().unwrap_or_default(), before.0.get(stage).copied().unwrap_or_default())
     }
 }
 
@@ -115,6 +148,27 @@ pub(super) fn print(rows: &[serde_json::Value]) {
         table.add_row(cells);
     }
     println!("{table}");
+    let slow: Vec<String> = rows
+        .iter()
+        .filter_map(|row| {
+            let counts = row["slow_stages"].as_object().filter(|counts| !counts.is_empty())?;
+            let counts: Vec<String> =
+                counts.iter().map(|(stage, count)| format!("{stage} {count}")).collect();
+            Some(format!(
+                "- {} KiB, {}: {}",
+                row["size_kib"],
+                row["server"].as_str().unwrap_or(""),
+                counts.join(", ")
+            ))
+        })
+        .collect();
+    if !slow.is_empty() {
+        println!(
+            "Timed requests with a stage over {} ms, by stage:",
+            SLOW_SECONDS.parse::<f64>().unwrap_or(0.0) * 1000.0
+        );
+        slow.iter().for_each(|line| println!("{line}"));
+    }
 }
 
 #[cfg(test)]
@@ -160,5 +214,28 @@ mod tests {
         let means = received.mean_ms_since(&before);
         close_in(&means, "receive", 0.5);
         close_in(&means, AFTER_RECEIVE, 1.5);
+    }
+
+    #[test]
+    fn slow_observations_are_those_past_the_five_millisecond_bucket_between_two_scrapes() {
+        let before = StageTotals::parse(
+            "malware_request_stage_seconds_bucket{stage=\"record\",le=\"0.002\"} 8\n\
+             malware_request_stage_seconds_bucket{stage=\"record\",le=\"0.005\"} 9\n\
+             malware_request_stage_seconds_count{stage=\"record\"} 10\n\
+             malware_request_seconds_bucket{command=\"static_analyse\",le=\"0.005\"} 10\n\
+             malware_request_seconds_count{command=\"static_analyse\"} 10\n",
+        );
+        let after = StageTotals::parse(
+            "malware_request_stage_seconds_bucket{stage=\"record\",le=\"0.002\"} 15\n\
+             malware_request_stage_seconds_bucket{stage=\"record\",le=\"0.005\"} 17\n\
+             malware_request_stage_seconds_bucket{stage=\"record\",le=\"+Inf\"} 20\n\
+             malware_request_stage_seconds_count{stage=\"record\"} 20\n\
+             malware_request_stage_seconds_bucket{stage=\"hash\",le=\"0.005\"} 20\n\
+             malware_request_stage_seconds_count{stage=\"hash\"} 20\n\
+             malware_request_seconds_bucket{command=\"static_analyse\",le=\"0.005\"} 18\n\
+             malware_request_seconds_count{command=\"static_analyse\"} 20\n",
+        );
+        // record: 10 more, 8 of them within 5 ms; the requests: 10 more, 8 within.
+        assert_eq!(after.slow_since(&before), json!({"record": 2, "request": 2}));
     }
 }
