@@ -22,12 +22,13 @@ const AFTER_RECEIVE: &str = "after_receive";
 /// Observations slower than this are counted apart: the bound of one of the server's buckets.
 const SLOW_SECONDS: &str = "0.005";
 
-/// One series' totals: seconds, observations, and observations within [`SLOW_SECONDS`].
+/// One series' totals: seconds, observations, and observations within [`SLOW_SECONDS`] (when
+/// the series has that bucket).
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
     sum: f64,
     count: u64,
-    within_slow: u64,
+    within_slow: Option<u64>,
 }
 
 /// The totals of each series, by stage (and [`REQUEST`] for the whole request).
@@ -66,7 +67,7 @@ impl StageTotals {
             } else if name.ends_with("_count") {
                 entry.count += value as u64;
             } else if label_value(label, "le") == Some(SLOW_SECONDS) {
-                entry.within_slow += value as u64;
+                *entry.within_slow.get_or_insert(0) += value as u64;
             }
         }
         StageTotals(totals)
@@ -91,13 +92,15 @@ impl StageTotals {
     }
 
     /// How many observations of each stage between `before` and `self` took longer than
-    /// [`SLOW_SECONDS`], as JSON (only the stages with some).
+    /// [`SLOW_SECONDS`], as JSON (only the stages with some; none of a server whose histograms
+    /// have other buckets).
     pub fn slow_since(&self, before: &StageTotals) -> serde_json::Value {
         let mut slow = serde_json::Map::new();
         for stage in STAGES.iter().chain(&[REQUEST]) {
             let (now, then) = self.since(before, stage);
+            let Some(within_now) = now.within_slow else { continue };
             let count = now.count.saturating_sub(then.count);
-            let within = now.within_slow.saturating_sub(then.within_slow);
+            let within = within_now.saturating_sub(then.within_slow.unwrap_or(0));
             if count > within {
                 slow.insert((*stage).to_owned(), json!(count - within));
             }
@@ -237,5 +240,11 @@ mod tests {
         );
         // record: 10 more, 8 of them within 5 ms; the requests: 10 more, 8 within.
         assert_eq!(after.slow_since(&before), json!({"record": 2, "request": 2}));
+        // Histograms without a 5 ms bucket say nothing of slow requests.
+        let other_buckets = StageTotals::parse(
+            "malware_request_stage_seconds_bucket{stage=\"record\",le=\"0.004\"} 20\n\
+             malware_request_stage_seconds_count{stage=\"record\"} 30\n",
+        );
+        assert_eq!(other_buckets.slow_since(&StageTotals::default()), json!({}));
     }
 }
