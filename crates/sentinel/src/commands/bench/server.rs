@@ -403,19 +403,19 @@ async fn compare_latency(
             }
         }
         let stages_after = stage_totals(&http, servers).await;
-
         for (((variant, mut times), before), after) in
             variants.iter().zip(times).zip(stages_before).zip(stages_after)
         {
             times.sort();
+            let before = before.unwrap_or_default();
             let p50 = percentile(&times, 0.5);
             rows.push(json!({
                 "size_kib": size_kib, "server": variant.name, "requests": requests,
                 "link_mbit": args.link_mbit,
                 "p50_ms": p50, "p99_ms": percentile(&times, 0.99), "max_ms": percentile(&times, 1.0),
                 "mib_per_s": size as f64 / (1024.0 * 1024.0) / (p50 / 1000.0),
-                "stages": after.as_ref().map(|after| after.mean_ms_since(&before.clone().unwrap_or_default())),
-                "slow_stages": after.map(|after| after.slow_since(&before.unwrap_or_default())),
+                "stages": after.as_ref().map(|after| after.mean_ms_since(&before)),
+                "slow_stages": after.as_ref().map(|after| after.slow_since(&before)),
             }));
         }
     }

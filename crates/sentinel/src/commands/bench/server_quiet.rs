@@ -38,8 +38,8 @@ fn activity(pid: u32) -> anyhow::Result<(u64, u64)> {
 }
 
 /// Rests at least `least`, then until every server in `pids` has been quiet for
-/// [`QUIET_WINDOWS`] windows in a row (or [`LONGEST`] has passed). Returns how long it rested.
-pub async fn rest(pids: &[u32], least: Duration) -> Duration {
+/// [`QUIET_WINDOWS`] windows in a row (or [`LONGEST`] has passed).
+pub async fn rest(pids: &[u32], least: Duration) {
     let started = Instant::now();
     tokio::time::sleep(least).await;
     let mut last: Vec<Option<(u64, u64)>> = pids.iter().map(|&pid| activity(pid).ok()).collect();
@@ -62,7 +62,6 @@ pub async fn rest(pids: &[u32], least: Duration) -> Duration {
         quiet_windows = if quiet { quiet_windows + 1 } else { 0 };
         last = now;
     }
-    started.elapsed()
 }
 
 #[cfg(test)]
