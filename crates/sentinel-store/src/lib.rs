@@ -34,6 +34,7 @@ mod api_tokens;
 mod audit;
 #[cfg(test)]
 mod backends;
+mod background_writes;
 mod database;
 mod dataset_csv;
 mod error;

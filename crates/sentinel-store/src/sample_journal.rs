@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::StoreError;
+use crate::background_writes::write_zeros;
 use crate::sample_hash::SampleHash;
 
 /// Directory of the journal, inside the vault's.
@@ -55,8 +56,10 @@ const RECORDS_PER_SEGMENT: u64 = 64;
 /// record came for this long, so that settled records do not stay valid for days (a crash
 /// would then write the files of samples that retention has deleted since).
 const IDLE_ROTATION: Duration = Duration::from_secs(5);
-/// Zeros written at a time when preparing a segment.
-const ZERO_CHUNK: usize = 1 << 20;
+/// While records are being appended (the last came within this), the settling thread rests
+/// between the chunks of the zeros it writes (`background_writes.rs`): a segment is retired or
+/// grown before it is needed, so this only spreads its writes out.
+pub(crate) const BUSY_WINDOW: Duration = Duration::from_millis(20);
 
 /// Where a record is: enough to read it back and to release it.
 #[derive(Debug, Clone, Copy)]
@@ -216,7 +219,7 @@ impl SampleJournal {
             // again (retention may delete those files later).
             let generation = match holds_records {
                 true => {
-                    void_records(&file, generation + 1, len).map_err(StoreError::io(&path))?;
+                    void_records(&file, generation + 1, len, &|| false).map_err(StoreError::io(&path))?;
                     generation + 1
                 }
                 false => generation,
@@ -324,7 +327,8 @@ impl SampleJournal {
             .map(|(index, segment)| (index, Arc::clone(&segment.file), segment.generation + 1, segment.next))
             .collect();
         for (index, file, generation, used) in settled {
-            void_records(&file, generation, used).map_err(StoreError::io(segment_path(&self.dir, index)))?;
+            void_records(&file, generation, used, &|| false)
+                .map_err(StoreError::io(segment_path(&self.dir, index)))?;
             let mut state = self.state();
             state.segments[index].generation = generation;
             state.segments[index].next = BLOCK;
@@ -352,17 +356,20 @@ impl SampleJournal {
             Some(step) => step,
             None => return Ok(false),
         };
+        let busy = || self.idle_for() < BUSY_WINDOW;
         match step {
             Preparation::Retire { segment, file, generation, used } => {
                 let path = segment_path(&self.dir, segment);
-                void_records(&file, generation, used).map_err(StoreError::io(&path))?;
+                void_records(&file, generation, used, &busy).map_err(StoreError::io(&path))?;
                 let mut state = self.state();
                 state.segments[segment].generation = generation;
                 state.segments[segment].next = BLOCK;
             }
             Preparation::Extend { segment, file, from, to } => {
                 let path = segment_path(&self.dir, segment);
-                write_zeros(&file, from, to).and_then(|()| file.sync_all()).map_err(StoreError::io(&path))?;
+                write_zeros(&file, from, to, &busy)
+                    .and_then(|()| file.sync_all())
+                    .map_err(StoreError::io(&path))?;
                 self.state().segments[segment].len = to;
             }
             Preparation::Create { len } => {
@@ -377,7 +384,7 @@ impl SampleJournal {
                         .truncate(true)
                         .open(&temporary)?;
                     write_segment_header(&file, 1)?;
-                    write_zeros(&file, BLOCK, len)?;
+                    write_zeros(&file, BLOCK, len, &busy)?;
                     file.sync_all()?;
                     fs::rename(&temporary, &path)?;
                     Ok(file)
@@ -543,20 +550,10 @@ fn parse_record_header(header: &[u8; RECORD_HEADER_LEN], generation: u64) -> Opt
 
 /// Voids a segment's records, whose files are durable: its generation goes up, and the blocks
 /// they used, up to `used`, are written with zeros, so that no sample's bytes stay on the disk
-/// after its file is deleted (retention) or re-encrypted (`sentinel store encrypt`).
-fn void_records(file: &File, generation: u64, used: u64) -> io::Result<()> {
+/// after its file is deleted (retention) or re-encrypted (`sentinel store encrypt`). `busy`
+/// tells whether requests are appending records (`background_writes.rs`).
+fn void_records(file: &File, generation: u64, used: u64, busy: &dyn Fn() -> bool) -> io::Result<()> {
     write_segment_header(file, generation)?;
-    write_zeros(file, BLOCK, used)?;
+    write_zeros(file, BLOCK, used, busy)?;
     file.sync_data()
-}
-
-fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
-    let zeros = vec![0u8; ZERO_CHUNK];
-    let mut offset = from;
-    while offset < to {
-        let chunk = (to - offset).min(ZERO_CHUNK as u64) as usize;
-        file.write_all_at(&zeros[..chunk], offset)?;
-        offset += chunk as u64;
-    }
-    Ok(())
 }

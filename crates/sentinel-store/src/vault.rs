@@ -37,8 +37,9 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::StoreError;
+use crate::background_writes;
 use crate::sample_hash::SampleHash;
-use crate::sample_journal::{JOURNAL_DIR, SampleJournal};
+use crate::sample_journal::{BUSY_WINDOW, JOURNAL_DIR, SampleJournal};
 use crate::vault_cipher::{self, VaultCipher};
 
 /// First bytes of every vault file.
@@ -311,8 +312,9 @@ impl Vault {
     /// Writes `contents`, a vault file of `hash`, durably in its place, as [`Vault::write_file`].
     fn write_contents(&self, hash: &SampleHash, contents: &[u8]) -> Result<(), StoreError> {
         let temporary = self.temporary_path(hash.as_str());
-        let written =
-            self.write_temporary(&temporary, contents).and_then(|()| self.move_into_place(&temporary, hash));
+        let written = self
+            .write_temporary(&temporary, contents, false)
+            .and_then(|()| self.move_into_place(&temporary, hash));
         if written.is_err() {
             // Best effort: a leftover is removed at the next open anyway.
             let _ = fs::remove_file(&temporary);
@@ -389,7 +391,7 @@ impl Vault {
         placed: impl FnOnce(),
     ) -> Result<bool, StoreError> {
         let temporary = self.temporary_path(hash.as_str());
-        let moved = self.write_temporary(&temporary, contents).and_then(|()| {
+        let moved = self.write_temporary(&temporary, contents, true).and_then(|()| {
             let _replacing = self.replacing.lock().unwrap_or_else(PoisonError::into_inner);
             if !wanted()? {
                 return Ok(false);
@@ -554,14 +556,24 @@ impl Vault {
         Ok(file)
     }
 
-    /// Writes `contents` to a new temporary file and fsyncs it.
-    fn write_temporary(&self, temporary: &Path, contents: &[u8]) -> Result<(), StoreError> {
+    /// Writes `contents` to a new temporary file and fsyncs it. A `background` write (the
+    /// settling and compaction threads') is sent to the disk a piece at a time, resting while
+    /// requests are journaling samples (`background_writes.rs`); a request's own is written whole.
+    fn write_temporary(&self, temporary: &Path, contents: &[u8], background: bool) -> Result<(), StoreError> {
         let write = || -> io::Result<()> {
             let mut file = create_private_file(temporary)?;
-            file.write_all(contents)?;
+            match background {
+                true => background_writes::write_at(&file, 0, contents, &|| self.journal_busy())?,
+                false => file.write_all(contents)?,
+            }
             file.sync_all()
         };
         write().map_err(StoreError::io(temporary))
+    }
+
+    /// Whether requests are journaling samples now (the last within [`BUSY_WINDOW`]).
+    fn journal_busy(&self) -> bool {
+        self.journal.get().is_some_and(|journal| journal.idle_for() < BUSY_WINDOW)
     }
 
     /// Writes the sample's content in `codec`: one zstd frame with its checksum, or the bytes
