@@ -56,9 +56,9 @@ const RECORDS_PER_SEGMENT: u64 = 64;
 /// record came for this long, so that settled records do not stay valid for days (a crash
 /// would then write the files of samples that retention has deleted since).
 const IDLE_ROTATION: Duration = Duration::from_secs(5);
-/// While records are being appended (the last came within this), the settling thread rests
-/// between the chunks of the zeros it writes (`background_writes.rs`): a segment is retired or
-/// grown before it is needed, so this only spreads its writes out.
+/// While records are being appended (the last came within this), the store's background
+/// writes rest between their pieces (`background_writes.rs`): a segment is retired or grown
+/// before it is needed, and a file settled after its record, so this only spreads them out.
 pub(crate) const BUSY_WINDOW: Duration = Duration::from_millis(20);
 
 /// Where a record is: enough to read it back and to release it.
