@@ -1,6 +1,7 @@
 //! Large writes sent to the disk a piece at a time, so that they do not hold up the requests'
 //! own flushes: the zeros that prepare and retire the sample journal's segments (tens of
-//! megabytes), and the vault files the settling thread writes while requests are coming.
+//! megabytes), and the vault files the settling and compaction threads write while requests are
+//! coming.
 //!
 //! Written whole and then flushed, such a write reaches the device as one block of dirty pages,
 //! and a request's `fdatasync` queued behind it waits for all of it: a journal segment's 64 MiB
@@ -67,9 +68,15 @@ fn write_out(file: &File, offset: u64, len: usize) -> io::Result<()> {
     };
     // SAFETY: sync_file_range reads no memory of ours; it acts on the descriptor `file` keeps
     // open for the call, and a failure changes nothing.
-    match unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) } == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        // A file system or sandbox without the call: the caller's fsync writes the bytes, all
+        // at once as before.
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::ESPIPE) => Ok(()),
+        _ => Err(error),
     }
 }
 
