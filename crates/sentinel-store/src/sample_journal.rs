@@ -59,7 +59,7 @@ const IDLE_ROTATION: Duration = Duration::from_secs(5);
 /// While records are being appended (the last came within this), the store's background
 /// writes rest between their pieces (`background_writes.rs`): a segment is retired or grown
 /// before it is needed, and a file settled after its record, so this only spreads them out.
-pub(crate) const BUSY_WINDOW: Duration = Duration::from_millis(20);
+const BUSY_WINDOW: Duration = Duration::from_millis(20);
 
 /// Where a record is: enough to read it back and to release it.
 #[derive(Debug, Clone, Copy)]
@@ -308,6 +308,12 @@ impl SampleJournal {
         self.state().last_append.map_or(Duration::MAX, |last| last.elapsed())
     }
 
+    /// Whether requests are appending records now (the last within [`BUSY_WINDOW`]): the
+    /// store's background writes rest between their pieces meanwhile.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.idle_for() < BUSY_WINDOW
+    }
+
     /// Whether records must be settled now to make room: no segment is standing by for when
     /// the one taking records is full, because every other one holds unsettled records.
     pub(crate) fn is_pressed(&self) -> bool {
@@ -356,7 +362,7 @@ impl SampleJournal {
             Some(step) => step,
             None => return Ok(false),
         };
-        let busy = || self.idle_for() < BUSY_WINDOW;
+        let busy = || self.is_busy();
         match step {
             Preparation::Retire { segment, file, generation, used } => {
                 let path = segment_path(&self.dir, segment);

@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime};
 use crate::StoreError;
 use crate::background_writes;
 use crate::sample_hash::SampleHash;
-use crate::sample_journal::{BUSY_WINDOW, JOURNAL_DIR, SampleJournal};
+use crate::sample_journal::{JOURNAL_DIR, SampleJournal};
 use crate::vault_cipher::{self, VaultCipher};
 
 /// First bytes of every vault file.
@@ -571,9 +571,9 @@ impl Vault {
         write().map_err(StoreError::io(temporary))
     }
 
-    /// Whether requests are journaling samples now (the last within [`BUSY_WINDOW`]).
+    /// Whether requests are journaling samples now ([`SampleJournal::is_busy`]).
     fn journal_busy(&self) -> bool {
-        self.journal.get().is_some_and(|journal| journal.idle_for() < BUSY_WINDOW)
+        self.journal.get().is_some_and(SampleJournal::is_busy)
     }
 
     /// Writes the sample's content in `codec`: one zstd frame with its checksum, or the bytes
